@@ -1,0 +1,65 @@
+# The two-command set-up: `make run` (a standalone Strata) and `make test` (the whole suite).
+# Every target installs what it needs first; nothing is expected to be installed by hand.
+
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+PY := $(BIN)/python
+STAMP := $(VENV)/.installed
+PROTOS := $(shell find proto -name '*.proto')
+GEN_STAMP := strata/v1/.generated
+
+DATA_DIR ?= ./data/standalone
+PYTEST_ARGS ?=
+
+.PHONY: install proto run test test-unit test-integration test-faults lint fmt bench clean
+
+install: $(STAMP) $(GEN_STAMP)
+
+$(STAMP): pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip setuptools wheel
+	$(PY) -m pip install --quiet -e '.[dev]'
+	touch $(STAMP)
+
+# Generated code is not committed: strata/v1 and strata/storage/v1 are rebuilt from proto/.
+$(GEN_STAMP): $(STAMP) $(PROTOS)
+	PATH="$(abspath $(BIN)):$$PATH" $(PY) -m grpc_tools.protoc -Iproto \
+		--python_out=. --grpc_python_out=. --mypy_out=. --mypy_grpc_out=. $(PROTOS)
+	touch $(GEN_STAMP)
+
+proto: $(STAMP)
+	rm -f $(GEN_STAMP)
+	$(MAKE) $(GEN_STAMP)
+
+run: install
+	$(BIN)/strata standalone --data-dir $(DATA_DIR)
+
+test: install
+	$(BIN)/pytest $(PYTEST_ARGS)
+
+test-unit: install
+	$(BIN)/pytest tests/unit $(PYTEST_ARGS)
+
+test-integration: install
+	$(BIN)/pytest tests/integration $(PYTEST_ARGS)
+
+test-faults: install
+	$(BIN)/pytest tests/faults $(PYTEST_ARGS)
+
+lint: install
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+	$(BIN)/mypy strata broker bookie tiered tests
+
+fmt: install
+	$(BIN)/ruff format .
+	$(BIN)/ruff check --fix .
+
+bench: install
+	$(PY) -m tests.bench.run_bench
+
+clean:
+	rm -rf $(VENV) data build *.egg-info
+	find strata -name '*_pb2*.py*' -delete
+	rm -f $(GEN_STAMP)

@@ -1,0 +1,85 @@
+"""The one interface a ledger writer or reader uses to talk to one bookie.
+
+Two implementations satisfy it: ``bookie.local.LocalBookieClient`` calls a ``Bookie`` object in
+the same process (standalone), and ``bookie.grpc_client.GrpcBookieClient`` speaks
+``strata.storage.v1.BookieService`` to a bookie process. The ledger client above it never
+knows which one it holds.
+
+Errors are those of ``bookie.errors``; both implementations raise the same classes for the
+same conditions (the gRPC client maps statuses back).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Protocol
+
+
+@dataclass(frozen=True, slots=True)
+class StoredEntry:
+    """One entry as a bookie returns it."""
+
+    entry_id: int
+    last_add_confirmed: int
+    payload: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class LedgerState:
+    """What one bookie knows of one ledger's tail."""
+
+    last_add_confirmed: int  # highest LAC piggybacked on any stored entry, or -1
+    last_entry_id: int  # highest entry id stored, or -1
+    fenced: bool
+
+
+class BookieClient(Protocol):
+    """Asynchronous access to one bookie. Every method may raise ``bookie.errors.BookieError``."""
+
+    @property
+    def address(self) -> str:
+        """The bookie's identity, e.g. ``local`` or ``127.0.0.1:3181``."""
+        ...
+
+    async def add_entry(
+        self,
+        ledger_id: int,
+        entry_id: int,
+        last_add_confirmed: int,
+        payload: bytes,
+        master_key: bytes,
+        *,
+        recovery_add: bool = False,
+    ) -> None:
+        """Store one entry; returns only once it is durable (fsynced).
+
+        Raises ``LedgerFencedError`` when the ledger is fenced and this is not a recovery add.
+        """
+        ...
+
+    async def read_entries(
+        self, ledger_id: int, first_entry_id: int, last_entry_id: int, max_bytes: int = 0
+    ) -> list[StoredEntry]:
+        """Read entries first..last (inclusive), in order, stopping early after ``max_bytes``
+        of payload (at least one entry is returned). Raises ``NoSuchEntryError`` when the first
+        entry is missing and ``CorruptEntryError`` when a record fails its checksum."""
+        ...
+
+    async def read_last_add_confirmed(
+        self, ledger_id: int, previous_last_add_confirmed: int = -1, timeout_ms: int = 0
+    ) -> LedgerState:
+        """The ledger's tail state; with ``timeout_ms`` > 0, wait until the LAC exceeds
+        ``previous_last_add_confirmed`` or the timeout passes (a long poll for tailing readers)."""
+        ...
+
+    async def fence_ledger(self, ledger_id: int, master_key: bytes) -> LedgerState:
+        """Fence the ledger durably and return its tail state at the moment of fencing."""
+        ...
+
+    async def delete_ledger(self, ledger_id: int) -> None:
+        """Delete the ledger; the space is freed later by garbage collection."""
+        ...
+
+    async def close(self) -> None:
+        """Release connections; later calls raise ``BookieUnavailableError``."""
+        ...
