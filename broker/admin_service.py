@@ -1,0 +1,194 @@
+"""The gRPC edge of administration: ``strata.v1.AdminService``.
+
+Thin: names are parsed and validated here, the work is ``BrokerService``'s, and errors map to
+statuses through ``broker.errors.to_status``.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+from collections.abc import Awaitable, Callable
+from typing import Any, TypeVar
+
+import grpc
+
+from broker.errors import InvalidRequestError, to_status
+from broker.service import BrokerService
+from strata.naming import NamespaceName, TopicName, check_name_part, parse_tenant
+from strata.v1 import admin_pb2, admin_pb2_grpc
+
+log = logging.getLogger(__name__)
+
+R = TypeVar("R")
+MAX_PAGE_SIZE = 1000
+
+Handler = Callable[[Any, Any, grpc.aio.ServicerContext[Any, Any]], Awaitable[R]]
+
+
+def _edge(method: Handler[R]) -> Handler[R]:
+    """Map domain errors to statuses; log and hide anything unexpected."""
+
+    @functools.wraps(method)
+    async def wrapper(self: Any, request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> R:
+        try:
+            return await method(self, request, context)
+        except grpc.aio.AbortError:
+            raise
+        except Exception as exc:
+            status = to_status(exc)
+            if status is None:
+                log.error("unexpected error in %s: %r", method.__name__, exc, exc_info=exc)
+                status = (grpc.StatusCode.INTERNAL, "internal error; see the broker log")
+            await context.abort(status[0], status[1])
+            raise AssertionError("unreachable") from exc
+
+    return wrapper
+
+
+def _page(items: list[str], page_size: int, page_token: str) -> tuple[list[str], str]:
+    """Keyset pagination over sorted names: the token is the last name of the previous page."""
+    if page_size < 0:
+        raise InvalidRequestError("page_size must not be negative")
+    size = min(page_size or MAX_PAGE_SIZE, MAX_PAGE_SIZE)
+    ordered = sorted(items)
+    if page_token:
+        ordered = [i for i in ordered if i > page_token]
+    page = ordered[:size]
+    next_token = page[-1] if len(ordered) > size else ""
+    return page, next_token
+
+
+class AdminServicer(admin_pb2_grpc.AdminServiceServicer):
+    def __init__(self, broker: BrokerService) -> None:
+        self._broker = broker
+
+    @_edge
+    async def CreateTenant(self, request: Any, context: Any) -> admin_pb2.Tenant:
+        tenant_id = request.tenant_id or parse_tenant(request.tenant.name or "")
+        check_name_part("tenant", tenant_id)
+        await self._broker.create_tenant(
+            tenant_id, list(request.tenant.admin_roles), list(request.tenant.allowed_clusters)
+        )
+        return admin_pb2.Tenant(
+            name=f"tenants/{tenant_id}",
+            admin_roles=request.tenant.admin_roles,
+            allowed_clusters=request.tenant.allowed_clusters,
+        )
+
+    @_edge
+    async def GetTenant(self, request: Any, context: Any) -> admin_pb2.Tenant:
+        tenant = parse_tenant(request.name)
+        body = await self._broker.get_tenant(tenant)
+        return admin_pb2.Tenant(
+            name=f"tenants/{tenant}",
+            admin_roles=body.get("admin_roles", []),
+            allowed_clusters=body.get("allowed_clusters", []),
+        )
+
+    @_edge
+    async def ListTenants(self, request: Any, context: Any) -> admin_pb2.ListTenantsResponse:
+        page, token = _page(
+            await self._broker.list_tenants(), request.page_size, request.page_token
+        )
+        return admin_pb2.ListTenantsResponse(
+            tenants=[admin_pb2.Tenant(name=f"tenants/{t}") for t in page], next_page_token=token
+        )
+
+    @_edge
+    async def DeleteTenant(self, request: Any, context: Any) -> admin_pb2.DeleteTenantResponse:
+        await self._broker.delete_tenant(parse_tenant(request.name), request.force)
+        return admin_pb2.DeleteTenantResponse()
+
+    @_edge
+    async def CreateNamespace(self, request: Any, context: Any) -> admin_pb2.Namespace:
+        tenant = parse_tenant(request.parent)
+        name = NamespaceName(tenant, check_name_part("namespace", request.namespace_id))
+        await self._broker.create_namespace(name)
+        return admin_pb2.Namespace(name=name.resource_name)
+
+    @_edge
+    async def GetNamespace(self, request: Any, context: Any) -> admin_pb2.Namespace:
+        name = NamespaceName.parse(request.name)
+        await self._broker.check_namespace(name)
+        return admin_pb2.Namespace(name=name.resource_name)
+
+    @_edge
+    async def ListNamespaces(self, request: Any, context: Any) -> admin_pb2.ListNamespacesResponse:
+        tenant = parse_tenant(request.parent)
+        page, token = _page(
+            await self._broker.list_namespaces(tenant), request.page_size, request.page_token
+        )
+        return admin_pb2.ListNamespacesResponse(
+            namespaces=[
+                admin_pb2.Namespace(name=NamespaceName(tenant, ns).resource_name) for ns in page
+            ],
+            next_page_token=token,
+        )
+
+    @_edge
+    async def DeleteNamespace(
+        self, request: Any, context: Any
+    ) -> admin_pb2.DeleteNamespaceResponse:
+        await self._broker.delete_namespace(NamespaceName.parse(request.name), request.force)
+        return admin_pb2.DeleteNamespaceResponse()
+
+    @_edge
+    async def CreateTopic(self, request: Any, context: Any) -> admin_pb2.Topic:
+        name = TopicName.parse(request.name)
+        await self._broker.create_topic(name)
+        return admin_pb2.Topic(name=str(name))
+
+    @_edge
+    async def ListTopics(self, request: Any, context: Any) -> admin_pb2.ListTopicsResponse:
+        namespace = NamespaceName.parse(request.parent)
+        page, token = _page(
+            await self._broker.list_topics(namespace), request.page_size, request.page_token
+        )
+        return admin_pb2.ListTopicsResponse(
+            topics=[admin_pb2.Topic(name=t) for t in page], next_page_token=token
+        )
+
+    @_edge
+    async def DeleteTopic(self, request: Any, context: Any) -> admin_pb2.DeleteTopicResponse:
+        await self._broker.delete_topic(TopicName.parse(request.name), request.force)
+        return admin_pb2.DeleteTopicResponse()
+
+    @_edge
+    async def GetTopicStats(self, request: Any, context: Any) -> admin_pb2.TopicStats:
+        name = TopicName.parse(request.name)
+        if not await self._broker.topic_exists(name):
+            from broker.errors import NotFoundError
+
+            raise NotFoundError(f"topic {name} does not exist")
+        topic = await self._broker.get_topic(name)
+        ledger = topic.ledger
+        stats = admin_pb2.TopicStats(
+            name=str(name),
+            msg_rate_in=topic.messages_in.rate(),
+            msg_throughput_in=topic.bytes_in.rate(),
+            msg_in_counter=topic.messages_in.total,
+            bytes_in_counter=topic.bytes_in.total,
+            storage_size=ledger.total_size_bytes,
+            producers_count=len(topic.connected_producers),
+            ledgers_count=len(ledger.ledgers),
+            entries_count=ledger.total_entries,
+        )
+        total_backlog = 0
+        for sub_name, sub in topic.subscriptions.items():
+            backlog = sub.cursor.backlog_entries()
+            total_backlog = max(total_backlog, backlog)
+            md = sub.cursor.mark_delete
+            rp = sub.cursor.read_position
+            stats.subscriptions[sub_name].CopyFrom(
+                admin_pb2.SubscriptionStats(
+                    type=sub.type_name,
+                    msg_backlog=backlog,
+                    unacked_messages=sub.unacked_messages(),
+                    consumers_count=len(sub.consumers),
+                    mark_delete_position=f"{md[0]}:{md[1]}",
+                    read_position=f"{rp[0]}:{rp[1]}",
+                )
+            )
+        stats.msg_backlog = total_backlog
+        return stats

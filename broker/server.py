@@ -1,0 +1,55 @@
+"""Assembly of a broker's gRPC server: messaging, admin, health and reflection."""
+
+from __future__ import annotations
+
+import grpc
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+
+from broker.admin_service import AdminServicer
+from broker.config import MIB
+from broker.messaging_service import MessagingServicer
+from broker.service import BrokerService
+from strata.v1 import admin_pb2, admin_pb2_grpc, messaging_pb2, messaging_pb2_grpc
+
+# Room for the gRPC framing and the batch header around a maximum-size message.
+GRPC_MESSAGE_OVERHEAD_BYTES = 1 * MIB
+MAX_CONCURRENT_STREAMS = 1000
+
+
+def server_options(max_message_size_bytes: int) -> list[tuple[str, int]]:
+    limit = max_message_size_bytes + GRPC_MESSAGE_OVERHEAD_BYTES
+    return [
+        ("grpc.max_receive_message_length", limit),
+        ("grpc.max_send_message_length", limit + MIB),
+        ("grpc.max_concurrent_streams", MAX_CONCURRENT_STREAMS),
+        # Clients keep consume streams alive with 30 s pings; permit them.
+        ("grpc.http2.min_ping_interval_without_data_ms", 10_000),
+        ("grpc.keepalive_permit_without_calls", 1),
+        ("grpc.so_reuseport", 0),
+    ]
+
+
+async def start_broker_server(
+    broker: BrokerService, host: str, port: int
+) -> tuple[grpc.aio.Server, int, health.aio.HealthServicer]:
+    """Start serving; returns the server, the bound port and the health servicer."""
+    server = grpc.aio.server(options=server_options(broker.config.max_message_size_bytes))
+    messaging_pb2_grpc.add_MessagingServiceServicer_to_server(MessagingServicer(broker), server)
+    admin_pb2_grpc.add_AdminServiceServicer_to_server(AdminServicer(broker), server)
+    health_servicer = health.aio.HealthServicer()
+    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
+    service_names = (
+        messaging_pb2.DESCRIPTOR.services_by_name["MessagingService"].full_name,
+        admin_pb2.DESCRIPTOR.services_by_name["AdminService"].full_name,
+        health.SERVICE_NAME,
+        reflection.SERVICE_NAME,
+    )
+    reflection.enable_server_reflection(service_names, server)
+    bound = server.add_insecure_port(f"{host}:{port}")
+    if bound == 0:
+        raise OSError(f"could not listen on {host}:{port}")
+    await server.start()
+    for name in ("", *service_names[:2]):
+        await health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
+    return server, bound, health_servicer

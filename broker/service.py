@@ -1,0 +1,227 @@
+"""The broker's core: tenants and namespaces, the registry of loaded topics, housekeeping.
+
+Servicers (``broker.messaging_service``, ``broker.admin_service``) are thin gRPC edges over
+this class. Metadata layout in the store::
+
+    /admin/tenants/<tenant>                                tenant policies (JSON)
+    /admin/namespaces/<tenant>/<namespace>                 namespace policies (JSON)
+    /managed-ledgers/<tenant>/<namespace>/persistent/<t>   a topic's ledger list
+    /cursors/<tenant>/<namespace>/<t>/<subscription>       a subscription's cursor
+    /ledgers/<id>                                          ledger metadata
+
+Architecture invariant: the broker keeps no state that the metadata store and the bookies
+cannot rebuild; a restarted broker reloads topics lazily on first use.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+
+from bookie.ledgers import LedgerManager
+from broker.config import MIB, BrokerConfig
+from broker.errors import AlreadyExistsError, NotFoundError, PreconditionError
+from broker.managed_ledger import (
+    MANAGED_LEDGERS_PREFIX,
+    EntryCache,
+    ManagedLedger,
+    ManagedLedgerConfig,
+)
+from broker.topic import Topic
+from strata.metadata import BadVersionError, MetadataStore
+from strata.naming import DEFAULT_NAMESPACE, DEFAULT_TENANT, NamespaceName, TopicName
+
+log = logging.getLogger(__name__)
+
+TENANTS_PREFIX = "/admin/tenants/"
+NAMESPACES_PREFIX = "/admin/namespaces/"
+TOPIC_DOMAIN = "persistent"
+
+
+def _ml_name(topic: TopicName) -> str:
+    return f"{topic.tenant}/{topic.namespace}/{TOPIC_DOMAIN}/{topic.local_name}"
+
+
+class BrokerService:
+    """Owns loaded topics and the housekeeping task; closed by the process role."""
+
+    def __init__(self, config: BrokerConfig, store: MetadataStore, ledgers: LedgerManager) -> None:
+        self.config = config
+        self.store = store
+        self.ledgers = ledgers
+        self.cache = EntryCache(config.managed_ledger_cache_size_mb * MIB)
+        self.topics: dict[str, Topic] = {}
+        self._loading: dict[str, asyncio.Task[Topic]] = {}
+        self._housekeeping: asyncio.Task[None] | None = None
+        self.ml_config = ManagedLedgerConfig(
+            max_entries_per_ledger=config.managed_ledger_max_entries_per_ledger,
+            max_size_per_ledger_bytes=config.managed_ledger_max_size_per_ledger_mb * MIB,
+            max_ledger_rollover_time_ms=int(
+                config.managed_ledger_max_ledger_rollover_time_minutes * 60_000
+            ),
+            ensemble_size=config.managed_ledger_default_ensemble_size,
+            write_quorum=config.managed_ledger_default_write_quorum,
+            ack_quorum=config.managed_ledger_default_ack_quorum,
+        )
+
+    async def start(self) -> None:
+        self._housekeeping = asyncio.get_running_loop().create_task(self._housekeeping_loop())
+
+    async def initialize_defaults(self) -> None:
+        """Create tenant ``public`` and namespace ``public/default`` if they are missing."""
+        with contextlib.suppress(AlreadyExistsError):
+            await self.create_tenant(DEFAULT_TENANT, [], [])
+        with contextlib.suppress(AlreadyExistsError):
+            await self.create_namespace(NamespaceName(DEFAULT_TENANT, DEFAULT_NAMESPACE))
+
+    # ---- tenants and namespaces ---------------------------------------------------------
+
+    async def create_tenant(
+        self, tenant: str, admin_roles: list[str], allowed_clusters: list[str]
+    ) -> None:
+        body = json.dumps({"admin_roles": admin_roles, "allowed_clusters": allowed_clusters})
+        try:
+            await self.store.put(TENANTS_PREFIX + tenant, body.encode(), expected_version=0)
+        except BadVersionError as exc:
+            raise AlreadyExistsError(f"tenant {tenant!r} already exists") from exc
+
+    async def get_tenant(self, tenant: str) -> dict[str, list[str]]:
+        record = await self.store.get(TENANTS_PREFIX + tenant)
+        if record is None:
+            raise NotFoundError(f"tenant {tenant!r} does not exist")
+        body: dict[str, list[str]] = json.loads(record.value)
+        return body
+
+    async def list_tenants(self) -> list[str]:
+        return [k[len(TENANTS_PREFIX) :] for k in await self.store.list_keys(TENANTS_PREFIX)]
+
+    async def delete_tenant(self, tenant: str, force: bool) -> None:
+        await self.get_tenant(tenant)
+        namespaces = await self.list_namespaces(tenant)
+        if namespaces and not force:
+            raise PreconditionError(
+                f"tenant {tenant!r} still has namespaces {namespaces}; delete them or use force"
+            )
+        for namespace in namespaces:
+            await self.delete_namespace(NamespaceName(tenant, namespace), force=True)
+        await self.store.delete(TENANTS_PREFIX + tenant)
+
+    async def create_namespace(self, name: NamespaceName) -> None:
+        await self.get_tenant(name.tenant)
+        key = f"{NAMESPACES_PREFIX}{name.tenant}/{name.namespace}"
+        try:
+            await self.store.put(key, b"{}", expected_version=0)
+        except BadVersionError as exc:
+            raise AlreadyExistsError(f"namespace {name} already exists") from exc
+
+    async def check_namespace(self, name: NamespaceName) -> None:
+        if await self.store.get(f"{NAMESPACES_PREFIX}{name.tenant}/{name.namespace}") is None:
+            if await self.store.get(TENANTS_PREFIX + name.tenant) is None:
+                raise NotFoundError(f"tenant {name.tenant!r} does not exist")
+            raise NotFoundError(f"namespace {name} does not exist")
+
+    async def list_namespaces(self, tenant: str) -> list[str]:
+        await self.get_tenant(tenant)
+        prefix = f"{NAMESPACES_PREFIX}{tenant}/"
+        return [k[len(prefix) :] for k in await self.store.list_keys(prefix)]
+
+    async def delete_namespace(self, name: NamespaceName, force: bool) -> None:
+        await self.check_namespace(name)
+        topics = await self.list_topics(name)
+        if topics and not force:
+            raise PreconditionError(
+                f"namespace {name} still has {len(topics)} topics; delete them or use force"
+            )
+        for topic in topics:
+            await self.delete_topic(TopicName.parse(topic), force=True)
+        await self.store.delete(f"{NAMESPACES_PREFIX}{name.tenant}/{name.namespace}")
+
+    # ---- topics -------------------------------------------------------------------------------
+
+    async def list_topics(self, name: NamespaceName) -> list[str]:
+        await self.check_namespace(name)
+        prefix = f"{MANAGED_LEDGERS_PREFIX}{name.tenant}/{name.namespace}/{TOPIC_DOMAIN}/"
+        return [
+            str(TopicName(name.tenant, name.namespace, key[len(prefix) :]))
+            for key in await self.store.list_keys(prefix)
+        ]
+
+    async def topic_exists(self, name: TopicName) -> bool:
+        if str(name) in self.topics:
+            return True
+        return await self.store.get(MANAGED_LEDGERS_PREFIX + _ml_name(name)) is not None
+
+    async def create_topic(self, name: TopicName) -> Topic:
+        await self.check_namespace(name.namespace_name)
+        if await self.topic_exists(name):
+            raise AlreadyExistsError(f"topic {name} already exists")
+        return await self.get_topic(name)
+
+    async def get_topic(self, name: TopicName) -> Topic:
+        """The loaded topic, loading it (and creating it, as auto-creation) on first use."""
+        key = str(name)
+        topic = self.topics.get(key)
+        if topic is not None:
+            return topic
+        loading = self._loading.get(key)
+        if loading is None:
+            loading = asyncio.get_running_loop().create_task(self._load_topic(name))
+            self._loading[key] = loading
+            loading.add_done_callback(lambda _: self._loading.pop(key, None))
+        return await asyncio.shield(loading)
+
+    async def _load_topic(self, name: TopicName) -> Topic:
+        await self.check_namespace(name.namespace_name)
+        ledger = ManagedLedger(_ml_name(name), self.ledgers, self.ml_config, self.cache)
+        await ledger.open()
+        topic = Topic(
+            name,
+            ledger,
+            self.store,
+            self.config.cursor_persist_interval_ms,
+            self.config.cursor_max_persisted_ranges,
+        )
+        await topic.load_subscriptions()
+        self.topics[str(name)] = topic
+        log.info("loaded topic %s (%d ledgers)", name, len(ledger.ledgers))
+        return topic
+
+    async def delete_topic(self, name: TopicName, force: bool) -> None:
+        if not await self.topic_exists(name):
+            raise NotFoundError(f"topic {name} does not exist")
+        topic = await self.get_topic(name)
+        busy = topic.connected_producers or any(s.consumers for s in topic.subscriptions.values())
+        if busy and not force:
+            raise PreconditionError(f"topic {name} has connected producers or consumers; use force")
+        self.topics.pop(str(name), None)
+        topic.connected_producers.clear()
+        await topic.delete()
+
+    # ---- housekeeping ---------------------------------------------------------------------
+
+    async def run_housekeeping_once(self) -> None:
+        for topic in list(self.topics.values()):
+            topic.ledger.maybe_rollover_by_time()
+            try:
+                await topic.trim()
+            except Exception as exc:
+                log.warning("trimming %s failed: %s", topic.name, exc)
+
+    async def _housekeeping_loop(self) -> None:
+        while True:
+            await asyncio.sleep(self.config.housekeeping_interval_ms / 1000)
+            await self.run_housekeeping_once()
+
+    async def close(self) -> None:
+        if self._housekeeping is not None:
+            self._housekeeping.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._housekeeping
+        for topic in list(self.topics.values()):
+            try:
+                await topic.close()
+            except Exception as exc:
+                log.warning("closing %s failed: %s", topic.name, exc)
+        self.topics.clear()

@@ -1,0 +1,91 @@
+"""``strata standalone``: broker, bookie and embedded metadata store in one process.
+
+Data lives under ``--data-dir``: ``metadata/`` (the embedded store) and ``bookie/`` (the
+journal and index). The broker talks to its bookie through the same ``BookieClient``
+interface a cluster broker uses over gRPC, here in-process.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import logging
+import signal
+import sys
+
+from bookie.local import LocalBookieClient
+from bookie.storage import Bookie, BookieStorageConfig
+from prometheus_client import start_http_server
+
+from bookie.ledgers import LedgerManager
+from broker.config import BrokerConfig, add_config_options, config_from_args
+from broker.server import start_broker_server
+from broker.service import BrokerService
+from strata.metadata import open_metadata_store
+
+log = logging.getLogger("strata.standalone")
+
+SHUTDOWN_GRACE_SECONDS = 5.0
+
+
+async def run_standalone(config: BrokerConfig, stop: asyncio.Event) -> None:
+    data_dir = config.data_dir.resolve()
+    (data_dir / "metadata").mkdir(parents=True, exist_ok=True)
+    store = await open_metadata_store(f"embedded://{data_dir / 'metadata'}")
+    bookie = await Bookie.open(
+        BookieStorageConfig(data_dir=data_dir / "bookie", fsync=config.journal_fsync)
+    )
+    local = LocalBookieClient(bookie)
+    ledgers = LedgerManager(store, lambda: [local.address], lambda _address: local)
+    broker = BrokerService(config, store, ledgers)
+    server = None
+    try:
+        await broker.initialize_defaults()
+        await broker.start()
+        server, port, _health = await start_broker_server(broker, config.host, config.port)
+        metrics_port = config.metrics_port
+        if metrics_port >= 0:
+            metrics_server, _thread = start_http_server(metrics_port, addr=config.host)
+            metrics_port = metrics_server.server_port
+        # Tests and scripts read this line to learn the ports picked for port 0.
+        print(
+            f"strata standalone ready port={port} metrics_port={metrics_port} data_dir={data_dir}",
+            flush=True,
+        )
+        await stop.wait()
+    finally:
+        if server is not None:
+            await server.stop(SHUTDOWN_GRACE_SECONDS)
+        await broker.close()
+        await local.close()
+        await bookie.close()
+        await store.close()
+
+
+def main(argv: list[str]) -> int:
+    parser = argparse.ArgumentParser(
+        prog="strata standalone",
+        description="Run broker + bookie + embedded metadata store in one process.",
+    )
+    add_config_options(parser)
+    args = parser.parse_args(argv)
+    try:
+        config = config_from_args(args)
+    except ValueError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    logging.basicConfig(
+        level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+
+    async def run() -> None:
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for signum in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(signum, stop.set)
+        await run_standalone(config, stop)
+
+    with contextlib.suppress(KeyboardInterrupt):
+        asyncio.run(run())
+    return 0

@@ -1,0 +1,293 @@
+"""Subscriptions and their dispatchers: which consumer gets which entry, and when.
+
+A subscription owns a durable cursor and a dispatch task. Consumers grant permits (counted in
+messages); the dispatcher sends whole entries — a producer batch is one entry — to a consumer
+while it has permits, charging it the entry's message count (a consumer may go briefly
+negative, as in Pulsar, so that a batch larger than the receiver queue still flows).
+
+- Exclusive: one consumer; a second one is refused.
+- Shared: entries go round-robin to the consumers that have permits.
+
+Entries sent and not yet acknowledged are *pending* on their consumer. When the consumer
+closes, or asks for redelivery (a negative ack), its pending entries go to the replay set,
+which the dispatcher serves before reading new entries; each replay raises the entry's
+redelivery count.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import heapq
+import itertools
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from broker.cursor import ManagedCursor
+from broker.errors import InvalidRequestError, PreconditionError
+from broker.managed_ledger import Entry, ManagedLedger, Position
+from strata.v1 import messaging_pb2
+
+log = logging.getLogger(__name__)
+
+SUBSCRIPTION_EXCLUSIVE = messaging_pb2.SUBSCRIPTION_TYPE_EXCLUSIVE
+SUBSCRIPTION_SHARED = messaging_pb2.SUBSCRIPTION_TYPE_SHARED
+TYPE_NAMES = {SUBSCRIPTION_EXCLUSIVE: "Exclusive", SUBSCRIPTION_SHARED: "Shared"}
+
+# The dispatcher reads at most this many entries per round (Pulsar's dispatcherMaxReadBatchSize).
+DISPATCH_MAX_READ_ENTRIES = 100
+DISPATCH_MAX_READ_BYTES = 4 * 1024 * 1024
+# Pulsar's maxUnackedMessagesPerConsumer: a consumer this far behind on acks gets nothing more.
+MAX_UNACKED_MESSAGES_PER_CONSUMER = 50_000
+# Pause after a failed read before the dispatcher tries again.
+DISPATCH_ERROR_BACKOFF_MS = 200
+
+
+def bitset_words(bits: int) -> list[int]:
+    words: list[int] = []
+    while bits:
+        words.append(bits & 0xFFFFFFFFFFFFFFFF)
+        bits >>= 64
+    return words
+
+
+def popcount(bits: int) -> int:
+    return bin(bits).count("1")
+
+
+@dataclass(eq=False)
+class ConsumerSession:
+    """One connected consumer: its permits, pending entries and outgoing deliveries."""
+
+    name: str
+    send: Callable[[list[messaging_pb2.Delivery]], None]
+    permits: int = 0
+    unacked_messages: int = 0
+    pending: dict[Position, int] = field(default_factory=dict)  # position → message count
+    messages_out: int = 0
+    bytes_out: int = 0
+
+    def can_receive(self) -> bool:
+        return self.permits > 0 and self.unacked_messages < MAX_UNACKED_MESSAGES_PER_CONSUMER
+
+
+class Subscription:
+    """A named durable subscription of one topic, with its dispatcher task."""
+
+    def __init__(
+        self, name: str, sub_type: int, cursor: ManagedCursor, ledger: ManagedLedger
+    ) -> None:
+        self.name = name
+        self.type = sub_type
+        self.cursor = cursor
+        self._ledger = ledger
+        self.consumers: list[ConsumerSession] = []
+        self._round_robin = itertools.count()
+        self._replay: list[Position] = []  # heap
+        self._replay_set: set[Position] = set()
+        self._owner: dict[Position, ConsumerSession] = {}
+        self.redelivery_counts: dict[Position, int] = {}
+        self._wakeup = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+        self.messages_out = 0
+        self.bytes_out = 0
+
+    @property
+    def type_name(self) -> str:
+        return TYPE_NAMES.get(self.type, "Exclusive")
+
+    def start(self) -> None:
+        self._task = asyncio.get_running_loop().create_task(self._dispatch_loop())
+
+    def notify(self) -> None:
+        self._wakeup.set()
+
+    # ---- consumers ----------------------------------------------------------------------
+
+    def add_consumer(self, consumer: ConsumerSession, sub_type: int) -> None:
+        if sub_type != self.type:
+            if self.consumers:
+                raise PreconditionError(
+                    f"subscription {self.name!r} is {self.type_name} with connected "
+                    f"consumers; cannot attach a {TYPE_NAMES.get(sub_type, '?')} consumer"
+                )
+            self.type = sub_type
+        if self.type == SUBSCRIPTION_EXCLUSIVE and self.consumers:
+            raise PreconditionError(
+                f"exclusive subscription {self.name!r} already has a consumer "
+                f"({self.consumers[0].name})"
+            )
+        self.consumers.append(consumer)
+        self.notify()
+
+    def remove_consumer(self, consumer: ConsumerSession) -> None:
+        if consumer in self.consumers:
+            self.consumers.remove(consumer)
+        self._replay_positions(list(consumer.pending), consumer)
+        self.notify()
+
+    def add_permits(self, consumer: ConsumerSession, permits: int) -> None:
+        consumer.permits += permits
+        self.notify()
+
+    def redeliver(self, consumer: ConsumerSession, positions: list[Position] | None) -> None:
+        """A negative acknowledgement: send these pending entries again (all when None)."""
+        wanted = list(consumer.pending) if positions is None else positions
+        self._replay_positions([p for p in wanted if p in consumer.pending], consumer)
+        self.notify()
+
+    def _replay_positions(self, positions: list[Position], consumer: ConsumerSession) -> None:
+        for position in positions:
+            count = consumer.pending.pop(position, 0)
+            consumer.unacked_messages -= count
+            self._owner.pop(position, None)
+            if self.cursor.is_acked(position) or position in self._replay_set:
+                continue
+            self._replay_set.add(position)
+            heapq.heappush(self._replay, position)
+            self.redelivery_counts[position] = self.redelivery_counts.get(position, 0) + 1
+
+    # ---- acknowledgements ------------------------------------------------------------------
+
+    def check_known(self, position: Position) -> None:
+        if self.cursor.is_acked(position):
+            return
+        if not self._ledger.contains(position):
+            raise InvalidRequestError(
+                f"acknowledgement of unknown message id {position[0]}:{position[1]}: "
+                "no such entry in this topic"
+            )
+
+    def acknowledge(
+        self, consumer: ConsumerSession, position: Position, batch_index: int, batch_size: int
+    ) -> None:
+        self.check_known(position)
+        if batch_index < 0:
+            completed = self.cursor.ack_entry(position)
+        else:
+            if batch_size <= 0 or batch_index >= batch_size or batch_size > 1_000_000:
+                raise InvalidRequestError(
+                    f"acknowledgement of {position[0]}:{position[1]}: batch index "
+                    f"{batch_index} out of range for batch size {batch_size}"
+                )
+            completed = self.cursor.ack_batch_index(position, batch_index, batch_size)
+        if completed or self.cursor.is_acked(position):
+            self._forget(position)
+
+    def acknowledge_cumulative(self, position: Position) -> None:
+        self.check_known(position)
+        self.cursor.ack_cumulative(position)
+        for pos in [p for p in self._owner if p <= position]:
+            self._forget(pos)
+
+    def _forget(self, position: Position) -> None:
+        owner = self._owner.pop(position, None)
+        if owner is not None:
+            owner.unacked_messages -= owner.pending.pop(position, 0)
+            if owner.can_receive():
+                self.notify()
+        self.redelivery_counts.pop(position, None)
+        if position in self._replay_set:
+            self._replay_set.discard(position)
+
+    # ---- dispatch ---------------------------------------------------------------------------
+
+    def _next_consumer(self) -> ConsumerSession | None:
+        ready = [c for c in self.consumers if c.can_receive()]
+        if not ready:
+            return None
+        if self.type == SUBSCRIPTION_EXCLUSIVE:
+            return ready[0]
+        return ready[next(self._round_robin) % len(ready)]
+
+    async def _dispatch_loop(self) -> None:
+        while True:
+            await self._wakeup.wait()
+            self._wakeup.clear()
+            try:
+                # Yield between rounds so producers and acks are served too.
+                while await self._dispatch_round():  # noqa: ASYNC110
+                    await asyncio.sleep(0)
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # a read failed: retry later, never give up the loop
+                log.warning("subscription %s: dispatch failed: %s", self.name, exc)
+                await asyncio.sleep(DISPATCH_ERROR_BACKOFF_MS / 1000)
+                self._wakeup.set()
+
+    async def _dispatch_round(self) -> bool:
+        """Send one round of entries; True if anything was sent (try again at once)."""
+        if self._next_consumer() is None:
+            return False
+        entries = await self._read_replay()
+        if not entries:
+            entries = await self._ledger.read_entries(
+                self.cursor.read_position, DISPATCH_MAX_READ_ENTRIES, DISPATCH_MAX_READ_BYTES
+            )
+            if entries:
+                self.cursor.read_position = self._ledger.next_position(entries[-1].position)
+        if not entries:
+            return False
+        batches: dict[int, tuple[ConsumerSession, list[messaging_pb2.Delivery]]] = {}
+        leftover: list[Position] = []
+        for entry in entries:
+            position = entry.position
+            if self.cursor.is_acked(position) or position in self._owner:
+                continue
+            consumer = self._next_consumer()
+            if consumer is None:
+                leftover.append(position)
+                continue
+            acked_bits = self.cursor.acked_indexes(position)
+            count = entry.num_messages - popcount(acked_bits)
+            consumer.permits -= count
+            consumer.unacked_messages += count
+            consumer.pending[position] = count
+            self._owner[position] = consumer
+            delivery = messaging_pb2.Delivery(
+                ledger_id=entry.ledger_id,
+                entry_id=entry.entry_id,
+                entry=entry.data,
+                redelivery_count=self.redelivery_counts.get(position, 0),
+                acked_batch_indexes=bitset_words(acked_bits),
+            )
+            consumer.messages_out += count
+            consumer.bytes_out += len(entry.data)
+            self.messages_out += count
+            self.bytes_out += len(entry.data)
+            batches.setdefault(id(consumer), (consumer, []))[1].append(delivery)
+        for position in leftover:
+            # No consumer had permits left: serve these first next time, without counting
+            # a redelivery (they were never delivered).
+            if position not in self._replay_set:
+                self._replay_set.add(position)
+                heapq.heappush(self._replay, position)
+        for consumer, deliveries in batches.values():
+            consumer.send(deliveries)
+        return bool(batches)
+
+    async def _read_replay(self) -> list[Entry]:
+        entries: list[Entry] = []
+        while self._replay and len(entries) < DISPATCH_MAX_READ_ENTRIES:
+            position = heapq.heappop(self._replay)
+            if position not in self._replay_set:
+                continue
+            self._replay_set.discard(position)
+            if self.cursor.is_acked(position):
+                continue
+            entry = await self._ledger.read_entry(position)
+            if entry is not None:
+                entries.append(entry)
+        return entries
+
+    def unacked_messages(self) -> int:
+        return sum(c.unacked_messages for c in self.consumers)
+
+    async def close(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+            self._task = None
+        await self.cursor.close()

@@ -1,0 +1,161 @@
+"""A persistent topic: its managed ledger, producers and subscriptions.
+
+The publish path is per batch: the producer's batch bytes are wrapped once in a
+``StoredEntry`` header and appended as one ledger entry; the broker never looks at single
+messages. Subscriptions are woken when new entries are confirmed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import time
+from dataclasses import dataclass
+from urllib.parse import quote, unquote
+
+from broker.cursor import CURSORS_PREFIX, ManagedCursor
+from broker.errors import PreconditionError
+from broker.managed_ledger import ManagedLedger, Position
+from broker.subscription import SUBSCRIPTION_EXCLUSIVE, Subscription
+from strata.metadata import MetadataStore
+from strata.naming import TopicName
+
+
+@dataclass(slots=True)
+class RateMeter:
+    """Counts that become a per-second rate between two reads of ``rate()``."""
+
+    total: int = 0
+    _last_total: int = 0
+    _last_time: float = 0.0
+    _last_rate: float = 0.0
+
+    def rate(self) -> float:
+        now = time.monotonic()
+        elapsed = now - self._last_time
+        if self._last_time == 0.0:
+            self._last_time, self._last_total = now, self.total
+            return 0.0
+        if elapsed >= 1.0:
+            self._last_rate = (self.total - self._last_total) / elapsed
+            self._last_time, self._last_total = now, self.total
+        return self._last_rate
+
+
+class Topic:
+    """One loaded topic. Created and closed by ``BrokerService``."""
+
+    def __init__(
+        self,
+        name: TopicName,
+        ledger: ManagedLedger,
+        store: MetadataStore,
+        cursor_persist_interval_ms: int,
+        cursor_max_persisted_ranges: int,
+    ) -> None:
+        self.name = name
+        self.ledger = ledger
+        self._store = store
+        self._cursor_persist_interval_ms = cursor_persist_interval_ms
+        self._cursor_max_persisted_ranges = cursor_max_persisted_ranges
+        self.producers: dict[str, int] = {}  # producer name → last sequence id
+        self.connected_producers: set[str] = set()
+        self.subscriptions: dict[str, Subscription] = {}
+        self._subscription_lock = asyncio.Lock()
+        self.messages_in = RateMeter()
+        self.bytes_in = RateMeter()
+        self.messages_out = RateMeter()
+        self.bytes_out = RateMeter()
+        self._producer_ids = itertools.count()
+        ledger.on_new_entries = self._on_new_entries
+
+    @property
+    def cursor_prefix(self) -> str:
+        n = self.name
+        return f"{CURSORS_PREFIX}{n.tenant}/{n.namespace}/{n.local_name}/"
+
+    def _on_new_entries(self) -> None:
+        for subscription in self.subscriptions.values():
+            subscription.notify()
+
+    async def load_subscriptions(self) -> None:
+        """Open every durable subscription that exists in the metadata store."""
+        for key in await self._store.list_keys(self.cursor_prefix):
+            encoded = key[len(self.cursor_prefix) :]
+            await self.get_subscription(unquote(encoded), None, start_at_earliest=False)
+
+    # ---- producers ----------------------------------------------------------------------------
+
+    def add_producer(self, requested_name: str, broker_name: str) -> tuple[str, int]:
+        name = requested_name or f"{broker_name}-{next(self._producer_ids)}"
+        if name in self.connected_producers:
+            raise PreconditionError(f"producer {name!r} is already connected to {self.name}")
+        while not requested_name and name in self.producers:
+            name = f"{broker_name}-{next(self._producer_ids)}"
+        self.connected_producers.add(name)
+        return name, self.producers.get(name, -1)
+
+    def remove_producer(self, name: str) -> None:
+        self.connected_producers.discard(name)
+
+    def publish(self, entry: bytes, num_messages: int) -> asyncio.Future[Position]:
+        self.messages_in.total += num_messages
+        self.bytes_in.total += len(entry)
+        return self.ledger.add_entry(entry, num_messages)
+
+    # ---- subscriptions ------------------------------------------------------------------------
+
+    async def get_subscription(
+        self, name: str, sub_type: int | None, *, start_at_earliest: bool
+    ) -> Subscription:
+        async with self._subscription_lock:
+            subscription = self.subscriptions.get(name)
+            if subscription is not None:
+                return subscription
+            cursor = ManagedCursor(
+                name,
+                self.cursor_prefix + quote(name, safe=""),
+                self.ledger,
+                self._store,
+                self._cursor_persist_interval_ms,
+                self._cursor_max_persisted_ranges,
+            )
+            await cursor.load_or_create(start_at_earliest)
+            subscription = Subscription(
+                name, sub_type or SUBSCRIPTION_EXCLUSIVE, cursor, self.ledger
+            )
+            subscription.start()
+            self.subscriptions[name] = subscription
+            return subscription
+
+    async def delete_subscription(self, name: str) -> None:
+        subscription = self.subscriptions.pop(name, None)
+        if subscription is not None:
+            await subscription.close()
+            await subscription.cursor.delete()
+
+    def slowest_mark_delete(self) -> Position | None:
+        if not self.subscriptions:
+            return None
+        return min(s.cursor.mark_delete for s in self.subscriptions.values())
+
+    async def trim(self) -> int:
+        """Delete ledgers no subscription needs. Without subscriptions nothing is trimmed:
+        a topic keeps its data until a subscription consumes it (documented retention
+        choice of issue 2; retention policies come later)."""
+        slowest = self.slowest_mark_delete()
+        if slowest is None:
+            return 0
+        return await self.ledger.trim(slowest)
+
+    async def close(self) -> None:
+        for subscription in list(self.subscriptions.values()):
+            await subscription.close()
+        await self.ledger.close()
+
+    async def delete(self) -> None:
+        for name in list(self.subscriptions):
+            await self.delete_subscription(name)
+        for key in await self._store.list_keys(self.cursor_prefix):
+            await self._store.delete(key)
+        await self.ledger.delete()
