@@ -413,9 +413,9 @@ class ManagedLedger:
             if info.ledger_id > ledger_id:
                 return (info.ledger_id, 0)
             if entry_id < info.entries or index == len(self.ledgers) - 1:
-                return position
+                return (ledger_id, entry_id)
             ledger_id, entry_id = self.ledgers[index + 1].ledger_id, 0
-        return position
+        return (ledger_id, entry_id)
 
     def next_position(self, position: Position) -> Position:
         return self.normalize((position[0], position[1] + 1))

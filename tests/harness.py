@@ -1,0 +1,132 @@
+"""Test harness as a library: real ``strata`` processes on free loopback ports.
+
+``Standalone`` starts ``strata standalone`` as a subprocess, waits for readiness through the
+gRPC health service (never by sleeping a fixed time), and offers the fault verbs the
+integration and fault tests use: ``kill()`` (SIGKILL), ``pause()``/``resume()``
+(SIGSTOP/SIGCONT), ``stop()`` (SIGTERM) and ``restart()`` on the same port and data.
+Processes are ended only by the PID this harness started.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import IO
+
+import grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+READY_TIMEOUT_SECONDS = 60.0
+STOP_TIMEOUT_SECONDS = 15.0
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind((host, 0))
+        return int(sock.getsockname()[1])
+
+
+def wait_serving(address: str, timeout_s: float = READY_TIMEOUT_SECONDS,
+                 process: subprocess.Popen[bytes] | None = None) -> None:
+    """Poll grpc.health.v1 until the server answers SERVING; fail early if it exited."""
+    deadline = time.monotonic() + timeout_s
+    last_error: Exception | None = None
+    with grpc.insecure_channel(address) as channel:
+        stub = health_pb2_grpc.HealthStub(channel)
+        while time.monotonic() < deadline:
+            if process is not None and process.poll() is not None:
+                raise RuntimeError(f"process exited with {process.returncode} before serving")
+            try:
+                response = stub.Check(health_pb2.HealthCheckRequest(service=""), timeout=1.0)
+                if response.status == health_pb2.HealthCheckResponse.SERVING:
+                    return
+            except grpc.RpcError as exc:
+                last_error = exc
+            # Poll interval of a readiness probe, not a wait for a condition in a test.
+            time.sleep(0.05)
+    raise TimeoutError(f"{address} not serving after {timeout_s} s: {last_error}")
+
+
+class Standalone:
+    """One ``strata standalone`` process with its data directory and log file."""
+
+    def __init__(self, data_dir: Path, *extra_args: str, env: dict[str, str] | None = None):
+        self.data_dir = data_dir
+        self.port = free_port()
+        self.extra_args = list(extra_args)
+        self.env = env
+        self.process: subprocess.Popen[bytes] | None = None
+        self.log_path = data_dir.parent / f"{data_dir.name}-standalone.log"
+        self._log: IO[bytes] | None = None
+
+    @property
+    def address(self) -> str:
+        return f"127.0.0.1:{self.port}"
+
+    def start(self) -> Standalone:
+        assert self.process is None or self.process.poll() is not None
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        self._log = open(self.log_path, "ab")  # noqa: SIM115 - closed in _reap
+        command = [
+            sys.executable, "-m", "strata", "standalone",
+            "--data-dir", str(self.data_dir),
+            "--port", str(self.port),
+            "--metrics-port", "-1",
+            *self.extra_args,
+        ]
+        environment = dict(os.environ)
+        environment.update(self.env or {})
+        self.process = subprocess.Popen(
+            command, stdout=self._log, stderr=subprocess.STDOUT, env=environment
+        )
+        try:
+            wait_serving(self.address, process=self.process)
+        except BaseException:
+            self.kill()
+            raise
+        return self
+
+    def _reap(self) -> None:
+        if self._log is not None:
+            self._log.close()
+            self._log = None
+
+    def kill(self) -> None:
+        """SIGKILL by PID: the crash every durability test is about."""
+        if self.process is not None and self.process.poll() is None:
+            os.kill(self.process.pid, signal.SIGKILL)
+            self.process.wait(STOP_TIMEOUT_SECONDS)
+        self._reap()
+
+    def pause(self) -> None:
+        assert self.process is not None
+        os.kill(self.process.pid, signal.SIGSTOP)
+
+    def resume(self) -> None:
+        assert self.process is not None
+        os.kill(self.process.pid, signal.SIGCONT)
+
+    def stop(self) -> int | None:
+        """SIGTERM and wait; SIGKILL if it does not stop in time. Returns the exit code."""
+        if self.process is None:
+            return None
+        if self.process.poll() is None:
+            os.kill(self.process.pid, signal.SIGTERM)
+            try:
+                self.process.wait(STOP_TIMEOUT_SECONDS)
+            except subprocess.TimeoutExpired:
+                self.kill()
+        self._reap()
+        return self.process.returncode
+
+    def restart(self) -> Standalone:
+        self.kill()
+        return self.start()
+
+    def log_text(self) -> str:
+        return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""

@@ -1,0 +1,163 @@
+"""The broker end to end in one process: real gRPC server, memory store and memory bookie."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import grpc
+import pytest
+
+from bookie.ledgers import LedgerManager
+from broker.config import BrokerConfig
+from broker.server import start_broker_server
+from broker.service import BrokerService
+from strata.metadata import MetadataStore, open_metadata_store
+from strata.v1 import admin_pb2, admin_pb2_grpc, messaging_pb2, messaging_pb2_grpc
+from tests.unit.broker.memory_bookie import MemoryBookieClient
+
+
+@dataclass
+class Env:
+    broker: BrokerService
+    store: MetadataStore
+    bookie: MemoryBookieClient
+    channel: grpc.aio.Channel
+    messaging: Any
+    admin: Any
+
+
+@pytest.fixture
+async def env(tmp_path: Path) -> AsyncIterator[Env]:
+    store = await open_metadata_store("memory://")
+    bookie = MemoryBookieClient()
+    ledgers = LedgerManager(store, lambda: [bookie.address], lambda _a: bookie)
+    config = BrokerConfig(port=0, data_dir=tmp_path, managed_ledger_max_entries_per_ledger=5)
+    broker = BrokerService(config, store, ledgers)
+    await broker.initialize_defaults()
+    server, port, _ = await start_broker_server(broker, "127.0.0.1", 0)
+    channel = grpc.aio.insecure_channel(f"127.0.0.1:{port}")
+    try:
+        yield Env(
+            broker,
+            store,
+            bookie,
+            channel,
+            messaging_pb2_grpc.MessagingServiceStub(channel),
+            admin_pb2_grpc.AdminServiceStub(channel),
+        )
+    finally:
+        await channel.close()
+        await server.stop(0)
+        await broker.close()
+        await store.close()
+
+
+def batch(seq: int, payloads: list[bytes]) -> messaging_pb2.ProducerBatch:
+    body = messaging_pb2.MessageBatch(payloads=payloads).SerializeToString()
+    return messaging_pb2.ProducerBatch(
+        sequence_id=seq, num_messages=len(payloads), uncompressed_size=len(body), payload=body
+    )
+
+
+async def produce(env: Env, topic: str, batches: list[list[bytes]]) -> list[Any]:
+    call = env.messaging.Produce()
+    await call.write(messaging_pb2.ProduceRequest(open=messaging_pb2.OpenProducer(topic=topic)))
+    opened = await call.read()
+    assert opened.HasField("opened")
+    seq = 0
+    for payloads in batches:
+        await call.write(
+            messaging_pb2.ProduceRequest(
+                publish=messaging_pb2.PublishBatches(batches=[batch(seq, payloads)])
+            )
+        )
+        seq += len(payloads)
+    receipts = []
+    while len(receipts) < len(batches):
+        response = await call.read()
+        receipts.extend(response.receipts.receipts)
+    await call.done_writing()
+    assert await call.read() == grpc.aio.EOF
+    return receipts
+
+
+async def test_produce_then_consume_across_rollover(env: Env) -> None:
+    batches = [[f"m{i}-{j}".encode() for j in range(3)] for i in range(12)]
+    receipts = await produce(env, "t1", batches)
+    assert [r.sequence_id for r in receipts] == [3 * i for i in range(12)]
+    assert len({r.ledger_id for r in receipts}) >= 3  # rolled every 5 entries
+
+    call = env.messaging.Consume()
+    await call.write(
+        messaging_pb2.ConsumeRequest(
+            subscribe=messaging_pb2.Subscribe(
+                topic="t1",
+                subscription="s",
+                initial_position=messaging_pb2.INITIAL_POSITION_EARLIEST,
+            )
+        )
+    )
+    assert (await call.read()).HasField("subscribed")
+    await call.write(messaging_pb2.ConsumeRequest(flow=messaging_pb2.Flow(permits=1000)))
+    got: list[bytes] = []
+    ids = []
+    while len(got) < 36:
+        response = await call.read()
+        for delivery in response.deliveries.deliveries:
+            stored = messaging_pb2.StoredEntry.FromString(delivery.entry)
+            got.extend(messaging_pb2.MessageBatch.FromString(stored.payload).payloads)
+            ids.append(
+                messaging_pb2.MessageIdData(
+                    ledger_id=delivery.ledger_id, entry_id=delivery.entry_id, batch_index=-1
+                )
+            )
+    assert got == [p for b in batches for p in b]
+    await call.write(
+        messaging_pb2.ConsumeRequest(ack=messaging_pb2.Ack(message_ids=ids, request_id=7))
+    )
+    receipt = await call.read()
+    assert receipt.ack_receipt.request_id == 7
+    stats = await env.admin.GetTopicStats(admin_pb2.GetTopicStatsRequest(name="t1"))
+    assert stats.subscriptions["s"].msg_backlog == 0
+    call.cancel()
+    await env.broker.run_housekeeping_once()
+    assert len(env.broker.topics["persistent://public/default/t1"].ledger.ledgers) == 1
+
+
+async def test_bad_input_gets_precise_status(env: Env) -> None:
+    with pytest.raises(grpc.aio.AioRpcError) as info:
+        await produce(env, "a/b/c/d", [[b"x"]])
+    assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    with pytest.raises(grpc.aio.AioRpcError) as info:
+        await produce(env, "nope/ns/t", [[b"x"]])
+    assert info.value.code() == grpc.StatusCode.NOT_FOUND
+    call = env.messaging.Consume()
+    await call.write(
+        messaging_pb2.ConsumeRequest(subscribe=messaging_pb2.Subscribe(topic="t", subscription=""))
+    )
+    with pytest.raises(grpc.aio.AioRpcError) as info:
+        await call.read()
+    assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    # The broker still serves.
+    assert len(await produce(env, "ok", [[b"x"]])) == 1
+
+
+async def test_admin_tenants_namespaces_topics(env: Env) -> None:
+    await env.admin.CreateTenant(admin_pb2.CreateTenantRequest(tenant_id="acme"))
+    await env.admin.CreateNamespace(
+        admin_pb2.CreateNamespaceRequest(parent="tenants/acme", namespace_id="orders")
+    )
+    await env.admin.CreateTopic(admin_pb2.CreateTopicRequest(name="acme/orders/new"))
+    topics = await env.admin.ListTopics(
+        admin_pb2.ListTopicsRequest(parent="tenants/acme/namespaces/orders")
+    )
+    assert [t.name for t in topics.topics] == ["persistent://acme/orders/new"]
+    with pytest.raises(grpc.aio.AioRpcError) as info:
+        await env.admin.DeleteTenant(admin_pb2.DeleteTenantRequest(name="tenants/acme"))
+    assert info.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+    await env.admin.DeleteTenant(admin_pb2.DeleteTenantRequest(name="tenants/acme", force=True))
+    tenants = await env.admin.ListTenants(admin_pb2.ListTenantsRequest())
+    assert [t.name for t in tenants.tenants] == ["tenants/public"]
