@@ -1,0 +1,90 @@
+"""The metadata store: one interface, several drivers, chosen by URL.
+
+``await open_metadata_store(url)`` opens a store; the URL picks the driver:
+
+* ``embedded:///abs/dir`` or ``embedded:relative/dir``: the embedded driver, durable on
+  local disk, for a single process (``strata standalone``);
+* ``memory://``: a fresh in-memory store, for unit tests;
+* ``etcd://host:port,...``: the etcd driver (not written yet).
+
+See :mod:`strata.metadata.base` for the interface and the error tree.
+"""
+
+from __future__ import annotations
+
+import urllib.parse
+
+from strata.metadata.base import (
+    DEFAULT_MAX_PENDING_EVENTS,
+    MAX_KEY_LENGTH,
+    MAX_VALUE_BYTES,
+    BadVersionError,
+    EventType,
+    InvalidKeyError,
+    MetadataError,
+    MetadataStore,
+    MetadataStoreClosedError,
+    MetadataStoreUnavailableError,
+    Record,
+    ValueTooLargeError,
+    Watch,
+    WatchEvent,
+    WatchOverflowError,
+    check_key,
+    check_prefix,
+)
+from strata.metadata.embedded import EmbeddedMetadataStore
+from strata.metadata.memory import InMemoryMetadataStore
+
+__all__ = [
+    "DEFAULT_MAX_PENDING_EVENTS",
+    "MAX_KEY_LENGTH",
+    "MAX_VALUE_BYTES",
+    "BadVersionError",
+    "EmbeddedMetadataStore",
+    "EventType",
+    "InMemoryMetadataStore",
+    "InvalidKeyError",
+    "MetadataError",
+    "MetadataStore",
+    "MetadataStoreClosedError",
+    "MetadataStoreUnavailableError",
+    "Record",
+    "ValueTooLargeError",
+    "Watch",
+    "WatchEvent",
+    "WatchOverflowError",
+    "check_key",
+    "check_prefix",
+    "open_metadata_store",
+]
+
+
+async def open_metadata_store(url: str) -> MetadataStore:
+    """Open the metadata store that ``url`` names; see the module docstring for the schemes.
+
+    Raises ValueError for a malformed URL or an unknown scheme, and MetadataError when the
+    store cannot be opened (for example, an embedded directory in use by another process).
+    """
+    parts = urllib.parse.urlsplit(url)
+    scheme = parts.scheme.lower()
+    if scheme == "embedded":
+        if parts.netloc or parts.query or parts.fragment:
+            raise ValueError(
+                f"metadata store URL {url!r}: write embedded:///absolute/dir or "
+                "embedded:relative/dir (no host, query or fragment)"
+            )
+        directory = urllib.parse.unquote(parts.path)
+        if not directory:
+            raise ValueError(f"metadata store URL {url!r} names no directory")
+        return await EmbeddedMetadataStore.open(directory)
+    if scheme == "memory":
+        if parts.netloc or parts.path or parts.query or parts.fragment:
+            raise ValueError(f"metadata store URL {url!r}: write memory:// with nothing after")
+        return await InMemoryMetadataStore.open()
+    if scheme == "etcd":
+        raise NotImplementedError("etcd driver: issue 3")
+    raise ValueError(
+        f"metadata store URL {url!r} has unknown scheme {parts.scheme!r}; "
+        "expected embedded:, memory:// or etcd://"
+    )
