@@ -3,7 +3,7 @@
 Hierarchy::
 
     BookieError                  base; ``retriable`` says whether the same call may succeed later
-    ├── LedgerFencedError        the ledger is fenced; a non-recovery add is refused (never retriable)
+    ├── LedgerFencedError        the ledger is fenced; non-recovery adds are refused (not retriable)
     ├── NoSuchLedgerError        the bookie holds nothing for this ledger
     ├── NoSuchEntryError         the ledger exists here, the entry does not
     ├── LedgerDeletedError       the ledger was deleted

@@ -1,0 +1,329 @@
+"""``GrpcBookieClient``: the ``BookieClient`` protocol over ``strata.storage.v1.BookieService``.
+
+Adds are pipelined over one long-lived AddEntries stream (``AddStream``); every other call is a
+unary RPC with a deadline. Failed calls raise the ``bookie.errors`` class the bookie raised,
+recovered from the status and its reason (``bookie.status_map``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections import deque
+from typing import Any
+
+import grpc
+
+from bookie.api import LedgerState, StoredEntry
+from bookie.errors import BadRequestError, BookieError, BookieUnavailableError
+from bookie.status_map import ERROR_REASON_KEY, error_for_add_status, error_for_status
+from strata.storage.v1 import bookie_pb2, bookie_pb2_grpc
+
+_log = logging.getLogger(__name__)
+
+_MIB = 1024 * 1024
+
+
+def _error_from_rpc(error: grpc.aio.AioRpcError) -> BookieError:
+    reason = None
+    for key, value in error.trailing_metadata() or ():
+        if key == ERROR_REASON_KEY:
+            reason = value if isinstance(value, str) else value.decode()
+    return error_for_status(error.code(), error.details() or "", reason)
+
+
+class AddStream:
+    """One AddEntries call carrying many pipelined adds.
+
+    ``submit`` queues an AddEntry and returns a future for its AddResult. An owned writer task
+    packs everything queued into request messages of at most ``max_request_bytes`` (one larger
+    entry travels alone); an owned reader task resolves futures by request id. When the stream
+    ends or fails, the stream is dead: every pending future fails with BookieUnavailableError and
+    the client opens a new stream for the next add.
+
+    Lifecycle: created by the client on first use; ``close()`` cancels the call and awaits both
+    tasks.
+    """
+
+    def __init__(
+        self, stub: bookie_pb2_grpc.BookieServiceAsyncStub, address: str, max_request_bytes: int
+    ) -> None:
+        self._address = address
+        self._max_request_bytes = max_request_bytes
+        self._call = stub.AddEntries()
+        self._queue: deque[bookie_pb2.AddEntry] = deque()
+        self._room_waiters: list[asyncio.Future[None]] = []
+        self._pending: dict[int, asyncio.Future[bookie_pb2.AddResult]] = {}
+        self._queued = asyncio.Event()
+        self.dead = False
+        self._writer = asyncio.create_task(self._write_loop(), name="bookie-add-writer")
+        self._reader = asyncio.create_task(self._read_loop(), name="bookie-add-reader")
+
+    def submit(self, add: bookie_pb2.AddEntry) -> asyncio.Future[bookie_pb2.AddResult]:
+        if self.dead:
+            raise BookieUnavailableError(f"add stream to {self._address} is closed")
+        future: asyncio.Future[bookie_pb2.AddResult] = asyncio.get_running_loop().create_future()
+        self._pending[add.request_id] = future
+        self._queue.append(add)
+        self._queued.set()
+        return future
+
+    async def wait_for_room(self, max_pending: int) -> None:
+        """Wait while ``max_pending`` adds are unanswered (the stream's backpressure)."""
+        while len(self._pending) >= max_pending and not self.dead:
+            waiter = asyncio.get_running_loop().create_future()
+            self._room_waiters.append(waiter)
+            await waiter
+
+    def _wake_room_waiters(self) -> None:
+        waiters, self._room_waiters = self._room_waiters, []
+        for waiter in waiters:
+            if not waiter.done():
+                waiter.set_result(None)
+
+    def forget(self, request_id: int) -> None:
+        """Stop waiting for one add (it timed out); a late result is ignored."""
+        self._pending.pop(request_id, None)
+
+    async def _write_loop(self) -> None:
+        try:
+            while True:
+                await self._queued.wait()
+                self._queued.clear()
+                while self._queue:
+                    batch: list[bookie_pb2.AddEntry] = []
+                    size = 0
+                    while self._queue:
+                        entry_size = len(self._queue[0].payload) + 64
+                        if batch and size + entry_size > self._max_request_bytes:
+                            break
+                        batch.append(self._queue.popleft())
+                        size += entry_size
+                    await self._call.write(bookie_pb2.AddEntriesRequest(entries=batch))
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            self._die(f"writing to {self._address} failed: {exc!r}")
+
+    async def _read_loop(self) -> None:
+        try:
+            while True:
+                response = await self._call.read()
+                if response is grpc.aio.EOF:
+                    self._die(f"the bookie at {self._address} ended the add stream")
+                    return
+                assert isinstance(response, bookie_pb2.AddEntriesResponse)
+                for result in response.results:
+                    future = self._pending.pop(result.request_id, None)
+                    if future is not None and not future.done():
+                        future.set_result(result)
+                if self._room_waiters:
+                    self._wake_room_waiters()
+        except asyncio.CancelledError:
+            raise
+        except grpc.aio.AioRpcError as exc:
+            self._die(f"add stream to {self._address} failed: {exc.code().name} {exc.details()}")
+        except Exception as exc:
+            self._die(f"add stream to {self._address} failed: {exc!r}")
+
+    def _die(self, reason: str) -> None:
+        if not self.dead:
+            _log.info("%s", reason)
+        self.dead = True
+        error = BookieUnavailableError(reason)
+        pending, self._pending = self._pending, {}
+        for future in pending.values():
+            if not future.done():
+                future.set_exception(error)
+        self._queue.clear()
+        self._wake_room_waiters()
+        self._call.cancel()
+        current = asyncio.current_task()
+        for task in (self._writer, self._reader):
+            if task is not current:
+                task.cancel()
+
+    async def close(self) -> None:
+        self._die(f"add stream to {self._address} closed")
+        for task in (self._writer, self._reader):
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+
+
+class GrpcBookieClient:
+    """``BookieClient`` for one remote bookie at ``address`` (``host:port``).
+
+    Lifecycle: construct inside a running event loop; the channel connects lazily and the add
+    stream is opened by the first add (and re-opened by the next add after it died).
+    ``close()`` fails pending adds with BookieUnavailableError, stops the stream's tasks and
+    closes the channel; later calls raise BookieUnavailableError.
+    """
+
+    def __init__(
+        self,
+        address: str,
+        *,
+        request_timeout_ms: int = 10_000,
+        add_timeout_ms: int = 30_000,
+        max_entry_size_bytes: int = 8 * _MIB,
+        max_request_bytes: int = 1 * _MIB,
+        max_pending_adds: int = 10_000,
+    ) -> None:
+        self._address = address
+        self._request_timeout_s = request_timeout_ms / 1000
+        self._add_timeout_s = add_timeout_ms / 1000
+        self._max_entry_size_bytes = max_entry_size_bytes
+        self._max_request_bytes = max_request_bytes
+        self._max_pending_adds = max_pending_adds
+        self._channel = grpc.aio.insecure_channel(
+            address,
+            options=[
+                ("grpc.max_receive_message_length", -1),
+                ("grpc.max_send_message_length", max_entry_size_bytes + _MIB),
+                ("grpc.keepalive_time_ms", 20_000),
+                ("grpc.keepalive_timeout_ms", 10_000),
+                ("grpc.keepalive_permit_without_calls", 1),
+            ],
+        )
+        self._stub = bookie_pb2_grpc.BookieServiceStub(self._channel)
+        self._stream: AddStream | None = None
+        self._next_request_id = 1
+        self._closed = False
+
+    @property
+    def address(self) -> str:
+        return self._address
+
+    def _check_open(self) -> None:
+        if self._closed:
+            raise BookieUnavailableError(f"client for {self._address} is closed")
+
+    async def _open_stream(self) -> AddStream:
+        stream = self._stream
+        if stream is None or stream.dead:
+            self._check_open()
+            # Replace first, then await the old one: concurrent adds see the new stream.
+            old, stream = stream, AddStream(self._stub, self._address, self._max_request_bytes)
+            self._stream = stream
+            if old is not None:
+                await old.close()
+        return stream
+
+    async def add_entry(
+        self,
+        ledger_id: int,
+        entry_id: int,
+        last_add_confirmed: int,
+        payload: bytes,
+        master_key: bytes,
+        *,
+        recovery_add: bool = False,
+    ) -> None:
+        self._check_open()
+        if ledger_id < 0 or entry_id < 0 or last_add_confirmed < -1:
+            raise BadRequestError(
+                f"invalid ledger {ledger_id} / entry {entry_id} / LAC {last_add_confirmed}"
+            )
+        if len(payload) > self._max_entry_size_bytes:
+            # Checked here as well: an over-large message would fail the whole stream.
+            raise BadRequestError(
+                f"entry of {len(payload)} bytes exceeds {self._max_entry_size_bytes} bytes"
+            )
+        add = bookie_pb2.AddEntry(
+            ledger_id=ledger_id,
+            entry_id=entry_id,
+            last_add_confirmed=last_add_confirmed,
+            payload=payload,
+            master_key=master_key,
+            recovery_add=recovery_add,
+        )
+        stream: AddStream | None = None
+        try:
+            async with asyncio.timeout(self._add_timeout_s):
+                stream = await self._open_stream()
+                await stream.wait_for_room(self._max_pending_adds)
+                add.request_id = self._next_request_id
+                self._next_request_id += 1
+                result = await stream.submit(add)
+        except TimeoutError:
+            if stream is not None:
+                stream.forget(add.request_id)
+            raise BookieUnavailableError(
+                f"add of ledger {ledger_id} entry {entry_id} to {self._address} timed out"
+            ) from None
+        error = error_for_add_status(result.status, result.message)
+        if error is not None:
+            raise error
+
+    async def _unary(self, method: Any, request: Any, timeout_s: float) -> Any:
+        self._check_open()
+        try:
+            return await method(request, timeout=timeout_s)
+        except grpc.aio.AioRpcError as exc:
+            raise _error_from_rpc(exc) from None
+
+    async def read_entries(
+        self, ledger_id: int, first_entry_id: int, last_entry_id: int, max_bytes: int = 0
+    ) -> list[StoredEntry]:
+        if ledger_id < 0 or first_entry_id < 0 or last_entry_id < first_entry_id or max_bytes < 0:
+            raise BadRequestError(
+                f"invalid read of ledger {ledger_id} entries {first_entry_id}..{last_entry_id}"
+            )
+        response: bookie_pb2.ReadEntriesResponse = await self._unary(
+            self._stub.ReadEntries,
+            bookie_pb2.ReadEntriesRequest(
+                ledger_id=ledger_id,
+                first_entry_id=first_entry_id,
+                last_entry_id=last_entry_id,
+                max_bytes=max_bytes,
+            ),
+            self._request_timeout_s,
+        )
+        return [
+            StoredEntry(entry.entry_id, entry.last_add_confirmed, entry.payload)
+            for entry in response.entries
+        ]
+
+    async def read_last_add_confirmed(
+        self, ledger_id: int, previous_last_add_confirmed: int = -1, timeout_ms: int = 0
+    ) -> LedgerState:
+        if ledger_id < 0 or timeout_ms < 0 or previous_last_add_confirmed < -1:
+            raise BadRequestError(f"invalid LAC read of ledger {ledger_id}")
+        response: bookie_pb2.ReadLastAddConfirmedResponse = await self._unary(
+            self._stub.ReadLastAddConfirmed,
+            bookie_pb2.ReadLastAddConfirmedRequest(
+                ledger_id=ledger_id,
+                previous_last_add_confirmed=previous_last_add_confirmed,
+                timeout_ms=min(timeout_ms, 0xFFFF_FFFF),
+            ),
+            self._request_timeout_s + timeout_ms / 1000,
+        )
+        return LedgerState(response.last_add_confirmed, response.last_entry_id, response.fenced)
+
+    async def fence_ledger(self, ledger_id: int, master_key: bytes) -> LedgerState:
+        if ledger_id < 0:
+            raise BadRequestError(f"invalid ledger id {ledger_id}")
+        response: bookie_pb2.FenceLedgerResponse = await self._unary(
+            self._stub.FenceLedger,
+            bookie_pb2.FenceLedgerRequest(ledger_id=ledger_id, master_key=master_key),
+            self._request_timeout_s,
+        )
+        return LedgerState(response.last_add_confirmed, response.last_entry_id, True)
+
+    async def delete_ledger(self, ledger_id: int) -> None:
+        if ledger_id < 0:
+            raise BadRequestError(f"invalid ledger id {ledger_id}")
+        await self._unary(
+            self._stub.DeleteLedger,
+            bookie_pb2.DeleteLedgerRequest(ledger_id=ledger_id),
+            self._request_timeout_s,
+        )
+
+    async def close(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        if self._stream is not None:
+            await self._stream.close()
+        await self._channel.close()
