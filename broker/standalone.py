@@ -86,6 +86,10 @@ def main(argv: list[str]) -> int:
             loop.add_signal_handler(signum, stop.set)
         await run_standalone(config, stop)
 
-    with contextlib.suppress(KeyboardInterrupt):
-        asyncio.run(run())
+    try:
+        with contextlib.suppress(KeyboardInterrupt):
+            asyncio.run(run())
+    except OSError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
     return 0
