@@ -1,0 +1,70 @@
+"""The ``strata`` CLI against a real standalone process."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+from tests.harness import Standalone
+
+pytestmark = pytest.mark.integration
+
+CLI_TIMEOUT_SECONDS = 120
+
+
+def cli(standalone: Standalone, *args: str, stdin: str | None = None) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "strata", *args],
+        input=stdin,
+        capture_output=True,
+        text=True,
+        timeout=CLI_TIMEOUT_SECONDS,
+        env={"STRATA_SERVICE_URL": standalone.address, "PATH": "/usr/bin:/bin"},
+    )
+
+
+def test_produce_and_consume(standalone: Standalone) -> None:
+    produced = cli(standalone, "produce", "cli-topic", "-m", "hello", "-n", "5")
+    assert produced.returncode == 0, produced.stderr
+    assert "5" in produced.stderr
+    lines = "\n".join(f"line-{i}" for i in range(20)) + "\n"
+    produced = cli(standalone, "produce", "cli-topic", stdin=lines)
+    assert produced.returncode == 0, produced.stderr
+    consumed = cli(standalone, "consume", "cli-topic", "-s", "sub", "-n", "25",
+                   "--initial-position", "earliest", "--timeout-seconds", "20")
+    assert consumed.returncode == 0, consumed.stderr
+    assert consumed.stdout.splitlines() == ["hello"] * 5 + [f"line-{i}" for i in range(20)]
+    # Acknowledged and durable: a second consume finds nothing.
+    again = cli(standalone, "consume", "cli-topic", "-s", "sub", "-n", "0",
+                "--timeout-seconds", "1")
+    assert again.returncode == 0, again.stderr
+    assert again.stdout == ""
+
+
+def test_admin_verbs(standalone: Standalone) -> None:
+    tenants = cli(standalone, "admin", "tenants", "list")
+    assert tenants.stdout.split() == ["public"]
+    assert cli(standalone, "admin", "tenants", "create", "acme").returncode == 0
+    assert cli(standalone, "admin", "namespaces", "create", "acme/orders").returncode == 0
+    assert cli(standalone, "admin", "namespaces", "list", "acme").stdout.split() == [
+        "acme/orders"
+    ]
+    assert cli(standalone, "admin", "topics", "create", "acme/orders/new").returncode == 0
+    assert cli(standalone, "produce", "acme/orders/new", "-m", "x", "-n", "3").returncode == 0
+    listed = cli(standalone, "admin", "topics", "list", "acme/orders")
+    assert listed.stdout.split() == ["persistent://acme/orders/new"]
+    stats = cli(standalone, "admin", "topics", "stats", "acme/orders/new")
+    assert stats.returncode == 0, stats.stderr
+    body = json.loads(stats.stdout)
+    assert int(body["msg_in_counter"]) == 3
+    duplicate = cli(standalone, "admin", "tenants", "create", "acme")
+    assert duplicate.returncode != 0
+    assert "ALREADY_EXISTS" in duplicate.stderr
+    missing = cli(standalone, "admin", "topics", "stats", "acme/orders/nope")
+    assert missing.returncode != 0 and "NOT_FOUND" in missing.stderr
+    refused = cli(standalone, "admin", "tenants", "delete", "acme")
+    assert refused.returncode != 0
+    assert cli(standalone, "admin", "tenants", "delete", "acme", "--force").returncode == 0

@@ -1,0 +1,150 @@
+"""A real ``strata standalone`` process driven by the SDK: exactly-once delivery at volume."""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+
+import pytest
+
+import strata
+from tests.harness import Standalone
+
+pytestmark = pytest.mark.integration
+
+MESSAGES = 100_000
+RECEIVE_TIMEOUT_MS = 20_000
+
+
+async def produce_numbered(address: str, topic: str, count: int) -> None:
+    client = strata.AsyncClient(address)
+    try:
+        producer = await client.create_producer(topic, block_if_queue_full=True,
+                                                max_pending_messages=20_000)
+        for i in range(count):
+            if producer.pending_messages >= 20_000:
+                await producer.wait_for_space()
+            producer.send_nowait(str(i).encode())
+        await producer.flush()
+        await producer.close()
+    finally:
+        await client.close()
+
+
+async def consume_all(consumer: strata.AsyncConsumer, seen: list[bytes], stop: asyncio.Event,
+                      total: collections.Counter[str]) -> None:
+    while not stop.is_set():
+        try:
+            messages = await consumer.receive_many(1000, timeout_millis=500)
+        except strata.Timeout:
+            continue
+        for message in messages:
+            seen.append(message.data())
+        consumer.acknowledge_many(messages)
+        total["n"] += len(messages)
+        if total["n"] >= MESSAGES:
+            stop.set()
+
+
+async def test_exclusive_100k_exactly_once(standalone: Standalone) -> None:
+    client = strata.AsyncClient(standalone.address)
+    try:
+        consumer = await client.subscribe(
+            "exclusive-100k", "sub", initial_position=strata.InitialPosition.Earliest
+        )
+        producing = asyncio.ensure_future(
+            produce_numbered(standalone.address, "exclusive-100k", MESSAGES)
+        )
+        seen: list[bytes] = []
+        stop = asyncio.Event()
+        total: collections.Counter[str] = collections.Counter()
+        await asyncio.wait_for(consume_all(consumer, seen, stop, total), 180)
+        await asyncio.wait_for(producing, 60)
+        # In order, each exactly once.
+        assert seen == [str(i).encode() for i in range(MESSAGES)]
+        with pytest.raises(strata.Timeout):
+            await consumer.receive(timeout_millis=300)
+        await consumer.flush_acknowledgements()
+        await consumer.close()
+    finally:
+        await client.close()
+
+
+async def test_shared_three_consumers_each_message_once(standalone: Standalone) -> None:
+    client = strata.AsyncClient(standalone.address)
+    try:
+        consumers = [
+            await client.subscribe(
+                "shared-100k",
+                "shared-sub",
+                consumer_type=strata.ConsumerType.Shared,
+                initial_position=strata.InitialPosition.Earliest,
+                receiver_queue_size=1000,
+            )
+            for _ in range(3)
+        ]
+        await produce_numbered(standalone.address, "shared-100k", MESSAGES)
+        seen: list[list[bytes]] = [[], [], []]
+        stop = asyncio.Event()
+        total: collections.Counter[str] = collections.Counter()
+        await asyncio.wait_for(
+            asyncio.gather(
+                *(consume_all(c, s, stop, total) for c, s in zip(consumers, seen, strict=True))
+            ),
+            180,
+        )
+        everything = [m for s in seen for m in s]
+        assert len(everything) == MESSAGES
+        assert set(everything) == {str(i).encode() for i in range(MESSAGES)}
+        assert all(len(s) > 0 for s in seen), [len(s) for s in seen]
+        for consumer in consumers:
+            await consumer.close()
+    finally:
+        await client.close()
+
+
+async def test_message_fields_and_ids(standalone: Standalone) -> None:
+    client = strata.AsyncClient(standalone.address)
+    try:
+        consumer = await client.subscribe("fields", "s")
+        producer = await client.create_producer("fields")
+        sent = await producer.send(b"hello", properties={"k": "v"}, partition_key="key-1")
+        message = await consumer.receive(timeout_millis=RECEIVE_TIMEOUT_MS)
+        assert message.data() == b"hello"
+        assert message.properties() == {"k": "v"}
+        assert message.partition_key() == "key-1"
+        assert message.message_id() == sent
+        assert message.redelivery_count() == 0
+        assert message.publish_timestamp() > 0
+        restored = strata.MessageId.deserialize(sent.serialize())
+        assert restored == sent
+        await consumer.acknowledge(message)
+        await consumer.flush_acknowledgements()
+        await producer.close()
+        await consumer.close()
+    finally:
+        await client.close()
+
+
+async def test_bad_input_is_refused_and_the_server_stays_up(standalone: Standalone) -> None:
+    client = strata.AsyncClient(standalone.address)
+    try:
+        with pytest.raises(strata.InvalidArgument):
+            await client.create_producer("persistent://a/b/c/d")
+        with pytest.raises(strata.NotFound):
+            await client.create_producer("no-such-tenant/ns/t")
+        with pytest.raises(strata.InvalidArgument):
+            await client.subscribe("t", "")
+        producer = await client.create_producer("big")
+        with pytest.raises(strata.MessageTooBig):
+            await producer.send(b"x" * (5 * 1024 * 1024 + 1))
+        consumer = await client.subscribe("t", "s1")
+        with pytest.raises(strata.ConsumerBusy):
+            await client.subscribe("t", "s1")
+        await consumer.close()
+        # Still serving, nothing lost.
+        sent = await producer.send(b"after")
+        assert sent.entry_id() >= 0
+        await producer.close()
+    finally:
+        await client.close()
