@@ -68,7 +68,7 @@ class MessagingServicer(messaging_pb2_grpc.MessagingServiceServicer):
 
     # ---- Produce ------------------------------------------------------------------------
 
-    async def Produce(
+    async def Produce(  # type: ignore[override]
         self,
         request_iterator: Any,
         context: grpc.aio.ServicerContext[Any, Any],
@@ -176,7 +176,7 @@ class MessagingServicer(messaging_pb2_grpc.MessagingServiceServicer):
 
     # ---- Consume ------------------------------------------------------------------------
 
-    async def Consume(
+    async def Consume(  # type: ignore[override]
         self,
         request_iterator: Any,
         context: grpc.aio.ServicerContext[Any, Any],
@@ -210,8 +210,7 @@ class MessagingServicer(messaging_pb2_grpc.MessagingServiceServicer):
         sub_type = request.type or SUBSCRIPTION_EXCLUSIVE
         if sub_type not in (SUBSCRIPTION_EXCLUSIVE, SUBSCRIPTION_SHARED):
             raise InvalidRequestError(
-                f"subscription type {messaging_pb2.SubscriptionType.Name(sub_type)} "
-                "is not supported yet (Exclusive and Shared are)"
+                f"subscription type {sub_type} is not supported yet (Exclusive and Shared are)"
             )
         topic = await self._broker.get_topic(name)
         subscription = await topic.get_subscription(

@@ -14,11 +14,11 @@ import logging
 import signal
 import sys
 
-from bookie.local import LocalBookieClient
-from bookie.storage import Bookie, BookieStorageConfig
 from prometheus_client import start_http_server
 
 from bookie.ledgers import LedgerManager
+from bookie.local import LocalBookieClient
+from bookie.storage import Bookie, BookieStorageConfig
 from broker.config import BrokerConfig, add_config_options, config_from_args
 from broker.server import start_broker_server
 from broker.service import BrokerService

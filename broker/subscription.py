@@ -31,9 +31,9 @@ from strata.v1 import messaging_pb2
 
 log = logging.getLogger(__name__)
 
-SUBSCRIPTION_EXCLUSIVE = messaging_pb2.SUBSCRIPTION_TYPE_EXCLUSIVE
-SUBSCRIPTION_SHARED = messaging_pb2.SUBSCRIPTION_TYPE_SHARED
-TYPE_NAMES = {SUBSCRIPTION_EXCLUSIVE: "Exclusive", SUBSCRIPTION_SHARED: "Shared"}
+SUBSCRIPTION_EXCLUSIVE: int = messaging_pb2.SUBSCRIPTION_TYPE_EXCLUSIVE
+SUBSCRIPTION_SHARED: int = messaging_pb2.SUBSCRIPTION_TYPE_SHARED
+TYPE_NAMES: dict[int, str] = {SUBSCRIPTION_EXCLUSIVE: "Exclusive", SUBSCRIPTION_SHARED: "Shared"}
 
 # The dispatcher reads at most this many entries per round (Pulsar's dispatcherMaxReadBatchSize).
 DISPATCH_MAX_READ_ENTRIES = 100

@@ -31,9 +31,7 @@ def check_name_part(kind: str, part: str) -> str:
     if len(part) > MAX_NAME_LENGTH:
         raise InvalidNameError(f"{kind} name is longer than {MAX_NAME_LENGTH} characters")
     if not _NAME_RE.match(part) or part in (".", ".."):
-        raise InvalidNameError(
-            f"{kind} name {part!r} may hold only letters, digits and - _ = : ."
-        )
+        raise InvalidNameError(f"{kind} name {part!r} may hold only letters, digits and - _ = : .")
     return part
 
 

@@ -16,7 +16,7 @@ ENV_PREFIX = "STRATA_"
 
 
 def env_name(flag: str) -> str:
-    """``--managed-ledger-max-entries-per-ledger`` → ``STRATA_MANAGED_LEDGER_MAX_ENTRIES_PER_LEDGER``."""
+    """``--service-url`` → ``STRATA_SERVICE_URL``."""
     return ENV_PREFIX + flag.lstrip("-").replace("-", "_").upper()
 
 

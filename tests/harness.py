@@ -31,8 +31,11 @@ def free_port(host: str = "127.0.0.1") -> int:
         return int(sock.getsockname()[1])
 
 
-def wait_serving(address: str, timeout_s: float = READY_TIMEOUT_SECONDS,
-                 process: subprocess.Popen[bytes] | None = None) -> None:
+def wait_serving(
+    address: str,
+    timeout_s: float = READY_TIMEOUT_SECONDS,
+    process: subprocess.Popen[bytes] | None = None,
+) -> None:
     """Poll grpc.health.v1 until the server answers SERVING; fail early if it exited."""
     deadline = time.monotonic() + timeout_s
     last_error: Exception | None = None
@@ -71,12 +74,18 @@ class Standalone:
     def start(self) -> Standalone:
         assert self.process is None or self.process.poll() is not None
         self.data_dir.mkdir(parents=True, exist_ok=True)
-        self._log = open(self.log_path, "ab")  # noqa: SIM115 - closed in _reap
+        self._log = open(self.log_path, "ab")
         command = [
-            sys.executable, "-m", "strata", "standalone",
-            "--data-dir", str(self.data_dir),
-            "--port", str(self.port),
-            "--metrics-port", "-1",
+            sys.executable,
+            "-m",
+            "strata",
+            "standalone",
+            "--data-dir",
+            str(self.data_dir),
+            "--port",
+            str(self.port),
+            "--metrics-port",
+            "-1",
             *self.extra_args,
         ]
         environment = dict(os.environ)

@@ -25,8 +25,7 @@ PERF_TIMEOUT_SECONDS = 300
 
 
 def perf(kind: str, address: str, topic: str, *args: str) -> subprocess.Popen[str]:
-    command = [sys.executable, "-m", "strata", "perf", kind, topic,
-               "--service-url", address, *args]
+    command = [sys.executable, "-m", "strata", "perf", kind, topic, "--service-url", address, *args]
     return subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
 
 
@@ -43,8 +42,17 @@ def run_case(size: int, messages: int, rate: int) -> dict[str, Any]:
         server = Standalone(Path(tmp) / "data").start()
         try:
             topic = f"bench-{size}-{rate}"
-            consumer = perf("consume", server.address, topic, "-s", "bench",
-                            "--messages", str(messages), "--initial-position", "earliest")
+            consumer = perf(
+                "consume",
+                server.address,
+                topic,
+                "-s",
+                "bench",
+                "--messages",
+                str(messages),
+                "--initial-position",
+                "earliest",
+            )
             producer_args = ["--size", str(size), "--messages", str(messages)]
             if rate:
                 producer_args += ["--rate", str(rate)]

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -23,13 +24,15 @@ async def produce_until_killed(
     server: Standalone, topic: str, receipted: set[int], attempted: list[int]
 ) -> None:
     client = strata.AsyncClient(server.address, operation_timeout_seconds=5)
-    producer = await client.create_producer(topic, send_timeout_millis=3000,
-                                            max_pending_messages=5000)
+    producer = await client.create_producer(
+        topic, send_timeout_millis=3000, max_pending_messages=5000
+    )
 
-    def on_receipt(index: int) -> strata.client.SendCallback:
+    def on_receipt(index: int) -> Callable[[strata.Result, strata.MessageId | None], None]:
         def callback(result: strata.Result, _message_id: strata.MessageId | None) -> None:
             if result == strata.Result.Ok:
                 receipted.add(index)
+
         return callback
 
     try:
@@ -79,7 +82,7 @@ async def test_kill9_while_producing_loses_no_receipted_message(tmp_path: Path) 
             )
             got = [int(m.data()) for m in await drain(consumer)]
             missing = receipted - set(got)
-            assert not missing, f"{len(missing)} receipted messages lost, e.g. {sorted(missing)[:5]}"
+            assert not missing, f"{len(missing)} receipted lost, e.g. {sorted(missing)[:5]}"
             assert len(got) == len(set(got)), "a message was stored twice"
             await consumer.close()
         finally:

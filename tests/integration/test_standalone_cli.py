@@ -15,7 +15,9 @@ pytestmark = pytest.mark.integration
 CLI_TIMEOUT_SECONDS = 120
 
 
-def cli(standalone: Standalone, *args: str, stdin: str | None = None) -> subprocess.CompletedProcess[str]:
+def cli(
+    standalone: Standalone, *args: str, stdin: str | None = None
+) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [sys.executable, "-m", "strata", *args],
         input=stdin,
@@ -33,13 +35,25 @@ def test_produce_and_consume(standalone: Standalone) -> None:
     lines = "\n".join(f"line-{i}" for i in range(20)) + "\n"
     produced = cli(standalone, "produce", "cli-topic", stdin=lines)
     assert produced.returncode == 0, produced.stderr
-    consumed = cli(standalone, "consume", "cli-topic", "-s", "sub", "-n", "25",
-                   "--initial-position", "earliest", "--timeout-seconds", "20")
+    consumed = cli(
+        standalone,
+        "consume",
+        "cli-topic",
+        "-s",
+        "sub",
+        "-n",
+        "25",
+        "--initial-position",
+        "earliest",
+        "--timeout-seconds",
+        "20",
+    )
     assert consumed.returncode == 0, consumed.stderr
     assert consumed.stdout.splitlines() == ["hello"] * 5 + [f"line-{i}" for i in range(20)]
     # Acknowledged and durable: a second consume finds nothing.
-    again = cli(standalone, "consume", "cli-topic", "-s", "sub", "-n", "0",
-                "--timeout-seconds", "1")
+    again = cli(
+        standalone, "consume", "cli-topic", "-s", "sub", "-n", "0", "--timeout-seconds", "1"
+    )
     assert again.returncode == 0, again.stderr
     assert again.stdout == ""
 
@@ -49,9 +63,7 @@ def test_admin_verbs(standalone: Standalone) -> None:
     assert tenants.stdout.split() == ["public"]
     assert cli(standalone, "admin", "tenants", "create", "acme").returncode == 0
     assert cli(standalone, "admin", "namespaces", "create", "acme/orders").returncode == 0
-    assert cli(standalone, "admin", "namespaces", "list", "acme").stdout.split() == [
-        "acme/orders"
-    ]
+    assert cli(standalone, "admin", "namespaces", "list", "acme").stdout.split() == ["acme/orders"]
     assert cli(standalone, "admin", "topics", "create", "acme/orders/new").returncode == 0
     assert cli(standalone, "produce", "acme/orders/new", "-m", "x", "-n", "3").returncode == 0
     listed = cli(standalone, "admin", "topics", "list", "acme/orders")

@@ -19,8 +19,9 @@ RECEIVE_TIMEOUT_MS = 20_000
 async def produce_numbered(address: str, topic: str, count: int) -> None:
     client = strata.AsyncClient(address)
     try:
-        producer = await client.create_producer(topic, block_if_queue_full=True,
-                                                max_pending_messages=20_000)
+        producer = await client.create_producer(
+            topic, block_if_queue_full=True, max_pending_messages=20_000
+        )
         for i in range(count):
             if producer.pending_messages >= 20_000:
                 await producer.wait_for_space()
@@ -31,8 +32,12 @@ async def produce_numbered(address: str, topic: str, count: int) -> None:
         await client.close()
 
 
-async def consume_all(consumer: strata.AsyncConsumer, seen: list[bytes], stop: asyncio.Event,
-                      total: collections.Counter[str]) -> None:
+async def consume_all(
+    consumer: strata.AsyncConsumer,
+    seen: list[bytes],
+    stop: asyncio.Event,
+    total: collections.Counter[str],
+) -> None:
     while not stop.is_set():
         try:
             messages = await consumer.receive_many(1000, timeout_millis=500)

@@ -29,7 +29,7 @@ from strata.metadata import (
 
 # The TID251 ban on importing `tests` is aimed at production code; a test importing the
 # shared conformance suite is what that suite is for.
-from tests.metadata_conformance import (  # noqa: TID251
+from tests.metadata_conformance import (
     MetadataStoreConformance,
     assert_watch_ends,
     next_event,

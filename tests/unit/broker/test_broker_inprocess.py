@@ -75,7 +75,7 @@ async def produce(env: Env, topic: str, batches: list[list[bytes]]) -> list[Any]
             )
         )
         seq += len(payloads)
-    receipts = []
+    receipts: list[Any] = []
     while len(receipts) < len(batches):
         response = await call.read()
         receipts.extend(response.receipts.receipts)
