@@ -1,0 +1,96 @@
+"""The Strata client SDK, shaped like pulsar-client (the Python ``pulsar`` package).
+
+Two flavours share one implementation:
+
+- asyncio first: ``AsyncClient`` → ``AsyncProducer`` / ``AsyncConsumer``;
+- blocking: ``Client`` → ``Producer`` / ``Consumer``, running the asyncio SDK on an event
+  loop owned by the client on a background daemon thread.
+
+Example::
+
+    import strata
+
+    with strata.Client("localhost:6650") as client:
+        producer = client.create_producer("my-topic")
+        message_id = producer.send(b"hello")
+        consumer = client.subscribe("my-topic", "my-subscription",
+                                    initial_position=strata.InitialPosition.Earliest)
+        message = consumer.receive(timeout_millis=5000)
+        consumer.acknowledge(message)
+
+Errors are ``StrataException`` subclasses, mapped from gRPC statuses in one table
+(``strata.client._errors.STATUS_TO_EXCEPTION``).
+"""
+
+from strata.client._client import AsyncClient
+from strata.client._consumer import AsyncConsumer
+from strata.client._enums import CompressionType, ConsumerType, InitialPosition
+from strata.client._errors import (
+    Aborted,
+    AlreadyClosed,
+    AlreadyExists,
+    AuthenticationError,
+    AuthorizationError,
+    Cancelled,
+    ConsumerBusy,
+    DataLoss,
+    FailedPrecondition,
+    InternalError,
+    InvalidArgument,
+    InvalidTopicName,
+    MessageTooBig,
+    NotFound,
+    NotSupported,
+    OutOfRange,
+    ProducerBusy,
+    ProducerQueueIsFull,
+    ProtocolError,
+    ResourceExhausted,
+    Result,
+    ServiceUnavailable,
+    StrataException,
+    Timeout,
+    TopicNotFound,
+)
+from strata.client._message import Message, MessageId
+from strata.client._producer import AsyncProducer
+from strata.client._sync import Client, Consumer, Producer
+
+__all__ = [
+    "Aborted",
+    "AlreadyClosed",
+    "AlreadyExists",
+    "AsyncClient",
+    "AsyncConsumer",
+    "AsyncProducer",
+    "AuthenticationError",
+    "AuthorizationError",
+    "Cancelled",
+    "Client",
+    "CompressionType",
+    "Consumer",
+    "ConsumerBusy",
+    "ConsumerType",
+    "DataLoss",
+    "FailedPrecondition",
+    "InitialPosition",
+    "InternalError",
+    "InvalidArgument",
+    "InvalidTopicName",
+    "Message",
+    "MessageId",
+    "MessageTooBig",
+    "NotFound",
+    "NotSupported",
+    "OutOfRange",
+    "Producer",
+    "ProducerBusy",
+    "ProducerQueueIsFull",
+    "ProtocolError",
+    "ResourceExhausted",
+    "Result",
+    "ServiceUnavailable",
+    "StrataException",
+    "Timeout",
+    "TopicNotFound",
+]

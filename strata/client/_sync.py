@@ -1,0 +1,450 @@
+"""The blocking SDK: ``Client``, ``Producer`` and ``Consumer``, shaped like pulsar-client.
+
+A thin layer over the asyncio SDK. Each ``Client`` owns an event loop running on a daemon
+thread (``strata-client-io``); blocking calls hand a coroutine to that loop and wait for
+it. Calls made per message (``Producer.send_async``, ``Consumer.acknowledge``) do not wait:
+they append to an inbox that the loop drains in bulk, one wake-up per burst, so their cost
+stays well under a microsecond. Callbacks run on the I/O thread and must not block.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import threading
+from collections import deque
+from collections.abc import Callable, Coroutine, Mapping
+from types import TracebackType
+from typing import Any, TypeVar
+
+from strata.client._client import AsyncClient
+from strata.client._connection import DEFAULT_SERVICE_URL
+from strata.client._consumer import AsyncConsumer
+from strata.client._enums import CompressionType, ConsumerType, InitialPosition
+from strata.client._errors import (
+    AlreadyClosed,
+    ProducerQueueIsFull,
+    Result,
+    StrataException,
+    Timeout,
+)
+from strata.client._message import Message, MessageId
+from strata.client._producer import AsyncProducer, SendCallback
+
+_T = TypeVar("_T")
+
+_STOP_TIMEOUT_S = 10.0
+
+
+class _LoopThread:
+    """An event loop on a daemon thread. Owned by one ``Client``; ``stop`` ends both."""
+
+    def __init__(self) -> None:
+        self.loop = asyncio.new_event_loop()
+        self._started = threading.Event()
+        self._thread = threading.Thread(target=self._main, name="strata-client-io", daemon=True)
+        self._thread.start()
+        self._started.wait()
+
+    def _main(self) -> None:
+        asyncio.set_event_loop(self.loop)
+        self.loop.call_soon(self._started.set)
+        try:
+            self.loop.run_forever()
+        finally:
+            # Whatever is still running belongs to this client: cancel it, then close.
+            leftovers = asyncio.all_tasks(self.loop)
+            for task in leftovers:
+                task.cancel()
+            self.loop.run_until_complete(asyncio.gather(*leftovers, return_exceptions=True))
+            self.loop.run_until_complete(self.loop.shutdown_asyncgens())
+            self.loop.close()
+
+    def on_io_thread(self) -> bool:
+        return threading.get_ident() == self._thread.ident
+
+    def run(self, coroutine: Coroutine[Any, Any, _T], timeout_s: float | None = None) -> _T:
+        """Run ``coroutine`` on the loop and wait for its result.
+
+        An interrupted wait (Ctrl-C, a timeout) cancels the coroutine, so nothing it would
+        have taken (a message, say) is lost in between.
+        """
+        if self.on_io_thread():
+            coroutine.close()
+            raise RuntimeError("a blocking Strata call from a callback would deadlock the client")
+        if not self._thread.is_alive():
+            coroutine.close()
+            raise AlreadyClosed("the client was closed")
+        future = asyncio.run_coroutine_threadsafe(coroutine, self.loop)
+        try:
+            return future.result(timeout_s)
+        except concurrent.futures.TimeoutError:
+            future.cancel()
+            raise Timeout(f"no answer within {timeout_s:g} s") from None
+        except BaseException:
+            future.cancel()
+            raise
+
+    def call_soon(self, callback: Callable[[], None]) -> None:
+        self.loop.call_soon_threadsafe(callback)
+
+    def stop(self) -> None:
+        if self._thread.is_alive():
+            self.loop.call_soon_threadsafe(self.loop.stop)
+            self._thread.join(_STOP_TIMEOUT_S)
+
+
+class Client:
+    """The blocking Strata client (``pulsar.Client``'s shape).
+
+    Lifecycle: construct, ``create_producer``/``subscribe``, and ``close`` (also a context
+    manager), which closes every producer and consumer, then stops the I/O thread.
+    """
+
+    def __init__(
+        self,
+        service_url: str = DEFAULT_SERVICE_URL,
+        operation_timeout_seconds: float = 30,
+    ) -> None:
+        # Validates the URL in the caller's thread, before any thread starts.
+        self._client = AsyncClient(service_url, operation_timeout_seconds)
+        self._io = _LoopThread()
+        self._closed = False
+
+    def create_producer(
+        self,
+        topic: str,
+        producer_name: str | None = None,
+        send_timeout_millis: int = 30_000,
+        compression_type: CompressionType = CompressionType.NONE,
+        max_pending_messages: int = 1000,
+        block_if_queue_full: bool = False,
+        batching_enabled: bool = True,
+        batching_max_messages: int = 1000,
+        batching_max_allowed_size_in_bytes: int = 128 * 1024,
+        batching_max_publish_delay_ms: float = 1,
+    ) -> Producer:
+        """Open a producer on ``topic``; see ``AsyncClient.create_producer``."""
+        self._check_open()
+        space = threading.Semaphore(max_pending_messages)
+        producer = self._io.run(
+            self._client._open_producer(
+                topic,
+                space.release,
+                producer_name=producer_name,
+                send_timeout_millis=send_timeout_millis,
+                compression_type=compression_type,
+                max_pending_messages=max_pending_messages,
+                block_if_queue_full=block_if_queue_full,
+                batching_enabled=batching_enabled,
+                batching_max_messages=batching_max_messages,
+                batching_max_allowed_size_in_bytes=batching_max_allowed_size_in_bytes,
+                batching_max_publish_delay_ms=batching_max_publish_delay_ms,
+            )
+        )
+        return Producer(self._io, producer, space, block_if_queue_full)
+
+    def subscribe(
+        self,
+        topic: str,
+        subscription_name: str,
+        consumer_type: ConsumerType = ConsumerType.Exclusive,
+        receiver_queue_size: int = 1000,
+        consumer_name: str | None = None,
+        initial_position: InitialPosition = InitialPosition.Latest,
+        negative_ack_redelivery_delay_ms: int = 60_000,
+    ) -> Consumer:
+        """Subscribe to ``topic``; see ``AsyncClient.subscribe``."""
+        self._check_open()
+        consumer = self._io.run(
+            self._client.subscribe(
+                topic,
+                subscription_name,
+                consumer_type=consumer_type,
+                receiver_queue_size=receiver_queue_size,
+                consumer_name=consumer_name,
+                initial_position=initial_position,
+                negative_ack_redelivery_delay_ms=negative_ack_redelivery_delay_ms,
+            )
+        )
+        return Consumer(self._io, consumer, max(1, min(1000, receiver_queue_size // 2)))
+
+    def close(self) -> None:
+        """Close every producer and consumer, the channel, and the I/O thread. Idempotent."""
+        if self._closed:
+            return
+        self._closed = True
+        try:
+            self._io.run(self._client.close())
+        finally:
+            self._io.stop()
+
+    def _check_open(self) -> None:
+        if self._closed:
+            raise AlreadyClosed("the client was closed")
+
+    def __enter__(self) -> Client:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        self.close()
+
+
+_SendItem = tuple[bytes, Mapping[str, str] | None, str | None, int | None, SendCallback]
+
+
+class Producer:
+    """The blocking producer. Made by ``Client.create_producer``.
+
+    ``send`` blocks until the receipt; ``send_async`` queues the message and returns at
+    once, calling ``callback(result, message_id)`` on the I/O thread later. A
+    ``max_pending_messages`` semaphore, taken here and given back as receipts arrive, makes
+    ``block_if_queue_full`` block the caller (or fail with ``ProducerQueueIsFull``).
+    """
+
+    def __init__(
+        self,
+        io: _LoopThread,
+        producer: AsyncProducer,
+        space: threading.Semaphore,
+        block_if_queue_full: bool,
+    ) -> None:
+        self._io = io
+        self._producer = producer
+        self._space = space
+        self._block = block_if_queue_full
+        self._inbox: deque[_SendItem] = deque()
+        self._drain_scheduled = False
+        self._closed = False
+
+    def topic(self) -> str:
+        return self._producer.topic()
+
+    def producer_name(self) -> str:
+        return self._producer.producer_name()
+
+    def last_sequence_id(self) -> int:
+        return self._producer.last_sequence_id()
+
+    def is_connected(self) -> bool:
+        return self._producer.is_connected()
+
+    def send(
+        self,
+        content: bytes,
+        properties: Mapping[str, str] | None = None,
+        partition_key: str | None = None,
+        event_timestamp: int | None = None,
+    ) -> MessageId:
+        """Publish one message; return its id once the broker has it durably."""
+        self._take_space()
+        return self._io.run(self._send(content, properties, partition_key, event_timestamp))
+
+    async def _send(
+        self,
+        content: bytes,
+        properties: Mapping[str, str] | None,
+        partition_key: str | None,
+        event_timestamp: int | None,
+    ) -> MessageId:
+        self._drain()  # messages queued by send_async go first
+        try:
+            future = await self._producer.send_async(
+                content, properties, partition_key, event_timestamp
+            )
+        except BaseException:
+            self._space.release()
+            raise
+        return await future
+
+    def send_async(
+        self,
+        content: bytes,
+        callback: SendCallback,
+        properties: Mapping[str, str] | None = None,
+        partition_key: str | None = None,
+        event_timestamp: int | None = None,
+    ) -> None:
+        """Queue one message; ``callback(result, message_id)`` runs when it is settled.
+
+        With the queue full: blocks when ``block_if_queue_full`` is set, else calls
+        ``callback(Result.ProducerQueueIsFull, None)`` at once, as pulsar-client does.
+        """
+        if self._closed:
+            raise AlreadyClosed("the producer was closed")
+        if type(content) is not bytes:
+            if not isinstance(content, (bytearray, memoryview)):
+                raise TypeError(f"message content must be bytes, not {type(content).__name__}")
+            content = bytes(content)
+        try:
+            self._take_space()
+        except ProducerQueueIsFull:
+            callback(Result.ProducerQueueIsFull, None)
+            return
+        self._inbox.append((content, properties, partition_key, event_timestamp, callback))
+        if not self._drain_scheduled:
+            self._drain_scheduled = True
+            self._io.call_soon(self._drain)
+
+    def flush(self) -> None:
+        """Block until every message sent so far has a receipt."""
+        self._io.run(self._flush())
+
+    async def _flush(self) -> None:
+        self._drain()
+        await self._producer.flush()
+
+    def close(self) -> None:
+        """Flush, then close the producer. Idempotent."""
+        if self._closed:
+            return
+        self._closed = True
+        self._io.run(self._close())
+
+    async def _close(self) -> None:
+        self._drain()
+        await self._producer.close()
+
+    def _take_space(self) -> None:
+        # The I/O thread must never block on the semaphore: only it can give space back.
+        blocking = self._block and not self._io.on_io_thread()
+        if not self._space.acquire(blocking=blocking):
+            raise ProducerQueueIsFull("max_pending_messages messages are pending")
+
+    def _drain(self) -> None:
+        """Hand the queued messages to the asyncio producer (runs on the I/O thread)."""
+        # Cleared before draining: a message appended after the last pop schedules a new drain.
+        self._drain_scheduled = False
+        inbox = self._inbox
+        producer = self._producer
+        while inbox:
+            content, properties, partition_key, event_timestamp, callback = inbox.popleft()
+            try:
+                producer.send_nowait(content, properties, partition_key, event_timestamp, callback)
+            except StrataException as exc:
+                self._space.release()
+                callback(exc.result, None)
+
+
+_AckItem = tuple[bool, Message | MessageId]  # (negative, message)
+
+
+class Consumer:
+    """The blocking consumer. Made by ``Client.subscribe``.
+
+    ``receive`` takes messages from a local buffer refilled in bulk from the asyncio
+    consumer (at most half the receiver queue at a time); ``acknowledge`` and
+    ``negative_acknowledge`` queue and return at once.
+    """
+
+    def __init__(self, io: _LoopThread, consumer: AsyncConsumer, fetch_max_messages: int) -> None:
+        self._io = io
+        self._consumer = consumer
+        self._fetch_max_messages = fetch_max_messages
+        self._buffer: deque[Message] = deque()
+        self._inbox: deque[_AckItem] = deque()
+        self._drain_scheduled = False
+        self._closed = False
+
+    def topic(self) -> str:
+        return self._consumer.topic()
+
+    def subscription_name(self) -> str:
+        return self._consumer.subscription_name()
+
+    def consumer_name(self) -> str:
+        return self._consumer.consumer_name()
+
+    def is_connected(self) -> bool:
+        return self._consumer.is_connected()
+
+    def receive(self, timeout_millis: int | None = None) -> Message:
+        """The next message; raises ``Timeout`` after ``timeout_millis`` (None: forever)."""
+        try:
+            return self._buffer.popleft()
+        except IndexError:
+            pass
+        self._check_open()
+        messages = self._io.run(
+            self._consumer.receive_many(self._fetch_max_messages, timeout_millis)
+        )
+        self._buffer.extend(messages[1:])
+        return messages[0]
+
+    def receive_many(
+        self, max_messages: int = 1000, timeout_millis: int | None = None
+    ) -> list[Message]:
+        """Up to ``max_messages`` messages, waiting only for the first one."""
+        if not self._buffer:
+            self._check_open()
+            self._buffer.extend(
+                self._io.run(self._consumer.receive_many(max_messages, timeout_millis))
+            )
+        messages: list[Message] = []
+        while self._buffer and len(messages) < max_messages:
+            messages.append(self._buffer.popleft())
+        return messages
+
+    def acknowledge(self, message: Message | MessageId) -> None:
+        """Acknowledge a message; sent grouped with others within a few ms."""
+        self._queue_ack(False, message)
+
+    def negative_acknowledge(self, message: Message | MessageId) -> None:
+        """Have the message redelivered after ``negative_ack_redelivery_delay_ms``."""
+        self._queue_ack(True, message)
+
+    def flush_acknowledgements(self, wait_durable: bool = True) -> None:
+        """Send pending acks now; with ``wait_durable``, block until the broker confirms them."""
+        self._check_open()
+        self._io.run(self._flush(wait_durable))
+
+    async def _flush(self, wait_durable: bool) -> None:
+        self._drain()
+        await self._consumer.flush_acknowledgements(wait_durable)
+
+    def close(self) -> None:
+        """Make pending acks durable, then close. Buffered messages are redelivered later."""
+        if self._closed:
+            return
+        self._closed = True
+        self._buffer.clear()
+        self._io.run(self._close())
+
+    async def _close(self) -> None:
+        self._drain()
+        await self._consumer.close()
+
+    def _check_open(self) -> None:
+        if self._closed:
+            raise AlreadyClosed("the consumer was closed")
+
+    def _queue_ack(self, negative: bool, message: Message | MessageId) -> None:
+        self._check_open()
+        if not isinstance(message, (Message, MessageId)):
+            raise TypeError(f"cannot acknowledge {type(message).__name__}")
+        self._inbox.append((negative, message))
+        if not self._drain_scheduled:
+            self._drain_scheduled = True
+            self._io.call_soon(self._drain)
+
+    def _drain(self) -> None:
+        self._drain_scheduled = False
+        inbox = self._inbox
+        consumer = self._consumer
+        acks: list[Message | MessageId] = []
+        try:
+            while inbox:
+                negative, message = inbox.popleft()
+                if negative:
+                    consumer.negative_acknowledge(message)
+                else:
+                    acks.append(message)
+            consumer.acknowledge_many(acks)
+        except StrataException:
+            # Closed or failed: the broker redelivers what was not acknowledged.
+            inbox.clear()
