@@ -75,10 +75,13 @@ DEFAULT_ACK_GROUP_MAX_IDS = 1000
 MAX_UNCONFIRMED_ACK_IDS = 10_000
 # If the broker never answers receipts, the oldest unconfirmed acks are dropped past this.
 MAX_RETAINED_ACK_IDS = 1_000_000
+# close() half-closes the stream and waits this long for that to be written.
+HALF_CLOSE_TIMEOUT_S = 1.0
 # Acks resent after a reconnect travel in requests of at most this many ids.
 RESEND_CHUNK_IDS = 10_000
 
-_CONNECTING, _READY, _CLOSING, _CLOSED, _FAILED = range(5)
+# Ordered: states at or past _CLOSED refuse work.
+_CONNECTING, _READY, _CLOSED, _FAILED = range(4)
 
 
 class AsyncConsumer:
@@ -132,6 +135,7 @@ class AsyncConsumer:
         self._on_close = on_close
 
         self._state = _CONNECTING
+        self._close_started = False
         self._failure: StrataException | None = None
         self._loop = asyncio.get_running_loop()
         self._subscribed: asyncio.Future[StrataException | None] = self._loop.create_future()
@@ -290,8 +294,10 @@ class AsyncConsumer:
 
         Received messages not yet taken are dropped; the broker redelivers them. Idempotent.
         """
-        if self._state in (_CLOSING, _CLOSED):
+        if self._state == _CLOSED or self._close_started:
             return
+        # The state stays READY while the final acks go out; this flag makes close() once.
+        self._close_started = True
         if (
             self._state == _READY
             and self._call is not None
@@ -307,7 +313,7 @@ class AsyncConsumer:
         call = self._call
         if call is not None:
             with contextlib.suppress(grpc.aio.AioRpcError, asyncio.InvalidStateError, TimeoutError):
-                async with asyncio.timeout(1.0):
+                async with asyncio.timeout(HALF_CLOSE_TIMEOUT_S):
                     await call.done_writing()
         await self._stop_tasks()
         self._wake_all(AlreadyClosed(f"consumer on {self._topic} was closed"))
@@ -667,11 +673,9 @@ class AsyncConsumer:
         self._permits_used = 0
         old_outbox = self._outbox
         self._outbox = deque()
-        self._outbox.append(
-            messaging_pb2.ConsumeRequest(flow=messaging_pb2.Flow(permits=self._receiver_queue_size))
-        )
         # Acks the old stream may have lost go again (acks are idempotent), then the
-        # outstanding receipt requests, so their waiters hear from this stream.
+        # outstanding receipt requests, so their waiters hear from this stream; all before
+        # the first Flow, so that the broker does not redeliver what they acknowledge.
         for _, ids in self._unconfirmed:
             for start in range(0, len(ids), RESEND_CHUNK_IDS):
                 self._outbox.append(
@@ -683,6 +687,9 @@ class AsyncConsumer:
             self._outbox.append(
                 messaging_pb2.ConsumeRequest(ack=messaging_pb2.Ack(request_id=request_id))
             )
+        self._outbox.append(
+            messaging_pb2.ConsumeRequest(flow=messaging_pb2.Flow(permits=self._receiver_queue_size))
+        )
         for request in old_outbox:
             if request.WhichOneof("request") == "redeliver":
                 self._outbox.append(request)

@@ -67,6 +67,8 @@ _Waiter: TypeAlias = "asyncio.Future[MessageId] | SendCallback"
 
 # Several ready batches share one gRPC message up to this size; the channel allows 8 MiB.
 MAX_PUBLISH_REQUEST_BYTES = 4 * 1024 * 1024
+# close() half-closes the stream and waits this long for that to be written.
+HALF_CLOSE_TIMEOUT_S = 1.0
 # Used until the broker says otherwise in ProducerOpened (pulsar's default maxMessageSize).
 DEFAULT_MAX_MESSAGE_SIZE_BYTES = 5 * 1024 * 1024
 
@@ -285,8 +287,12 @@ class AsyncProducer:
     async def flush(self) -> None:
         """Send the open batch now and wait until every message sent so far has a receipt.
 
-        Raises the error that failed the last pending batch, if one did.
+        Raises the error that failed the last pending batch, if one did, and the producer's
+        failure once it has failed.
         """
+        if self._state == _FAILED:
+            assert self._failure is not None
+            raise self._failure
         if self._batch is not None:
             self._seal()
         if not self._pending:
@@ -322,8 +328,9 @@ class AsyncProducer:
         self._state = _CLOSED
         call = self._call
         if call is not None:
-            with contextlib.suppress(grpc.aio.AioRpcError, asyncio.InvalidStateError):
-                async with asyncio.timeout(1.0):
+            # A half-close tells the broker we are done; the stream is cancelled right after.
+            with contextlib.suppress(grpc.aio.AioRpcError, asyncio.InvalidStateError, TimeoutError):
+                async with asyncio.timeout(HALF_CLOSE_TIMEOUT_S):
                     await call.done_writing()
         await self._stop_tasks()
         self._fail_everything(AlreadyClosed(f"producer on {self._topic} was closed"))
