@@ -7,7 +7,11 @@ Wire behaviour (the contract with the broker, ``proto/strata/v1/messaging.proto`
    none) and the largest batch payload it accepts.
 2. Messages accumulate into one open batch, sealed when it holds ``batching_max_messages``,
    reaches ``batching_max_allowed_size_in_bytes`` or has waited
-   ``batching_max_publish_delay_ms`` (whichever comes first). A sealed batch is one
+   ``batching_max_publish_delay_ms`` (whichever comes first). The delay is a maximum: when
+   no batch is awaiting a receipt, the open batch goes at the end of the current event-loop
+   pass, and when the last receipt arrives, the open batch goes at once (Nagle-style: at
+   high rates batches fill up behind the ones in flight; at low rates nothing waits for a
+   timer, which costs 1-2 ms in asyncio). A sealed batch is one
    ``ProducerBatch``: first sequence id, count, compression, the ``MessageBatch`` payload.
    Every sealed batch not yet written is sent by the writer; when several are ready they
    share one ``PublishBatches`` request.
@@ -178,7 +182,8 @@ class AsyncProducer:
         self._batch: BatchBuilder | None = None
         self._batch_sequence_id = 0
         self._batch_waiters: list[tuple[int, _Waiter]] | None = None
-        self._batch_timer: asyncio.TimerHandle | None = None
+        # A Handle (call_soon) while nothing is in flight, else a TimerHandle (the delay).
+        self._batch_timer: asyncio.Handle | None = None
 
         # Sealed batches awaiting receipts, in sequence order; _unsent is the suffix of
         # _pending not yet written on the current stream.
@@ -434,9 +439,13 @@ class AsyncProducer:
             batch = self._batch = BatchBuilder()
             self._batch_sequence_id = self._next_sequence_id
             if self._batch_max_messages > 1:
-                self._batch_timer = asyncio.get_running_loop().call_later(
-                    self._batch_delay_s, self._on_batch_timer
-                )
+                loop = asyncio.get_running_loop()
+                if self._pending:
+                    self._batch_timer = loop.call_later(self._batch_delay_s, self._on_batch_timer)
+                else:
+                    # Nothing in flight: the batch holds what this pass of the event loop
+                    # adds and goes at its end, rather than idling for the delay.
+                    self._batch_timer = loop.call_soon(self._on_batch_timer)
         payloads = batch.payloads
         if waiter is not None:
             waiters = self._batch_waiters
@@ -710,6 +719,9 @@ class AsyncProducer:
             if self._unsent and self._unsent[0] is head:
                 self._unsent.popleft()
             self._complete(head, receipt.ledger_id, receipt.entry_id)
+        if not pending and self._batch is not None:
+            # The stream is idle again: the open batch need not wait out its delay.
+            self._seal()
 
     async def _expire_loop(self) -> None:
         """Fail batches without a receipt after the send timeout (off when it is 0)."""

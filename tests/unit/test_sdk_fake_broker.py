@@ -291,6 +291,29 @@ async def test_batch_is_sealed_by_count_and_size(fake: tuple[FakeBroker, str]) -
     assert sequence_ids == [0, 10, 20, 27]
 
 
+async def test_batch_delay_is_a_maximum_not_a_wait(fake: tuple[FakeBroker, str]) -> None:
+    broker, url = fake
+    started = time.monotonic()
+    async with strata.AsyncClient(url) as client:
+        producer = await client.create_producer("t", batching_max_publish_delay_ms=10_000)
+        # Nothing in flight: the message goes at the end of this event-loop pass.
+        await producer.send(b"alone")
+        broker.hold_receipts = True
+        first = await producer.send_async(b"a")
+        await wait_until(lambda: len(broker.held) == 1)
+        # Behind a batch in flight, messages gather...
+        later = [await producer.send_async(b"b%d" % i) for i in range(3)]
+        await asyncio.sleep(0.05)
+        assert len(broker.publish_requests) == 2
+        # ...and go as soon as the stream is idle again, not after 10 s.
+        await broker.release_receipts()
+        await first
+        await asyncio.gather(*later)
+    assert time.monotonic() - started < 5
+    counts = [b.num_messages for request in broker.publish_requests for b in request.batches]
+    assert counts == [1, 1, 3]
+
+
 async def test_unbatched_messages_have_batch_index_minus_one(fake: tuple[FakeBroker, str]) -> None:
     broker, url = fake
     async with strata.AsyncClient(url) as client:
