@@ -190,6 +190,21 @@ class Bookie:
     def is_open(self) -> bool:
         return not self._closing
 
+    def _writable_ledger(self, ledger_id: int) -> Ledger:
+        """The index entry of a ledger about to be written or fenced, created on first use;
+        a deleted ledger raises ``LedgerDeletedError``. Fencing a ledger this bookie never saw
+        is normal during recovery: it is remembered so that a late add of the old writer is
+        refused."""
+        index = self._index
+        ledger = index.ledgers.get(ledger_id)
+        if ledger is None:
+            if ledger_id in index.deleted:
+                raise LedgerDeletedError(f"ledger {ledger_id} was deleted")
+            ledger = index.ledgers[ledger_id] = Ledger(ledger_id)
+        elif ledger.deleting:
+            raise LedgerDeletedError(f"ledger {ledger_id} was deleted")
+        return ledger
+
     async def close(self, *, checkpoint: bool = True) -> None:
         """Shut down; see the class docstring. ``checkpoint=False`` skips the final checkpoint
         (tests use it to leave a journal to replay, like a crash after the last fsync)."""
@@ -273,14 +288,7 @@ class Bookie:
             )
         if len(master_key) > MAX_MASTER_KEY_BYTES:
             raise BadRequestError(f"master key of {len(master_key)} bytes is too long")
-        index = self._index
-        ledger = index.ledgers.get(ledger_id)
-        if ledger is None:
-            if ledger_id in index.deleted:
-                raise LedgerDeletedError(f"ledger {ledger_id} was deleted")
-            ledger = index.ledgers[ledger_id] = Ledger(ledger_id)
-        elif ledger.deleting:
-            raise LedgerDeletedError(f"ledger {ledger_id} was deleted")
+        ledger = self._writable_ledger(ledger_id)
         if ledger.master_key is None:
             # The first write of a ledger journals its key, like BookKeeper's key meta-record,
             # so that fences after a restart can check it. It shares the entry's group commit.
@@ -529,16 +537,7 @@ class Bookie:
             raise BadRequestError(f"master key of {len(master_key)} bytes is too long")
         if not journal.has_room:
             await journal.wait_for_room()
-        index = self._index
-        ledger = index.ledgers.get(ledger_id)
-        if ledger is None:
-            if ledger_id in index.deleted:
-                raise LedgerDeletedError(f"ledger {ledger_id} was deleted")
-            # Fencing a ledger this bookie never saw is normal during recovery: remember the
-            # fence (and the key) so that a late add from the old writer is refused.
-            ledger = index.ledgers[ledger_id] = Ledger(ledger_id)
-        elif ledger.deleting:
-            raise LedgerDeletedError(f"ledger {ledger_id} was deleted")
+        ledger = self._writable_ledger(ledger_id)
         if ledger.master_key is None:
             ledger.master_key = master_key
         elif ledger.master_key != master_key:
