@@ -317,10 +317,16 @@ class BookieServer:
     server: grpc.aio.Server
     port: int
     health: health.aio.HealthServicer
+    # Turns health to NOT_SERVING when the bookie's journal fails; cancelled by ``stop``.
+    failure_watch: asyncio.Task[None] | None = None
 
     async def stop(self, grace_s: float | None = 1.0) -> None:
         """Report NOT_SERVING, then stop (in-flight calls get ``grace_s``). The bookie itself is
         closed by its owner afterwards."""
+        if self.failure_watch is not None:
+            self.failure_watch.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self.failure_watch
         await self.health.enter_graceful_shutdown()
         await self.server.stop(grace_s)
 
@@ -346,7 +352,16 @@ async def start_bookie_server(
     await health_servicer.set("", serving)
     await health_servicer.set(SERVICE_NAME, serving)
     _log.info("bookie serving on %s:%d", host, bound_port)
-    return BookieServer(server, bound_port, health_servicer)
+
+    async def report_failure() -> None:
+        error = await bookie.wait_failed()
+        _log.error("bookie failed, health is now NOT_SERVING: %s", error)
+        not_serving = health_pb2.HealthCheckResponse.NOT_SERVING
+        await health_servicer.set("", not_serving)
+        await health_servicer.set(SERVICE_NAME, not_serving)
+
+    watch = asyncio.get_running_loop().create_task(report_failure(), name="bookie-health")
+    return BookieServer(server, bound_port, health_servicer, watch)
 
 
 async def serve_bookie(bookie: Bookie, host: str, port: int) -> grpc.aio.Server:

@@ -29,6 +29,7 @@ from pathlib import Path
 from bookie.api import LedgerState, StoredEntry
 from bookie.errors import (
     BadRequestError,
+    BookieError,
     BookieIOError,
     BookieUnavailableError,
     LedgerDeletedError,
@@ -190,6 +191,13 @@ class Bookie:
     def is_open(self) -> bool:
         return not self._closing
 
+    async def wait_failed(self) -> BookieError:
+        """Wait until the journal fails for good (a failed write or fsync): from then on every
+        add fails, and the process should report NOT_SERVING so that writers replace it."""
+        journal = self._journal
+        assert journal is not None, "the bookie is not open"
+        return await journal.wait_failed()
+
     def _writable_ledger(self, ledger_id: int) -> Ledger:
         """The index entry of a ledger about to be written or fenced, created on first use;
         a deleted ledger raises ``LedgerDeletedError``. Fencing a ledger this bookie never saw
@@ -293,6 +301,7 @@ class Bookie:
             # The first write of a ledger journals its key, like BookKeeper's key meta-record,
             # so that fences after a restart can check it. It shares the entry's group commit.
             ledger.master_key = master_key
+            ledger.snapshot = None
             journal.append_nowait(KEY, ledger_id, -1, -1, master_key, want_future=False)
         elif ledger.master_key != master_key:
             raise BadRequestError(f"wrong master key for ledger {ledger_id}")
@@ -540,6 +549,7 @@ class Bookie:
         ledger = self._writable_ledger(ledger_id)
         if ledger.master_key is None:
             ledger.master_key = master_key
+            ledger.snapshot = None
         elif ledger.master_key != master_key:
             raise BadRequestError(f"wrong master key for ledger {ledger_id}")
         ledger.fence_admitted = True

@@ -18,6 +18,9 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 _OFFSET_MASK = 0xFFFF_FFFF
+# Deleted ledger ids remembered so that a late add cannot recreate a deleted ledger; 8 bytes
+# each in the checkpoint.
+DEFAULT_MAX_DELETED_LEDGER_IDS = 1_000_000
 
 
 def pack_location(segment_id: int, offset: int) -> int:
@@ -49,6 +52,7 @@ class Ledger:
         "ledger_id",
         "master_key",
         "pending_adds",
+        "snapshot",
         "waiters",
     )
 
@@ -71,6 +75,10 @@ class Ledger:
         self.cached: dict[int, tuple[int, bytes]] = {}
         # Long polls of read_last_add_confirmed: (previous LAC, future).
         self.waiters: list[tuple[int, asyncio.Future[None]]] = []
+        # This ledger's part of the last checkpoint, reused while nothing changed: a closed
+        # ledger is copied once, not at every checkpoint. Every mutation of a checkpointed
+        # field sets it back to None (``LedgerIndex.apply_*`` and the admission of a key).
+        self.snapshot: LedgerSnapshot | None = None
 
 
 @dataclass(slots=True)
@@ -105,15 +113,21 @@ class LedgerIndex:
     out of the live-byte accounting.
     """
 
-    def __init__(self, record_length_at: Callable[[int], int]) -> None:
+    def __init__(
+        self,
+        record_length_at: Callable[[int], int],
+        max_deleted_ledger_ids: int = DEFAULT_MAX_DELETED_LEDGER_IDS,
+    ) -> None:
         self.ledgers: dict[int, Ledger] = {}
         self.deleted: set[int] = set()
+        self.max_deleted_ledger_ids = max_deleted_ledger_ids
         self._record_length_at = record_length_at
 
     def apply_entry(
         self, ledger: Ledger, entry_id: int, last_add_confirmed: int, location: int, length: int
     ) -> bool:
         """Index one durable entry record; True when it raised the ledger's LAC."""
+        ledger.snapshot = None
         previous = ledger.entries.get(entry_id)
         ledger.entries[entry_id] = location
         by_segment = ledger.bytes_by_segment
@@ -147,9 +161,11 @@ class LedgerIndex:
     def apply_key(self, ledger: Ledger, master_key: bytes) -> None:
         if ledger.master_key is None:
             ledger.master_key = master_key
+            ledger.snapshot = None
 
     def apply_fence(self, ledger: Ledger, master_key: bytes) -> None:
         self.apply_key(ledger, master_key)
+        ledger.snapshot = None
         ledger.fenced = True
         ledger.fence_admitted = True
 
@@ -166,21 +182,33 @@ class LedgerIndex:
         return live
 
     def snapshot(self, mark_segment_id: int, mark_offset: int) -> IndexSnapshot:
-        """A consistent copy, cheap enough for the event loop: the dict copies run in C and the
-        values (ints, bytes) are immutable; encoding happens later in a worker thread."""
-        ledgers = [
-            LedgerSnapshot(
-                ledger.ledger_id,
-                ledger.last_add_confirmed,
-                ledger.last_entry_id,
-                ledger.fenced,
-                ledger.master_key,
-                dict(ledger.bytes_by_segment),
-                dict(ledger.entries),
-            )
-            for ledger in self.ledgers.values()
-        ]
-        return IndexSnapshot(mark_segment_id, mark_offset, ledgers, sorted(self.deleted))
+        """A consistent copy, cheap enough for the event loop: only ledgers changed since the
+        last snapshot are copied (the dict copies run in C; the values are immutable ints and
+        bytes), so the cost follows the writes since then, not the size of the index. Encoding
+        happens later in a worker thread.
+
+        Also bounds the deleted-ledger set to the ``max_deleted_ledger_ids`` newest ids (ids
+        are allocated in increasing order): a zombie add to a ledger deleted that long ago
+        creates a stray ledger, which costs space but never data."""
+        ledgers = []
+        for ledger in self.ledgers.values():
+            saved = ledger.snapshot
+            if saved is None:
+                saved = ledger.snapshot = LedgerSnapshot(
+                    ledger.ledger_id,
+                    ledger.last_add_confirmed,
+                    ledger.last_entry_id,
+                    ledger.fenced,
+                    ledger.master_key,
+                    dict(ledger.bytes_by_segment),
+                    dict(ledger.entries),
+                )
+            ledgers.append(saved)
+        deleted = sorted(self.deleted)
+        if len(deleted) > self.max_deleted_ledger_ids:
+            deleted = deleted[len(deleted) - self.max_deleted_ledger_ids :]
+            self.deleted = set(deleted)
+        return IndexSnapshot(mark_segment_id, mark_offset, ledgers, deleted)
 
     def load(self, snapshot: IndexSnapshot) -> None:
         """Replace the contents with a checkpoint's."""

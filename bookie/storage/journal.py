@@ -142,6 +142,7 @@ class Journal:
         self._writing = False
         self._closing = False
         self._failure: BookieError | None = None
+        self._failed = asyncio.Event()
         self._writer_wakeup: asyncio.Future[None] | None = None
         self._space_waiters: list[asyncio.Future[None]] = []
         self._idle_waiters: list[asyncio.Future[None]] = []
@@ -198,6 +199,12 @@ class Journal:
     @property
     def has_room(self) -> bool:
         return self._buffered_bytes < self._group_commit_max_bytes
+
+    async def wait_failed(self) -> BookieError:
+        """Wait until the journal fails for good; returns the error it fails writes with."""
+        await self._failed.wait()
+        assert self._failure is not None
+        return self._failure
 
     def check_usable(self) -> None:
         if self._failure is not None:
@@ -321,6 +328,7 @@ class Journal:
             except OSError as exc:
                 _log.error("journal write failed, the bookie stops accepting writes: %s", exc)
                 self._failure = BookieIOError(f"journal write failed: {exc}")
+                self._failed.set()
                 for record in records:
                     if record.future is not None and not record.future.done():
                         record.future.set_exception(self._failure)
@@ -337,6 +345,7 @@ class Journal:
             except Exception as exc:  # a bug: the index no longer matches the journal
                 _log.exception("applying a durable journal batch failed")
                 self._failure = BookieIOError(f"index update failed: {exc!r}")
+                self._failed.set()
                 for record in records:
                     if record.future is not None and not record.future.done():
                         record.future.set_exception(self._failure)
@@ -351,6 +360,7 @@ class Journal:
         """Fail everything still queued and wake every waiter; the journal takes no more."""
         if self._failure is None and not self._closing:
             self._failure = error
+            self._failed.set()
         for record in self._records:
             if record.future is not None and not record.future.done():
                 record.future.set_exception(error)

@@ -200,6 +200,7 @@ class JournalReplay:
             )
         elif header.record_type == FENCE:
             ledger.fenced = ledger.fence_admitted = True
+            ledger.snapshot = None
 
     def _truncate(self, path: Path, segment_id: int, offset: int, size: int) -> None:
         _log.warning(

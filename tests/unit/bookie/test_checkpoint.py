@@ -13,7 +13,13 @@ from bookie.storage.checkpoint import (
     read_checkpoint,
     write_checkpoint,
 )
-from bookie.storage.index import IndexSnapshot, LedgerSnapshot, pack_location, unpack_location
+from bookie.storage.index import (
+    IndexSnapshot,
+    LedgerIndex,
+    LedgerSnapshot,
+    pack_location,
+    unpack_location,
+)
 
 
 def _snapshot() -> IndexSnapshot:
@@ -65,3 +71,31 @@ def test_truncation_is_detected() -> None:
     data = encode_checkpoint(_snapshot())
     with pytest.raises(CheckpointError):
         decode_checkpoint(data[:-3])
+
+
+def test_snapshot_copies_only_changed_ledgers() -> None:
+    index = LedgerIndex(lambda location: 0)
+    closed = index.ledger_for_apply(1)
+    active = index.ledger_for_apply(2)
+    assert closed is not None and active is not None
+    index.apply_key(closed, b"k")
+    index.apply_entry(closed, 0, -1, pack_location(1, 16), 40)
+    index.apply_entry(active, 0, -1, pack_location(1, 56), 40)
+    first = index.snapshot(1, 96)
+    index.apply_entry(active, 1, 0, pack_location(1, 96), 40)
+    second = index.snapshot(1, 136)
+    # The unchanged ledger's copy is shared; the changed one is fresh and up to date.
+    assert second.ledgers[0] is first.ledgers[0]
+    assert second.ledgers[1] is not first.ledgers[1]
+    assert second.ledgers[1].entries == {0: pack_location(1, 56), 1: pack_location(1, 96)}
+    assert first.ledgers[1].entries == {0: pack_location(1, 56)}
+    index.apply_fence(closed, b"k")
+    assert index.snapshot(1, 136).ledgers[0].fenced
+
+
+def test_deleted_ids_are_bounded_to_the_newest() -> None:
+    index = LedgerIndex(lambda location: 0, max_deleted_ledger_ids=3)
+    for ledger_id in (5, 1, 9, 7, 3):
+        index.apply_delete(ledger_id)
+    assert index.snapshot(0, 0).deleted_ledger_ids == [5, 7, 9]
+    assert index.deleted == {5, 7, 9}

@@ -207,3 +207,34 @@ async def test_serve_bookie(tmp_path: Path) -> None:
         from bookie.status_map import error_for_status
 
         raise error_for_status(grpc.StatusCode.NOT_FOUND, "x", "NO_SUCH_LEDGER")
+
+
+async def test_health_turns_not_serving_when_the_journal_fails(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    bookie = await Bookie.open(make_config(tmp_path, fsync=True))
+    served = await start_bookie_server(bookie, "127.0.0.1", 0)
+    try:
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{served.port}") as channel:
+            health_stub = health_pb2_grpc.HealthStub(channel)
+            request = health_pb2.HealthCheckRequest(service=SERVICE_NAME)
+            serving = health_pb2.HealthCheckResponse.SERVING
+            assert (await health_stub.Check(request)).status == serving
+
+            def failing_fdatasync(fd: int) -> None:
+                raise OSError(5, "Input/output error (injected)")
+
+            monkeypatch.setattr("bookie.storage.journal.os.fdatasync", failing_fdatasync)
+            with pytest.raises(Exception, match="journal write failed"):
+                await bookie.add_entry(1, 0, -1, b"payload", KEY)
+            not_serving = health_pb2.HealthCheckResponse.NOT_SERVING
+            async with asyncio.timeout(5):
+                async for update in health_stub.Watch(request):
+                    if update.status == not_serving:
+                        break
+            overall = await health_stub.Check(health_pb2.HealthCheckRequest(service=""))
+            assert overall.status == not_serving
+    finally:
+        monkeypatch.undo()
+        await served.stop(None)
+        await bookie.close(checkpoint=False)
