@@ -20,9 +20,10 @@ from google.protobuf.message import DecodeError
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
-from bookie.errors import BadRequestError, BookieError
+from bookie.errors import BadRequestError, BookieError, BookieUnavailableError
 from bookie.status_map import ERROR_REASON_KEY, add_status_for, status_for
 from bookie.storage import Bookie
+from bookie.storage.config import DEFAULT_MAX_ENTRY_SIZE_BYTES
 from strata.storage.v1 import bookie_pb2, bookie_pb2_grpc
 
 _log = logging.getLogger(__name__)
@@ -223,16 +224,31 @@ class BookieServicer(bookie_pb2_grpc.BookieServiceServicer):
     Lifecycle: created and registered by ``start_bookie_server``; lives as long as the server.
     """
 
-    def __init__(self, bookie: Bookie, *, max_pending_adds_per_stream: int = 8192) -> None:
-        self._bookie = bookie
+    def __init__(self, bookie: Bookie | None, *, max_pending_adds_per_stream: int = 8192) -> None:
+        # None while the process replays its journal: every call is then UNAVAILABLE.
+        self._ready: Bookie | None = bookie
         self._max_pending_adds_per_stream = max_pending_adds_per_stream
+
+    def attach(self, bookie: Bookie) -> None:
+        self._ready = bookie
+
+    @property
+    def _bookie(self) -> Bookie:
+        bookie = self._ready
+        if bookie is None:
+            raise BookieUnavailableError("the bookie is starting: it is replaying its journal")
+        return bookie
 
     async def AddEntries(
         self,
         request_iterator: AsyncIterator[bookie_pb2.AddEntriesRequest],
         context: _Context,
     ) -> AsyncIterator[bookie_pb2.AddEntriesResponse]:
-        stream = AddEntriesStream(self._bookie, self._max_pending_adds_per_stream)
+        try:
+            bookie = self._bookie
+        except BookieUnavailableError as error:
+            await _abort(context, error)
+        stream = AddEntriesStream(bookie, self._max_pending_adds_per_stream)
         async for response in stream.responses(request_iterator):
             yield response
         if stream.malformed_request is not None:
@@ -317,8 +333,24 @@ class BookieServer:
     server: grpc.aio.Server
     port: int
     health: health.aio.HealthServicer
+    servicer: BookieServicer
     # Turns health to NOT_SERVING when the bookie's journal fails; cancelled by ``stop``.
     failure_watch: asyncio.Task[None] | None = None
+
+    async def attach(self, bookie: Bookie) -> None:
+        """Start serving ``bookie`` (opened after the server started): health turns SERVING,
+        and back to NOT_SERVING for good if its journal fails."""
+        self.servicer.attach(bookie)
+        await _set_health(self.health, health_pb2.HealthCheckResponse.SERVING)
+
+        async def report_failure() -> None:
+            error = await bookie.wait_failed()
+            _log.error("bookie failed, health is now NOT_SERVING: %s", error)
+            await _set_health(self.health, health_pb2.HealthCheckResponse.NOT_SERVING)
+
+        self.failure_watch = asyncio.get_running_loop().create_task(
+            report_failure(), name="bookie-health"
+        )
 
     async def stop(self, grace_s: float | None = 1.0) -> None:
         """Report NOT_SERVING, then stop (in-flight calls get ``grace_s``). The bookie itself is
@@ -331,14 +363,28 @@ class BookieServer:
         await self.server.stop(grace_s)
 
 
+async def _set_health(servicer: health.aio.HealthServicer, status: Any) -> None:
+    await servicer.set("", status)
+    await servicer.set(SERVICE_NAME, status)
+
+
 async def start_bookie_server(
-    bookie: Bookie, host: str, port: int, *, max_pending_adds_per_stream: int = 8192
+    bookie: Bookie | None,
+    host: str,
+    port: int,
+    *,
+    max_pending_adds_per_stream: int = 8192,
+    max_entry_size_bytes: int = DEFAULT_MAX_ENTRY_SIZE_BYTES,
 ) -> BookieServer:
-    """Serve ``bookie`` on ``host:port`` (0: any free port) with health and reflection."""
-    server = grpc.aio.server(options=server_options(bookie.config.max_entry_size_bytes))
-    bookie_pb2_grpc.add_BookieServiceServicer_to_server(
-        BookieServicer(bookie, max_pending_adds_per_stream=max_pending_adds_per_stream), server
-    )
+    """Serve ``bookie`` on ``host:port`` (0: any free port) with health and reflection.
+
+    With ``bookie=None`` the server starts NOT_SERVING and answers every call UNAVAILABLE until
+    ``attach`` hands it the opened bookie (a bookie process replaying its journal)."""
+    if bookie is not None:
+        max_entry_size_bytes = bookie.config.max_entry_size_bytes
+    server = grpc.aio.server(options=server_options(max_entry_size_bytes))
+    servicer = BookieServicer(bookie, max_pending_adds_per_stream=max_pending_adds_per_stream)
+    bookie_pb2_grpc.add_BookieServiceServicer_to_server(servicer, server)
     health_servicer = health.aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     reflection.enable_server_reflection(
@@ -348,20 +394,13 @@ async def start_bookie_server(
     if bound_port == 0:
         raise OSError(f"cannot bind the bookie server to {host}:{port}")
     await server.start()
-    serving = health_pb2.HealthCheckResponse.SERVING
-    await health_servicer.set("", serving)
-    await health_servicer.set(SERVICE_NAME, serving)
+    served = BookieServer(server, bound_port, health_servicer, servicer)
+    if bookie is None:
+        await _set_health(health_servicer, health_pb2.HealthCheckResponse.NOT_SERVING)
+    else:
+        await served.attach(bookie)
     _log.info("bookie serving on %s:%d", host, bound_port)
-
-    async def report_failure() -> None:
-        error = await bookie.wait_failed()
-        _log.error("bookie failed, health is now NOT_SERVING: %s", error)
-        not_serving = health_pb2.HealthCheckResponse.NOT_SERVING
-        await health_servicer.set("", not_serving)
-        await health_servicer.set(SERVICE_NAME, not_serving)
-
-    watch = asyncio.get_running_loop().create_task(report_failure(), name="bookie-health")
-    return BookieServer(server, bound_port, health_servicer, watch)
+    return served
 
 
 async def serve_bookie(bookie: Bookie, host: str, port: int) -> grpc.aio.Server:

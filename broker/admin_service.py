@@ -13,7 +13,8 @@ from typing import Any, TypeVar
 
 import grpc
 
-from broker.errors import InvalidRequestError, to_status
+from bookie.registry import DecommissionRefusedError, decommission_bookie, describe_bookies
+from broker.errors import InvalidRequestError, NotFoundError, PreconditionError, to_status
 from broker.service import BrokerService
 from strata.naming import NamespaceName, TopicName, check_name_part, parse_tenant
 from strata.v1 import admin_pb2, admin_pb2_grpc
@@ -110,8 +111,57 @@ class AdminServicer(admin_pb2_grpc.AdminServiceServicer):
     @_edge
     async def GetNamespace(self, request: Any, context: Any) -> admin_pb2.Namespace:
         name = NamespaceName.parse(request.name)
-        await self._broker.check_namespace(name)
-        return admin_pb2.Namespace(name=name.resource_name)
+        return await self._namespace(name)
+
+    async def _namespace(self, name: NamespaceName) -> admin_pb2.Namespace:
+        policies = await self._broker.get_namespace_policies(name)
+        namespace = admin_pb2.Namespace(name=name.resource_name)
+        persistence = policies.get("persistence")
+        if persistence:
+            namespace.persistence.CopyFrom(admin_pb2.PersistencePolicies(**persistence))
+        return namespace
+
+    @_edge
+    async def SetPersistence(self, request: Any, context: Any) -> admin_pb2.Namespace:
+        name = NamespaceName.parse(request.name)
+        if not request.HasField("persistence"):
+            raise InvalidRequestError("persistence is required")
+        p = request.persistence
+        await self._broker.set_persistence(
+            name, p.bookkeeper_ensemble, p.bookkeeper_write_quorum, p.bookkeeper_ack_quorum
+        )
+        return await self._namespace(name)
+
+    @_edge
+    async def ListBookies(self, request: Any, context: Any) -> admin_pb2.ListBookiesResponse:
+        cluster = await describe_bookies(self._broker.store)
+        return admin_pb2.ListBookiesResponse(
+            bookies=[
+                admin_pb2.Bookie(
+                    id=b.bookie_id,
+                    available=b.available,
+                    instance_id=b.instance_id,
+                    ledger_count=b.ledger_count,
+                )
+                for b in cluster.bookies
+            ],
+            under_replicated_ledger_count=cluster.under_replicated_ledger_count,
+            auditor=cluster.auditor,
+        )
+
+    @_edge
+    async def DecommissionBookie(
+        self, request: Any, context: Any
+    ) -> admin_pb2.DecommissionBookieResponse:
+        if not request.id:
+            raise InvalidRequestError("a bookie id (host:port) is required")
+        try:
+            await decommission_bookie(self._broker.store, request.id)
+        except DecommissionRefusedError as exc:
+            raise PreconditionError(str(exc)) from exc
+        except KeyError as exc:
+            raise NotFoundError(f"no bookie {request.id!r} is registered") from exc
+        return admin_pb2.DecommissionBookieResponse()
 
     @_edge
     async def ListNamespaces(self, request: Any, context: Any) -> admin_pb2.ListNamespacesResponse:

@@ -21,15 +21,17 @@ class BrokerConfig:
     port: int = 6650
     metrics_port: int = 8080
     advertised_address: str = ""
+    metadata_url: str = ""
     data_dir: Path = Path("./data/standalone")
     broker_name: str = "standalone"
     max_message_size_bytes: int = 5 * MIB
     managed_ledger_max_entries_per_ledger: int = 50_000
     managed_ledger_max_size_per_ledger_mb: int = 2048
     managed_ledger_max_ledger_rollover_time_minutes: float = 240.0
-    managed_ledger_default_ensemble_size: int = 1
-    managed_ledger_default_write_quorum: int = 1
-    managed_ledger_default_ack_quorum: int = 1
+    # Pulsar's defaults; a standalone, with its one bookie, sets 1/1/1.
+    managed_ledger_default_ensemble_size: int = 2
+    managed_ledger_default_write_quorum: int = 2
+    managed_ledger_default_ack_quorum: int = 2
     managed_ledger_cache_size_mb: int = 256
     cursor_persist_interval_ms: int = 100
     cursor_max_persisted_ranges: int = 10_000
@@ -60,6 +62,11 @@ _HELP = {
     "port": "gRPC port of the broker (0 = pick a free port)",
     "metrics_port": "Prometheus metrics HTTP port (0 = pick a free one, -1 = off)",
     "data_dir": "directory of the bookie journal and the embedded metadata store",
+    "metadata_url": "metadata store of the cluster: etcd://HOST:PORT[,HOST:PORT...]",
+    "advertised_address": "host name clients dial (default: this host's name)",
+    "managed_ledger_default_ensemble_size": "bookies per ledger (E)",
+    "managed_ledger_default_write_quorum": "copies of each entry (Qw)",
+    "managed_ledger_default_ack_quorum": "copies confirmed before a receipt (Qa)",
     "max_message_size_bytes": "largest batch a producer may send",
     "managed_ledger_max_entries_per_ledger": "roll the ledger after this many entries",
     "managed_ledger_max_size_per_ledger_mb": "roll the ledger after this many MiB",
@@ -90,4 +97,4 @@ def add_config_options(parser: argparse.ArgumentParser, skip: set[str] | None = 
 def config_from_args(args: argparse.Namespace, **overrides: object) -> BrokerConfig:
     values = {f.name: getattr(args, f.name) for f in fields(BrokerConfig) if hasattr(args, f.name)}
     values.update(overrides)
-    return BrokerConfig(**values)  # type: ignore[arg-type]
+    return BrokerConfig(**values)

@@ -25,7 +25,7 @@ import json
 import logging
 import time
 from collections import OrderedDict
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -149,8 +149,13 @@ class ManagedLedger:
         manager: LedgerManager,
         config: ManagedLedgerConfig,
         cache: EntryCache,
+        *,
+        quorums: Callable[[], Awaitable[tuple[int, int, int]]] | None = None,
     ) -> None:
         self.name = name  # tenant/namespace/persistent/topic
+        # E/Qw/Qa for each new ledger, read at creation (a namespace policy can change them);
+        # None: the config's.
+        self._quorums = quorums
         self._manager = manager
         self._store = manager.store
         self.config = config
@@ -235,8 +240,16 @@ class ManagedLedger:
 
     async def _create_ledger(self) -> None:
         cfg = self.config
+        if self._quorums is not None:
+            ensemble_size, write_quorum, ack_quorum = await self._quorums()
+        else:
+            ensemble_size, write_quorum, ack_quorum = (
+                cfg.ensemble_size,
+                cfg.write_quorum,
+                cfg.ack_quorum,
+            )
         handle = await self._manager.create_ledger(
-            cfg.ensemble_size, cfg.write_quorum, cfg.ack_quorum, custom={"topic": self.name}
+            ensemble_size, write_quorum, ack_quorum, custom={"topic": self.name}
         )
         now = int(time.time() * 1000)
         self.ledgers.append(LedgerInfo(handle.ledger_id, 0, 0, now))

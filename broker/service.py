@@ -19,10 +19,17 @@ import asyncio
 import contextlib
 import json
 import logging
+from typing import Any
 
 from bookie.ledgers import LedgerManager
 from broker.config import MIB, BrokerConfig
-from broker.errors import AlreadyExistsError, NotFoundError, PreconditionError
+from broker.errors import (
+    AlreadyExistsError,
+    InvalidRequestError,
+    NotFoundError,
+    PreconditionError,
+    ServiceUnavailableError,
+)
 from broker.managed_ledger import (
     MANAGED_LEDGERS_PREFIX,
     EntryCache,
@@ -38,6 +45,20 @@ log = logging.getLogger(__name__)
 TENANTS_PREFIX = "/admin/tenants/"
 NAMESPACES_PREFIX = "/admin/namespaces/"
 TOPIC_DOMAIN = "persistent"
+MAX_ENSEMBLE_SIZE = 64
+POLICY_UPDATE_MAX_ATTEMPTS = 20
+
+
+async def initialize_cluster(store: MetadataStore) -> None:
+    """Create tenant ``public`` and namespace ``public/default`` if they are missing
+    (idempotent; every broker runs it at start, ``strata initialize-cluster`` on demand)."""
+    tenant = json.dumps({"admin_roles": [], "allowed_clusters": []}).encode()
+    with contextlib.suppress(BadVersionError):
+        await store.put(TENANTS_PREFIX + DEFAULT_TENANT, tenant, expected_version=0)
+    with contextlib.suppress(BadVersionError):
+        await store.put(
+            f"{NAMESPACES_PREFIX}{DEFAULT_TENANT}/{DEFAULT_NAMESPACE}", b"{}", expected_version=0
+        )
 
 
 def _ml_name(topic: TopicName) -> str:
@@ -70,11 +91,7 @@ class BrokerService:
         self._housekeeping = asyncio.get_running_loop().create_task(self._housekeeping_loop())
 
     async def initialize_defaults(self) -> None:
-        """Create tenant ``public`` and namespace ``public/default`` if they are missing."""
-        with contextlib.suppress(AlreadyExistsError):
-            await self.create_tenant(DEFAULT_TENANT, [], [])
-        with contextlib.suppress(AlreadyExistsError):
-            await self.create_namespace(NamespaceName(DEFAULT_TENANT, DEFAULT_NAMESPACE))
+        await initialize_cluster(self.store)
 
     # ---- tenants and namespaces ---------------------------------------------------------
 
@@ -115,6 +132,63 @@ class BrokerService:
             await self.store.put(key, b"{}", expected_version=0)
         except BadVersionError as exc:
             raise AlreadyExistsError(f"namespace {name} already exists") from exc
+
+    async def get_namespace_policies(self, name: NamespaceName) -> dict[str, Any]:
+        record = await self.store.get(f"{NAMESPACES_PREFIX}{name.tenant}/{name.namespace}")
+        if record is None:
+            await self.check_namespace(name)  # raises the precise NotFoundError
+            raise NotFoundError(f"namespace {name} does not exist")
+        policies: dict[str, Any] = json.loads(record.value)
+        return policies
+
+    async def set_persistence(
+        self, name: NamespaceName, ensemble_size: int, write_quorum: int, ack_quorum: int
+    ) -> None:
+        """Set E/Qw/Qa for the namespace's ledgers created from now on (compare-and-set)."""
+        if not 1 <= ack_quorum <= write_quorum <= ensemble_size:
+            raise InvalidRequestError(
+                f"need 1 <= ack quorum ({ack_quorum}) <= write quorum ({write_quorum}) "
+                f"<= ensemble size ({ensemble_size})"
+            )
+        if ensemble_size > MAX_ENSEMBLE_SIZE:
+            raise InvalidRequestError(f"ensemble size is at most {MAX_ENSEMBLE_SIZE}")
+        key = f"{NAMESPACES_PREFIX}{name.tenant}/{name.namespace}"
+        for _ in range(POLICY_UPDATE_MAX_ATTEMPTS):
+            record = await self.store.get(key)
+            if record is None:
+                await self.check_namespace(name)
+                raise NotFoundError(f"namespace {name} does not exist")
+            policies = json.loads(record.value)
+            policies["persistence"] = {
+                "bookkeeper_ensemble": ensemble_size,
+                "bookkeeper_write_quorum": write_quorum,
+                "bookkeeper_ack_quorum": ack_quorum,
+            }
+            try:
+                await self.store.put(
+                    key, json.dumps(policies).encode(), expected_version=record.version
+                )
+            except BadVersionError:
+                continue
+            return
+        raise ServiceUnavailableError(
+            f"namespace {name} policies are changing too often; try again"
+        )
+
+    async def persistence_for(self, name: NamespaceName) -> tuple[int, int, int]:
+        """E/Qw/Qa for a new ledger of a topic in ``name``: its policy, else the defaults."""
+        persistence = (await self.get_namespace_policies(name)).get("persistence")
+        if not persistence:
+            return (
+                self.config.managed_ledger_default_ensemble_size,
+                self.config.managed_ledger_default_write_quorum,
+                self.config.managed_ledger_default_ack_quorum,
+            )
+        return (
+            int(persistence["bookkeeper_ensemble"]),
+            int(persistence["bookkeeper_write_quorum"]),
+            int(persistence["bookkeeper_ack_quorum"]),
+        )
 
     async def check_namespace(self, name: NamespaceName) -> None:
         if await self.store.get(f"{NAMESPACES_PREFIX}{name.tenant}/{name.namespace}") is None:
@@ -174,7 +248,14 @@ class BrokerService:
 
     async def _load_topic(self, name: TopicName) -> Topic:
         await self.check_namespace(name.namespace_name)
-        ledger = ManagedLedger(_ml_name(name), self.ledgers, self.ml_config, self.cache)
+        namespace = name.namespace_name
+        ledger = ManagedLedger(
+            _ml_name(name),
+            self.ledgers,
+            self.ml_config,
+            self.cache,
+            quorums=lambda: self.persistence_for(namespace),
+        )
         await ledger.open()
         topic = Topic(
             name,

@@ -18,6 +18,7 @@ from prometheus_client import start_http_server
 
 from bookie.ledgers import LedgerManager
 from bookie.local import LocalBookieClient
+from bookie.registry import BookieInfo, available_key, now_ms
 from bookie.storage import Bookie, BookieStorageConfig
 from broker.config import BrokerConfig, add_config_options, config_from_args
 from broker.server import start_broker_server
@@ -27,6 +28,13 @@ from strata.metadata import open_metadata_store
 log = logging.getLogger("strata.standalone")
 
 SHUTDOWN_GRACE_SECONDS = 5.0
+# A standalone has its own embedded store and its one bookie: these make no sense for it.
+STANDALONE_SKIPPED_OPTIONS = {
+    "metadata_url",
+    "managed_ledger_default_ensemble_size",
+    "managed_ledger_default_write_quorum",
+    "managed_ledger_default_ack_quorum",
+}
 
 
 async def run_standalone(config: BrokerConfig, stop: asyncio.Event) -> None:
@@ -42,6 +50,12 @@ async def run_standalone(config: BrokerConfig, stop: asyncio.Event) -> None:
     server = None
     try:
         await broker.initialize_defaults()
+        # Listed by `strata admin bookies list` like a cluster's bookies.
+        await store.put(
+            available_key(local.address),
+            BookieInfo(local.address, "standalone", -1, now_ms()).to_json(),
+            ephemeral=True,
+        )
         await broker.start()
         server, port, _health = await start_broker_server(broker, config.host, config.port)
         metrics_port = config.metrics_port
@@ -68,7 +82,13 @@ def main(argv: list[str]) -> int:
         prog="strata standalone",
         description="Run broker + bookie + embedded metadata store in one process.",
     )
-    add_config_options(parser)
+    add_config_options(parser, skip=STANDALONE_SKIPPED_OPTIONS)
+    # One bookie: every ledger is written once.
+    parser.set_defaults(
+        managed_ledger_default_ensemble_size=1,
+        managed_ledger_default_write_quorum=1,
+        managed_ledger_default_ack_quorum=1,
+    )
     args = parser.parse_args(argv)
     try:
         config = config_from_args(args)

@@ -48,6 +48,7 @@ SERVER_ROLES: dict[str, str] = {
     "standalone": "broker.standalone",
     "broker": "broker.__main__",
     "bookie": "bookie.__main__",
+    "initialize-cluster": "broker.initialize",
 }
 
 

@@ -20,7 +20,8 @@ def env_name(flag: str) -> str:
     return ENV_PREFIX + flag.lstrip("-").replace("-", "_").upper()
 
 
-def _parse_bool(text: str) -> bool:
+def parse_bool(text: str) -> bool:
+    """``1/true/yes/on`` → True, ``0/false/no/off`` or empty → False; ValueError otherwise."""
     lowered = text.strip().lower()
     if lowered in ("1", "true", "yes", "on"):
         return True
@@ -51,7 +52,7 @@ def add_option(
     raw = environ.get(variable)
     if action in ("store_true", "store_false"):
         if raw is not None:
-            default = _parse_bool(raw)
+            default = parse_bool(raw)
         parser.add_argument(
             *flags, default=default, help=f"{help} [env {variable}]".strip(), **kwargs
         )

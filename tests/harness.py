@@ -55,50 +55,58 @@ def wait_serving(
     raise TimeoutError(f"{address} not serving after {timeout_s} s: {last_error}")
 
 
-class Standalone:
-    """One ``strata standalone`` process with its data directory and log file."""
+class ServerProcess:
+    """One ``strata`` server process (standalone, bookie or broker) on a fixed loopback port.
 
-    def __init__(self, data_dir: Path, *extra_args: str, env: dict[str, str] | None = None):
-        self.data_dir = data_dir
-        self.port = free_port()
-        self.extra_args = list(extra_args)
+    The port is chosen once, so a restart comes back at the same address (a bookie's id is its
+    address). Output goes to ``log_path``, appended across restarts.
+    """
+
+    def __init__(
+        self,
+        role: str,
+        args: list[str],
+        log_path: Path,
+        *,
+        port: int | None = None,
+        env: dict[str, str] | None = None,
+    ) -> None:
+        self.role = role
+        self.args = args
+        self.port = port if port is not None else free_port()
+        self.log_path = log_path
         self.env = env
         self.process: subprocess.Popen[bytes] | None = None
-        self.log_path = data_dir.parent / f"{data_dir.name}-standalone.log"
         self._log: IO[bytes] | None = None
 
     @property
     def address(self) -> str:
         return f"127.0.0.1:{self.port}"
 
-    def start(self) -> Standalone:
-        assert self.process is None or self.process.poll() is not None
-        self.data_dir.mkdir(parents=True, exist_ok=True)
+    @property
+    def running(self) -> bool:
+        return self.process is not None and self.process.poll() is None
+
+    def start(self, *, wait: bool = True) -> ServerProcess:
+        assert not self.running, f"{self.role} {self.address} is already running"
+        self.log_path.parent.mkdir(parents=True, exist_ok=True)
         self._log = open(self.log_path, "ab")
-        command = [
-            sys.executable,
-            "-m",
-            "strata",
-            "standalone",
-            "--data-dir",
-            str(self.data_dir),
-            "--port",
-            str(self.port),
-            "--metrics-port",
-            "-1",
-            *self.extra_args,
-        ]
+        command = [sys.executable, "-m", "strata", self.role, "--port", str(self.port), *self.args]
         environment = dict(os.environ)
         environment.update(self.env or {})
         self.process = subprocess.Popen(
             command, stdout=self._log, stderr=subprocess.STDOUT, env=environment
         )
+        if wait:
+            self.wait_ready()
+        return self
+
+    def wait_ready(self, timeout_s: float = READY_TIMEOUT_SECONDS) -> None:
         try:
-            wait_serving(self.address, process=self.process)
+            wait_serving(self.address, timeout_s, process=self.process)
         except BaseException:
             self.kill()
             raise
-        return self
 
     def _reap(self) -> None:
         if self._log is not None:
@@ -108,6 +116,7 @@ class Standalone:
     def kill(self) -> None:
         """SIGKILL by PID: the crash every durability test is about."""
         if self.process is not None and self.process.poll() is None:
+            os.kill(self.process.pid, signal.SIGCONT)  # a paused process dies too
             os.kill(self.process.pid, signal.SIGKILL)
             self.process.wait(STOP_TIMEOUT_SECONDS)
         self._reap()
@@ -125,6 +134,7 @@ class Standalone:
         if self.process is None:
             return None
         if self.process.poll() is None:
+            os.kill(self.process.pid, signal.SIGCONT)
             os.kill(self.process.pid, signal.SIGTERM)
             try:
                 self.process.wait(STOP_TIMEOUT_SECONDS)
@@ -133,9 +143,31 @@ class Standalone:
         self._reap()
         return self.process.returncode
 
-    def restart(self) -> Standalone:
+    def restart(self) -> ServerProcess:
         self.kill()
         return self.start()
 
     def log_text(self) -> str:
         return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
+
+
+class Standalone(ServerProcess):
+    """One ``strata standalone`` process with its data directory and log file."""
+
+    def __init__(self, data_dir: Path, *extra_args: str, env: dict[str, str] | None = None):
+        self.data_dir = data_dir
+        super().__init__(
+            "standalone",
+            ["--data-dir", str(data_dir), "--metrics-port", "-1", *extra_args],
+            data_dir.parent / f"{data_dir.name}-standalone.log",
+            env=env,
+        )
+
+    def start(self, *, wait: bool = True) -> Standalone:
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        super().start(wait=wait)
+        return self
+
+    def restart(self) -> Standalone:
+        self.kill()
+        return self.start()

@@ -24,6 +24,9 @@ MAX_SEGMENT_SIZE_BYTES = 1024 * MIB
 MAX_ENTRY_SIZE_LIMIT_BYTES = 64 * MIB
 
 
+DEFAULT_MAX_ENTRY_SIZE_BYTES = 8 * MIB
+
+
 @dataclass(frozen=True, slots=True)
 class BookieStorageConfig:
     """How one bookie stores ledgers in ``data_dir`` (``journal/`` and ``index/`` below it)."""
@@ -32,7 +35,7 @@ class BookieStorageConfig:
     # The journal rolls to a new segment file once the current one would exceed this size.
     journal_segment_size_bytes: int = 64 * MIB
     # Largest payload accepted by add_entry; larger ones are refused with BadRequestError.
-    max_entry_size_bytes: int = 8 * MIB
+    max_entry_size_bytes: int = DEFAULT_MAX_ENTRY_SIZE_BYTES
     # fdatasync every group commit before acknowledging; False only for tests and benchmarks.
     fsync: bool = True
     # Bytes buffered for the next group commit; beyond it adds wait (backpressure).

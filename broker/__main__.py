@@ -1,0 +1,124 @@
+"""``strata broker``: one stateless broker of a cluster.
+
+It keeps no data of its own: topics, cursors and ledger metadata live in the metadata store
+(``--metadata-url``, etcd), entries on the bookies registered there. Start-up: open the store,
+create tenant ``public`` and namespace ``public/default`` if the cluster is new (what
+``strata initialize-cluster`` does explicitly), follow the live bookies, serve. SIGTERM or
+SIGINT closes topics (their ledgers are closed cleanly) and exits.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import json
+import logging
+import signal
+import socket
+import sys
+import uuid
+
+from prometheus_client import start_http_server
+
+from bookie.ledgers import LedgerManager
+from bookie.registry import BookieClientPool, BookieRegistry, now_ms
+from broker.config import BrokerConfig, add_config_options, config_from_args
+from broker.server import start_broker_server
+from broker.service import BrokerService
+from strata.metadata import MetadataError, open_metadata_store
+from strata.metadata.registration import EphemeralRegistration
+
+log = logging.getLogger("strata.broker")
+
+SHUTDOWN_GRACE_SECONDS = 5.0
+BROKERS_AVAILABLE_PREFIX = "/brokers/available/"
+# Room for the framing around the largest entry in a bookie request.
+BOOKIE_REQUEST_MARGIN_BYTES = 64 * 1024
+
+
+async def run_broker(config: BrokerConfig, stop: asyncio.Event) -> None:
+    store = await open_metadata_store(config.metadata_url)
+    registry = BookieRegistry(store)
+    pool = BookieClientPool(
+        max_entry_size_bytes=config.max_message_size_bytes + BOOKIE_REQUEST_MARGIN_BYTES
+    )
+    broker: BrokerService | None = None
+    registration: EphemeralRegistration | None = None
+    server = None
+    try:
+        await registry.start()
+        ledgers = LedgerManager(store, registry.available, pool.get)
+        broker = BrokerService(config, store, ledgers)
+        await broker.initialize_defaults()
+        await broker.start()
+        server, port, _health = await start_broker_server(broker, config.host, config.port)
+        metrics_port = config.metrics_port
+        if metrics_port >= 0:
+            metrics_server, _thread = start_http_server(metrics_port, addr=config.host)
+            metrics_port = metrics_server.server_port
+        broker_id = f"{config.advertised_address or socket.getfqdn()}:{port}"
+        instance = uuid.uuid4().hex
+        registration = EphemeralRegistration(
+            store,
+            BROKERS_AVAILABLE_PREFIX + broker_id,
+            json.dumps({"broker_id": broker_id, "instance": instance, "started_ms": now_ms()})
+            .encode(),
+            is_ours=lambda value: json.loads(value).get("instance") == instance,
+        )
+        await registration.start()
+        # Harnesses and scripts read this line to learn the ports picked for port 0.
+        print(
+            f"strata broker ready id={broker_id} port={port} metrics_port={metrics_port}",
+            flush=True,
+        )
+        await stop.wait()
+    finally:
+        if registration is not None:
+            await registration.close()
+        if server is not None:
+            await server.stop(SHUTDOWN_GRACE_SECONDS)
+        if broker is not None:
+            await broker.close()
+        await registry.close()
+        await pool.close()
+        await store.close()
+
+
+def main(argv: list[str]) -> int:
+    parser = argparse.ArgumentParser(
+        prog="strata broker",
+        description="Run one broker of a cluster (metadata in etcd, entries on bookies).",
+    )
+    add_config_options(parser, skip={"data_dir", "journal_fsync", "broker_name"})
+    parser.set_defaults(port=6650, metrics_port=8080)
+    args = parser.parse_args(argv)
+    if not args.metadata_url:
+        parser.error("--metadata-url is required (etcd://HOST:PORT)")
+    try:
+        config = config_from_args(args)
+    except ValueError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    logging.basicConfig(
+        level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+
+    async def run() -> None:
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for signum in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(signum, stop.set)
+        await run_broker(config, stop)
+
+    try:
+        with contextlib.suppress(KeyboardInterrupt):
+            asyncio.run(run())
+    except (OSError, MetadataError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
