@@ -5,7 +5,10 @@
 * ``embedded:///abs/dir`` or ``embedded:relative/dir``: the embedded driver, durable on
   local disk, for a single process (``strata standalone``);
 * ``memory://``: a fresh in-memory store, for unit tests;
-* ``etcd://host:port,...``: the etcd driver (not written yet).
+* ``etcd://host:port[,host:port...][/root][?session_ttl_s=N]``: the etcd driver, shared by
+  every process of a cluster. The endpoints are tried in order; the optional root is a key
+  prefix under which this store lives (so that several clusters can share one etcd);
+  ``session_ttl_s`` is the lease TTL of every session (30 s by default).
 
 See :mod:`strata.metadata.base` for the interface and the error tree.
 """
@@ -34,6 +37,7 @@ from strata.metadata.base import (
     check_prefix,
 )
 from strata.metadata.embedded import EmbeddedMetadataStore
+from strata.metadata.etcd import EtcdMetadataStore, EtcdSettings
 from strata.metadata.memory import InMemoryMetadataStore
 
 __all__ = [
@@ -42,6 +46,8 @@ __all__ = [
     "MAX_VALUE_BYTES",
     "BadVersionError",
     "EmbeddedMetadataStore",
+    "EtcdMetadataStore",
+    "EtcdSettings",
     "EventType",
     "InMemoryMetadataStore",
     "InvalidKeyError",
@@ -64,9 +70,13 @@ async def open_metadata_store(url: str) -> MetadataStore:
     """Open the metadata store that ``url`` names; see the module docstring for the schemes.
 
     Raises ValueError for a malformed URL or an unknown scheme, and MetadataError when the
-    store cannot be opened (for example, an embedded directory in use by another process).
+    store cannot be opened (for example, an embedded directory in use by another process, or
+    MetadataStoreUnavailableError when no etcd endpoint answers).
     """
-    parts = urllib.parse.urlsplit(url)
+    try:
+        parts = urllib.parse.urlsplit(url)
+    except ValueError as error:  # e.g. an unbalanced or invalid [IPv6] host
+        raise ValueError(f"metadata store URL {url!r}: {error}") from error
     scheme = parts.scheme.lower()
     if scheme == "embedded":
         if parts.netloc or parts.query or parts.fragment:
@@ -83,7 +93,8 @@ async def open_metadata_store(url: str) -> MetadataStore:
             raise ValueError(f"metadata store URL {url!r}: write memory:// with nothing after")
         return await InMemoryMetadataStore.open()
     if scheme == "etcd":
-        raise NotImplementedError("etcd driver: issue 3")
+        # Raises ValueError, naming the URL, for bad hosts, ports, root or options.
+        return await EtcdMetadataStore.open(EtcdSettings.from_url(url))
     raise ValueError(
         f"metadata store URL {url!r} has unknown scheme {parts.scheme!r}; "
         "expected embedded:, memory:// or etcd://"

@@ -10,7 +10,6 @@ import asyncio
 import signal
 import sys
 import threading
-import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -227,24 +226,3 @@ async def test_open_by_url(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> N
 async def test_bad_urls_are_refused(url: str) -> None:
     with pytest.raises(ValueError, match="metadata store URL"):
         await open_metadata_store(url)
-
-
-async def test_etcd_is_not_written_yet() -> None:
-    with pytest.raises(NotImplementedError, match="issue 3"):
-        await open_metadata_store("etcd://localhost:2379")
-
-
-# --- Performance ----------------------------------------------------------------------------------
-
-
-async def test_sequential_puts_are_fast_enough_for_cursor_updates(tmp_path: Path) -> None:
-    # The broker persists cursor positions a few times per second per subscription. The floor
-    # here is far below what the driver reaches (thousands per second) so that a loaded test
-    # machine does not flake; it catches a put that has become pathologically slow.
-    puts = 300
-    async with await EmbeddedMetadataStore.open(tmp_path) as store:
-        started = time.perf_counter()
-        for i in range(puts):
-            await store.put(f"/cursors/{i % 10}", i.to_bytes(8, "big"))
-        elapsed_s = time.perf_counter() - started
-    assert puts / elapsed_s > 100, f"{puts / elapsed_s:.0f} puts/s"
