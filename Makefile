@@ -12,7 +12,7 @@ GEN_STAMP := strata/v1/.generated
 DATA_DIR ?= ./data/standalone
 PYTEST_ARGS ?=
 
-.PHONY: install proto run test test-unit test-integration test-faults lint fmt bench clean
+.PHONY: install proto run test test-unit test-integration test-faults lint fmt bench bench-cluster clean
 
 install: $(STAMP) $(GEN_STAMP)
 
@@ -58,6 +58,9 @@ fmt: install
 
 bench: install
 	$(PY) -m tests.bench.run_bench
+
+bench-cluster: install
+	$(PY) -m tests.bench.run_bench --deployments standalone,cluster
 
 clean:
 	rm -rf $(VENV) data build *.egg-info

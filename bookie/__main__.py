@@ -21,6 +21,7 @@ from pathlib import Path
 
 from prometheus_client import start_http_server
 
+from bookie.autorecovery import Autorecovery, AutorecoveryConfig, start_autorecovery
 from bookie.registry import (
     BookieInfo,
     CookieMismatchError,
@@ -70,6 +71,20 @@ def build_parser() -> argparse.ArgumentParser:
         default=True,
         help="run the autorecovery auditor election and a replication worker in this process",
     )
+    add_option(
+        parser,
+        "--lost-bookie-recovery-delay-ms",
+        type=int,
+        default=AutorecoveryConfig().lost_bookie_grace_ms,
+        help="how long a bookie stays gone before the auditor re-replicates its ledgers",
+    )
+    add_option(
+        parser,
+        "--auditor-periodic-check-interval-ms",
+        type=int,
+        default=AutorecoveryConfig().audit_interval_ms,
+        help="how often the auditor checks every ledger",
+    )
     return parser
 
 
@@ -80,7 +95,7 @@ async def run_bookie(args: argparse.Namespace, stop: asyncio.Event) -> int:
     store = None
     bookie = None
     registration = None
-    recovery = None
+    recovery: Autorecovery | None = None
     try:
         store = await open_metadata_store(args.metadata_url)
         data_dir: Path = args.data_dir
@@ -105,9 +120,14 @@ async def run_bookie(args: argparse.Namespace, stop: asyncio.Event) -> int:
             print(f"error: bookie {bookie_id}: {exc}", file=sys.stderr, flush=True)
             return EXIT_IDENTITY_ERROR
         if args.autorecovery:
-            from bookie.autorecovery import start_autorecovery
-
-            recovery = await start_autorecovery(store, bookie_id)
+            recovery = await start_autorecovery(
+                store,
+                bookie_id,
+                AutorecoveryConfig(
+                    lost_bookie_grace_ms=args.lost_bookie_recovery_delay_ms,
+                    audit_interval_ms=args.auditor_periodic_check_interval_ms,
+                ),
+            )
         # Harnesses and scripts read this line to learn the ports picked for port 0.
         print(
             f"strata bookie ready id={bookie_id} port={served.port} metrics_port={metrics_port} "

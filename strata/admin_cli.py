@@ -43,8 +43,12 @@ def _pages(fetch: Callable[[str], Any]) -> Iterator[Any]:
     raise RuntimeError(f"more than {MAX_LIST_PAGES} pages")
 
 
-def _print_json(message: ProtoMessage) -> None:
-    document = json_format.MessageToDict(message, preserving_proto_field_name=True)
+def _print_json(message: ProtoMessage, *, with_defaults: bool = False) -> None:
+    document = json_format.MessageToDict(
+        message,
+        preserving_proto_field_name=True,
+        always_print_fields_with_no_presence=with_defaults,
+    )
     print(json.dumps(document, indent=2, sort_keys=True))
 
 
@@ -145,6 +149,40 @@ def _namespaces_delete(admin: _Admin, args: argparse.Namespace) -> None:
     )
 
 
+def _namespaces_set_persistence(admin: _Admin, args: argparse.Namespace) -> None:
+    name = NamespaceName.parse(args.namespace).resource_name
+    admin.stub.SetPersistence(
+        admin_pb2.SetPersistenceRequest(
+            name=name,
+            persistence=admin_pb2.PersistencePolicies(
+                bookkeeper_ensemble=args.bookkeeper_ensemble,
+                bookkeeper_write_quorum=args.bookkeeper_write_quorum,
+                bookkeeper_ack_quorum=args.bookkeeper_ack_quorum,
+            ),
+        ),
+        timeout=admin.timeout_s,
+    )
+
+
+def _namespaces_get_persistence(admin: _Admin, args: argparse.Namespace) -> None:
+    name = NamespaceName.parse(args.namespace).resource_name
+    namespace = admin.stub.GetNamespace(
+        admin_pb2.GetNamespaceRequest(name=name), timeout=admin.timeout_s
+    )
+    _print_json(namespace.persistence)
+
+
+def _bookies_list(admin: _Admin, args: argparse.Namespace) -> None:
+    response = admin.stub.ListBookies(admin_pb2.ListBookiesRequest(), timeout=admin.timeout_s)
+    _print_json(response, with_defaults=True)
+
+
+def _bookies_decommission(admin: _Admin, args: argparse.Namespace) -> None:
+    admin.stub.DecommissionBookie(
+        admin_pb2.DecommissionBookieRequest(id=args.bookie), timeout=admin.timeout_s
+    )
+
+
 def _topics_list(admin: _Admin, args: argparse.Namespace) -> None:
     parent = NamespaceName.parse(args.namespace).resource_name
 
@@ -200,7 +238,7 @@ def add_admin_parser(
     """Register ``strata admin tenants|namespaces|topics ...`` on the top-level parser."""
     admin = commands.add_parser(
         "admin",
-        help="manage tenants, namespaces and topics (pulsar-admin verbs)",
+        help="manage tenants, namespaces, topics and bookies (pulsar-admin verbs)",
         description="Manage tenants, namespaces and topics. Lists print one item per line, "
         "objects print as JSON.",
     )
@@ -265,6 +303,44 @@ def add_admin_parser(
         "delete a namespace",
         ("namespace", "TENANT/NAMESPACE"),
         force=True,
+    )
+
+    persistence = verb(
+        namespaces,
+        "set-persistence",
+        _namespaces_set_persistence,
+        "set E/Qw/Qa of the namespace's new ledgers",
+        ("namespace", "TENANT/NAMESPACE"),
+    )
+    for short, flag, text in (
+        ("-e", "--bookkeeper-ensemble", "bookies per ledger (E)"),
+        ("-w", "--bookkeeper-write-quorum", "copies of each entry (Qw)"),
+        ("-a", "--bookkeeper-ack-quorum", "copies confirmed before a receipt (Qa)"),
+    ):
+        add_option(persistence, short, flag, type=int, required=True, help=text, environ=environ)
+    verb(
+        namespaces,
+        "get-persistence",
+        _namespaces_get_persistence,
+        "show the namespace's E/Qw/Qa as JSON (empty: the broker defaults)",
+        ("namespace", "TENANT/NAMESPACE"),
+    )
+
+    bookies = groups.add_parser("bookies", help="bookies").add_subparsers(
+        dest="verb", metavar="VERB", required=True
+    )
+    verb(
+        bookies,
+        "list",
+        _bookies_list,
+        "show the bookies, which are available, and the under-replicated ledger count as JSON",
+    )
+    verb(
+        bookies,
+        "decommission",
+        _bookies_decommission,
+        "forget a stopped bookie's identity once no ledger needs it",
+        ("bookie", "HOST:PORT"),
     )
 
     topics = groups.add_parser("topics", help="topics").add_subparsers(

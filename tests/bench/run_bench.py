@@ -1,4 +1,5 @@
-"""``make bench``: ``strata perf`` against a standalone with fsync on.
+"""``make bench``: ``strata perf`` against a standalone with fsync on; ``make bench-cluster``
+also against etcd + 3 bookies + 1 broker as processes with E/Qw/Qa 3/3/2, side by side.
 
 For 100-byte and 1 KiB messages it measures, in one run on one machine:
 - throughput: a producer and a consumer running together, end-to-end msg/s and MB/s;
@@ -11,14 +12,20 @@ Results go to stdout as a table and to ``data/bench/results.json``.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import statistics
 import subprocess
 import sys
 import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import grpc
+
+from strata.v1 import admin_pb2, admin_pb2_grpc
+from tests.cluster import Cluster
 from tests.harness import Standalone
 
 PERF_TIMEOUT_SECONDS = 300
@@ -37,14 +44,39 @@ def last_json(process: subprocess.Popen[str]) -> dict[str, Any]:
     return result
 
 
-def run_case(size: int, messages: int, rate: int) -> dict[str, Any]:
-    with tempfile.TemporaryDirectory(prefix="strata-bench-") as tmp:
-        server = Standalone(Path(tmp) / "data").start()
+@contextlib.contextmanager
+def deployment(kind: str, tmp: Path) -> Iterator[str]:
+    """Start a fresh deployment and yield its service address."""
+    if kind == "standalone":
+        server = Standalone(tmp / "data").start()
         try:
+            yield server.address
+        finally:
+            server.stop()
+        return
+    with Cluster(
+        tmp / "cluster", bookies=3, brokers=1, bookie_args=["--autorecovery", "false"]
+    ) as cluster:
+        with grpc.insecure_channel(cluster.broker_address()) as channel:
+            admin_pb2_grpc.AdminServiceStub(channel).SetPersistence(
+                admin_pb2.SetPersistenceRequest(
+                    name="tenants/public/namespaces/default",
+                    persistence=admin_pb2.PersistencePolicies(
+                        bookkeeper_ensemble=3, bookkeeper_write_quorum=3, bookkeeper_ack_quorum=2
+                    ),
+                ),
+                timeout=30,
+            )
+        yield cluster.broker_address()
+
+
+def run_case(kind: str, size: int, messages: int, rate: int) -> dict[str, Any]:
+    with tempfile.TemporaryDirectory(prefix="strata-bench-") as tmp:
+        with deployment(kind, Path(tmp)) as address:
             topic = f"bench-{size}-{rate}"
             consumer = perf(
                 "consume",
-                server.address,
+                address,
                 topic,
                 "-s",
                 "bench",
@@ -56,11 +88,9 @@ def run_case(size: int, messages: int, rate: int) -> dict[str, Any]:
             producer_args = ["--size", str(size), "--messages", str(messages)]
             if rate:
                 producer_args += ["--rate", str(rate)]
-            producer = perf("produce", server.address, topic, *producer_args)
+            producer = perf("produce", address, topic, *producer_args)
             produced = last_json(producer)
             consumed = last_json(consumer)
-        finally:
-            server.stop()
     return {"produce": produced, "consume": consumed}
 
 
@@ -69,26 +99,37 @@ def main() -> int:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--throughput-messages", type=int, default=300_000)
     parser.add_argument("--latency-seconds", type=int, default=12)
+    parser.add_argument(
+        "--deployments",
+        default="standalone",
+        help="comma-separated: standalone, cluster (3 bookies, 3/3/2)",
+    )
     args = parser.parse_args()
     rows = []
     for size in (100, 1024):
         for rate in (0, 5000):
             messages = args.throughput_messages if rate == 0 else rate * args.latency_seconds
-            runs = [run_case(size, messages, rate) for _ in range(args.repeats)]
-            row = {
-                "size_bytes": size,
-                "rate": rate or "max",
-                "e2e_msg_per_s": statistics.median(r["consume"]["msg_per_s"] for r in runs),
-                "e2e_mb_per_s": statistics.median(r["consume"]["mb_per_s"] for r in runs),
-                "publish_msg_per_s": statistics.median(r["produce"]["msg_per_s"] for r in runs),
-                "publish_p50_ms": statistics.median(r["produce"]["p50_ms"] for r in runs),
-                "publish_p99_ms": statistics.median(r["produce"]["p99_ms"] for r in runs),
-                "publish_p999_ms": statistics.median(r["produce"]["p999_ms"] for r in runs),
-                "e2e_p50_ms": statistics.median(r["consume"]["p50_ms"] for r in runs),
-                "e2e_p99_ms": statistics.median(r["consume"]["p99_ms"] for r in runs),
-            }
-            rows.append(row)
-            print(json.dumps(row), flush=True)
+            # Interleaved repeats, so that both deployments see the same machine noise.
+            runs_by_kind: dict[str, list[dict[str, Any]]] = {}
+            for _ in range(args.repeats):
+                for kind in args.deployments.split(","):
+                    runs_by_kind.setdefault(kind, []).append(run_case(kind, size, messages, rate))
+            for kind, runs in runs_by_kind.items():
+                row = {
+                    "deployment": kind,
+                    "size_bytes": size,
+                    "rate": rate or "max",
+                    "e2e_msg_per_s": statistics.median(r["consume"]["msg_per_s"] for r in runs),
+                    "e2e_mb_per_s": statistics.median(r["consume"]["mb_per_s"] for r in runs),
+                    "publish_msg_per_s": statistics.median(r["produce"]["msg_per_s"] for r in runs),
+                    "publish_p50_ms": statistics.median(r["produce"]["p50_ms"] for r in runs),
+                    "publish_p99_ms": statistics.median(r["produce"]["p99_ms"] for r in runs),
+                    "publish_p999_ms": statistics.median(r["produce"]["p999_ms"] for r in runs),
+                    "e2e_p50_ms": statistics.median(r["consume"]["p50_ms"] for r in runs),
+                    "e2e_p99_ms": statistics.median(r["consume"]["p99_ms"] for r in runs),
+                }
+                rows.append(row)
+                print(json.dumps(row), flush=True)
     out = Path("data/bench")
     out.mkdir(parents=True, exist_ok=True)
     (out / "results.json").write_text(json.dumps(rows, indent=2))

@@ -80,3 +80,35 @@ def test_admin_verbs(standalone: Standalone) -> None:
     refused = cli(standalone, "admin", "tenants", "delete", "acme")
     assert refused.returncode != 0
     assert cli(standalone, "admin", "tenants", "delete", "acme", "--force").returncode == 0
+
+
+def test_persistence_and_bookies_verbs(standalone: Standalone) -> None:
+    bookies = cli(standalone, "admin", "bookies", "list")
+    assert bookies.returncode == 0, bookies.stderr
+    listed = json.loads(bookies.stdout)
+    assert [(b["id"], b["available"]) for b in listed["bookies"]] == [("local", True)]
+    assert listed["under_replicated_ledger_count"] == 0
+    empty = cli(standalone, "admin", "namespaces", "get-persistence", "public/default")
+    assert empty.returncode == 0 and json.loads(empty.stdout) == {}
+    # A standalone has one bookie: 2 copies cannot be written, and producers are told so.
+    set_two = cli(
+        standalone, "admin", "namespaces", "set-persistence", "public/default", "-e", "2",
+        "-w", "2", "-a", "2",
+    )  # fmt: skip
+    assert set_two.returncode == 0, set_two.stderr
+    shown = json.loads(
+        cli(standalone, "admin", "namespaces", "get-persistence", "public/default").stdout
+    )
+    assert shown == {
+        "bookkeeper_ensemble": 2,
+        "bookkeeper_write_quorum": 2,
+        "bookkeeper_ack_quorum": 2,
+    }
+    refused = cli(standalone, "produce", "needs-two", "-m", "x")
+    assert refused.returncode != 0
+    assert "UNAVAILABLE" in refused.stderr and "bookies" in refused.stderr, refused.stderr
+    bad = cli(
+        standalone, "admin", "namespaces", "set-persistence", "public/default", "-e", "1",
+        "-w", "2", "-a", "1",
+    )  # fmt: skip
+    assert bad.returncode != 0 and "INVALID_ARGUMENT" in bad.stderr

@@ -34,7 +34,14 @@ async def env(tmp_path: Path) -> AsyncIterator[Env]:
     store = await open_metadata_store("memory://")
     bookie = MemoryBookieClient()
     ledgers = LedgerManager(store, lambda: [bookie.address], lambda _a: bookie)
-    config = BrokerConfig(port=0, data_dir=tmp_path, managed_ledger_max_entries_per_ledger=5)
+    config = BrokerConfig(
+        port=0,
+        data_dir=tmp_path,
+        managed_ledger_max_entries_per_ledger=5,
+        managed_ledger_default_ensemble_size=1,
+        managed_ledger_default_write_quorum=1,
+        managed_ledger_default_ack_quorum=1,
+    )
     broker = BrokerService(config, store, ledgers)
     await broker.initialize_defaults()
     server, port, _ = await start_broker_server(broker, "127.0.0.1", 0)
