@@ -15,7 +15,6 @@ import contextlib
 import json
 import logging
 import signal
-import socket
 import sys
 import uuid
 
@@ -53,17 +52,19 @@ async def run_broker(config: BrokerConfig, stop: asyncio.Event) -> None:
         await broker.initialize_defaults()
         await broker.start()
         server, port, _health = await start_broker_server(broker, config.host, config.port)
+        broker.advertised_address = config.advertised(port)
         metrics_port = config.metrics_port
         if metrics_port >= 0:
             metrics_server, _thread = start_http_server(metrics_port, addr=config.host)
             metrics_port = metrics_server.server_port
-        broker_id = f"{config.advertised_address or socket.getfqdn()}:{port}"
+        broker_id = broker.advertised_address
         instance = uuid.uuid4().hex
         registration = EphemeralRegistration(
             store,
             BROKERS_AVAILABLE_PREFIX + broker_id,
-            json.dumps({"broker_id": broker_id, "instance": instance, "started_ms": now_ms()})
-            .encode(),
+            json.dumps(
+                {"broker_id": broker_id, "instance": instance, "started_ms": now_ms()}
+            ).encode(),
             is_ours=lambda value: json.loads(value).get("instance") == instance,
         )
         await registration.start()

@@ -190,6 +190,14 @@ class AdminServicer(admin_pb2_grpc.AdminServiceServicer):
         return admin_pb2.Topic(name=str(name))
 
     @_edge
+    async def CreatePartitionedTopic(
+        self, request: Any, context: Any
+    ) -> admin_pb2.PartitionedTopic:
+        name = TopicName.parse(request.name)
+        await self._broker.create_partitioned_topic(name, request.partitions)
+        return admin_pb2.PartitionedTopic(name=str(name), partitions=request.partitions)
+
+    @_edge
     async def ListTopics(self, request: Any, context: Any) -> admin_pb2.ListTopicsResponse:
         namespace = NamespaceName.parse(request.parent)
         page, token = _page(

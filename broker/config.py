@@ -7,6 +7,7 @@ Every field has a default, a flag ``--kebab-name`` and an environment variable
 from __future__ import annotations
 
 import argparse
+import socket
 from dataclasses import dataclass, fields
 from pathlib import Path
 
@@ -55,6 +56,14 @@ class BrokerConfig:
         qa = self.managed_ledger_default_ack_quorum
         if not 1 <= qa <= qw <= e:
             raise ValueError("need 1 <= ack quorum <= write quorum <= ensemble size")
+
+    def advertised(self, port: int) -> str:
+        """``host:port`` clients dial: the advertised address, else the listen address (this
+        host's name when listening on every interface)."""
+        host = self.advertised_address
+        if not host:
+            host = socket.getfqdn() if self.host in ("0.0.0.0", "::", "") else self.host
+        return f"{host}:{port}"
 
 
 _HELP = {

@@ -174,6 +174,40 @@ class MessagingServicer(messaging_pb2_grpc.MessagingServiceServicer):
         finally:
             topic.remove_producer(producer_name)
 
+    # ---- Lookup ---------------------------------------------------------------------------
+
+    async def Lookup(
+        self, request: messaging_pb2.LookupRequest, context: grpc.aio.ServicerContext[Any, Any]
+    ) -> messaging_pb2.LookupResponse:
+        try:
+            name = TopicName.parse(request.topic)
+            redirect, address, authoritative = await self._broker.lookup(
+                name, request.authoritative
+            )
+        except Exception as exc:
+            await _abort_for(context, exc)
+        result = (
+            messaging_pb2.LookupResponse.REDIRECT
+            if redirect
+            else (messaging_pb2.LookupResponse.CONNECT)
+        )
+        return messaging_pb2.LookupResponse(
+            result=result, broker_address=address, authoritative=authoritative
+        )
+
+    async def GetPartitionedTopicMetadata(
+        self,
+        request: messaging_pb2.PartitionedTopicMetadataRequest,
+        context: grpc.aio.ServicerContext[Any, Any],
+    ) -> messaging_pb2.PartitionedTopicMetadata:
+        try:
+            name = TopicName.parse(request.topic)
+            await self._broker.check_namespace(name.namespace_name)
+            partitions = await self._broker.partitions_of(name)
+        except Exception as exc:
+            await _abort_for(context, exc)
+        return messaging_pb2.PartitionedTopicMetadata(partitions=partitions)
+
     # ---- Consume ------------------------------------------------------------------------
 
     async def Consume(  # type: ignore[override]

@@ -19,7 +19,7 @@ import asyncio
 import contextlib
 import json
 import logging
-from typing import Any
+from typing import Any, Protocol
 
 from bookie.ledgers import LedgerManager
 from broker.config import MIB, BrokerConfig
@@ -44,9 +44,19 @@ log = logging.getLogger(__name__)
 
 TENANTS_PREFIX = "/admin/tenants/"
 NAMESPACES_PREFIX = "/admin/namespaces/"
+PARTITIONED_TOPICS_PREFIX = "/admin/partitioned-topics/"
+MAX_PARTITIONS = 10_000
 TOPIC_DOMAIN = "persistent"
 MAX_ENSEMBLE_SIZE = 64
 POLICY_UPDATE_MAX_ATTEMPTS = 20
+
+
+class TopicOwnership(Protocol):
+    """Bundle ownership among the brokers of a cluster (``broker.ownership``)."""
+
+    async def lookup(self, name: TopicName, authoritative: bool) -> tuple[bool, str, bool]:
+        """(redirect?, broker address, authoritative) for ``name``; see ``Lookup``."""
+        ...
 
 
 async def initialize_cluster(store: MetadataStore) -> None:
@@ -76,6 +86,11 @@ class BrokerService:
         self.topics: dict[str, Topic] = {}
         self._loading: dict[str, asyncio.Task[Topic]] = {}
         self._housekeeping: asyncio.Task[None] | None = None
+        # host:port clients dial; set by the process role once the server has its port.
+        self.advertised_address = ""
+        # Bundle ownership among several brokers; None: this broker serves every topic
+        # (a standalone).
+        self.ownership: TopicOwnership | None = None
         self.ml_config = ManagedLedgerConfig(
             max_entries_per_ledger=config.managed_ledger_max_entries_per_ledger,
             max_size_per_ledger_bytes=config.managed_ledger_max_size_per_ledger_mb * MIB,
@@ -222,6 +237,38 @@ class BrokerService:
             for key in await self.store.list_keys(prefix)
         ]
 
+    def _partitioned_key(self, name: TopicName) -> str:
+        return f"{PARTITIONED_TOPICS_PREFIX}{name.tenant}/{name.namespace}/{name.local_name}"
+
+    async def lookup(self, name: TopicName, authoritative: bool) -> tuple[bool, str, bool]:
+        """Which broker serves ``name``: (redirect?, broker address, authoritative)."""
+        if self.ownership is None:
+            return False, self.advertised_address, False
+        return await self.ownership.lookup(name, authoritative)
+
+    async def create_partitioned_topic(self, name: TopicName, partitions: int) -> None:
+        """Record ``name`` as a topic of ``partitions`` partitions; the partitions themselves
+        are ordinary topics, created on first use."""
+        if name.partition_index >= 0:
+            raise InvalidRequestError(f"{name} is a partition name; give the topic's base name")
+        if not 1 <= partitions <= MAX_PARTITIONS:
+            raise InvalidRequestError(f"partitions must be within 1..{MAX_PARTITIONS}")
+        await self.check_namespace(name.namespace_name)
+        if await self.topic_exists(name):
+            raise AlreadyExistsError(f"topic {name} already exists as a non-partitioned topic")
+        body = json.dumps({"partitions": partitions}).encode()
+        try:
+            await self.store.put(self._partitioned_key(name), body, expected_version=0)
+        except BadVersionError as exc:
+            raise AlreadyExistsError(f"partitioned topic {name} already exists") from exc
+
+    async def partitions_of(self, name: TopicName) -> int:
+        """The partition count of ``name``; 0 when it is not a partitioned topic."""
+        record = await self.store.get(self._partitioned_key(name))
+        if record is None:
+            return 0
+        return int(json.loads(record.value)["partitions"])
+
     async def topic_exists(self, name: TopicName) -> bool:
         if str(name) in self.topics:
             return True
@@ -248,6 +295,11 @@ class BrokerService:
 
     async def _load_topic(self, name: TopicName) -> Topic:
         await self.check_namespace(name.namespace_name)
+        if await self.partitions_of(name):
+            raise PreconditionError(
+                f"{name} is a partitioned topic: use its partitions ({name}-partition-N); "
+                "the SDK does this by itself"
+            )
         namespace = name.namespace_name
         ledger = ManagedLedger(
             _ml_name(name),

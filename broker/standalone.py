@@ -58,6 +58,7 @@ async def run_standalone(config: BrokerConfig, stop: asyncio.Event) -> None:
         )
         await broker.start()
         server, port, _health = await start_broker_server(broker, config.host, config.port)
+        broker.advertised_address = config.advertised(port)
         metrics_port = config.metrics_port
         if metrics_port >= 0:
             metrics_server, _thread = start_http_server(metrics_port, addr=config.host)

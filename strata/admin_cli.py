@@ -183,6 +183,13 @@ def _bookies_decommission(admin: _Admin, args: argparse.Namespace) -> None:
     )
 
 
+def _topics_create_partitioned(admin: _Admin, args: argparse.Namespace) -> None:
+    admin.stub.CreatePartitionedTopic(
+        admin_pb2.CreatePartitionedTopicRequest(name=args.topic, partitions=args.partitions),
+        timeout=admin.timeout_s,
+    )
+
+
 def _topics_list(admin: _Admin, args: argparse.Namespace) -> None:
     parent = NamespaceName.parse(args.namespace).resource_name
 
@@ -350,5 +357,21 @@ def add_admin_parser(
         topics, "list", _topics_list, "list a namespace's topics", ("namespace", "TENANT/NAMESPACE")
     )
     verb(topics, "create", _topics_create, "create a topic", ("topic", "TOPIC"))
+    partitioned = verb(
+        topics,
+        "create-partitioned-topic",
+        _topics_create_partitioned,
+        "create a topic of N partitions (TOPIC-partition-0 .. N-1)",
+        ("topic", "TOPIC"),
+    )
+    add_option(
+        partitioned,
+        "-p",
+        "--partitions",
+        type=int,
+        required=True,
+        help="number of partitions",
+        environ=environ,
+    )
     verb(topics, "delete", _topics_delete, "delete a topic", ("topic", "TOPIC"), force=True)
     verb(topics, "stats", _topics_stats, "show a topic's statistics as JSON", ("topic", "TOPIC"))

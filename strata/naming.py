@@ -121,5 +121,19 @@ class TopicName:
             return int(tail)
         return -1
 
+    @property
+    def partitioned_name(self) -> TopicName:
+        """``t`` for ``t-partition-N``; the name itself otherwise."""
+        if self.partition_index < 0:
+            return self
+        head = self.local_name.rpartition("-partition-")[0]
+        return TopicName(self.tenant, self.namespace, head)
+
+    def partition(self, index: int) -> TopicName:
+        """The name of partition ``index`` of this partitioned topic: ``t-partition-<index>``."""
+        if index < 0:
+            raise InvalidNameError(f"partition index must not be negative, got {index}")
+        return TopicName(self.tenant, self.namespace, f"{self.local_name}-partition-{index}")
+
     def __str__(self) -> str:
         return f"{PERSISTENT_SCHEME}{self.tenant}/{self.namespace}/{self.local_name}"
