@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import grpc
 import pytest
@@ -16,6 +17,9 @@ from strata.metadata import MetadataStore, open_metadata_store
 from strata.naming import TopicName
 from strata.v1 import admin_pb2, admin_pb2_grpc
 from tests.unit.broker.memory_bookie import MemoryBookieClient
+
+if TYPE_CHECKING:
+    from strata.v1.admin_pb2_grpc import AdminServiceAsyncStub as AdminStub
 
 
 class NamedMemoryBookie(MemoryBookieClient):
@@ -31,7 +35,7 @@ class NamedMemoryBookie(MemoryBookieClient):
 @pytest.fixture
 async def setup(
     tmp_path: Path,
-) -> AsyncIterator[tuple[BrokerService, MetadataStore, admin_pb2_grpc.AdminServiceStub]]:
+) -> AsyncIterator[tuple[BrokerService, MetadataStore, AdminStub]]:
     store = await open_metadata_store("memory://")
     bookies = {name: NamedMemoryBookie(name) for name in ("b1", "b2", "b3", "b4")}
     ledgers = LedgerManager(store, lambda: sorted(bookies), bookies.__getitem__)
@@ -56,7 +60,7 @@ async def _ensemble_of_current_ledger(broker: BrokerService, topic: str) -> tupl
 
 
 async def test_defaults_then_namespace_policy(
-    setup: tuple[BrokerService, MetadataStore, admin_pb2_grpc.AdminServiceStub],
+    setup: tuple[BrokerService, MetadataStore, AdminStub],
 ) -> None:
     broker, _store, admin = setup
     # The broker defaults: Pulsar's 2/2/2.
@@ -81,7 +85,7 @@ async def test_defaults_then_namespace_policy(
     ("e", "qw", "qa"), [(2, 3, 2), (3, 2, 3), (0, 0, 0), (3, 3, 0), (65, 2, 2)]
 )
 async def test_bad_quorums_are_refused(
-    setup: tuple[BrokerService, MetadataStore, admin_pb2_grpc.AdminServiceStub],
+    setup: tuple[BrokerService, MetadataStore, AdminStub],
     e: int,
     qw: int,
     qa: int,
@@ -100,7 +104,7 @@ async def test_bad_quorums_are_refused(
 
 
 async def test_unknown_namespace_and_missing_policy(
-    setup: tuple[BrokerService, MetadataStore, admin_pb2_grpc.AdminServiceStub],
+    setup: tuple[BrokerService, MetadataStore, AdminStub],
 ) -> None:
     _broker, _store, admin = setup
     policies = admin_pb2.PersistencePolicies(
@@ -121,7 +125,7 @@ async def test_unknown_namespace_and_missing_policy(
 
 
 async def test_list_bookies_in_a_cluster_without_cookies(
-    setup: tuple[BrokerService, MetadataStore, admin_pb2_grpc.AdminServiceStub],
+    setup: tuple[BrokerService, MetadataStore, AdminStub],
 ) -> None:
     _broker, _store, admin = setup
     response = await admin.ListBookies(admin_pb2.ListBookiesRequest())
