@@ -14,7 +14,14 @@ from typing import Any, TypeVar
 import grpc
 
 from bookie.registry import DecommissionRefusedError, decommission_bookie, describe_bookies
-from broker.errors import InvalidRequestError, NotFoundError, PreconditionError, to_status
+from broker.errors import (
+    InvalidRequestError,
+    NotFoundError,
+    PreconditionError,
+    status_metadata,
+    to_status,
+)
+from broker.offload import OffloadStatus
 from broker.service import BrokerService
 from strata.naming import NamespaceName, TopicName, check_name_part, parse_tenant
 from strata.v1 import admin_pb2, admin_pb2_grpc
@@ -41,7 +48,7 @@ def _edge(method: Handler[R]) -> Handler[R]:
             if status is None:
                 log.error("unexpected error in %s: %r", method.__name__, exc, exc_info=exc)
                 status = (grpc.StatusCode.INTERNAL, "internal error; see the broker log")
-            await context.abort(status[0], status[1])
+            await context.abort(status[0], status[1], status_metadata(exc))
             raise AssertionError("unreachable") from exc
 
     return wrapper
@@ -58,6 +65,24 @@ def _page(items: list[str], page_size: int, page_token: str) -> tuple[list[str],
     page = ordered[:size]
     next_token = page[-1] if len(ordered) > size else ""
     return page, next_token
+
+
+def _offload_status(name: TopicName, status: OffloadStatus) -> admin_pb2.OffloadStatus:
+    return admin_pb2.OffloadStatus(
+        name=str(name),
+        status=admin_pb2.OffloadRunStatus.Value(f"OFFLOAD_RUN_STATUS_{status.status}"),
+        error=status.error,
+        trigger=status.trigger,
+        started_ms=status.started_ms,
+        finished_ms=status.finished_ms,
+        run_ledgers_offloaded=status.run_ledgers_offloaded,
+        run_bytes_offloaded=status.run_bytes_offloaded,
+        offloaded_ledgers=status.offloaded_ledgers,
+        bookie_deleted_ledgers=status.bookie_deleted_ledgers,
+        offloaded_bytes=status.offloaded_bytes,
+        bookie_resident_bytes=status.bookie_resident_bytes,
+        closed_ledgers=status.closed_ledgers,
+    )
 
 
 class AdminServicer(admin_pb2_grpc.AdminServiceServicer):
@@ -119,7 +144,37 @@ class AdminServicer(admin_pb2_grpc.AdminServiceServicer):
         persistence = policies.get("persistence")
         if persistence:
             namespace.persistence.CopyFrom(admin_pb2.PersistencePolicies(**persistence))
+        offload = self._broker.offload_policy_of(policies)
+        namespace.offload.CopyFrom(
+            admin_pb2.OffloadPolicies(
+                threshold_bytes=offload.threshold_bytes, deletion_lag_ms=offload.deletion_lag_ms
+            )
+        )
         return namespace
+
+    @_edge
+    async def SetOffloadThreshold(self, request: Any, context: Any) -> admin_pb2.Namespace:
+        name = NamespaceName.parse(request.name)
+        await self._broker.set_offload_threshold(name, request.threshold_bytes)
+        return await self._namespace(name)
+
+    @_edge
+    async def SetOffloadDeletionLag(self, request: Any, context: Any) -> admin_pb2.Namespace:
+        name = NamespaceName.parse(request.name)
+        lag = request.deletion_lag_ms if request.HasField("deletion_lag_ms") else None
+        await self._broker.set_offload_deletion_lag(name, lag)
+        return await self._namespace(name)
+
+    @_edge
+    async def OffloadTopic(self, request: Any, context: Any) -> admin_pb2.OffloadStatus:
+        name = TopicName.parse(request.name)
+        threshold = request.size_threshold_bytes if request.HasField("size_threshold_bytes") else 0
+        return _offload_status(name, await self._broker.offload_topic(name, threshold))
+
+    @_edge
+    async def GetOffloadStatus(self, request: Any, context: Any) -> admin_pb2.OffloadStatus:
+        name = TopicName.parse(request.name)
+        return _offload_status(name, await self._broker.offload_status(name))
 
     @_edge
     async def SetPersistence(self, request: Any, context: Any) -> admin_pb2.Namespace:

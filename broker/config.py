@@ -7,11 +7,14 @@ Every field has a default, a flag ``--kebab-name`` and an environment variable
 from __future__ import annotations
 
 import argparse
+import os
 import socket
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 
-from strata.options import add_option
+from strata.options import add_option, env_name
+from tiered.config import DRIVER_FILESYSTEM, DRIVERS, OffloadConfig
+from tiered.format import check_prefix
 
 MIB = 1024 * 1024
 
@@ -38,7 +41,26 @@ class BrokerConfig:
     cursor_max_persisted_ranges: int = 10_000
     max_pending_publish_batches_per_producer: int = 1000
     housekeeping_interval_ms: int = 5000
+    topic_idle_unload_seconds: float = 300.0
+    load_report_interval_ms: int = 5_000
+    load_shedding_interval_ms: int = 60_000
+    load_shedding_threshold_percent: int = 10
+    max_topics_per_bundle: int = 1_000
     journal_fsync: bool = True
+    # Tiered storage (``tiered``, ``broker.offload``): off unless a driver is set.
+    offload_driver: str = ""
+    offload_bucket: str = ""
+    offload_region: str = ""
+    offload_endpoint_url: str = ""
+    offload_prefix: str = ""
+    offload_directory: str = ""
+    offload_access_key_id: str = field(default="", repr=False)
+    offload_secret_access_key: str = field(default="", repr=False)
+    offload_deletion_lag_ms: int = 4 * 60 * 60 * 1000
+    offload_max_threads: int = 4
+    offload_retry_timeout_ms: int = 30_000
+    offload_request_timeout_ms: int = 10_000
+    offload_block_cache_size_mb: int = 64
 
     def __post_init__(self) -> None:
         if not 0 <= self.port <= 65535 or not -1 <= self.metrics_port <= 65535:
@@ -56,6 +78,47 @@ class BrokerConfig:
         qa = self.managed_ledger_default_ack_quorum
         if not 1 <= qa <= qw <= e:
             raise ValueError("need 1 <= ack quorum <= write quorum <= ensemble size")
+        if self.offload_driver and self.offload_driver not in DRIVERS:
+            raise ValueError(f"offload-driver must be one of {', '.join(DRIVERS)} (or empty)")
+        check_prefix(self.offload_prefix)
+        if self.offload_deletion_lag_ms < 0:
+            raise ValueError("offload-deletion-lag-ms must not be negative")
+        if (
+            min(
+                self.offload_max_threads,
+                self.offload_retry_timeout_ms,
+                self.offload_request_timeout_ms,
+            )
+            <= 0
+        ):
+            raise ValueError("offload threads and timeouts must be positive")
+        if self.offload_block_cache_size_mb < 0:
+            raise ValueError("offload-block-cache-size-mb must not be negative")
+
+    def offload_config(self, default_directory: Path | None = None) -> OffloadConfig | None:
+        """The offloader's configuration, or None when offloading is off. The filesystem
+        driver uses ``--offload-directory``, else ``default_directory``."""
+        if not self.offload_driver:
+            return None
+        directory = self.offload_directory
+        if not directory and self.offload_driver == DRIVER_FILESYSTEM:
+            if default_directory is None:
+                raise ValueError("the filesystem offload driver needs --offload-directory")
+            directory = str(default_directory)
+        return OffloadConfig(
+            driver=self.offload_driver,
+            prefix=self.offload_prefix,
+            bucket=self.offload_bucket,
+            region=self.offload_region,
+            endpoint_url=self.offload_endpoint_url,
+            access_key_id=self.offload_access_key_id,
+            secret_access_key=self.offload_secret_access_key,
+            directory=directory,
+            max_threads=self.offload_max_threads,
+            retry_timeout_ms=self.offload_retry_timeout_ms,
+            request_timeout_ms=self.offload_request_timeout_ms,
+            block_cache_size_bytes=self.offload_block_cache_size_mb * MIB,
+        )
 
     def advertised(self, port: int) -> str:
         """``host:port`` clients dial: the advertised address, else the listen address (this
@@ -67,6 +130,22 @@ class BrokerConfig:
 
 
 _HELP = {
+    "offload_driver": "offload closed ledgers to object storage: s3 or filesystem (empty: off)",
+    "offload_bucket": "S3 bucket of offloaded ledgers",
+    "offload_region": "S3 region (default: AWS_DEFAULT_REGION / AWS_REGION)",
+    "offload_endpoint_url": "S3 endpoint of an S3-compatible service (default: "
+    "AWS_ENDPOINT_URL_S3 / AWS_ENDPOINT_URL, else AWS)",
+    "offload_prefix": "key prefix of offloaded ledgers: part/part (letters, digits, - _ = : .)",
+    "offload_directory": "directory of the filesystem offload driver",
+    "offload_access_key_id": "S3 access key (default: AWS_ACCESS_KEY_ID and boto3's chain)",
+    "offload_secret_access_key": "S3 secret key; prefer the environment variable",
+    "offload_deletion_lag_ms": "delete a ledger's bookie copy this long after its offload "
+    "(a namespace policy overrides it)",
+    "offload_max_threads": "threads for object-store calls",
+    "offload_retry_timeout_ms": "give up retrying one object-store call after this long",
+    "offload_request_timeout_ms": "an object-store request with no answer for this long fails "
+    "(and is retried)",
+    "offload_block_cache_size_mb": "cache of blocks read from offloaded ledgers",
     "host": "address to listen on",
     "port": "gRPC port of the broker (0 = pick a free port)",
     "metrics_port": "Prometheus metrics HTTP port (0 = pick a free one, -1 = off)",
@@ -82,6 +161,11 @@ _HELP = {
     "managed_ledger_max_ledger_rollover_time_minutes": "roll the ledger after this age",
     "cursor_persist_interval_ms": "how often acknowledgements are persisted",
     "journal_fsync": "fsync the journal before acknowledging (turn off only for tests)",
+    "topic_idle_unload_seconds": "unload a topic without clients after this idle time",
+    "load_report_interval_ms": "how often this broker publishes its load",
+    "load_shedding_interval_ms": "how often the leading broker sheds load",
+    "load_shedding_threshold_percent": "shed from brokers this much above average msg/s",
+    "max_topics_per_bundle": "split a bundle with more loaded topics than this",
 }
 
 
@@ -97,6 +181,15 @@ def add_config_options(parser: argparse.ArgumentParser, skip: set[str] | None = 
                 default=default,
                 type=lambda s: s.lower() in ("1", "true", "yes", "on"),
                 help=_HELP.get(f.name, ""),
+            )
+            continue
+        if not f.repr:
+            # A secret: read from its variable like any option, never shown in --help.
+            variable = env_name(flag)
+            parser.add_argument(
+                flag,
+                default=os.environ.get(variable, default),
+                help=f"{_HELP.get(f.name, '')} [env {variable}]",
             )
             continue
         kind = {"int": int, "float": float, "Path": Path}.get(str(f.type), str)

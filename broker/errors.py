@@ -10,6 +10,8 @@ Hierarchy::
     ├── PreconditionError             state forbids it: exclusive consumer busy, producer name
     │                                 in use, namespace not empty (FAILED_PRECONDITION)
     ├── TopicFencedError              another owner took the topic's ledger (FAILED_PRECONDITION)
+    ├── NotOwnerError                 another broker serves the topic (FAILED_PRECONDITION, with
+    │                                 a google.rpc.ErrorInfo naming the owner)
     ├── ResourceLimitError            a bound was reached (RESOURCE_EXHAUSTED)
     ├── ServiceUnavailableError       storage cannot take writes now (UNAVAILABLE, retriable)
     └── CorruptDataError              a stored record failed its checksum (DATA_LOSS)
@@ -18,6 +20,9 @@ Hierarchy::
 from __future__ import annotations
 
 import grpc
+from google.protobuf import any_pb2
+from google.rpc import error_details_pb2, status_pb2
+from grpc_status import rpc_status
 
 from bookie.errors import (
     BookieError,
@@ -28,6 +33,7 @@ from bookie.errors import (
 from bookie.ledgers import LedgerClientError, LedgerClosedError, NotEnoughBookiesError
 from strata.metadata import MetadataError
 from strata.naming import InvalidNameError
+from tiered.errors import ObjectNotFoundError, OffloadCorruptError, TieredError
 
 
 class BrokerError(Exception):
@@ -59,6 +65,16 @@ class TopicFencedError(BrokerError):
     code = grpc.StatusCode.FAILED_PRECONDITION
 
 
+class NotOwnerError(BrokerError):
+    """Another broker owns the topic's bundle; ``owner`` is its address ("" if unknown)."""
+
+    code = grpc.StatusCode.FAILED_PRECONDITION
+
+    def __init__(self, message: str, owner: str) -> None:
+        super().__init__(message)
+        self.owner = owner
+
+
 class ResourceLimitError(BrokerError):
     code = grpc.StatusCode.RESOURCE_EXHAUSTED
 
@@ -70,6 +86,26 @@ class ServiceUnavailableError(BrokerError):
 
 class CorruptDataError(BrokerError):
     code = grpc.StatusCode.DATA_LOSS
+
+
+ERROR_DOMAIN = "strata.io"
+NOT_OWNED_REASON = "TOPIC_NOT_OWNED"
+
+
+def status_metadata(exc: BaseException) -> tuple[tuple[str, str | bytes], ...]:
+    """Trailing metadata carrying rich status details for errors that have them: a
+    ``google.rpc.ErrorInfo`` naming the owner for NotOwnerError (see messaging.proto)."""
+    if not isinstance(exc, NotOwnerError):
+        return ()
+    info = error_details_pb2.ErrorInfo(
+        reason=NOT_OWNED_REASON,
+        domain=ERROR_DOMAIN,
+        metadata={"owner": exc.owner} if exc.owner else {},
+    )
+    detail = any_pb2.Any()
+    detail.Pack(info)
+    status = status_pb2.Status(code=exc.code.value[0], message=str(exc), details=[detail])
+    return tuple(rpc_status.to_status(status).trailing_metadata)
 
 
 def to_status(exc: BaseException) -> tuple[grpc.StatusCode, str] | None:
@@ -89,4 +125,10 @@ def to_status(exc: BaseException) -> tuple[grpc.StatusCode, str] | None:
     if isinstance(exc, MetadataError):
         code = grpc.StatusCode.UNAVAILABLE if exc.retriable else grpc.StatusCode.INTERNAL
         return code, f"metadata store: {exc}"
+    if isinstance(exc, OffloadCorruptError | ObjectNotFoundError):
+        # An offloaded ledger whose objects are damaged or gone: never served.
+        return grpc.StatusCode.DATA_LOSS, f"offloaded data unreadable: {exc}"
+    if isinstance(exc, TieredError):
+        # Object storage down, throttling, or misconfigured: the consumer retries later.
+        return grpc.StatusCode.UNAVAILABLE, f"object storage unavailable: {exc}"
     return None

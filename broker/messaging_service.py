@@ -15,10 +15,17 @@ from typing import Any, NoReturn
 
 import grpc
 
-from broker.errors import InvalidRequestError, MessageTooLargeError, to_status
+from broker.errors import (
+    InvalidRequestError,
+    MessageTooLargeError,
+    ServiceUnavailableError,
+    status_metadata,
+    to_status,
+)
 from broker.managed_ledger import Position
 from broker.service import BrokerService
 from broker.subscription import SUBSCRIPTION_EXCLUSIVE, SUBSCRIPTION_SHARED, ConsumerSession
+from broker.topic import Topic
 from strata.naming import TopicName
 from strata.v1 import messaging_pb2, messaging_pb2_grpc
 
@@ -36,7 +43,7 @@ async def _abort_for(context: grpc.aio.ServicerContext[Any, Any], exc: BaseExcep
     if status is None:
         log.error("unexpected error on a stream: %r", exc, exc_info=exc)
         await context.abort(grpc.StatusCode.INTERNAL, "internal error; see the broker log")
-    await context.abort(status[0], status[1])
+    await context.abort(status[0], status[1], status_metadata(exc))
     raise AssertionError("unreachable")
 
 
@@ -44,19 +51,30 @@ async def _run_stream(
     context: grpc.aio.ServicerContext[Any, Any],
     reader: Awaitable[None],
     writer: Callable[[], Awaitable[None]],
+    topic: Topic,
 ) -> None:
-    """Run the reader inline-as-task and the writer as a task; the first failure ends both."""
+    """Run the reader inline-as-task and the writer as a task; the first failure ends both.
+    When the topic closes (unloaded from this broker) the stream ends with UNAVAILABLE, and
+    the client looks the topic up again."""
     read_task = asyncio.ensure_future(reader)
     write_task = asyncio.ensure_future(writer())
+
+    async def watch_topic() -> None:
+        await topic.closing.wait()
+        raise ServiceUnavailableError(
+            f"topic {topic.name} was unloaded from this broker; look it up again"
+        )
+
+    watch_task = asyncio.ensure_future(watch_topic())
     try:
-        done, _ = await asyncio.wait({read_task, write_task}, return_when=asyncio.FIRST_EXCEPTION)
-        for task in done:
-            if task.exception() is not None:
-                raise task.exception()  # type: ignore[misc]
-        await read_task
-        await write_task
+        pending = {read_task, write_task, watch_task}
+        while not (read_task.done() and write_task.done()):
+            done, pending = await asyncio.wait(pending, return_when=asyncio.FIRST_COMPLETED)
+            for task in done:
+                if task.exception() is not None:
+                    raise task.exception()  # type: ignore[misc]
     finally:
-        for task in (read_task, write_task):
+        for task in (read_task, write_task, watch_task):
             task.cancel()
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await task
@@ -170,7 +188,7 @@ class MessagingServicer(messaging_pb2_grpc.MessagingServiceServicer):
                         )
                     )
 
-            await _run_stream(context, read_batches(), write_receipts)
+            await _run_stream(context, read_batches(), write_receipts, topic)
         finally:
             topic.remove_producer(producer_name)
 
@@ -345,7 +363,7 @@ class MessagingServicer(messaging_pb2_grpc.MessagingServiceServicer):
                 while (response := await outbound.get()) is not None:
                     await context.write(response)
 
-            await _run_stream(context, read_requests(), write_responses)
+            await _run_stream(context, read_requests(), write_responses, topic)
         finally:
             for task in list(receipt_tasks):
                 task.cancel()

@@ -19,6 +19,8 @@ import asyncio
 import contextlib
 import json
 import logging
+import time
+from collections.abc import Callable
 from typing import Any, Protocol
 
 from bookie.ledgers import LedgerManager
@@ -27,6 +29,7 @@ from broker.errors import (
     AlreadyExistsError,
     InvalidRequestError,
     NotFoundError,
+    NotOwnerError,
     PreconditionError,
     ServiceUnavailableError,
 )
@@ -36,9 +39,12 @@ from broker.managed_ledger import (
     ManagedLedger,
     ManagedLedgerConfig,
 )
+from broker.offload import ManagedLedgerOffloader, OffloadPolicy, OffloadStatus
+from broker.ownership import equal_boundaries
 from broker.topic import Topic
 from strata.metadata import BadVersionError, MetadataStore
 from strata.naming import DEFAULT_NAMESPACE, DEFAULT_TENANT, NamespaceName, TopicName
+from tiered import Offloader
 
 log = logging.getLogger(__name__)
 
@@ -54,9 +60,23 @@ POLICY_UPDATE_MAX_ATTEMPTS = 20
 class TopicOwnership(Protocol):
     """Bundle ownership among the brokers of a cluster (``broker.ownership``)."""
 
+    address: str
+
     async def lookup(self, name: TopicName, authoritative: bool) -> tuple[bool, str, bool]:
         """(redirect?, broker address, authoritative) for ``name``; see ``Lookup``."""
         ...
+
+    def owns_loaded(self, name: TopicName) -> bool:
+        """True if this broker owns ``name``'s bundle (no I/O)."""
+        ...
+
+    async def ensure_owned(self, name: TopicName) -> Any:
+        """Own ``name``'s bundle (taking it if free) or raise NotOwnerError."""
+        ...
+
+    async def bundle_for(self, name: TopicName) -> Any: ...
+
+    async def owner_of(self, bundle: Any) -> str | None: ...
 
 
 async def initialize_cluster(store: MetadataStore) -> None:
@@ -78,10 +98,19 @@ def _ml_name(topic: TopicName) -> str:
 class BrokerService:
     """Owns loaded topics and the housekeeping task; closed by the process role."""
 
-    def __init__(self, config: BrokerConfig, store: MetadataStore, ledgers: LedgerManager) -> None:
+    def __init__(
+        self,
+        config: BrokerConfig,
+        store: MetadataStore,
+        ledgers: LedgerManager,
+        *,
+        offloader: Offloader | None = None,
+    ) -> None:
         self.config = config
         self.store = store
         self.ledgers = ledgers
+        # Tiered storage (owned and closed by the process role); None: offloading is off.
+        self.offloader = offloader
         self.cache = EntryCache(config.managed_ledger_cache_size_mb * MIB)
         self.topics: dict[str, Topic] = {}
         self._loading: dict[str, asyncio.Task[Topic]] = {}
@@ -140,11 +169,19 @@ class BrokerService:
             await self.delete_namespace(NamespaceName(tenant, namespace), force=True)
         await self.store.delete(TENANTS_PREFIX + tenant)
 
-    async def create_namespace(self, name: NamespaceName) -> None:
+    async def create_namespace(self, name: NamespaceName, bundles: int = 0) -> None:
+        """Create a namespace; ``bundles`` > 0 splits its hash range into that many bundles
+        (default: 4, see ``broker.ownership``)."""
         await self.get_tenant(name.tenant)
         key = f"{NAMESPACES_PREFIX}{name.tenant}/{name.namespace}"
+        policies: dict[str, Any] = {}
+        if bundles:
+            try:
+                policies["bundles"] = equal_boundaries(bundles)
+            except ValueError as exc:
+                raise InvalidRequestError(str(exc)) from exc
         try:
-            await self.store.put(key, b"{}", expected_version=0)
+            await self.store.put(key, json.dumps(policies).encode(), expected_version=0)
         except BadVersionError as exc:
             raise AlreadyExistsError(f"namespace {name} already exists") from exc
 
@@ -167,25 +204,34 @@ class BrokerService:
             )
         if ensemble_size > MAX_ENSEMBLE_SIZE:
             raise InvalidRequestError(f"ensemble size is at most {MAX_ENSEMBLE_SIZE}")
+        persistence = {
+            "bookkeeper_ensemble": ensemble_size,
+            "bookkeeper_write_quorum": write_quorum,
+            "bookkeeper_ack_quorum": ack_quorum,
+        }
+        await self.update_namespace_policies(
+            name, lambda policies: {**policies, "persistence": persistence}
+        )
+
+    async def update_namespace_policies(
+        self, name: NamespaceName, mutate: Callable[[dict[str, Any]], dict[str, Any]]
+    ) -> dict[str, Any]:
+        """Apply ``mutate`` to the namespace's policies by compare-and-set (re-read and retry
+        on a conflict, a bounded number of times); returns the stored policies."""
         key = f"{NAMESPACES_PREFIX}{name.tenant}/{name.namespace}"
         for _ in range(POLICY_UPDATE_MAX_ATTEMPTS):
             record = await self.store.get(key)
             if record is None:
                 await self.check_namespace(name)
                 raise NotFoundError(f"namespace {name} does not exist")
-            policies = json.loads(record.value)
-            policies["persistence"] = {
-                "bookkeeper_ensemble": ensemble_size,
-                "bookkeeper_write_quorum": write_quorum,
-                "bookkeeper_ack_quorum": ack_quorum,
-            }
+            policies = mutate(json.loads(record.value))
             try:
                 await self.store.put(
                     key, json.dumps(policies).encode(), expected_version=record.version
                 )
             except BadVersionError:
                 continue
-            return
+            return policies
         raise ServiceUnavailableError(
             f"namespace {name} policies are changing too often; try again"
         )
@@ -204,6 +250,41 @@ class BrokerService:
             int(persistence["bookkeeper_write_quorum"]),
             int(persistence["bookkeeper_ack_quorum"]),
         )
+
+    async def set_offload_threshold(self, name: NamespaceName, threshold_bytes: int) -> None:
+        """Bytes of a topic kept on bookies before its oldest closed ledgers are offloaded
+        (-1: automatic offload off, 0: offload every closed ledger)."""
+        if threshold_bytes < -1:
+            raise InvalidRequestError("offload threshold must be -1 (off) or at least 0 bytes")
+        await self.update_namespace_policies(
+            name, lambda policies: {**policies, "offload_threshold_bytes": threshold_bytes}
+        )
+
+    async def set_offload_deletion_lag(self, name: NamespaceName, lag_ms: int | None) -> None:
+        """How long a ledger's bookie copy is kept after its offload; None: the broker's
+        ``--offload-deletion-lag-ms``."""
+        if lag_ms is not None and lag_ms < 0:
+            raise InvalidRequestError("offload deletion lag must not be negative")
+
+        def mutate(policies: dict[str, Any]) -> dict[str, Any]:
+            policies = dict(policies)
+            if lag_ms is None:
+                policies.pop("offload_deletion_lag_ms", None)
+            else:
+                policies["offload_deletion_lag_ms"] = lag_ms
+            return policies
+
+        await self.update_namespace_policies(name, mutate)
+
+    def offload_policy_of(self, policies: dict[str, Any]) -> OffloadPolicy:
+        lag = policies.get("offload_deletion_lag_ms")
+        return OffloadPolicy(
+            threshold_bytes=int(policies.get("offload_threshold_bytes", -1)),
+            deletion_lag_ms=int(self.config.offload_deletion_lag_ms if lag is None else lag),
+        )
+
+    async def offload_policy_for(self, name: NamespaceName) -> OffloadPolicy:
+        return self.offload_policy_of(await self.get_namespace_policies(name))
 
     async def check_namespace(self, name: NamespaceName) -> None:
         if await self.store.get(f"{NAMESPACES_PREFIX}{name.tenant}/{name.namespace}") is None:
@@ -283,6 +364,9 @@ class BrokerService:
     async def get_topic(self, name: TopicName) -> Topic:
         """The loaded topic, loading it (and creating it, as auto-creation) on first use."""
         key = str(name)
+        ownership = self.ownership
+        if ownership is not None and not ownership.owns_loaded(name):
+            await ownership.ensure_owned(name)
         topic = self.topics.get(key)
         if topic is not None:
             return topic
@@ -307,8 +391,17 @@ class BrokerService:
             self.ml_config,
             self.cache,
             quorums=lambda: self.persistence_for(namespace),
+            offloader=self.offloader,
         )
         await ledger.open()
+        if self.offloader is not None:
+            ManagedLedgerOffloader(
+                ledger,
+                name,
+                self.offloader,
+                lambda: self.offload_policy_for(namespace),
+                retry_initial_backoff_ms=self.config.housekeeping_interval_ms,
+            )
         topic = Topic(
             name,
             ledger,
@@ -332,15 +425,85 @@ class BrokerService:
         topic.connected_producers.clear()
         await topic.delete()
 
+    async def offload_topic(self, name: TopicName, threshold_bytes: int) -> OffloadStatus:
+        """Start offloading the topic's closed ledgers past ``threshold_bytes`` (0: all)."""
+        if threshold_bytes < 0:
+            raise InvalidRequestError("size threshold must not be negative")
+        offload = await self._topic_offload(name)
+        return offload.request_offload(threshold_bytes)
+
+    async def offload_status(self, name: TopicName) -> OffloadStatus:
+        return (await self._topic_offload(name)).status()
+
+    async def _topic_offload(self, name: TopicName) -> ManagedLedgerOffloader:
+        if self.offloader is None:
+            raise PreconditionError(
+                "offloading is not configured on this broker (start it with --offload-driver)"
+            )
+        if not await self.topic_exists(name):
+            raise NotFoundError(f"topic {name} does not exist")
+        offload = (await self.get_topic(name)).ledger.offload
+        assert offload is not None
+        return offload
+
     # ---- housekeeping ---------------------------------------------------------------------
 
+    async def close_topics(self, predicate: Callable[[TopicName], bool]) -> int:
+        """Close and forget every loaded topic whose name matches (an unload: the next use
+        loads it again, here or on the bundle's new owner); returns how many."""
+        chosen = [t for t in self.topics.values() if predicate(t.name)]
+        for topic in chosen:
+            self.topics.pop(str(topic.name), None)
+        for topic in chosen:
+            try:
+                await topic.close()
+            except Exception as exc:
+                log.warning("closing %s failed: %s", topic.name, exc)
+        return len(chosen)
+
+    async def unload_topic(self, name: TopicName) -> bool:
+        """Close ``name`` where it is loaded; True if it was loaded here."""
+        ownership = self.ownership
+        if ownership is not None and not ownership.owns_loaded(name):
+            owner = await ownership.owner_of(await ownership.bundle_for(name))
+            if owner is not None and owner != ownership.address:
+                raise NotOwnerError(f"topic {name} is served by broker {owner}", owner)
+        return await self.close_topics(lambda candidate: candidate == name) > 0
+
+    def _unload_idle_topics(self) -> list[Topic]:
+        """Topics without producers, consumers or traffic for ``topic_idle_unload_seconds``."""
+        now = time.monotonic()
+        idle = []
+        for topic in self.topics.values():
+            busy = (
+                topic.connected_producers
+                or any(s.consumers for s in topic.subscriptions.values())
+                or (topic.ledger.offload is not None and topic.ledger.offload.running)
+            )
+            if busy:
+                topic.idle_since = None
+            elif topic.idle_since is None:
+                topic.idle_since = now
+            elif now - topic.idle_since >= self.config.topic_idle_unload_seconds:
+                idle.append(topic)
+        for topic in idle:
+            self.topics.pop(str(topic.name), None)
+        return idle
+
     async def run_housekeeping_once(self) -> None:
+        for topic in self._unload_idle_topics():
+            try:
+                await topic.close()
+            except Exception as exc:
+                log.warning("unloading idle topic %s failed: %s", topic.name, exc)
         for topic in list(self.topics.values()):
             topic.ledger.maybe_rollover_by_time()
             try:
                 await topic.trim()
             except Exception as exc:
                 log.warning("trimming %s failed: %s", topic.name, exc)
+            if topic.ledger.offload is not None:
+                topic.ledger.offload.on_housekeeping()
 
     async def _housekeeping_loop(self) -> None:
         while True:

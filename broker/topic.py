@@ -67,6 +67,10 @@ class Topic:
         self.messages_out = RateMeter()
         self.bytes_out = RateMeter()
         self._producer_ids = itertools.count()
+        # Set when the topic starts closing; its producer and consumer streams then end.
+        self.closing = asyncio.Event()
+        # monotonic time since when it has had no producer or consumer (None: in use)
+        self.idle_since: float | None = None
         ledger.on_new_entries = self._on_new_entries
 
     @property
@@ -149,11 +153,13 @@ class Topic:
         return await self.ledger.trim(slowest)
 
     async def close(self) -> None:
+        self.closing.set()
         for subscription in list(self.subscriptions.values()):
             await subscription.close()
         await self.ledger.close()
 
     async def delete(self) -> None:
+        self.closing.set()
         for name in list(self.subscriptions):
             await self.delete_subscription(name)
         for key in await self._store.list_keys(self.cursor_prefix):

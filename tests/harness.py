@@ -23,6 +23,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 READY_TIMEOUT_SECONDS = 60.0
 STOP_TIMEOUT_SECONDS = 15.0
+FIRST_START_MAX_ATTEMPTS = 3
 
 
 def free_port(host: str = "127.0.0.1") -> int:
@@ -78,6 +79,7 @@ class ServerProcess:
         self.env = env
         self.process: subprocess.Popen[bytes] | None = None
         self._log: IO[bytes] | None = None
+        self._served = False  # once it has served, its port is its identity: never changed
 
     @property
     def address(self) -> str:
@@ -102,11 +104,24 @@ class ServerProcess:
         return self
 
     def wait_ready(self, timeout_s: float = READY_TIMEOUT_SECONDS) -> None:
-        try:
-            wait_serving(self.address, timeout_s, process=self.process)
-        except BaseException:
-            self.kill()
-            raise
+        """Wait until SERVING. On a first start, a process that exits at once because another
+        process took its port in the meantime is started again on a new port (bounded)."""
+        for attempt in range(1, FIRST_START_MAX_ATTEMPTS + 1):
+            try:
+                wait_serving(self.address, timeout_s, process=self.process)
+            except RuntimeError:
+                self.kill()
+                lost_port = "bind" in self.log_text()[-2000:]
+                if self._served or not lost_port or attempt == FIRST_START_MAX_ATTEMPTS:
+                    raise
+                self.port = free_port()
+                self.start(wait=False)
+                continue
+            except BaseException:
+                self.kill()
+                raise
+            self._served = True
+            return
 
     def _reap(self) -> None:
         if self._log is not None:
