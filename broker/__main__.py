@@ -22,15 +22,21 @@ from prometheus_client import start_http_server
 from bookie.ledgers import LedgerManager
 from bookie.registry import BookieClientPool, BookieRegistry, now_ms
 from broker.config import BrokerConfig, add_config_options, config_from_args
+from broker.ownership import (
+    BROKERS_AVAILABLE_PREFIX,
+    BundleOwnership,
+    OwnershipConfig,
+    forward_to_owner,
+)
 from broker.server import start_broker_server
 from broker.service import BrokerService
 from strata.metadata import MetadataError, open_metadata_store
 from strata.metadata.registration import EphemeralRegistration
+from tiered import Offloader, create_offloader
 
 log = logging.getLogger("strata.broker")
 
 SHUTDOWN_GRACE_SECONDS = 5.0
-BROKERS_AVAILABLE_PREFIX = "/brokers/available/"
 # Room for the framing around the largest entry in a bookie request.
 BOOKIE_REQUEST_MARGIN_BYTES = 64 * 1024
 
@@ -43,11 +49,16 @@ async def run_broker(config: BrokerConfig, stop: asyncio.Event) -> None:
     )
     broker: BrokerService | None = None
     registration: EphemeralRegistration | None = None
+    ownership: BundleOwnership | None = None
+    offloader: Offloader | None = None
     server = None
     try:
         await registry.start()
         ledgers = LedgerManager(store, registry.available, pool.get)
-        broker = BrokerService(config, store, ledgers)
+        offload_config = config.offload_config()
+        if offload_config is not None:
+            offloader = create_offloader(offload_config)
+        broker = BrokerService(config, store, ledgers, offloader=offloader)
         await broker.initialize_defaults()
         await broker.start()
         server, port, _health = await start_broker_server(broker, config.host, config.port)
@@ -66,6 +77,23 @@ async def run_broker(config: BrokerConfig, stop: asyncio.Event) -> None:
             is_ours=lambda _value: True,
         )
         await registration.start()
+        ownership_config = OwnershipConfig(
+            load_report_interval_ms=config.load_report_interval_ms,
+            load_shedding_interval_ms=config.load_shedding_interval_ms,
+            load_shedding_threshold_percent=config.load_shedding_threshold_percent,
+            max_topics_per_bundle=config.max_topics_per_bundle,
+        )
+        ownership = BundleOwnership(
+            broker,
+            store,
+            broker.advertised_address,
+            ownership_config,
+            lambda owner, key, operation: forward_to_owner(
+                owner, key, operation, ownership_config.forward_timeout_ms / 1000
+            ),
+        )
+        await ownership.start()
+        broker.ownership = ownership
         # Harnesses and scripts read this line to learn the ports picked for port 0.
         print(
             f"strata broker ready id={broker_id} port={port} metrics_port={metrics_port}",
@@ -73,12 +101,16 @@ async def run_broker(config: BrokerConfig, stop: asyncio.Event) -> None:
         )
         await stop.wait()
     finally:
+        if ownership is not None:
+            await ownership.close()  # unloads every bundle: clients move to other brokers
         if registration is not None:
             await registration.close()
         if server is not None:
             await server.stop(SHUTDOWN_GRACE_SECONDS)
         if broker is not None:
             await broker.close()
+        if offloader is not None:
+            await offloader.close()
         await registry.close()
         await pool.close()
         await store.close()
@@ -96,6 +128,7 @@ def main(argv: list[str]) -> int:
         parser.error("--metadata-url is required (etcd://HOST:PORT)")
     try:
         config = config_from_args(args)
+        config.offload_config()  # validate the offload options now
     except ValueError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

@@ -22,6 +22,13 @@ from broker.errors import (
     to_status,
 )
 from broker.offload import OffloadStatus
+from broker.ownership import (
+    FORWARDED_HEADER,
+    LEADER_KEY,
+    bundles_of,
+    parse_bundle_name,
+    with_boundary,
+)
 from broker.service import BrokerService
 from strata.naming import NamespaceName, TopicName, check_name_part, parse_tenant
 from strata.v1 import admin_pb2, admin_pb2_grpc
@@ -130,7 +137,9 @@ class AdminServicer(admin_pb2_grpc.AdminServiceServicer):
     async def CreateNamespace(self, request: Any, context: Any) -> admin_pb2.Namespace:
         tenant = parse_tenant(request.parent)
         name = NamespaceName(tenant, check_name_part("namespace", request.namespace_id))
-        await self._broker.create_namespace(name)
+        if request.bundles < 0:
+            raise InvalidRequestError("bundles must not be negative")
+        await self._broker.create_namespace(name, request.bundles)
         return admin_pb2.Namespace(name=name.resource_name)
 
     @_edge
@@ -203,6 +212,105 @@ class AdminServicer(admin_pb2_grpc.AdminServiceServicer):
             under_replicated_ledger_count=cluster.under_replicated_ledger_count,
             auditor=cluster.auditor,
         )
+
+    @_edge
+    async def ListBrokers(self, request: Any, context: Any) -> admin_pb2.ListBrokersResponse:
+        ownership = self._broker.ownership
+        if ownership is None:
+            topics = self._broker.topics.values()
+            return admin_pb2.ListBrokersResponse(
+                brokers=[
+                    admin_pb2.BrokerLoad(
+                        address=self._broker.advertised_address,
+                        topics=len(self._broker.topics),
+                        msg_rate_in=sum(t.messages_in.rate() for t in topics),
+                        msg_rate_out=sum(t.messages_out.rate() for t in topics),
+                        leader=True,
+                    )
+                ]
+            )
+        reports = await ownership.load_reports()
+        counts = await ownership.owned_bundle_counts()
+        leader = await self._broker.store.get(LEADER_KEY)
+        leader_address = leader.value.decode() if leader is not None else ""
+        brokers = []
+        for address in sorted(await ownership.live_brokers()):
+            report = reports.get(address)
+            brokers.append(
+                admin_pb2.BrokerLoad(
+                    address=address,
+                    bundles=counts.get(address, 0),
+                    topics=report.topics if report else 0,
+                    msg_rate_in=report.msg_rate_in if report else 0.0,
+                    msg_rate_out=report.msg_rate_out if report else 0.0,
+                    bytes_rate_in=report.bytes_rate_in if report else 0.0,
+                    bytes_rate_out=report.bytes_rate_out if report else 0.0,
+                    cpu_percent=report.cpu_percent if report else 0.0,
+                    leader=address == leader_address,
+                )
+            )
+        return admin_pb2.ListBrokersResponse(brokers=brokers)
+
+    @_edge
+    async def ListBundles(self, request: Any, context: Any) -> admin_pb2.ListBundlesResponse:
+        name = NamespaceName.parse(request.name)
+        return await self._bundles(name)
+
+    async def _bundles(self, name: NamespaceName) -> admin_pb2.ListBundlesResponse:
+        policies = await self._broker.get_namespace_policies(name)
+        ownership = self._broker.ownership
+        if ownership is None:
+            pairs = [(b, self._broker.advertised_address) for b in bundles_of(name, policies)]
+        else:
+            pairs = await ownership.bundle_owners(name)
+        return admin_pb2.ListBundlesResponse(
+            bundles=[admin_pb2.BundleInfo(name=b.name, owner=owner) for b, owner in pairs]
+        )
+
+    @_edge
+    async def UnloadTopic(self, request: Any, context: Any) -> admin_pb2.UnloadTopicResponse:
+        name = TopicName.parse(request.name)
+        await self._broker.check_namespace(name.namespace_name)
+        return admin_pb2.UnloadTopicResponse(was_loaded=await self._broker.unload_topic(name))
+
+    @_edge
+    async def UnloadNamespace(
+        self, request: Any, context: Any
+    ) -> admin_pb2.UnloadNamespaceResponse:
+        name = NamespaceName.parse(request.name)
+        policies = await self._broker.get_namespace_policies(name)
+        ownership = self._broker.ownership
+        if ownership is None:
+            bundles = bundles_of(name, policies)
+            if request.bundle:
+                bundles = [parse_bundle_name(name, request.bundle, bundles)]
+            await self._broker.close_topics(lambda t: any(b.contains(t) for b in bundles))
+        else:
+            forwarded = (FORWARDED_HEADER, "1") in (context.invocation_metadata() or ())
+            await ownership.unload_namespace_bundle(name, request.bundle, local_only=forwarded)
+        return admin_pb2.UnloadNamespaceResponse()
+
+    @_edge
+    async def SplitNamespaceBundle(
+        self, request: Any, context: Any
+    ) -> admin_pb2.ListBundlesResponse:
+        name = NamespaceName.parse(request.name)
+        if not request.bundle:
+            raise InvalidRequestError("the bundle to split is required (see namespaces bundles)")
+        ownership = self._broker.ownership
+        if ownership is None:
+            bundles = bundles_of(name, await self._broker.get_namespace_policies(name))
+            bundle = parse_bundle_name(name, request.bundle, bundles)
+            middle = (bundle.lower + bundle.upper) // 2
+            if bundle.upper - bundle.lower < 2:
+                raise PreconditionError(f"bundle {bundle} is too small to split")
+            await self._broker.update_namespace_policies(
+                name, lambda policies: with_boundary(policies, middle)
+            )
+            await self._broker.close_topics(bundle.contains)
+        else:
+            await ownership.split_bundle(name, request.bundle)
+        return await self._bundles(name)
 
     @_edge
     async def DecommissionBookie(

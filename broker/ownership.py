@@ -41,6 +41,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+import grpc
 import mmh3
 
 from broker.errors import NotOwnerError, PreconditionError, ServiceUnavailableError
@@ -51,6 +52,7 @@ from strata.metadata import (
     MetadataStoreClosedError,
 )
 from strata.naming import NamespaceName, TopicName
+from strata.v1 import admin_pb2, admin_pb2_grpc
 
 if TYPE_CHECKING:
     from broker.service import BrokerService
@@ -61,6 +63,8 @@ OWNERSHIP_PREFIX = "/namespace/"
 LOAD_REPORTS_PREFIX = "/loadbalance/brokers/"
 LEADER_KEY = "/loadbalance/leader"
 BROKERS_AVAILABLE_PREFIX = "/brokers/available/"
+# gRPC metadata marking an admin call one broker forwarded to another (never forwarded again).
+FORWARDED_HEADER = "strata-forwarded"
 HASH_RANGE = 1 << 32
 DEFAULT_BUNDLE_COUNT = 4
 MAX_BUNDLE_COUNT = 1024
@@ -373,9 +377,12 @@ class BundleOwnership:
         finally:
             self._unloading.discard(key)
 
-    async def unload_namespace_bundle(self, namespace: NamespaceName, bundle_name: str) -> None:
+    async def unload_namespace_bundle(
+        self, namespace: NamespaceName, bundle_name: str, *, local_only: bool = False
+    ) -> None:
         """Unload one bundle (or every bundle with ``bundle_name`` empty), wherever it is
-        owned: here directly, elsewhere by forwarding to the owner."""
+        owned: here directly, elsewhere by forwarding to the owner (unless ``local_only``:
+        a forwarded request is never forwarded again)."""
         bundles = await self.bundles(namespace)
         chosen = (
             bundles if not bundle_name else [parse_bundle_name(namespace, bundle_name, bundles)]
@@ -385,8 +392,11 @@ class BundleOwnership:
                 await self.unload_bundle(bundle.key)
                 continue
             owner = await self.owner_of(bundle)
-            if owner is not None and owner != self.address:
+            if owner is not None and owner != self.address and not local_only:
                 await self._forward(owner, bundle.key, "unload")
+
+    async def bundle_owners(self, namespace: NamespaceName) -> list[tuple[Bundle, str]]:
+        return [(b, await self.owner_of(b) or "") for b in await self.bundles(namespace)]
 
     async def split_bundle(self, namespace: NamespaceName, bundle_name: str) -> list[Bundle]:
         """Split a bundle at the middle of its range: store the new boundaries by
@@ -399,7 +409,7 @@ class BundleOwnership:
             raise PreconditionError(f"namespace {namespace} has {MAX_BUNDLE_COUNT} bundles already")
         middle = (bundle.lower + bundle.upper) // 2
         await self._service.update_namespace_policies(
-            namespace, lambda policies: _with_boundary(policies, middle)
+            namespace, lambda policies: with_boundary(policies, middle)
         )
         owner = await self.owner_of(bundle)
         if bundle.key in self.owned:
@@ -525,9 +535,22 @@ def _split_key(key: str) -> tuple[NamespaceName, str]:
     return NamespaceName(tenant, namespace), name
 
 
-def _with_boundary(policies: dict[str, Any], middle: int) -> dict[str, Any]:
+def with_boundary(policies: dict[str, Any], middle: int) -> dict[str, Any]:
     boundaries = list(policies.get("bundles") or equal_boundaries(DEFAULT_BUNDLE_COUNT))
     if middle not in boundaries:
         boundaries.append(middle)
         boundaries.sort()
     return {**policies, "bundles": boundaries}
+
+
+async def forward_to_owner(owner: str, bundle_key: str, operation: str, timeout_s: float) -> None:
+    """Ask the broker at ``owner`` to run ``operation`` ("unload") on a bundle it owns."""
+    if operation != "unload":
+        raise ValueError(f"unknown bundle operation {operation!r}")
+    namespace, name = _split_key(bundle_key)
+    async with grpc.aio.insecure_channel(owner) as channel:
+        await admin_pb2_grpc.AdminServiceStub(channel).UnloadNamespace(
+            admin_pb2.UnloadNamespaceRequest(name=namespace.resource_name, bundle=name),
+            metadata=((FORWARDED_HEADER, "1"),),
+            timeout=timeout_s,
+        )

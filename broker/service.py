@@ -21,7 +21,7 @@ import json
 import logging
 import time
 from collections.abc import Callable
-from typing import Any, Protocol
+from typing import Any
 
 from bookie.ledgers import LedgerManager
 from broker.config import MIB, BrokerConfig
@@ -40,7 +40,7 @@ from broker.managed_ledger import (
     ManagedLedgerConfig,
 )
 from broker.offload import ManagedLedgerOffloader, OffloadPolicy, OffloadStatus
-from broker.ownership import equal_boundaries
+from broker.ownership import BundleOwnership, equal_boundaries
 from broker.topic import Topic
 from strata.metadata import BadVersionError, MetadataStore
 from strata.naming import DEFAULT_NAMESPACE, DEFAULT_TENANT, NamespaceName, TopicName
@@ -55,28 +55,6 @@ MAX_PARTITIONS = 10_000
 TOPIC_DOMAIN = "persistent"
 MAX_ENSEMBLE_SIZE = 64
 POLICY_UPDATE_MAX_ATTEMPTS = 20
-
-
-class TopicOwnership(Protocol):
-    """Bundle ownership among the brokers of a cluster (``broker.ownership``)."""
-
-    address: str
-
-    async def lookup(self, name: TopicName, authoritative: bool) -> tuple[bool, str, bool]:
-        """(redirect?, broker address, authoritative) for ``name``; see ``Lookup``."""
-        ...
-
-    def owns_loaded(self, name: TopicName) -> bool:
-        """True if this broker owns ``name``'s bundle (no I/O)."""
-        ...
-
-    async def ensure_owned(self, name: TopicName) -> Any:
-        """Own ``name``'s bundle (taking it if free) or raise NotOwnerError."""
-        ...
-
-    async def bundle_for(self, name: TopicName) -> Any: ...
-
-    async def owner_of(self, bundle: Any) -> str | None: ...
 
 
 async def initialize_cluster(store: MetadataStore) -> None:
@@ -119,7 +97,7 @@ class BrokerService:
         self.advertised_address = ""
         # Bundle ownership among several brokers; None: this broker serves every topic
         # (a standalone).
-        self.ownership: TopicOwnership | None = None
+        self.ownership: BundleOwnership | None = None
         self.ml_config = ManagedLedgerConfig(
             max_entries_per_ledger=config.managed_ledger_max_entries_per_ledger,
             max_size_per_ledger_bytes=config.managed_ledger_max_size_per_ledger_mb * MIB,

@@ -9,8 +9,10 @@ as JSON with the proto field names; deletes print nothing. A failed call prints
 from __future__ import annotations
 
 import argparse
+import asyncio
 import json
 import sys
+import time
 from collections.abc import Callable, Iterator, Mapping
 from typing import Any
 
@@ -18,7 +20,9 @@ import grpc
 from google.protobuf import json_format
 from google.protobuf.message import Message as ProtoMessage
 
-from strata.client._connection import channel_options, parse_service_url
+from strata.client import AsyncClient
+from strata.client._connection import sync_channel_to_any
+from strata.client._errors import TOPIC_NOT_OWNED_REASON, error_info_of
 from strata.naming import NamespaceName, TopicName, parse_tenant
 from strata.options import add_option
 from strata.v1 import admin_pb2, admin_pb2_grpc
@@ -60,9 +64,8 @@ class _Admin:
     """One admin command's channel and stub; every call carries the operation timeout."""
 
     def __init__(self, args: argparse.Namespace) -> None:
-        self.channel = grpc.insecure_channel(
-            parse_service_url(args.service_url), options=channel_options()
-        )
+        # Any broker answers admin calls: the first of the service URL that is up.
+        self.channel = sync_channel_to_any(args.service_url, args.operation_timeout_seconds)
         self.stub = admin_pb2_grpc.AdminServiceStub(self.channel)
         self.timeout_s: float = args.operation_timeout_seconds
 
@@ -136,7 +139,9 @@ def _namespaces_create(admin: _Admin, args: argparse.Namespace) -> None:
     namespace = NamespaceName.parse(args.namespace)
     admin.stub.CreateNamespace(
         admin_pb2.CreateNamespaceRequest(
-            parent=f"tenants/{namespace.tenant}", namespace_id=namespace.namespace
+            parent=f"tenants/{namespace.tenant}",
+            namespace_id=namespace.namespace,
+            bundles=args.bundles,
         ),
         timeout=admin.timeout_s,
     )
@@ -172,6 +177,113 @@ def _namespaces_get_persistence(admin: _Admin, args: argparse.Namespace) -> None
     _print_json(namespace.persistence)
 
 
+_SIZE_UNITS = {"": 1, "K": 1024, "M": 1024**2, "G": 1024**3, "T": 1024**4}
+_DURATION_UNITS_MS = {"ms": 1, "s": 1000, "m": 60_000, "h": 3_600_000, "d": 86_400_000}
+
+
+def parse_size_bytes(text: str) -> int:
+    """``10485760``, ``10M``, ``512K``, ``1G`` (powers of 1024), or ``-1``."""
+    value = text.strip().upper().removesuffix("B")
+    if value == "-1":
+        return -1
+    unit = value[-1:] if value[-1:] in _SIZE_UNITS else ""
+    number = value[: len(value) - len(unit)]
+    if not number.isdigit():
+        raise argparse.ArgumentTypeError(f"not a size: {text!r} (e.g. 1048576, 512K, 10M, 1G)")
+    return int(number) * _SIZE_UNITS[unit]
+
+
+def parse_duration_ms(text: str) -> int:
+    """``500`` (milliseconds), ``500ms``, ``30s``, ``10m``, ``4h``, ``1d``."""
+    value = text.strip().lower()
+    for unit in ("ms", "s", "m", "h", "d"):
+        if value.endswith(unit) and value[: -len(unit)].isdigit():
+            return int(value[: -len(unit)]) * _DURATION_UNITS_MS[unit]
+    if value.isdigit():
+        return int(value)
+    raise argparse.ArgumentTypeError(f"not a duration: {text!r} (e.g. 500ms, 30s, 10m, 4h)")
+
+
+def _offload_policies(admin: _Admin, namespace: str) -> admin_pb2.OffloadPolicies:
+    name = NamespaceName.parse(namespace).resource_name
+    response = admin.stub.GetNamespace(
+        admin_pb2.GetNamespaceRequest(name=name), timeout=admin.timeout_s
+    )
+    policies: admin_pb2.OffloadPolicies = response.offload
+    return policies
+
+
+def _namespaces_set_offload_threshold(admin: _Admin, args: argparse.Namespace) -> None:
+    name = NamespaceName.parse(args.namespace).resource_name
+    admin.stub.SetOffloadThreshold(
+        admin_pb2.SetOffloadThresholdRequest(name=name, threshold_bytes=args.size),
+        timeout=admin.timeout_s,
+    )
+
+
+def _namespaces_get_offload_threshold(admin: _Admin, args: argparse.Namespace) -> None:
+    policies = _offload_policies(admin, args.namespace)
+    print(json.dumps({"offload_threshold_bytes": policies.threshold_bytes}))
+
+
+def _namespaces_set_offload_deletion_lag(admin: _Admin, args: argparse.Namespace) -> None:
+    name = NamespaceName.parse(args.namespace).resource_name
+    admin.stub.SetOffloadDeletionLag(
+        admin_pb2.SetOffloadDeletionLagRequest(name=name, deletion_lag_ms=args.lag),
+        timeout=admin.timeout_s,
+    )
+
+
+def _namespaces_get_offload_deletion_lag(admin: _Admin, args: argparse.Namespace) -> None:
+    policies = _offload_policies(admin, args.namespace)
+    print(json.dumps({"offload_deletion_lag_ms": policies.deletion_lag_ms}))
+
+
+def _offload_status_json(status: admin_pb2.OffloadStatus) -> str:
+    """One JSON object; ``status`` is NOT_RUN, RUNNING, SUCCESS or ERROR."""
+    state = admin_pb2.OffloadRunStatus.Name(status.status).removeprefix("OFFLOAD_RUN_STATUS_")
+    document: dict[str, Any] = {"topic": status.name, "status": state, "error": status.error}
+    for field in (
+        "trigger",
+        "started_ms",
+        "finished_ms",
+        "run_ledgers_offloaded",
+        "run_bytes_offloaded",
+        "offloaded_ledgers",
+        "bookie_deleted_ledgers",
+        "offloaded_bytes",
+        "bookie_resident_bytes",
+        "closed_ledgers",
+    ):
+        document[field] = getattr(status, field)
+    return json.dumps(document, indent=2)
+
+
+def _topics_offload(admin: _Admin, args: argparse.Namespace) -> None:
+    request = admin_pb2.OffloadTopicRequest(name=str(TopicName.parse(args.topic)))
+    if args.size_threshold is not None:
+        request.size_threshold_bytes = args.size_threshold
+    print(_offload_status_json(admin.stub.OffloadTopic(request, timeout=admin.timeout_s)))
+
+
+# Polling of `offload-status --wait`: bounded by --wait-timeout-seconds.
+OFFLOAD_WAIT_POLL_SECONDS = 0.5
+
+
+def _topics_offload_status(admin: _Admin, args: argparse.Namespace) -> None:
+    request = admin_pb2.GetOffloadStatusRequest(name=str(TopicName.parse(args.topic)))
+    status = admin.stub.GetOffloadStatus(request, timeout=admin.timeout_s)
+    deadline = time.monotonic() + args.wait_timeout_seconds
+    while (
+        args.wait
+        and status.status == admin_pb2.OFFLOAD_RUN_STATUS_RUNNING
+        and time.monotonic() < deadline
+    ):
+        time.sleep(OFFLOAD_WAIT_POLL_SECONDS)
+        status = admin.stub.GetOffloadStatus(request, timeout=admin.timeout_s)
+    print(_offload_status_json(status))
+
+
 def _bookies_list(admin: _Admin, args: argparse.Namespace) -> None:
     response = admin.stub.ListBookies(admin_pb2.ListBookiesRequest(), timeout=admin.timeout_s)
     _print_json(response, with_defaults=True)
@@ -181,6 +293,48 @@ def _bookies_decommission(admin: _Admin, args: argparse.Namespace) -> None:
     admin.stub.DecommissionBookie(
         admin_pb2.DecommissionBookieRequest(id=args.bookie), timeout=admin.timeout_s
     )
+
+
+def _topics_unload(admin: _Admin, args: argparse.Namespace) -> None:
+    admin.stub.UnloadTopic(admin_pb2.UnloadTopicRequest(name=args.topic), timeout=admin.timeout_s)
+
+
+def _namespaces_unload(admin: _Admin, args: argparse.Namespace) -> None:
+    admin.stub.UnloadNamespace(
+        admin_pb2.UnloadNamespaceRequest(
+            name=NamespaceName.parse(args.namespace).resource_name, bundle=args.bundle or ""
+        ),
+        timeout=admin.timeout_s,
+    )
+
+
+def _namespaces_bundles(admin: _Admin, args: argparse.Namespace) -> None:
+    response = admin.stub.ListBundles(
+        admin_pb2.ListBundlesRequest(name=NamespaceName.parse(args.namespace).resource_name),
+        timeout=admin.timeout_s,
+    )
+    for bundle in response.bundles:
+        print(f"{bundle.name} {bundle.owner or '-'}")
+
+
+def _namespaces_split_bundle(admin: _Admin, args: argparse.Namespace) -> None:
+    response = admin.stub.SplitNamespaceBundle(
+        admin_pb2.SplitNamespaceBundleRequest(
+            name=NamespaceName.parse(args.namespace).resource_name, bundle=args.bundle
+        ),
+        timeout=admin.timeout_s,
+    )
+    for bundle in response.bundles:
+        print(f"{bundle.name} {bundle.owner or '-'}")
+
+
+def _brokers_list(admin: _Admin, args: argparse.Namespace) -> None:
+    response = admin.stub.ListBrokers(admin_pb2.ListBrokersRequest(), timeout=admin.timeout_s)
+    for broker in response.brokers:
+        document = json_format.MessageToDict(
+            broker, preserving_proto_field_name=True, always_print_fields_with_no_presence=True
+        )
+        print(json.dumps(document, sort_keys=True))
 
 
 def _topics_create_partitioned(admin: _Admin, args: argparse.Namespace) -> None:
@@ -222,11 +376,49 @@ def _topics_stats(admin: _Admin, args: argparse.Namespace) -> None:
     )
 
 
+def _topics_lookup(admin: _Admin, args: argparse.Namespace) -> None:
+    # The SDK's lookup (service URL fallback, redirects); its errors print as the CLI's do.
+    async def lookup() -> str:
+        async with AsyncClient(args.service_url, args.operation_timeout_seconds) as client:
+            return await client.lookup_topic(args.topic)
+
+    print(asyncio.run(lookup()))
+
+
+def _topics_partitioned_lookup(admin: _Admin, args: argparse.Namespace) -> None:
+    async def lookup() -> list[tuple[str, str]]:
+        async with AsyncClient(args.service_url, args.operation_timeout_seconds) as client:
+            partitions = await client.get_topic_partitions(args.topic)
+            owners = await asyncio.gather(*(client.lookup_topic(p) for p in partitions))
+            return list(zip(partitions, owners, strict=True))
+
+    for partition, owner in asyncio.run(lookup()):
+        print(f"{partition}    {owner}")
+
+
+def _owner_named_by(error: grpc.RpcError) -> str | None:
+    """The owner's address when a call failed because another broker serves the topic."""
+    info = error_info_of(error)
+    if info is None or info.reason != TOPIC_NOT_OWNED_REASON:
+        return None
+    return info.metadata.get("owner") or None
+
+
 def _run_admin(args: argparse.Namespace) -> int:
     handler: _Handler = args.admin_handler
     admin = _Admin(args)
     try:
-        handler(admin, args)
+        try:
+            handler(admin, args)
+        except grpc.RpcError as exc:
+            # A topic operation reached a broker that does not serve the topic: ask its owner
+            # (once; pulsar-admin's brokers redirect the same way).
+            owner = _owner_named_by(exc)
+            if owner is None:
+                raise
+            admin.close()
+            admin = _Admin(argparse.Namespace(**{**vars(args), "service_url": owner}))
+            handler(admin, args)
     except grpc.RpcError as exc:
         code = exc.code() if callable(getattr(exc, "code", None)) else grpc.StatusCode.UNKNOWN
         details = exc.details() if callable(getattr(exc, "details", None)) else str(exc)
@@ -296,12 +488,21 @@ def add_admin_parser(
         "show a namespace as JSON",
         ("namespace", "TENANT/NAMESPACE"),
     )
-    verb(
+    create_namespace = verb(
         namespaces,
         "create",
         _namespaces_create,
         "create a namespace",
         ("namespace", "TENANT/NAMESPACE"),
+    )
+    add_option(
+        create_namespace,
+        "-b",
+        "--bundles",
+        type=int,
+        default=0,
+        help="number of bundles (0: the broker default, 4)",
+        environ=environ,
     )
     verb(
         namespaces,
@@ -332,6 +533,84 @@ def add_admin_parser(
         "show the namespace's E/Qw/Qa as JSON (empty: the broker defaults)",
         ("namespace", "TENANT/NAMESPACE"),
     )
+    threshold = verb(
+        namespaces,
+        "set-offload-threshold",
+        _namespaces_set_offload_threshold,
+        "offload a topic's oldest closed ledgers once more than SIZE of it is on bookies",
+        ("namespace", "TENANT/NAMESPACE"),
+    )
+    add_option(
+        threshold,
+        "-s",
+        "--size",
+        type=parse_size_bytes,
+        required=True,
+        help="bytes kept on bookies: 1048576, 512K, 10M, 1G; 0: offload every closed ledger; "
+        "-1: never",
+        environ=environ,
+    )
+    verb(
+        namespaces,
+        "get-offload-threshold",
+        _namespaces_get_offload_threshold,
+        "show the namespace's offload threshold as JSON (-1: automatic offload off)",
+        ("namespace", "TENANT/NAMESPACE"),
+    )
+    lag = verb(
+        namespaces,
+        "set-offload-deletion-lag",
+        _namespaces_set_offload_deletion_lag,
+        "keep a ledger's bookie copy this long after its offload",
+        ("namespace", "TENANT/NAMESPACE"),
+    )
+    add_option(
+        lag,
+        "-l",
+        "--lag",
+        type=parse_duration_ms,
+        required=True,
+        help="500ms, 30s, 10m, 4h, 1d, or milliseconds",
+        environ=environ,
+    )
+    verb(
+        namespaces,
+        "get-offload-deletion-lag",
+        _namespaces_get_offload_deletion_lag,
+        "show the offload deletion lag in effect as JSON",
+        ("namespace", "TENANT/NAMESPACE"),
+    )
+
+    unload = verb(
+        namespaces,
+        "unload",
+        _namespaces_unload,
+        "release a namespace's bundles (or one with --bundle); they are reassigned on next use",
+        ("namespace", "TENANT/NAMESPACE"),
+    )
+    add_option(
+        unload, "-b", "--bundle", help="one bundle, e.g. 0x00000000_0x40000000", environ=environ
+    )
+    verb(
+        namespaces,
+        "bundles",
+        _namespaces_bundles,
+        "list a namespace's bundles and their owners, one per line",
+        ("namespace", "TENANT/NAMESPACE"),
+    )
+    split = verb(
+        namespaces,
+        "split-bundle",
+        _namespaces_split_bundle,
+        "split a bundle's hash range in two; prints the bundles after the split",
+        ("namespace", "TENANT/NAMESPACE"),
+    )
+    add_option(split, "-b", "--bundle", required=True, help="the bundle to split", environ=environ)
+
+    brokers = groups.add_parser("brokers", help="brokers").add_subparsers(
+        dest="verb", metavar="VERB", required=True
+    )
+    verb(brokers, "list", _brokers_list, "list the live brokers with their load, one JSON per line")
 
     bookies = groups.add_parser("bookies", help="bookies").add_subparsers(
         dest="verb", metavar="VERB", required=True
@@ -374,4 +653,66 @@ def add_admin_parser(
         environ=environ,
     )
     verb(topics, "delete", _topics_delete, "delete a topic", ("topic", "TOPIC"), force=True)
+    verb(
+        topics,
+        "unload",
+        _topics_unload,
+        "close the topic on its broker; the next use loads it again",
+        ("topic", "TOPIC"),
+    )
     verb(topics, "stats", _topics_stats, "show a topic's statistics as JSON", ("topic", "TOPIC"))
+    offload = verb(
+        topics,
+        "offload",
+        _topics_offload,
+        "offload the topic's closed ledgers to object storage, in the background",
+        ("topic", "TOPIC"),
+    )
+    add_option(
+        offload,
+        "-s",
+        "--size-threshold",
+        type=parse_size_bytes,
+        help="keep this many bytes on bookies and offload older closed ledgers "
+        "(default: offload every closed ledger)",
+        environ=environ,
+    )
+    offload_status = verb(
+        topics,
+        "offload-status",
+        _topics_offload_status,
+        "show the topic's offload status as one JSON object "
+        "(status NOT_RUN, RUNNING, SUCCESS or ERROR)",
+        ("topic", "TOPIC"),
+    )
+    add_option(
+        offload_status,
+        "-w",
+        "--wait",
+        action="store_true",
+        default=False,
+        help="wait while the offload is RUNNING",
+        environ=environ,
+    )
+    add_option(
+        offload_status,
+        "--wait-timeout-seconds",
+        type=float,
+        default=300.0,
+        help="stop waiting after this long",
+        environ=environ,
+    )
+    verb(
+        topics,
+        "lookup",
+        _topics_lookup,
+        "print the host:port of the broker that serves the topic",
+        ("topic", "TOPIC"),
+    )
+    verb(
+        topics,
+        "partitioned-lookup",
+        _topics_partitioned_lookup,
+        "print each partition of a partitioned topic and the host:port serving it",
+        ("topic", "TOPIC"),
+    )
