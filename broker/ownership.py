@@ -298,18 +298,26 @@ class BundleOwnership:
                     bundle.key, self.address.encode(), expected_version=0, ephemeral=True
                 )
             except BadVersionError:
-                owner = await self.owner_of(bundle)
-                if owner is None:
+                record = await self._store.get(bundle.key)
+                if record is None:
                     raise ServiceUnavailableError(
                         f"bundle {bundle} changed owner just now; look up again"
                     ) from None
-                if owner == self.address:
-                    # A key of ours from an earlier session that has not expired yet.
+                owner = record.value.decode()
+                if owner != self.address:
+                    return owner
+                # A key at our own address from a session that is gone (an earlier process at
+                # this address, which is dead since this one bound its port, or a session of
+                # ours whose lease ran out): nobody serves the bundle, so take it over.
+                try:
+                    await self._store.delete(bundle.key, expected_version=record.version)
+                    await session.put(
+                        bundle.key, self.address.encode(), expected_version=0, ephemeral=True
+                    )
+                except BadVersionError:
                     raise ServiceUnavailableError(
-                        f"bundle {bundle} is still held by this broker's previous session; "
-                        "look up again"
+                        f"bundle {bundle} changed owner just now; look up again"
                     ) from None
-                return owner
             self.owned[bundle.key] = bundle
             log.info("now serving bundle %s", bundle)
             return self.address
