@@ -49,6 +49,7 @@ if TYPE_CHECKING:
         StrataException,
         Timeout,
         TopicNotFound,
+        TopicNotOwned,
     )
 
 __all__ = [
@@ -88,6 +89,7 @@ __all__ = [
     "StrataException",
     "Timeout",
     "TopicNotFound",
+    "TopicNotOwned",
 ]
 
 

@@ -2,7 +2,7 @@
 
 Every option also reads ``STRATA_<OPTION_NAME>`` (``--service-url`` → ``STRATA_SERVICE_URL``)
 through ``strata.options.add_option``; the flag wins. ``--service-url`` defaults to
-``localhost:6650``.
+``localhost:6650`` and may list several brokers (``host:port,host:port``).
 
 ``strata standalone``, ``strata broker`` and ``strata bookie`` are not client commands: they
 are handed, arguments and all, to the server package (see ``_run_server_role``), so the
@@ -83,7 +83,8 @@ def _common_client_options(
         parser,
         "--service-url",
         default=DEFAULT_SERVICE_URL,
-        help="broker address: host:port, grpc://host:port or pulsar://host:port",
+        help="broker addresses: host:port[,host:port...], optionally after grpc:// or "
+        "pulsar://; any broker of a cluster will do, the next is tried if one is down",
         environ=environ,
     )
     add_option(

@@ -209,6 +209,7 @@ async def _produce_one(
     rate: float,
     size: int,
     meter: _Meter,
+    batch_max_messages: int,
 ) -> None:
     """Send ``count`` messages (0 = forever) of ``size`` bytes, paced at ``rate`` if set."""
     filler = b"\x00" * max(0, size - TIMESTAMP_BYTES)
@@ -217,7 +218,8 @@ async def _produce_one(
     mono0 = time.monotonic_ns()
     wall0 = time.time_ns()
     pacer = Pacer(rate) if rate else None
-    chunk_limit = min(UNPACED_CHUNK_MESSAGES, producer._batch_max_messages)
+    # A chunk is timed by its last receipt, so it should not span more than one batch.
+    chunk_limit = min(UNPACED_CHUNK_MESSAGES, batch_max_messages)
     sent = 0
     while count == 0 or sent < count:
         if pacer is not None:
@@ -286,7 +288,7 @@ async def _perf_produce(args: argparse.Namespace, meter: _Meter) -> None:
         try:
             await asyncio.gather(
                 *(
-                    _produce_one(producer, share, rate, args.size, meter)
+                    _produce_one(producer, share, rate, args.size, meter, args.batch_max_messages)
                     for producer, share in zip(producers, shares, strict=True)
                     if share or not args.messages
                 )

@@ -42,7 +42,7 @@ class Cluster:
     ) -> None:
         self.directory = directory
         self.etcd = EtcdServer(directory / "etcd")
-        self.env = {"STRATA_METADATA_SESSION_TTL_S": str(TEST_SESSION_TTL_S), **(env or {})}
+        self.env = dict(env or {})
         self.bookies: list[ServerProcess] = []
         self.brokers: list[ServerProcess] = []
         self._bookie_args = bookie_args or []
@@ -52,7 +52,7 @@ class Cluster:
 
     @property
     def metadata_url(self) -> str:
-        return self.etcd.url
+        return f"{self.etcd.url}?session_ttl_s={TEST_SESSION_TTL_S}"
 
     @property
     def service_url(self) -> str:

@@ -10,13 +10,18 @@ Example::
 
     import strata
 
-    with strata.Client("localhost:6650") as client:
+    with strata.Client("localhost:6650") as client:  # or "host1:6650,host2:6650"
         producer = client.create_producer("my-topic")
         message_id = producer.send(b"hello")
         consumer = client.subscribe("my-topic", "my-subscription",
                                     initial_position=strata.InitialPosition.Earliest)
         message = consumer.receive(timeout_millis=5000)
         consumer.acknowledge(message)
+
+The service URL may list several brokers; producers and consumers find the broker that
+serves their topic (lookup, redirects), follow it when it moves or dies, and on a
+partitioned topic (``t-partition-0`` .. ``t-partition-{N-1}``) spread over its partitions:
+keys by Murmur3 hash, other messages round robin.
 
 Errors are ``StrataException`` subclasses, mapped from gRPC statuses in one table
 (``strata.client._errors.STATUS_TO_EXCEPTION``).
@@ -51,6 +56,7 @@ from strata.client._errors import (
     StrataException,
     Timeout,
     TopicNotFound,
+    TopicNotOwned,
 )
 from strata.client._message import Message, MessageId
 from strata.client._producer import AsyncProducer
@@ -93,4 +99,5 @@ __all__ = [
     "StrataException",
     "Timeout",
     "TopicNotFound",
+    "TopicNotOwned",
 ]

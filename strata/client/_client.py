@@ -1,9 +1,13 @@
 """``AsyncClient``: the entry point of the asyncio SDK.
 
-A client owns one gRPC channel to one broker (the service URL) and every producer and
-consumer made through it. It is created outside or inside a running event loop; the
-channel is opened lazily by the first ``create_producer`` or ``subscribe``, in the loop
-that runs them, and all later use must come from that same loop.
+A client owns its connections (``ConnectionPool``: one gRPC channel per broker it talks to)
+and every producer and consumer made through it. It is created outside or inside a running
+event loop; the channels are opened lazily by the first call that needs one, in the loop
+that runs it, and all later use must come from that same loop.
+
+Creating a producer or consumer first asks a broker of the service URL for the topic's
+partition count (unless the name is a partition's, ``t-partition-i``); each stream then
+looks up the broker that serves its topic (or partition) and opens there.
 """
 
 from __future__ import annotations
@@ -13,17 +17,23 @@ from collections.abc import Callable
 from types import TracebackType
 from typing import Any
 
-from strata.client._connection import DEFAULT_SERVICE_URL, Connection, parse_service_url
+from strata.client._connection import (
+    DEFAULT_SERVICE_URL,
+    ConnectionPool,
+    parse_service_urls,
+    retry_until,
+)
 from strata.client._consumer import AsyncConsumer
 from strata.client._enums import CompressionType, ConsumerType, InitialPosition
 from strata.client._errors import AlreadyClosed, InvalidArgument, InvalidTopicName
-from strata.client._producer import AsyncProducer
+from strata.client._partitioned import PartitionedProducer
+from strata.client._producer import AsyncProducer, TopicProducer
 from strata.naming import InvalidNameError, TopicName
 
 
-def _check_topic(topic: str) -> None:
+def _check_topic(topic: str) -> TopicName:
     try:
-        TopicName.parse(topic)
+        return TopicName.parse(topic)
     except InvalidNameError as exc:
         raise InvalidTopicName(str(exc)) from None
 
@@ -31,9 +41,11 @@ def _check_topic(topic: str) -> None:
 class AsyncClient:
     """The asyncio Strata client, shaped like ``pulsar.asyncio.Client``.
 
-    ``service_url`` is ``host:port``, ``grpc://host:port`` or ``pulsar://host:port``
-    (default ``localhost:6650``). ``operation_timeout_seconds`` bounds creating producers
-    and consumers, ack receipts and closing.
+    ``service_url`` names one or more brokers: ``host:port[,host:port...]``, optionally
+    with ``grpc://`` or ``pulsar://`` in front (default ``localhost:6650``). Lookups ask
+    them in turn (the next one when a broker cannot be reached); any broker of a cluster
+    tells where a topic is served. ``operation_timeout_seconds`` bounds creating producers
+    and consumers, lookups, ack receipts and closing.
 
     Lifecycle: ``create_producer``/``subscribe`` as often as needed, then ``close``, which
     closes every producer (flushing it) and consumer still open, then the channel. Also an
@@ -47,24 +59,55 @@ class AsyncClient:
     ) -> None:
         if operation_timeout_seconds <= 0:
             raise InvalidArgument("operation_timeout_seconds must be positive")
-        self._target = parse_service_url(service_url)
+        self._targets = parse_service_urls(service_url)
         self._operation_timeout_s = float(operation_timeout_seconds)
-        self._connection: Connection | None = None
+        self._pool: ConnectionPool | None = None
         self._producers: set[AsyncProducer] = set()
         self._consumers: set[AsyncConsumer] = set()
         self._closed = False
 
     @property
     def service_target(self) -> str:
-        """The ``host:port`` the client connects to."""
-        return self._target
+        """The ``host:port`` of the first broker of the service URL."""
+        return self._targets[0]
 
-    def _get_connection(self) -> Connection:
+    @property
+    def service_targets(self) -> tuple[str, ...]:
+        """The ``host:port`` of every broker of the service URL, in order."""
+        return self._targets
+
+    def _get_pool(self) -> ConnectionPool:
         if self._closed:
             raise AlreadyClosed("the client was closed")
-        if self._connection is None:
-            self._connection = Connection(self._target, self._operation_timeout_s)
-        return self._connection
+        if self._pool is None:
+            self._pool = ConnectionPool(self._targets, self._operation_timeout_s)
+        return self._pool
+
+    async def _partitions_of(self, name: TopicName) -> int:
+        """The partition count of ``name``; 0 for a plain topic or a partition's own name."""
+        if name.partition_index >= 0:
+            return 0
+        pool = self._get_pool()
+        # Retried while brokers are unreachable or the topic is moving, like the opens.
+        return await retry_until(self._operation_timeout_s, pool.partition_count, str(name))
+
+    async def get_topic_partitions(self, topic: str) -> list[str]:
+        """The partitions of ``topic`` (``persistent://.../t-partition-i``), or the topic
+        itself when it is not partitioned (pulsar-client's ``get_topic_partitions``)."""
+        name = _check_topic(topic)
+        partitions = await self._partitions_of(name)
+        if not partitions:
+            return [str(name)]
+        return [str(name.partition(i)) for i in range(partitions)]
+
+    async def lookup_topic(self, topic: str) -> str:
+        """The ``host:port`` of the broker that serves ``topic`` (following redirects).
+
+        Of a partitioned topic's partitions, ask for each ``t-partition-i``
+        (``get_topic_partitions`` lists them).
+        """
+        name = _check_topic(topic)
+        return await self._get_pool().lookup(str(name))
 
     async def create_producer(
         self,
@@ -103,15 +146,27 @@ class AsyncClient:
         self, topic: str, on_space_freed: Callable[[int], None] | None, **options: Any
     ) -> AsyncProducer:
         # The sync wrapper passes on_space_freed to keep its own pending-message count.
-        _check_topic(topic)
-        connection = self._get_connection()
-        producer = AsyncProducer(
-            connection,
-            topic,
-            on_space_freed=on_space_freed,
-            on_close=self._producers.discard,
-            **options,
-        )
+        name = _check_topic(topic)
+        pool = self._get_pool()
+        partitions = await self._partitions_of(name)
+        producer: TopicProducer | PartitionedProducer
+        if partitions:
+            producer = PartitionedProducer(
+                pool,
+                str(name),
+                partitions,
+                on_space_freed=on_space_freed,
+                on_close=self._producers.discard,
+                **options,
+            )
+        else:
+            producer = TopicProducer(
+                pool,
+                str(name),
+                on_space_freed=on_space_freed,
+                on_close=self._producers.discard,
+                **options,
+            )
         await producer._start()
         self._producers.add(producer)
         return producer
@@ -128,14 +183,19 @@ class AsyncClient:
     ) -> AsyncConsumer:
         """Subscribe to ``topic``; returns once the broker accepted the consumer.
 
-        Raises ``ConsumerBusy`` when an exclusive subscription already has a consumer.
+        On a partitioned topic the consumer subscribes to every partition and merges them
+        (each partition's stream has ``receiver_queue_size`` permits, 50,000 at most over
+        all partitions). Raises ``ConsumerBusy`` when an exclusive subscription already has
+        a consumer.
         """
-        _check_topic(topic)
-        connection = self._get_connection()
+        name = _check_topic(topic)
+        pool = self._get_pool()
+        partitions = await self._partitions_of(name)
         consumer = AsyncConsumer(
-            connection,
-            topic,
+            pool,
+            str(name),
             subscription_name,
+            num_partitions=partitions,
             consumer_type=consumer_type,
             initial_position=initial_position,
             receiver_queue_size=receiver_queue_size,
@@ -148,7 +208,7 @@ class AsyncClient:
         return consumer
 
     async def close(self) -> None:
-        """Close every producer and consumer of this client, then the channel. Idempotent."""
+        """Close every producer and consumer of this client, then the channels. Idempotent."""
         if self._closed:
             return
         self._closed = True
@@ -157,9 +217,9 @@ class AsyncClient:
             *(consumer.close() for consumer in list(self._consumers)),
             return_exceptions=True,
         )
-        if self._connection is not None:
-            await self._connection.close()
-            self._connection = None
+        if self._pool is not None:
+            await self._pool.close()
+            self._pool = None
 
     async def __aenter__(self) -> AsyncClient:
         return self

@@ -1,4 +1,4 @@
-"""The asyncio consumer: the consume stream, flow permits, grouped acks, redelivery.
+"""The asyncio consumer: consume streams, flow permits, grouped acks, redelivery, partitions.
 
 Wire behaviour (the contract with the broker, ``proto/strata/v1/messaging.proto``):
 
@@ -24,9 +24,18 @@ Wire behaviour (the contract with the broker, ``proto/strata/v1/messaging.proto`
    to bound that memory.
 5. ``negative_acknowledge`` sends ``RedeliverUnacknowledged`` for the message after
    ``negative_ack_redelivery_delay_ms``.
-6. After a retriable failure the stream is reopened with backoff (indefinitely, as pulsar
-   does); messages received but not yet taken are dropped, since the broker redelivers
-   what is unacknowledged.
+6. After a retriable failure (the broker died, the topic moved, the broker says it does
+   not own the topic) the stream is reopened with backoff on whichever broker serves the
+   topic now (``Reconnector``), indefinitely, as pulsar does; the subscription resumes from
+   its durable cursor. Messages received but not yet taken are dropped, since the broker
+   redelivers what is unacknowledged (at-least-once).
+
+A partitioned topic (pulsar's ``MultiTopicsConsumerImpl``): the consumer keeps one
+``_ConsumerStream`` per partition, each subscribed, reconnecting and granting permits on
+its own (``receiver_queue_size`` each, at most ``MAX_TOTAL_RECEIVER_QUEUE_SIZE_ACROSS_
+PARTITIONS`` over all), and all delivering into the consumer's one queue, so ``receive``
+merges the partitions in arrival order. Acks and negative acks are grouped across
+partitions and split by the partition their ``MessageId`` names when sent.
 """
 
 from __future__ import annotations
@@ -36,7 +45,7 @@ import contextlib
 import logging
 import time
 from collections import deque
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from itertools import repeat
 from typing import TYPE_CHECKING
 
@@ -44,7 +53,7 @@ import grpc
 import grpc.aio
 
 from strata.client._batch import BatchDecodeError, acked_flags, decode_entry
-from strata.client._connection import backoff_delay_s, run_until_first_error
+from strata.client._connection import Reconnector, run_until_first_error, write_request
 from strata.client._enums import ConsumerType, InitialPosition
 from strata.client._errors import (
     AlreadyClosed,
@@ -55,18 +64,18 @@ from strata.client._errors import (
     ServiceUnavailable,
     StrataException,
     Timeout,
-    from_rpc_error,
 )
 from strata.client._message import EntryInfo, Message, MessageId
 from strata.naming import TopicName
 from strata.v1 import messaging_pb2
 
 if TYPE_CHECKING:
-    from strata.client._connection import Connection
+    from strata.client._connection import BrokerChannel, ConnectionPool
 
 log = logging.getLogger("strata.client.consumer")
 
 _Call = grpc.aio.StreamStreamCall[messaging_pb2.ConsumeRequest, messaging_pb2.ConsumeResponse]
+_ReceiptWaiter = asyncio.Future[StrataException | None]
 
 DEFAULT_ACK_GROUP_TIME_MS = 10
 DEFAULT_ACK_GROUP_MAX_IDS = 1000
@@ -79,6 +88,9 @@ MAX_RETAINED_ACK_IDS = 1_000_000
 HALF_CLOSE_TIMEOUT_S = 1.0
 # Acks resent after a reconnect travel in requests of at most this many ids.
 RESEND_CHUNK_IDS = 10_000
+# Pulsar's maxTotalReceiverQueueSizeAcrossPartitions: a partitioned consumer grants each
+# partition at most this many permits divided by the partition count.
+MAX_TOTAL_RECEIVER_QUEUE_SIZE_ACROSS_PARTITIONS = 50_000
 
 # Ordered: states at or past _CLOSED refuse work.
 _CONNECTING, _READY, _CLOSED, _FAILED = range(4)
@@ -87,20 +99,21 @@ _CONNECTING, _READY, _CLOSED, _FAILED = range(4)
 class AsyncConsumer:
     """Receives the messages of one subscription. Made by ``AsyncClient.subscribe``.
 
-    Lifecycle: ``subscribe`` opens the stream and returns once the broker answered;
-    ``receive``/``receive_many`` then take messages, ``acknowledge`` and
-    ``negative_acknowledge`` settle them; ``close`` makes the pending acks durable (bounded
-    by the operation timeout) and ends the stream, the ack timer, the negative-ack timer
-    and the stream loop. If the stream loop dies unexpectedly, waiting receives fail with
-    ``InternalError``.
+    Lifecycle: ``subscribe`` opens the stream (one per partition of a partitioned topic)
+    and returns once the broker answered; ``receive``/``receive_many`` then take messages,
+    ``acknowledge`` and ``negative_acknowledge`` settle them; ``close`` makes the pending
+    acks durable (bounded by the operation timeout) and ends the streams, the ack timer,
+    the negative-ack timer and the stream tasks. If a stream task dies unexpectedly,
+    waiting receives fail with ``InternalError``.
     """
 
     def __init__(
         self,
-        connection: Connection,
+        pool: ConnectionPool,
         topic: str,
         subscription_name: str,
         *,
+        num_partitions: int = 0,
         consumer_type: ConsumerType = ConsumerType.Exclusive,
         initial_position: InitialPosition = InitialPosition.Latest,
         receiver_queue_size: int = 1000,
@@ -116,9 +129,11 @@ class AsyncConsumer:
             raise InvalidArgument("receiver_queue_size must be at least 1")
         if ack_group_max_ids < 1 or ack_group_time_ms < 0 or negative_ack_redelivery_delay_ms < 0:
             raise InvalidArgument("ack grouping and negative-ack settings must be positive")
-        self._connection = connection
-        self._topic = str(TopicName.parse(topic))
-        self._partition = -1
+        if num_partitions < 0:
+            raise InvalidArgument("num_partitions must not be negative")
+        self._pool = pool
+        name = TopicName.parse(topic)
+        self._topic = str(name)
         self._subscription = subscription_name
         self._consumer_type = messaging_pb2.SubscriptionType.ValueType(
             int(ConsumerType(consumer_type))
@@ -126,8 +141,6 @@ class AsyncConsumer:
         self._initial_position = messaging_pb2.InitialPosition.ValueType(
             int(InitialPosition(initial_position))
         )
-        self._receiver_queue_size = receiver_queue_size
-        self._refill_threshold = max(1, receiver_queue_size // 2)
         self._consumer_name = consumer_name or ""
         self._nack_delay_s = negative_ack_redelivery_delay_ms / 1000
         self._ack_group_time_s = ack_group_time_ms / 1000
@@ -138,33 +151,36 @@ class AsyncConsumer:
         self._close_started = False
         self._failure: StrataException | None = None
         self._loop = asyncio.get_running_loop()
-        self._subscribed: asyncio.Future[StrataException | None] = self._loop.create_future()
-        self._call: _Call | None = None
         self._tasks: list[asyncio.Task[None]] = []
+
+        # One stream for a plain topic (or a single partition named directly), else one per
+        # partition, at the partition's index.
+        if num_partitions:
+            permits = max(
+                1,
+                min(
+                    receiver_queue_size,
+                    MAX_TOTAL_RECEIVER_QUEUE_SIZE_ACROSS_PARTITIONS // num_partitions,
+                ),
+            )
+            stream_topics = [str(name.partition(i)) for i in range(num_partitions)]
+        else:
+            permits = receiver_queue_size
+            stream_topics = [self._topic]
+        self._streams = [
+            _ConsumerStream(self, stream_topic, permits) for stream_topic in stream_topics
+        ]
+        self._single = len(self._streams) == 1 and not num_partitions
 
         # Received messages not yet taken, and receivers waiting for some.
         self._queue: deque[Message] = deque()
         self._waiters: deque[asyncio.Future[None]] = deque()
-        # Permits used since the last Flow (taken or skipped messages).
-        self._permits_used = 0
-
-        # Requests for the writer, in order.
-        self._outbox: deque[messaging_pb2.ConsumeRequest] = deque()
-        self._writer_wakeup = asyncio.Event()
 
         # Acks not yet sent: entries with acked indexes, loose ids, and how many of both.
         self._ack_entries: list[EntryInfo] = []
         self._ack_loose: list[messaging_pb2.MessageIdData] = []
         self._ack_count = 0
         self._ack_timer: asyncio.TimerHandle | None = None
-        # Acks sent but not yet covered by a receipt: (ack sequence number, ids).
-        self._unconfirmed: deque[tuple[int, list[messaging_pb2.MessageIdData]]] = deque()
-        self._unconfirmed_ids = 0
-        self._ack_sequence = 0
-        # Receipt requests in flight: request id → ack sequence number it covers.
-        self._receipt_marks: dict[int, int] = {}
-        self._receipt_waiters: dict[int, asyncio.Future[StrataException | None]] = {}
-        self._next_request_id = 1
 
         # Negative acks waiting for their redelivery delay: (due time, id).
         self._nacks: deque[tuple[float, messaging_pb2.MessageIdData]] = deque()
@@ -173,23 +189,32 @@ class AsyncConsumer:
     # ----------------------------------------------------------------- public API
 
     def topic(self) -> str:
+        """The canonical name of the topic (a partitioned topic's base name)."""
         return self._topic
 
     def subscription_name(self) -> str:
         return self._subscription
 
     def consumer_name(self) -> str:
-        return self._consumer_name
+        return self._streams[0].consumer_name or self._consumer_name
 
     def is_connected(self) -> bool:
-        return self._state == _READY and self._call is not None
+        return self._state == _READY and all(stream.call is not None for stream in self._streams)
+
+    @property
+    def num_partitions(self) -> int:
+        """The partitions consumed: 0 for a topic that is not partitioned."""
+        return 0 if self._single else len(self._streams)
 
     async def receive(self, timeout_millis: int | None = None) -> Message:
         """The next message; raises ``Timeout`` after ``timeout_millis`` (None: wait forever)."""
         if not self._queue:
             await self._wait_for_messages(timeout_millis)
         message = self._queue.popleft()
-        self._use_permits(1)
+        if self._single:
+            self._streams[0].use_permits(1)
+        else:
+            self._streams[message._entry.partition].use_permits(1)
         return message
 
     async def receive_many(
@@ -209,7 +234,10 @@ class AsyncConsumer:
             queue.clear()
         else:
             messages = [queue.popleft() for _ in range(count)]
-        self._use_permits(count)
+        if self._single:
+            self._streams[0].use_permits(count)
+        else:
+            self._use_partition_permits(messages)
         return messages
 
     async def acknowledge(self, message: Message | MessageId) -> None:
@@ -242,6 +270,7 @@ class AsyncConsumer:
                 entry.in_pending = True
                 pending_entries.append(entry)
             elif isinstance(message, MessageId):
+                self._check_partition(message)
                 self._ack_loose.append(message.to_proto())
             else:
                 raise TypeError(f"cannot acknowledge {type(message).__name__}")
@@ -258,13 +287,14 @@ class AsyncConsumer:
         """Ask for redelivery of this message after ``negative_ack_redelivery_delay_ms``."""
         self._check_usable()
         message_id = message.message_id() if isinstance(message, Message) else message
+        self._check_partition(message_id)
         self._nacks.append((time.monotonic() + self._nack_delay_s, message_id.to_proto()))
         if self._nack_timer is None:
             self._nack_timer = self._loop.call_later(self._nack_delay_s, self._send_due_nacks)
 
     async def flush_acknowledgements(self, wait_durable: bool = True) -> None:
         """Send the pending acks now; with ``wait_durable``, wait until the broker confirms
-        that they (and every ack sent before them) are durable.
+        that they (and every ack sent before them) are durable, on every partition.
 
         Raises ``Timeout`` after the client's operation timeout.
         """
@@ -272,25 +302,22 @@ class AsyncConsumer:
         if not wait_durable:
             self._flush_acks()
             return
-        request_id = self._next_request_id
-        self._next_request_id += 1
-        waiter: asyncio.Future[StrataException | None] = self._loop.create_future()
-        self._receipt_waiters[request_id] = waiter
-        self._flush_acks(request_id)
+        receipts = self._flush_acks(with_receipts=True)
+        timeout_s = self._pool.operation_timeout_s
         try:
-            async with asyncio.timeout(self._connection.operation_timeout_s):
-                error = await waiter
+            async with asyncio.timeout(timeout_s):
+                errors = await asyncio.gather(*(waiter for _, _, waiter in receipts))
         except TimeoutError:
-            raise Timeout(
-                f"no ack receipt within {self._connection.operation_timeout_s:g} s"
-            ) from None
+            raise Timeout(f"no ack receipt within {timeout_s:g} s") from None
         finally:
-            self._receipt_waiters.pop(request_id, None)
-        if error is not None:
-            raise error
+            for stream, request_id, _ in receipts:
+                stream.receipt_waiters.pop(request_id, None)
+        for error in errors:
+            if error is not None:
+                raise error
 
     async def close(self) -> None:
-        """Make pending acks durable (bounded by the operation timeout), then end the stream.
+        """Make pending acks durable (bounded by the operation timeout), then end the streams.
 
         Received messages not yet taken are dropped; the broker redelivers them. Idempotent.
         """
@@ -298,23 +325,21 @@ class AsyncConsumer:
             return
         # The state stays READY while the final acks go out; this flag makes close() once.
         self._close_started = True
-        if (
-            self._state == _READY
-            and self._call is not None
-            and (self._ack_count or self._unconfirmed)
+        if self._state == _READY and (
+            self._ack_count or any(stream.unconfirmed for stream in self._streams)
         ):
             try:
-                await self.flush_acknowledgements(wait_durable=True)
+                if all(stream.call is not None for stream in self._streams):
+                    await self.flush_acknowledgements(wait_durable=True)
+                else:
+                    # A stream is down: the broker redelivers what its acks would have covered.
+                    self._flush_acks()
             except StrataException as exc:
                 log.warning(
                     "consumer on %s closed before its acks were confirmed: %s", self._topic, exc
                 )
         self._state = _CLOSED
-        call = self._call
-        if call is not None:
-            with contextlib.suppress(grpc.aio.AioRpcError, asyncio.InvalidStateError, TimeoutError):
-                async with asyncio.timeout(HALF_CLOSE_TIMEOUT_S):
-                    await call.done_writing()
+        await asyncio.gather(*(stream.half_close() for stream in self._streams))
         await self._stop_tasks()
         self._wake_all(AlreadyClosed(f"consumer on {self._topic} was closed"))
         if self._on_close is not None:
@@ -323,17 +348,27 @@ class AsyncConsumer:
     # ------------------------------------------------------------ lifecycle internals
 
     async def _start(self) -> None:
-        """Open the stream; return when the broker answered ``subscribed`` or raise why not."""
-        run = self._loop.create_task(self._run(), name=f"strata-consumer-stream {self._topic}")
-        run.add_done_callback(self._on_task_done)
-        self._tasks.append(run)
+        """Open the streams; return when the broker answered ``subscribed`` on every one,
+        or raise why not (the first failure)."""
+        for stream in self._streams:
+            task = self._loop.create_task(
+                stream.run(), name=f"strata-consumer-stream {stream.topic}"
+            )
+            task.add_done_callback(self._on_task_done)
+            self._tasks.append(task)
+        timeout_s = self._pool.operation_timeout_s
+        error: StrataException | None = None
         try:
-            async with asyncio.timeout(self._connection.operation_timeout_s):
-                error = await asyncio.shield(self._subscribed)
+            async with asyncio.timeout(timeout_s):
+                for subscribed in asyncio.as_completed([s.subscribed for s in self._streams]):
+                    error = await subscribed
+                    if error is not None:
+                        break
         except TimeoutError:
+            pending = [s for s in self._streams if not s.subscribed.done()]
+            last_error = pending[0].reconnector.describe_last_error() if pending else ""
             error = Timeout(
-                f"could not subscribe to {self._topic} within "
-                f"{self._connection.operation_timeout_s:g} s"
+                f"could not subscribe to {self._topic} within {timeout_s:g} s{last_error}"
             )
         except BaseException:
             self._state = _CLOSED
@@ -343,6 +378,8 @@ class AsyncConsumer:
             self._state = _CLOSED
             await self._stop_tasks()
             raise error
+        if self._state == _CONNECTING:
+            self._state = _READY
 
     async def _stop_tasks(self) -> None:
         for task in self._tasks:
@@ -364,13 +401,24 @@ class AsyncConsumer:
         log.error("consumer task %s died", task.get_name(), exc_info=error)
         self._fail_consumer(InternalError(f"consumer task died: {error!r}"))
 
+    def _stream_ended(self, stream: _ConsumerStream, error: StrataException) -> None:
+        """A stream gave up reconnecting (a non-retriable error): the consumer fails."""
+        if self._state >= _CLOSED:
+            return
+        if not stream.subscribed.done():
+            # Still subscribing: _start raises this and closes the consumer.
+            stream.subscribed.set_result(error)
+            return
+        self._fail_consumer(error)
+
     def _fail_consumer(self, error: StrataException) -> None:
         if self._state in (_CLOSED, _FAILED):
             return
         self._state = _FAILED
         self._failure = error
-        if not self._subscribed.done():
-            self._subscribed.set_result(error)
+        for stream in self._streams:
+            if not stream.subscribed.done():
+                stream.subscribed.set_result(error)
         self._wake_all(error)
 
     def _wake_all(self, error: StrataException) -> None:
@@ -378,9 +426,8 @@ class AsyncConsumer:
             if not waiter.done():
                 waiter.set_result(None)
         self._waiters.clear()
-        for receipt in self._receipt_waiters.values():
-            if not receipt.done():
-                receipt.set_result(error)
+        for stream in self._streams:
+            stream.fail_receipts(error)
 
     def _check_usable(self) -> None:
         if self._state <= _READY:
@@ -389,6 +436,16 @@ class AsyncConsumer:
             assert self._failure is not None
             raise self._failure
         raise AlreadyClosed(f"consumer on {self._topic} is closed")
+
+    def _check_partition(self, message_id: MessageId) -> None:
+        if not self._single and not 0 <= message_id.partition() < len(self._streams):
+            raise InvalidArgument(
+                f"{message_id!r} names no partition of {self._topic} "
+                f"({len(self._streams)} partitions)"
+            )
+
+    def _stream_of(self, partition: int) -> _ConsumerStream:
+        return self._streams[0] if self._single else self._streams[partition]
 
     # -------------------------------------------------------------------- receiving
 
@@ -409,17 +466,28 @@ class AsyncConsumer:
                 with contextlib.suppress(ValueError):
                     self._waiters.remove(waiter)
 
-    def _use_permits(self, count: int) -> None:
-        self._permits_used += count
-        if self._permits_used >= self._refill_threshold:
-            permits = self._permits_used
-            self._permits_used = 0
-            self._send(messaging_pb2.ConsumeRequest(flow=messaging_pb2.Flow(permits=permits)))
+    def _use_partition_permits(self, messages: Sequence[Message]) -> None:
+        counts = [0] * len(self._streams)
+        for message in messages:
+            counts[message._entry.partition] += 1
+        for stream, count in zip(self._streams, counts, strict=True):
+            if count:
+                stream.use_permits(count)
 
-    def _on_deliveries(self, deliveries: Iterable[messaging_pb2.Delivery]) -> None:
+    def _drop_queued(self, stream: _ConsumerStream) -> None:
+        """Forget the messages of ``stream`` not yet taken: its broker redelivers them."""
+        if self._single:
+            self._queue.clear()
+        else:
+            partition = stream.partition
+            self._queue = deque(m for m in self._queue if m._entry.partition != partition)
+
+    def _on_deliveries(
+        self, stream: _ConsumerStream, deliveries: Iterable[messaging_pb2.Delivery]
+    ) -> None:
         queue = self._queue
-        topic = self._topic
-        partition = self._partition
+        topic = stream.topic
+        partition = stream.partition
         skipped = 0
         for delivery in deliveries:
             try:
@@ -486,7 +554,7 @@ class AsyncConsumer:
             entry.remaining = remaining
         if skipped:
             # The broker charged permits for the skipped messages too.
-            self._use_permits(skipped)
+            stream.use_permits(skipped)
         if queue and self._waiters:
             for waiter in self._waiters:
                 if not waiter.done():
@@ -502,8 +570,14 @@ class AsyncConsumer:
         elif self._ack_timer is None:
             self._ack_timer = self._loop.call_later(self._ack_group_time_s, self._flush_acks)
 
-    def _flush_acks(self, request_id: int = 0) -> None:
-        """Turn the pending acks into one ``Ack`` request (with ``request_id`` if non-zero)."""
+    def _flush_acks(
+        self, with_receipts: bool = False
+    ) -> list[tuple[_ConsumerStream, int, _ReceiptWaiter]]:
+        """Turn the pending acks into one ``Ack`` request per stream that has some.
+
+        With ``with_receipts`` every stream's request asks for a receipt (even one with no
+        ids, which confirms the acks sent before it); returns (stream, request id, waiter).
+        """
         if self._ack_timer is not None:
             self._ack_timer.cancel()
             self._ack_timer = None
@@ -535,184 +609,264 @@ class AsyncConsumer:
             entry.pending_indexes = []
         self._ack_entries = []
         self._ack_count = 0
-        if not ids and not request_id:
-            return
-        if ids:
-            self._ack_sequence += 1
-            self._unconfirmed.append((self._ack_sequence, ids))
-            self._unconfirmed_ids += len(ids)
-            if (
-                not request_id
-                and self._unconfirmed_ids > MAX_UNCONFIRMED_ACK_IDS
-                and not self._receipt_marks
-            ):
-                # Ask for a receipt on our own so that the resend memory stays bounded.
-                request_id = self._next_request_id
-                self._next_request_id += 1
-            while self._unconfirmed_ids > MAX_RETAINED_ACK_IDS and len(self._unconfirmed) > 1:
-                _, dropped = self._unconfirmed.popleft()
-                self._unconfirmed_ids -= len(dropped)
-                log.warning(
-                    "broker sends no ack receipts; %d acks may be lost on reconnect", len(dropped)
-                )
-        if request_id:
-            self._receipt_marks[request_id] = self._ack_sequence
-        self._send(
-            messaging_pb2.ConsumeRequest(
-                ack=messaging_pb2.Ack(message_ids=ids, request_id=request_id)
-            )
-        )
-
-    def _on_ack_receipt(self, request_id: int) -> None:
-        mark = self._receipt_marks.pop(request_id, None)
-        if mark is None:
-            return  # a receipt from before a reconnect, already re-requested
-        while self._unconfirmed and self._unconfirmed[0][0] <= mark:
-            _, ids = self._unconfirmed.popleft()
-            self._unconfirmed_ids -= len(ids)
-        # Receipts come in order, so this one covers every earlier request too.
-        for earlier in [r for r, m in self._receipt_marks.items() if m <= mark and r < request_id]:
-            del self._receipt_marks[earlier]
-            self._resolve_receipt(earlier)
-        self._resolve_receipt(request_id)
-
-    def _resolve_receipt(self, request_id: int) -> None:
-        waiter = self._receipt_waiters.get(request_id)
-        if waiter is not None and not waiter.done():
-            waiter.set_result(None)
+        if self._single:
+            per_stream = [ids]
+        else:
+            per_stream = [[] for _ in self._streams]
+            for message_id in ids:
+                per_stream[message_id.partition].append(message_id)
+        receipts: list[tuple[_ConsumerStream, int, _ReceiptWaiter]] = []
+        for stream, stream_ids in zip(self._streams, per_stream, strict=True):
+            receipt = stream.send_acks(stream_ids, with_receipt=with_receipts)
+            if receipt is not None:
+                receipts.append((stream, *receipt))
+        return receipts
 
     def _send_due_nacks(self) -> None:
         self._nack_timer = None
         now = time.monotonic()
-        due: list[messaging_pb2.MessageIdData] = []
+        due: list[list[messaging_pb2.MessageIdData]] = [[] for _ in self._streams]
         # 1 ms of slack groups the negative acks that fall due together.
         while self._nacks and self._nacks[0][0] <= now + 0.001:
-            due.append(self._nacks.popleft()[1])
-        if due:
-            self._send(
-                messaging_pb2.ConsumeRequest(
-                    redeliver=messaging_pb2.RedeliverUnacknowledged(message_ids=due)
+            message_id = self._nacks.popleft()[1]
+            due[0 if self._single else message_id.partition].append(message_id)
+        for stream, stream_ids in zip(self._streams, due, strict=True):
+            if stream_ids:
+                stream.send(
+                    messaging_pb2.ConsumeRequest(
+                        redeliver=messaging_pb2.RedeliverUnacknowledged(message_ids=stream_ids)
+                    )
                 )
-            )
         if self._nacks:
             delay_s = max(0.0, self._nacks[0][0] - now)
             self._nack_timer = self._loop.call_later(delay_s, self._send_due_nacks)
 
-    # ----------------------------------------------------------------- the stream
+    def _subscribe_request(self, stream: _ConsumerStream) -> messaging_pb2.ConsumeRequest:
+        return messaging_pb2.ConsumeRequest(
+            subscribe=messaging_pb2.Subscribe(
+                topic=stream.topic,
+                subscription=self._subscription,
+                type=self._consumer_type,
+                initial_position=self._initial_position,
+                consumer_name=stream.consumer_name or self._consumer_name,
+            )
+        )
 
-    def _send(self, request: messaging_pb2.ConsumeRequest) -> None:
-        self._outbox.append(request)
-        self._writer_wakeup.set()
 
-    async def _run(self) -> None:
-        """Subscribe, serve the stream, and resubscribe after retriable failures."""
-        attempt = 0
-        while True:
-            call = self._connection.messaging.Consume()
-            try:
-                await call.write(
-                    messaging_pb2.ConsumeRequest(
-                        subscribe=messaging_pb2.Subscribe(
-                            topic=self._topic,
-                            subscription=self._subscription,
-                            type=self._consumer_type,
-                            initial_position=self._initial_position,
-                            consumer_name=self._consumer_name,
-                        )
-                    )
-                )
-                response = await call.read()
-                if response is grpc.aio.EOF:
-                    raise ServiceUnavailable(
-                        "the broker ended the consume stream before subscribing"
-                    )
-                assert isinstance(response, messaging_pb2.ConsumeResponse)
-                if response.WhichOneof("response") != "subscribed":
-                    raise ProtocolError("the broker's first answer was not 'subscribed'")
-                self._on_subscribed(response.subscribed, call)
-                attempt = 0
-                await run_until_first_error(self._read_loop(call), self._write_loop(call))
-            except grpc.aio.AioRpcError as exc:
-                error = from_rpc_error(exc)
-            except StrataException as exc:
-                error = exc
-            finally:
-                self._call = None
-                call.cancel()
-            if self._state >= _CLOSED:
-                return
-            # After a reconnect the broker may not yet have noticed that our old stream is
-            # gone, and refuses the exclusive subscription as busy: that clears up, so it is
-            # retried (as pulsar-client does).
-            reconnecting_busy = self._subscribed.done() and isinstance(error, ConsumerBusy)
-            if not error.retriable and not reconnecting_busy:
-                self._fail_consumer(error)
-                return
-            delay_s = backoff_delay_s(attempt)
-            attempt += 1
-            if self._subscribed.done():
+class _ConsumerStream:
+    """One consume stream of an ``AsyncConsumer``: the topic's, or one partition's.
+
+    It subscribes on whichever broker serves its topic (through a ``Reconnector``), grants
+    flow permits for its share of the receiver queue, sends the consumer's acks and
+    negative acks for its partition, keeps the acks that no receipt has confirmed yet to
+    send them again after a reconnect, and hands deliveries to the consumer. Owned by the
+    consumer, which runs ``run`` as a task and cancels it in ``close``.
+    """
+
+    def __init__(self, consumer: AsyncConsumer, topic: str, receiver_queue_size: int) -> None:
+        self.consumer = consumer
+        self.topic = topic
+        self.partition = TopicName.parse(topic).partition_index
+        self.consumer_name = ""
+        self.receiver_queue_size = receiver_queue_size
+        self.refill_threshold = max(1, receiver_queue_size // 2)
+        self.subscribed: asyncio.Future[StrataException | None] = consumer._loop.create_future()
+        self.call: _Call | None = None
+        # Permits used since the last Flow (taken or skipped messages).
+        self.permits_used = 0
+        # Requests for the writer, in order.
+        self.outbox: deque[messaging_pb2.ConsumeRequest] = deque()
+        self.writer_wakeup = asyncio.Event()
+        # Acks sent but not yet covered by a receipt: (ack sequence number, ids).
+        self.unconfirmed: deque[tuple[int, list[messaging_pb2.MessageIdData]]] = deque()
+        self.unconfirmed_ids = 0
+        self.ack_sequence = 0
+        # Receipt requests in flight: request id → ack sequence number it covers.
+        self.receipt_marks: dict[int, int] = {}
+        self.receipt_waiters: dict[int, _ReceiptWaiter] = {}
+        self.next_request_id = 1
+        self.reconnector = Reconnector(
+            consumer._pool,
+            topic,
+            f"consume stream of {consumer._subscription} on {topic}",
+            may_retry=self._may_retry,
+        )
+
+    # ------------------------------------------------------------------ requests
+
+    def send(self, request: messaging_pb2.ConsumeRequest) -> None:
+        self.outbox.append(request)
+        self.writer_wakeup.set()
+
+    def use_permits(self, count: int) -> None:
+        self.permits_used += count
+        if self.permits_used >= self.refill_threshold:
+            permits = self.permits_used
+            self.permits_used = 0
+            self.send(messaging_pb2.ConsumeRequest(flow=messaging_pb2.Flow(permits=permits)))
+
+    def send_acks(
+        self, ids: list[messaging_pb2.MessageIdData], *, with_receipt: bool
+    ) -> tuple[int, _ReceiptWaiter] | None:
+        """Send ``ids`` in one ``Ack``, remembered until a receipt covers them; with
+        ``with_receipt``, ask for one and return (request id, its waiter)."""
+        request_id = 0
+        if with_receipt:
+            request_id = self._new_request_id()
+        if not ids and not request_id:
+            return None
+        if ids:
+            self.ack_sequence += 1
+            self.unconfirmed.append((self.ack_sequence, ids))
+            self.unconfirmed_ids += len(ids)
+            if (
+                not request_id
+                and self.unconfirmed_ids > MAX_UNCONFIRMED_ACK_IDS
+                and not self.receipt_marks
+            ):
+                # Ask for a receipt on our own so that the resend memory stays bounded.
+                request_id = self._new_request_id()
+            while self.unconfirmed_ids > MAX_RETAINED_ACK_IDS and len(self.unconfirmed) > 1:
+                _, dropped = self.unconfirmed.popleft()
+                self.unconfirmed_ids -= len(dropped)
                 log.warning(
-                    "consume stream of %s on %s failed (%s); reconnecting in %.2f s",
-                    self._subscription,
-                    self._topic,
-                    error,
-                    delay_s,
+                    "broker sends no ack receipts; %d acks may be lost on reconnect", len(dropped)
                 )
-            await asyncio.sleep(delay_s)
+        waiter: _ReceiptWaiter | None = None
+        if request_id:
+            self.receipt_marks[request_id] = self.ack_sequence
+            if with_receipt:
+                waiter = self.consumer._loop.create_future()
+                self.receipt_waiters[request_id] = waiter
+        self.send(
+            messaging_pb2.ConsumeRequest(
+                ack=messaging_pb2.Ack(message_ids=ids, request_id=request_id)
+            )
+        )
+        return None if waiter is None else (request_id, waiter)
+
+    def _new_request_id(self) -> int:
+        request_id = self.next_request_id
+        self.next_request_id += 1
+        return request_id
+
+    def on_ack_receipt(self, request_id: int) -> None:
+        mark = self.receipt_marks.pop(request_id, None)
+        if mark is None:
+            return  # a receipt from before a reconnect, already re-requested
+        while self.unconfirmed and self.unconfirmed[0][0] <= mark:
+            _, ids = self.unconfirmed.popleft()
+            self.unconfirmed_ids -= len(ids)
+        # Receipts come in order, so this one covers every earlier request too.
+        for earlier in [r for r, m in self.receipt_marks.items() if m <= mark and r < request_id]:
+            del self.receipt_marks[earlier]
+            self._resolve_receipt(earlier)
+        self._resolve_receipt(request_id)
+
+    def _resolve_receipt(self, request_id: int) -> None:
+        waiter = self.receipt_waiters.get(request_id)
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
+
+    def fail_receipts(self, error: StrataException) -> None:
+        for waiter in self.receipt_waiters.values():
+            if not waiter.done():
+                waiter.set_result(error)
+
+    async def half_close(self) -> None:
+        """Tell the broker we are done (bounded); the task is cancelled right after."""
+        call = self.call
+        if call is None:
+            return
+        with contextlib.suppress(grpc.aio.AioRpcError, asyncio.InvalidStateError, TimeoutError):
+            async with asyncio.timeout(HALF_CLOSE_TIMEOUT_S):
+                await call.done_writing()
+
+    # ---------------------------------------------------------------- the stream
+
+    async def run(self) -> None:
+        """Keep the stream subscribed (``Reconnector``); tell the consumer when it gives up."""
+        error = await self.reconnector.run(self._attempt)
+        self.consumer._stream_ended(self, error)
+
+    def _may_retry(self, error: StrataException) -> bool:
+        if self.consumer._state >= _CLOSED:
+            return False
+        # After a reconnect the broker may not yet have noticed that our old stream is
+        # gone, and refuses the exclusive subscription as busy: that clears up, so it is
+        # retried (as pulsar-client does).
+        return error.retriable or (self.subscribed.done() and isinstance(error, ConsumerBusy))
+
+    async def _attempt(self, broker: BrokerChannel) -> None:
+        """Subscribe on ``broker`` and serve the stream until it fails (never returns)."""
+        call = broker.messaging.Consume()
+        try:
+            await write_request(call, self.consumer._subscribe_request(self))
+            response = await call.read()
+            if response is grpc.aio.EOF:
+                raise ServiceUnavailable("the broker ended the consume stream before subscribing")
+            assert isinstance(response, messaging_pb2.ConsumeResponse)
+            if response.WhichOneof("response") != "subscribed":
+                raise ProtocolError("the broker's first answer was not 'subscribed'")
+            self._on_subscribed(response.subscribed, call)
+            self.reconnector.opened()
+            await run_until_first_error(self._read_loop(call), self._write_loop(call))
+        finally:
+            self.call = None
+            call.cancel()
 
     def _on_subscribed(self, subscribed: messaging_pb2.Subscribed, call: _Call) -> None:
-        if not self._subscribed.done():
-            self._topic = subscribed.topic or self._topic
-            self._partition = TopicName.parse(self._topic).partition_index
-            self._consumer_name = subscribed.consumer_name or self._consumer_name
-            self._state = _READY
-            self._subscribed.set_result(None)
-        # A new stream: the broker redelivers everything unacknowledged, so messages not yet
-        # taken are dropped and the permits start afresh.
-        self._queue.clear()
-        self._permits_used = 0
-        old_outbox = self._outbox
-        self._outbox = deque()
+        if not self.subscribed.done():
+            self.consumer_name = subscribed.consumer_name or self.consumer_name
+            self.subscribed.set_result(None)
+        else:
+            # A new stream: the broker redelivers everything unacknowledged, so messages
+            # not yet taken are dropped and the permits start afresh.
+            self.consumer._drop_queued(self)
+        self.permits_used = 0
+        old_outbox = self.outbox
+        self.outbox = deque()
         # Acks the old stream may have lost go again (acks are idempotent), then the
         # outstanding receipt requests, so their waiters hear from this stream; all before
         # the first Flow, so that the broker does not redeliver what they acknowledge.
-        for _, ids in self._unconfirmed:
+        for _, ids in self.unconfirmed:
             for start in range(0, len(ids), RESEND_CHUNK_IDS):
-                self._outbox.append(
+                self.outbox.append(
                     messaging_pb2.ConsumeRequest(
                         ack=messaging_pb2.Ack(message_ids=ids[start : start + RESEND_CHUNK_IDS])
                     )
                 )
-        for request_id in sorted(self._receipt_marks):
-            self._outbox.append(
+        for request_id in sorted(self.receipt_marks):
+            self.outbox.append(
                 messaging_pb2.ConsumeRequest(ack=messaging_pb2.Ack(request_id=request_id))
             )
-        self._outbox.append(
-            messaging_pb2.ConsumeRequest(flow=messaging_pb2.Flow(permits=self._receiver_queue_size))
+        self.outbox.append(
+            messaging_pb2.ConsumeRequest(flow=messaging_pb2.Flow(permits=self.receiver_queue_size))
         )
         for request in old_outbox:
             if request.WhichOneof("request") == "redeliver":
-                self._outbox.append(request)
-        self._call = call
-        self._writer_wakeup.set()
+                self.outbox.append(request)
+        self.call = call
+        self.writer_wakeup.set()
 
     async def _write_loop(self, call: _Call) -> None:
-        wakeup = self._writer_wakeup
+        wakeup = self.writer_wakeup
         while True:
             await wakeup.wait()
             wakeup.clear()
-            outbox = self._outbox
+            outbox = self.outbox
             while outbox:
-                await call.write(outbox.popleft())
+                await write_request(call, outbox.popleft())
 
     async def _read_loop(self, call: _Call) -> None:
+        consumer = self.consumer
         while (response := await call.read()) is not grpc.aio.EOF:
             assert isinstance(response, messaging_pb2.ConsumeResponse)
             kind = response.WhichOneof("response")
             if kind == "deliveries":
-                self._on_deliveries(response.deliveries.deliveries)
+                consumer._on_deliveries(self, response.deliveries.deliveries)
             elif kind == "ack_receipt":
-                self._on_ack_receipt(response.ack_receipt.request_id)
+                self.on_ack_receipt(response.ack_receipt.request_id)
             else:
                 raise ProtocolError(f"unexpected {kind!r} on an open consume stream")
         raise ServiceUnavailable("the broker ended the consume stream")

@@ -18,7 +18,9 @@ Hierarchy (names follow pulsar-client's exceptions where pulsar has one)::
     │   └── InvalidTopicName    the topic name is malformed (checked before any call)
     ├── FailedPrecondition      FAILED_PRECONDITION: fix the system's state before retrying
     │   ├── ConsumerBusy        an exclusive subscription already has a consumer
-    │   └── ProducerBusy        a producer with this name is already connected
+    │   ├── ProducerBusy        a producer with this name is already connected
+    │   └── TopicNotOwned       the broker does not serve the topic; ``owner`` says who does,
+    │                           when known (retriable: the client goes there, or looks up)
     ├── AuthenticationError     UNAUTHENTICATED
     ├── AuthorizationError      PERMISSION_DENIED
     ├── OutOfRange              OUT_OF_RANGE
@@ -39,6 +41,14 @@ import enum
 from collections.abc import Callable
 
 import grpc
+from google.rpc import error_details_pb2, status_pb2
+
+# The wire contract of a refused producer or consumer (proto/strata/v1/messaging.proto): the
+# status carries a google.rpc.ErrorInfo with this reason and domain, and the owner's address.
+TOPIC_NOT_OWNED_REASON = "TOPIC_NOT_OWNED"
+ERROR_DOMAIN = "strata.io"
+OWNER_METADATA_KEY = "owner"
+_STATUS_DETAILS_KEY = "grpc-status-details-bin"
 
 
 class Result(enum.Enum):
@@ -59,6 +69,7 @@ class Result(enum.Enum):
     FailedPrecondition = "FailedPrecondition"
     ConsumerBusy = "ConsumerBusy"
     ProducerBusy = "ProducerBusy"
+    TopicNotOwned = "TopicNotOwned"
     AuthenticationError = "AuthenticationError"
     AuthorizationError = "AuthorizationError"
     OutOfRange = "OutOfRange"
@@ -180,6 +191,30 @@ class ProducerBusy(FailedPrecondition):
     result = Result.ProducerBusy
 
 
+class TopicNotOwned(FailedPrecondition):
+    """The broker asked does not serve the topic (it moved, or the lookup was stale).
+
+    ``owner`` is the ``host:port`` of the broker that does, when the broker knows it; the
+    SDK reconnects there, or looks the topic up again when it is None. Unlike other
+    precondition failures this one is retriable: the state it depends on is the cluster's
+    ownership, which the retry itself follows.
+    """
+
+    retriable = True
+    result = Result.TopicNotOwned
+
+    def __init__(
+        self,
+        message: str = "",
+        *,
+        owner: str | None = None,
+        code: grpc.StatusCode | None = None,
+        details: str | None = None,
+    ) -> None:
+        super().__init__(message, code=code, details=details)
+        self.owner = owner
+
+
 class AuthenticationError(StrataException):
     """The token is missing, invalid or expired."""
 
@@ -277,15 +312,47 @@ def exception_for_status(code: grpc.StatusCode, details: str) -> StrataException
     return cls(f"{code.name}: {details}", code=code, details=details)
 
 
+def error_info_of(error: grpc.RpcError) -> error_details_pb2.ErrorInfo | None:
+    """The ``google.rpc.ErrorInfo`` in a failed call's status details, if it carries one."""
+    metadata_method = getattr(error, "trailing_metadata", None)
+    metadata = metadata_method() if callable(metadata_method) else None
+    for key, value in metadata or ():
+        if key != _STATUS_DETAILS_KEY or not isinstance(value, bytes):
+            continue
+        try:
+            status = status_pb2.Status.FromString(value)
+        except Exception:  # protobuf's DecodeError: a peer's garbage is not our crash
+            return None
+        for detail in status.details:
+            if detail.Is(error_details_pb2.ErrorInfo.DESCRIPTOR):
+                info = error_details_pb2.ErrorInfo()
+                detail.Unpack(info)
+                return info
+    return None
+
+
 def from_rpc_error(error: grpc.RpcError) -> StrataException:
-    """Map a failed gRPC call (sync or asyncio) to the SDK error through the table."""
+    """Map a failed gRPC call (sync or asyncio) to the SDK error through the table.
+
+    A FAILED_PRECONDITION whose ErrorInfo says TOPIC_NOT_OWNED becomes ``TopicNotOwned``
+    with the owner's address from the details.
+    """
     code_method = getattr(error, "code", None)
     details_method = getattr(error, "details", None)
     code = code_method() if callable(code_method) else None
-    details = details_method() if callable(details_method) else None
+    details = (details_method() if callable(details_method) else None) or ""
     if not isinstance(code, grpc.StatusCode):
         code = grpc.StatusCode.UNKNOWN
-    return exception_for_status(code, details or "")
+    if code is grpc.StatusCode.FAILED_PRECONDITION:
+        info = error_info_of(error)
+        if (
+            info is not None
+            and info.reason == TOPIC_NOT_OWNED_REASON
+            and (info.domain == ERROR_DOMAIN)
+        ):
+            owner = info.metadata.get(OWNER_METADATA_KEY) or None
+            return TopicNotOwned(f"{code.name}: {details}", owner=owner, code=code, details=details)
+    return exception_for_status(code, details)
 
 
 def result_of(error: BaseException | None) -> Result:

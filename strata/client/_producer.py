@@ -17,11 +17,18 @@ Wire behaviour (the contract with the broker, ``proto/strata/v1/messaging.proto`
    share one ``PublishBatches`` request.
 3. The broker answers ``receipts`` in sequence order; message i of a batch becomes
    ``MessageId(ledger_id, entry_id, i, partition)``, or batch index -1 for a batch of one.
-4. When the stream fails with a retriable status, the producer reopens it with backoff and
-   resends every batch without a receipt, in order. It gives up (failing what is pending)
-   after a non-retriable status, or after ``send_timeout_millis`` without a stream. A batch
-   without a receipt after ``send_timeout_millis`` fails with ``Timeout``, together with
-   every batch behind it, as pulsar does.
+4. When the stream fails with a retriable status (the broker died, the topic moved, the
+   broker says it does not own the topic), the producer looks the topic up again (or goes
+   to the owner the refusal named) and reopens the stream there with backoff
+   (``Reconnector``), then resends every batch without a receipt, in order, so their
+   receipts still come back. It gives up (failing what is pending) after a non-retriable
+   status, or once no pending message can make its send timeout and the stream has been
+   down for ``send_timeout_millis``. A batch without a receipt after
+   ``send_timeout_millis`` fails with ``Timeout``, together with every batch behind it, as
+   pulsar does.
+
+``AsyncProducer`` is the public interface; ``TopicProducer`` implements it for one topic (or
+one partition) and ``PartitionedProducer`` (``_partitioned``) routes over one per partition.
 
 Bookkeeping is per batch: a message has a waiter (a future or a callback) only if the
 caller asked for one, and a batch resolves its waiters when its receipt arrives.
@@ -29,6 +36,7 @@ caller asked for one, and a batch resolves its waiters when its receipt arrives.
 
 from __future__ import annotations
 
+import abc
 import asyncio
 import contextlib
 import logging
@@ -41,7 +49,7 @@ import grpc
 import grpc.aio
 
 from strata.client._batch import PAYLOAD_OVERHEAD_BYTES, BatchBuilder, make_metadata
-from strata.client._connection import backoff_delay_s, run_until_first_error
+from strata.client._connection import Reconnector, run_until_first_error, write_request
 from strata.client._enums import CompressionType
 from strata.client._errors import (
     AlreadyClosed,
@@ -55,14 +63,13 @@ from strata.client._errors import (
     ServiceUnavailable,
     StrataException,
     Timeout,
-    from_rpc_error,
 )
 from strata.client._message import MessageId
 from strata.naming import TopicName
 from strata.v1 import messaging_pb2
 
 if TYPE_CHECKING:
-    from strata.client._connection import Connection
+    from strata.client._connection import BrokerChannel, ConnectionPool
 
 log = logging.getLogger("strata.client.producer")
 
@@ -121,19 +128,113 @@ class _PendingBatch:
         self.completion: asyncio.Future[StrataException | None] | None = None
 
 
-class AsyncProducer:
+class AsyncProducer(abc.ABC):
     """Publishes messages to one topic. Made by ``AsyncClient.create_producer``.
 
-    Lifecycle: ``create_producer`` opens the stream and returns once the broker answered;
-    ``send``/``send_async``/``send_nowait`` may then be called from the client's event loop;
-    ``flush`` waits for every receipt; ``close`` flushes, then ends the stream and the
-    producer's background tasks (the stream loop and the send-timeout watchdog). If a
+    Lifecycle: ``create_producer`` opens the stream (one per partition of a partitioned
+    topic) and returns once the broker answered; ``send``/``send_async``/``send_nowait`` may
+    then be called from the client's event loop; ``flush`` waits for every receipt;
+    ``close`` flushes, then ends the streams and the producer's background tasks. If a
     background task dies unexpectedly every pending send fails with ``InternalError``.
+
+    On a partitioned topic a message with a ``partition_key`` goes to the partition of its
+    key (``strata.client._routing``), one without to the partitions in turn; its
+    ``MessageId`` names the partition.
+    """
+
+    @abc.abstractmethod
+    def topic(self) -> str:
+        """The canonical ``persistent://`` name of the topic (a partitioned topic's base name)."""
+
+    @abc.abstractmethod
+    def producer_name(self) -> str: ...
+
+    @abc.abstractmethod
+    def last_sequence_id(self) -> int:
+        """The sequence id of the last message given an id by the broker, or -1 (the highest
+        over the partitions of a partitioned topic)."""
+
+    @abc.abstractmethod
+    def is_connected(self) -> bool: ...
+
+    @property
+    @abc.abstractmethod
+    def pending_messages(self) -> int:
+        """Messages sent but without a receipt yet (the open batches included)."""
+
+    async def send(
+        self,
+        content: bytes,
+        properties: Mapping[str, str] | None = None,
+        partition_key: str | None = None,
+        event_timestamp: int | None = None,
+    ) -> MessageId:
+        """Publish one message and return its id once the broker has it durably."""
+        future = await self.send_async(content, properties, partition_key, event_timestamp)
+        return await future
+
+    @abc.abstractmethod
+    async def send_async(
+        self,
+        content: bytes,
+        properties: Mapping[str, str] | None = None,
+        partition_key: str | None = None,
+        event_timestamp: int | None = None,
+    ) -> asyncio.Future[MessageId]:
+        """Queue one message; returns the future of its id (aiokafka's shape).
+
+        Waits for room when ``max_pending_messages`` are pending and ``block_if_queue_full``
+        is set, else raises ``ProducerQueueIsFull``. ``fut = await producer.send_async(b"x")``
+        then ``await fut`` when the id is needed.
+        """
+
+    @abc.abstractmethod
+    def send_nowait(
+        self,
+        content: bytes,
+        properties: Mapping[str, str] | None = None,
+        partition_key: str | None = None,
+        event_timestamp: int | None = None,
+        callback: SendCallback | None = None,
+    ) -> None:
+        """Queue one message without waiting and without a future: the cheapest send.
+
+        ``callback(result, message_id)``, if given, runs on the event loop when the receipt
+        (or the failure) arrives. Raises ``ProducerQueueIsFull`` when there is no room
+        (whatever ``block_if_queue_full`` says; see ``wait_for_space``) and
+        ``MessageTooBig``/``AlreadyClosed`` at once.
+        """
+
+    @abc.abstractmethod
+    async def wait_for_space(self) -> None:
+        """Return once fewer than ``max_pending_messages`` messages are pending."""
+
+    @abc.abstractmethod
+    async def flush(self) -> None:
+        """Send the open batches now and wait until every message sent so far has a receipt.
+
+        Raises the error that failed the last pending batch, if one did, and the producer's
+        failure once it has failed.
+        """
+
+    @abc.abstractmethod
+    async def close(self) -> None:
+        """Flush (bounded by the send timeout), end the streams and the background tasks.
+
+        Messages still without a receipt then fail with ``AlreadyClosed``. Idempotent.
+        """
+
+
+class TopicProducer(AsyncProducer):
+    """The producer of one topic, or of one partition of a partitioned topic.
+
+    Background tasks: the stream task (``_run``, driving a ``Reconnector``) and the
+    send-timeout watchdog (``_expire_loop``); both are cancelled and awaited by ``close``.
     """
 
     def __init__(
         self,
-        connection: Connection,
+        pool: ConnectionPool,
         topic: str,
         *,
         producer_name: str | None = None,
@@ -154,7 +255,7 @@ class AsyncProducer:
             raise InvalidArgument("batching limits must be positive")
         if send_timeout_millis < 0 or batching_max_publish_delay_ms < 0:
             raise InvalidArgument("timeouts and delays must not be negative")
-        self._connection = connection
+        self._pool = pool
         self._topic = str(TopicName.parse(topic))
         self._partition = -1
         self._requested_name = producer_name or ""
@@ -201,18 +302,23 @@ class AsyncProducer:
             | None
         ) = None
         self._tasks: list[asyncio.Task[None]] = []
+        self._reconnector = Reconnector(
+            pool,
+            self._topic,
+            f"produce stream to {self._topic}",
+            may_retry=self._may_retry,
+            deadline_s=self._retry_deadline_s,
+        )
 
     # ----------------------------------------------------------------- public API
 
     def topic(self) -> str:
-        """The canonical ``persistent://`` name of the topic."""
         return self._topic
 
     def producer_name(self) -> str:
         return self._producer_name
 
     def last_sequence_id(self) -> int:
-        """The sequence id of the last message given an id by the broker, or -1."""
         return self._last_sequence_id
 
     def is_connected(self) -> bool:
@@ -220,19 +326,7 @@ class AsyncProducer:
 
     @property
     def pending_messages(self) -> int:
-        """Messages sent but without a receipt yet (the open batch included)."""
         return self._pending_messages
-
-    async def send(
-        self,
-        content: bytes,
-        properties: Mapping[str, str] | None = None,
-        partition_key: str | None = None,
-        event_timestamp: int | None = None,
-    ) -> MessageId:
-        """Publish one message and return its id once the broker has it durably."""
-        future = await self.send_async(content, properties, partition_key, event_timestamp)
-        return await future
 
     async def send_async(
         self,
@@ -241,12 +335,6 @@ class AsyncProducer:
         partition_key: str | None = None,
         event_timestamp: int | None = None,
     ) -> asyncio.Future[MessageId]:
-        """Queue one message; returns the future of its id (aiokafka's shape).
-
-        Waits for room when ``max_pending_messages`` are pending and ``block_if_queue_full``
-        is set, else raises ``ProducerQueueIsFull``. ``fut = await producer.send_async(b"x")``
-        then ``await fut`` when the id is needed.
-        """
         metadata = make_metadata(properties, partition_key, event_timestamp)
         if self._pending_messages >= self._max_pending_messages and self._block_if_queue_full:
             await self.wait_for_space()
@@ -262,13 +350,6 @@ class AsyncProducer:
         event_timestamp: int | None = None,
         callback: SendCallback | None = None,
     ) -> None:
-        """Queue one message without waiting and without a future: the cheapest send.
-
-        ``callback(result, message_id)``, if given, runs on the event loop when the receipt
-        (or the failure) arrives. Raises ``ProducerQueueIsFull`` when there is no room
-        (whatever ``block_if_queue_full`` says; see ``wait_for_space``) and
-        ``MessageTooBig``/``AlreadyClosed`` at once.
-        """
         metadata = (
             None
             if properties is None and partition_key is None and event_timestamp is None
@@ -277,7 +358,6 @@ class AsyncProducer:
         self._enqueue(content, metadata, callback)
 
     async def wait_for_space(self) -> None:
-        """Return once fewer than ``max_pending_messages`` messages are pending."""
         while self._pending_messages >= self._max_pending_messages:
             self._check_usable()
             waiter: asyncio.Future[None] = asyncio.get_running_loop().create_future()
@@ -290,11 +370,6 @@ class AsyncProducer:
         self._check_usable()
 
     async def flush(self) -> None:
-        """Send the open batch now and wait until every message sent so far has a receipt.
-
-        Raises the error that failed the last pending batch, if one did, and the producer's
-        failure once it has failed.
-        """
         if self._state == _FAILED:
             assert self._failure is not None
             raise self._failure
@@ -310,17 +385,13 @@ class AsyncProducer:
             raise error
 
     async def close(self) -> None:
-        """Flush (bounded by the send timeout), end the stream and the background tasks.
-
-        Messages still without a receipt then fail with ``AlreadyClosed``. Idempotent.
-        """
         if self._state in (_CLOSING, _CLOSED):
             return
         was_failed = self._state == _FAILED
         self._state = _CLOSING
         if not was_failed:
             try:
-                timeout_s = self._send_timeout_s or self._connection.operation_timeout_s
+                timeout_s = self._send_timeout_s or self._pool.operation_timeout_s
                 async with asyncio.timeout(timeout_s):
                     await self.flush()
             except (StrataException, TimeoutError) as exc:
@@ -355,12 +426,12 @@ class AsyncProducer:
             task.add_done_callback(self._on_task_done)
             self._tasks.append(task)
         try:
-            async with asyncio.timeout(self._connection.operation_timeout_s):
+            async with asyncio.timeout(self._pool.operation_timeout_s):
                 error = await asyncio.shield(self._opened)
         except TimeoutError:
             error = Timeout(
                 f"could not open a producer on {self._topic} within "
-                f"{self._connection.operation_timeout_s:g} s"
+                f"{self._pool.operation_timeout_s:g} s{self._reconnector.describe_last_error()}"
             )
         except BaseException:
             await self._abort(AlreadyClosed("create_producer was cancelled"))
@@ -574,69 +645,58 @@ class AsyncProducer:
     # ----------------------------------------------------------------- the stream
 
     async def _run(self) -> None:
-        """Open the stream, serve it, and reopen it after retriable failures."""
-        attempt = 0
-        down_since: float | None = None
-        while True:
-            call = self._connection.messaging.Produce()
-            try:
-                await call.write(
-                    messaging_pb2.ProduceRequest(
-                        open=messaging_pb2.OpenProducer(
-                            topic=self._topic, producer_name=self._requested_name
-                        )
+        """Keep the stream open (``Reconnector``); fail the producer when retrying ends."""
+        error = await self._reconnector.run(self._attempt)
+        if self._state in (_CLOSED, _FAILED):
+            return
+        if self._opened.done():
+            self._fail_producer(error)
+        else:
+            self._opened.set_result(error)
+
+    async def _attempt(self, broker: BrokerChannel) -> None:
+        """Open the stream on ``broker`` and serve it until it fails (never returns)."""
+        call = broker.messaging.Produce()
+        try:
+            await write_request(
+                call,
+                messaging_pb2.ProduceRequest(
+                    open=messaging_pb2.OpenProducer(
+                        topic=self._topic, producer_name=self._requested_name
                     )
-                )
-                response = await call.read()
-                if response is grpc.aio.EOF:
-                    raise ServiceUnavailable("the broker ended the produce stream before opening")
-                assert isinstance(response, messaging_pb2.ProduceResponse)
-                if response.WhichOneof("response") != "opened":
-                    raise ProtocolError("the broker's first answer was not 'opened'")
-                self._on_opened(response.opened, call)
-                attempt = 0
-                down_since = None
-                await run_until_first_error(self._read_loop(call), self._write_loop(call))
-            except grpc.aio.AioRpcError as exc:
-                error = from_rpc_error(exc)
-            except StrataException as exc:
-                error = exc
-            finally:
-                self._call = None
-                call.cancel()
-            if self._state in (_CLOSED, _FAILED):
-                return
-            # After a reconnect the broker may not yet have noticed that our old stream is
-            # gone, and refuses our own name as busy: that clears up, so it is retried.
-            reconnecting_busy = self._opened.done() and isinstance(error, ProducerBusy)
-            if not error.retriable and not reconnecting_busy:
-                if self._opened.done():
-                    self._fail_producer(error)
-                else:
-                    self._opened.set_result(error)
-                return
-            # While closing, reconnecting goes on so that close() can flush; close() bounds it.
-            now = time.monotonic()
-            if down_since is None:
-                down_since = now
-            # The first open is bounded by create_producer's operation timeout; later ones by
-            # the send timeout, counted from the first failure.
-            if (
-                self._opened.done()
-                and self._send_timeout_s
-                and now - down_since > self._send_timeout_s
-            ):
-                self._fail_producer(error)
-                return
-            delay_s = backoff_delay_s(attempt)
-            attempt += 1
-            log.warning(
-                "produce stream to %s failed (%s); reconnecting in %.2f s",
-                self._topic,
-                error,
-                delay_s,
+                ),
             )
-            await asyncio.sleep(delay_s)
+            response = await call.read()
+            if response is grpc.aio.EOF:
+                raise ServiceUnavailable("the broker ended the produce stream before opening")
+            assert isinstance(response, messaging_pb2.ProduceResponse)
+            if response.WhichOneof("response") != "opened":
+                raise ProtocolError("the broker's first answer was not 'opened'")
+            self._on_opened(response.opened, call)
+            self._reconnector.opened()
+            await run_until_first_error(self._read_loop(call), self._write_loop(call))
+        finally:
+            self._call = None
+            call.cancel()
+
+    def _may_retry(self, error: StrataException) -> bool:
+        if self._state in (_CLOSED, _FAILED):
+            return False
+        # While closing, reconnecting goes on so that close() can flush; close() bounds it.
+        # After a reconnect the broker may not yet have noticed that our old stream is gone,
+        # and refuses our own name as busy: that clears up, so it is retried.
+        return error.retriable or (self._opened.done() and isinstance(error, ProducerBusy))
+
+    def _retry_deadline_s(self, down_since: float) -> float | None:
+        """Reconnecting goes on while a pending message may still make its send timeout,
+        and for at least ``send_timeout_millis`` after the stream went down. The first
+        open is bounded by ``create_producer``'s operation timeout instead."""
+        if not self._opened.done() or not self._send_timeout_s:
+            return None
+        deadline_s = down_since + self._send_timeout_s
+        if self._pending:
+            deadline_s = max(deadline_s, self._pending[-1].deadline)
+        return deadline_s
 
     def _on_opened(
         self,
@@ -683,10 +743,11 @@ class AsyncProducer:
                     request = unsent.popleft().request
                     size += len(request.payload)
                     batches.append(request)
-                await call.write(
+                await write_request(
+                    call,
                     messaging_pb2.ProduceRequest(
                         publish=messaging_pb2.PublishBatches(batches=batches)
-                    )
+                    ),
                 )
 
     async def _read_loop(

@@ -169,6 +169,16 @@ class Client:
         )
         return Consumer(self._io, consumer, max(1, min(1000, receiver_queue_size // 2)))
 
+    def get_topic_partitions(self, topic: str) -> list[str]:
+        """The partitions of ``topic``, or ``[topic]``; see ``AsyncClient.get_topic_partitions``."""
+        self._check_open()
+        return self._io.run(self._client.get_topic_partitions(topic))
+
+    def lookup_topic(self, topic: str) -> str:
+        """The ``host:port`` serving ``topic``; see ``AsyncClient.lookup_topic``."""
+        self._check_open()
+        return self._io.run(self._client.lookup_topic(topic))
+
     def close(self) -> None:
         """Close every producer and consumer, the channel, and the I/O thread. Idempotent."""
         if self._closed:
