@@ -12,7 +12,7 @@ GEN_STAMP := strata/v1/.generated
 DATA_DIR ?= ./data/standalone
 PYTEST_ARGS ?=
 
-.PHONY: install proto run test test-unit test-integration test-faults lint fmt bench bench-cluster clean
+.PHONY: install proto run test test-unit test-integration test-faults lint fmt bench bench-cluster bench-offload clean
 
 install: $(STAMP) $(GEN_STAMP)
 
@@ -61,6 +61,9 @@ bench: install
 
 bench-cluster: install
 	$(PY) -m tests.bench.run_bench --deployments standalone,cluster
+
+bench-offload: install
+	$(PY) -m tests.bench.run_offload_bench
 
 clean:
 	rm -rf $(VENV) data build *.egg-info

@@ -14,6 +14,12 @@ Lifecycle::
     trim(): delete ledgers that every cursor has passed (after the list no longer names them)
     close() / delete()
 
+Offloaded ledgers (``broker.offload``, ``tiered``): each ledger's offload state lives in the
+ledger list beside it (``LedgerInfo.offload``) and changes by the same compare-and-set. Once
+its bookie copy is deleted (BOOKIE_DELETED), reads of a ledger go to the object store through
+an ``OffloadedLedger`` reader, transparently: same positions, same bytes. Trimming skips a
+ledger while it is being offloaded and deletes the objects of the ledgers it removes.
+
 Architecture invariant: at most one ledger of a managed ledger is open for writing, and it is
 the last one in the list; a ledger is in the list before its first entry is written.
 """
@@ -25,9 +31,9 @@ import json
 import logging
 import time
 from collections import OrderedDict
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from bookie.errors import BookieError
 from bookie.ledgers import (
@@ -39,9 +45,14 @@ from bookie.ledgers import (
     LedgerMetadataConflictError,
     LedgerReader,
 )
-from broker.errors import ServiceUnavailableError, TopicFencedError
+from broker.errors import CorruptDataError, ServiceUnavailableError, TopicFencedError
 from strata.metadata import BadVersionError
 from strata.v1 import messaging_pb2
+from tiered import OffloadContext, OffloadedLedger, Offloader, TieredError
+from tiered.format import OffloadKeys
+
+if TYPE_CHECKING:
+    from broker.offload import ManagedLedgerOffloader
 
 log = logging.getLogger(__name__)
 
@@ -50,6 +61,10 @@ MANAGED_LEDGERS_PREFIX = "/managed-ledgers/"
 # A write that failed is resubmitted to a new ledger at most this many times.
 MAX_ADD_ATTEMPTS = 3
 READ_MAX_BYTES = 4 * 1024 * 1024
+# Readers of offloaded ledgers kept open per managed ledger (each holds its index in memory).
+MAX_OPEN_OFFLOADED_LEDGERS = 8
+# How often a metadata write waits for a rollover in progress before it goes ahead.
+MAX_ROLLOVER_WAITS = 100
 
 
 @dataclass(frozen=True, slots=True)
@@ -68,6 +83,29 @@ class LedgerInfo:
     entries: int = 0
     size_bytes: int = 0
     timestamp_ms: int = 0
+    offload: OffloadContext | None = None  # tiered storage state (``tiered.state``)
+
+    @classmethod
+    def from_dict(cls, body: dict[str, Any]) -> LedgerInfo:
+        offload = body.get("offload")
+        return cls(
+            ledger_id=int(body["ledger_id"]),
+            entries=int(body.get("entries", 0)),
+            size_bytes=int(body.get("size_bytes", 0)),
+            timestamp_ms=int(body.get("timestamp_ms", 0)),
+            offload=OffloadContext.from_dict(offload) if offload else None,
+        )
+
+    def to_dict(self) -> dict[str, Any]:
+        body: dict[str, Any] = {
+            "ledger_id": self.ledger_id,
+            "entries": self.entries,
+            "size_bytes": self.size_bytes,
+            "timestamp_ms": self.timestamp_ms,
+        }
+        if self.offload is not None:
+            body["offload"] = self.offload.to_dict()
+        return body
 
 
 @dataclass(frozen=True, slots=True)
@@ -151,6 +189,7 @@ class ManagedLedger:
         cache: EntryCache,
         *,
         quorums: Callable[[], Awaitable[tuple[int, int, int]]] | None = None,
+        offloader: Offloader | None = None,
     ) -> None:
         self.name = name  # tenant/namespace/persistent/topic
         # E/Qw/Qa for each new ledger, read at creation (a namespace policy can change them);
@@ -175,10 +214,31 @@ class ManagedLedger:
         self.last_confirmed: Position = (-1, -1)
         self.entries_added = 0
         self.on_new_entries: Callable[[], None] = lambda: None
+        # Tiered storage: the object store (None: offloading is off), the per-topic offload
+        # task's owner (set by ``broker.offload``), the ledgers being offloaded right now
+        # (trimming skips them) and open readers of offloaded ledgers.
+        self.offloader = offloader
+        self.offload: ManagedLedgerOffloader | None = None
+        self.offloading: set[int] = set()
+        self._offloaded: OrderedDict[int, OffloadedLedger] = OrderedDict()
+        self.on_ledger_closed: Callable[[], None] = lambda: None
+        # Run first by close(): owners of background work tied to this managed ledger.
+        self.on_close: list[Callable[[], Awaitable[None]]] = []
+        # Every write of the ledger list goes through this lock, so two writers (a rollover
+        # and an offload state change) never race with the same expected version.
+        self._info_lock = asyncio.Lock()
 
     @property
     def key(self) -> str:
         return MANAGED_LEDGERS_PREFIX + self.name
+
+    @property
+    def manager(self) -> LedgerManager:
+        return self._manager
+
+    @property
+    def is_fenced(self) -> bool:
+        return self._fenced is not None
 
     # ---- open / metadata ---------------------------------------------------------------
 
@@ -186,7 +246,7 @@ class ManagedLedger:
         record = await self._store.get(self.key)
         if record is not None:
             body = json.loads(record.value)
-            self.ledgers = [LedgerInfo(**info) for info in body["ledgers"]]
+            self.ledgers = [LedgerInfo.from_dict(info) for info in body["ledgers"]]
             self._info_version = record.version
         else:
             record = await self._store.put(self.key, self._info_json(), expected_version=0)
@@ -210,20 +270,15 @@ class ManagedLedger:
             break
 
     def _info_json(self) -> bytes:
-        body: dict[str, Any] = {
-            "ledgers": [
-                {
-                    "ledger_id": i.ledger_id,
-                    "entries": i.entries,
-                    "size_bytes": i.size_bytes,
-                    "timestamp_ms": i.timestamp_ms,
-                }
-                for i in self.ledgers
-            ]
-        }
+        body: dict[str, Any] = {"ledgers": [i.to_dict() for i in self.ledgers]}
         return json.dumps(body).encode()
 
     async def _store_info(self) -> None:
+        async with self._info_lock:
+            await self._put_info()
+
+    async def _put_info(self) -> None:
+        assert self._info_lock.locked()
         try:
             record = await self._store.put(
                 self.key, self._info_json(), expected_version=self._info_version
@@ -232,6 +287,44 @@ class ManagedLedger:
             self._fence(TopicFencedError(f"managed ledger {self.name} changed by another owner"))
             raise self._fenced from exc  # type: ignore[misc]
         self._info_version = record.version
+
+    async def update_ledger_offloads(
+        self, changes: Mapping[int, OffloadContext | None]
+    ) -> set[int]:
+        """Record ledgers' offload states by compare-and-set of the ledger list; returns the
+        ids recorded (a ledger no longer in the list is skipped). The list is stored even when
+        nothing changes: success then proves this broker still owns it."""
+        for _ in range(MAX_ROLLOVER_WAITS):
+            rolling = self._rolling
+            if rolling is None:
+                break
+            await asyncio.wait([rolling])
+        async with self._info_lock:
+            previous: dict[int, OffloadContext | None] = {}
+            for ledger_id, context in changes.items():
+                info = self._info(ledger_id)
+                if info is not None:
+                    previous[ledger_id] = info.offload
+                    info.offload = context
+            try:
+                await self._put_info()
+            except BaseException:
+                for ledger_id, context in previous.items():
+                    info = self._info(ledger_id)
+                    if info is not None:
+                        info.offload = context
+                raise
+        return set(previous)
+
+    def ledger_info(self, ledger_id: int) -> LedgerInfo | None:
+        return self._info(ledger_id)
+
+    async def delete_bookie_copy(self, ledger_id: int) -> None:
+        """Delete the bookie copy of a ledger recorded BOOKIE_DELETED (reads now go to the
+        object store). A failure leaks bookie space; the offload sweep retries it."""
+        info = self._info(ledger_id)
+        assert info is not None and info.offload is not None and info.offload.bookie_deleted
+        await self._delete_ledger_quietly(ledger_id)
 
     def _fence(self, exc: BaseException) -> None:
         if self._fenced is None:
@@ -364,6 +457,8 @@ class ManagedLedger:
                 await self._store_info()
                 await self._delete_ledger_quietly(empty.ledger_id)
             await self._create_ledger()
+            if old is not None:
+                self.on_ledger_closed()
         except BaseException as exc:
             pending = self._resubmit + self._queue
             self._resubmit = []
@@ -384,7 +479,12 @@ class ManagedLedger:
         pending = self._resubmit + self._queue
         self._resubmit = []
         self._queue = []
-        for op in pending:
+        for index, op in enumerate(pending):
+            if self._rolling is not None:
+                # The new ledger is full already: the rest waits for the next one, in order
+                # (a ledger never takes more than its maximum however many adds queued up).
+                self._queue = pending[index:]
+                break
             self._issue(op)
 
     def maybe_rollover_by_time(self) -> None:
@@ -496,8 +596,17 @@ class ManagedLedger:
                 size += len(cached.data)
                 next_id += 1
                 continue
-            reader = LedgerReader(self._manager, await self._metadata(ledger_id))
-            stored = await reader.read(next_id, last)
+            if info.offload is not None and info.offload.bookie_deleted:
+                offloaded = await self._offloaded_ledger(info)
+                stored = await offloaded.read(next_id, last, max_bytes - size)
+            else:
+                try:
+                    reader = LedgerReader(self._manager, await self._metadata(ledger_id))
+                    stored = await reader.read(next_id, last)
+                except (BookieError, LedgerClientError, ServiceUnavailableError):
+                    if info.offload is not None and info.offload.bookie_deleted:
+                        continue  # deleted from the bookies meanwhile: read the offloaded copy
+                    raise
             for item in stored:
                 entry = Entry(ledger_id, item.entry_id, item.payload, num_messages_of(item.payload))
                 result.append(entry)
@@ -506,6 +615,63 @@ class ManagedLedger:
                 if size >= max_bytes:
                     break
         return result
+
+    async def _offloaded_ledger(self, info: LedgerInfo) -> OffloadedLedger:
+        """The open reader of an offloaded ledger (opened on first use, a few kept open)."""
+        context = info.offload
+        assert context is not None
+        reader = self._offloaded.get(info.ledger_id)
+        if reader is not None:
+            self._offloaded.move_to_end(info.ledger_id)
+            return reader
+        offloader = self.offloader
+        if offloader is None:
+            raise ServiceUnavailableError(
+                f"ledger {info.ledger_id} of {self.name} is offloaded ({context.driver}) and "
+                "this broker has no offloader configured (--offload-driver)"
+            )
+        if context.driver != offloader.driver or context.location != offloader.location:
+            raise ServiceUnavailableError(
+                f"ledger {info.ledger_id} of {self.name} is offloaded to {context.driver} "
+                f"{context.location}; this broker offloads to {offloader.driver} "
+                f"{offloader.location}"
+            )
+        reader = await offloader.open_ledger(
+            context.data_key, context.index_key, context.index_crc32c
+        )
+        if reader.last_entry_id != info.entries - 1:
+            await reader.close()
+            raise CorruptDataError(
+                f"offloaded ledger {info.ledger_id} of {self.name} ends at entry "
+                f"{reader.last_entry_id}; the ledger list says {info.entries - 1}"
+            )
+        if info.ledger_id in self._offloaded:  # opened concurrently: keep the first
+            await reader.close()
+            return self._offloaded[info.ledger_id]
+        self._offloaded[info.ledger_id] = reader
+        while len(self._offloaded) > MAX_OPEN_OFFLOADED_LEDGERS:
+            _, evicted = self._offloaded.popitem(last=False)
+            await evicted.close()
+        return reader
+
+    async def _close_offloaded(self, ledger_id: int) -> None:
+        reader = self._offloaded.pop(ledger_id, None)
+        if reader is not None:
+            await reader.close()
+
+    async def _delete_offloaded_quietly(self, info: LedgerInfo) -> None:
+        """Delete the objects of a ledger that left the list (any offload state)."""
+        await self._close_offloaded(info.ledger_id)
+        context = info.offload
+        if context is None or self.offloader is None or not context.data_key:
+            return
+        try:
+            await self.offloader.delete(OffloadKeys(context.data_key, context.index_key))
+        except (TieredError, ValueError) as exc:
+            # Out of the list already: a leak of object storage the sweep may clean up.
+            log.warning(
+                "could not delete offloaded ledger %d of %s: %s", info.ledger_id, self.name, exc
+            )
 
     # ---- trimming and shutdown -----------------------------------------------------------
 
@@ -519,6 +685,8 @@ class ManagedLedger:
             return 0
         doomed: list[LedgerInfo] = []
         for info in self.ledgers[:-1]:
+            if info.ledger_id in self.offloading:
+                break  # never delete a ledger mid-offload (Pulsar #13219)
             if slowest_mark_delete is not None and not (
                 info.ledger_id < slowest_mark_delete[0]
                 or (
@@ -540,10 +708,18 @@ class ManagedLedger:
             raise
         for info in doomed:
             await self._delete_ledger_quietly(info.ledger_id)
+            await self._delete_offloaded_quietly(info)
         return len(doomed)
 
     async def close(self) -> None:
         self._closed = True
+        for close_hook in self.on_close:
+            try:
+                await close_hook()
+            except Exception as exc:
+                log.warning("closing background work of %s: %s", self.name, exc)
+        for ledger_id in list(self._offloaded):
+            await self._close_offloaded(ledger_id)
         if self._rolling is not None:
             await asyncio.gather(self._rolling, return_exceptions=True)
         if self._current is not None and not self._current.failed:
@@ -561,5 +737,6 @@ class ManagedLedger:
         await self.close()
         for info in self.ledgers:
             await self._delete_ledger_quietly(info.ledger_id)
+            await self._delete_offloaded_quietly(info)
         self.ledgers = []
         await self._store.delete(self.key)

@@ -23,8 +23,10 @@ def server_options(max_message_size_bytes: int) -> list[tuple[str, int]]:
         ("grpc.max_receive_message_length", limit),
         ("grpc.max_send_message_length", limit + MIB),
         ("grpc.max_concurrent_streams", MAX_CONCURRENT_STREAMS),
-        # Clients keep consume streams alive with 30 s pings; permit them.
-        ("grpc.http2.min_ping_interval_without_data_ms", 10_000),
+        # Clients ping open connections (every 30 s by default, as often as every 1 s with
+        # keep_alive_interval_seconds) to notice a dead or paused broker; permit that.
+        ("grpc.http2.min_ping_interval_without_data_ms", 1_000),
+        ("grpc.http2.max_ping_strikes", 0),
         ("grpc.keepalive_permit_without_calls", 1),
         ("grpc.so_reuseport", 0),
     ]

@@ -24,6 +24,7 @@ from broker.config import BrokerConfig, add_config_options, config_from_args
 from broker.server import start_broker_server
 from broker.service import BrokerService
 from strata.metadata import open_metadata_store
+from tiered import create_offloader
 
 log = logging.getLogger("strata.standalone")
 
@@ -46,7 +47,10 @@ async def run_standalone(config: BrokerConfig, stop: asyncio.Event) -> None:
     )
     local = LocalBookieClient(bookie)
     ledgers = LedgerManager(store, lambda: [local.address], lambda _address: local)
-    broker = BrokerService(config, store, ledgers)
+    # Tiered storage: the filesystem driver defaults to <data-dir>/offload.
+    offload_config = config.offload_config(default_directory=data_dir / "offload")
+    offloader = create_offloader(offload_config) if offload_config is not None else None
+    broker = BrokerService(config, store, ledgers, offloader=offloader)
     server = None
     try:
         await broker.initialize_defaults()
@@ -73,6 +77,8 @@ async def run_standalone(config: BrokerConfig, stop: asyncio.Event) -> None:
         if server is not None:
             await server.stop(SHUTDOWN_GRACE_SECONDS)
         await broker.close()
+        if offloader is not None:
+            await offloader.close()
         await local.close()
         await bookie.close()
         await store.close()
@@ -93,6 +99,7 @@ def main(argv: list[str]) -> int:
     args = parser.parse_args(argv)
     try:
         config = config_from_args(args)
+        config.offload_config(default_directory=config.data_dir / "offload")  # validate
     except ValueError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

@@ -18,6 +18,7 @@ from collections.abc import Iterator
 import pytest
 
 from tests.etcd_server import EtcdNotFoundError, EtcdServer, find_etcd_binary
+from tests.moto_server import MotoServer
 
 
 @pytest.fixture(scope="session")
@@ -36,3 +37,11 @@ def etcd_url(etcd_server: EtcdServer) -> str:
     """``etcd://127.0.0.1:PORT/tests/<unique>``: an empty store on the shared server."""
     etcd_server.ensure_running()
     return f"{etcd_server.url}/tests/{uuid.uuid4().hex}"
+
+
+@pytest.fixture
+def moto_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[MotoServer]:
+    """moto's S3 server as its own process on a free loopback port, for one test (it is
+    ready in about half a second, and a test may pause or stop it)."""
+    with MotoServer(tmp_path_factory.mktemp("moto") / "moto.log") as server:
+        yield server

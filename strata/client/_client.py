@@ -30,6 +30,9 @@ from strata.client._partitioned import PartitionedProducer
 from strata.client._producer import AsyncProducer, TopicProducer
 from strata.naming import InvalidNameError, TopicName
 
+# gRPC pings an open connection at most this often; brokers permit it.
+MIN_KEEP_ALIVE_INTERVAL_S = 1
+
 
 def _check_topic(topic: str) -> TopicName:
     try:
@@ -45,7 +48,9 @@ class AsyncClient:
     with ``grpc://`` or ``pulsar://`` in front (default ``localhost:6650``). Lookups ask
     them in turn (the next one when a broker cannot be reached); any broker of a cluster
     tells where a topic is served. ``operation_timeout_seconds`` bounds creating producers
-    and consumers, lookups, ack receipts and closing.
+    and consumers, lookups, ack receipts and closing. ``keep_alive_interval_seconds`` is how
+    often open connections are pinged (pulsar-client's name and default): a broker that
+    stops answering (paused, cut off) is left within about that time plus 10 s.
 
     Lifecycle: ``create_producer``/``subscribe`` as often as needed, then ``close``, which
     closes every producer (flushing it) and consumer still open, then the channel. Also an
@@ -56,9 +61,15 @@ class AsyncClient:
         self,
         service_url: str = DEFAULT_SERVICE_URL,
         operation_timeout_seconds: float = 30,
+        keep_alive_interval_seconds: float = 30,
     ) -> None:
         if operation_timeout_seconds <= 0:
             raise InvalidArgument("operation_timeout_seconds must be positive")
+        if not MIN_KEEP_ALIVE_INTERVAL_S <= keep_alive_interval_seconds <= 3600:
+            raise InvalidArgument(
+                f"keep_alive_interval_seconds must be within {MIN_KEEP_ALIVE_INTERVAL_S}..3600"
+            )
+        self._keepalive_time_ms = int(keep_alive_interval_seconds * 1000)
         self._targets = parse_service_urls(service_url)
         self._operation_timeout_s = float(operation_timeout_seconds)
         self._pool: ConnectionPool | None = None
@@ -80,7 +91,9 @@ class AsyncClient:
         if self._closed:
             raise AlreadyClosed("the client was closed")
         if self._pool is None:
-            self._pool = ConnectionPool(self._targets, self._operation_timeout_s)
+            self._pool = ConnectionPool(
+                self._targets, self._operation_timeout_s, keepalive_time_ms=self._keepalive_time_ms
+            )
         return self._pool
 
     async def _partitions_of(self, name: TopicName) -> int:

@@ -131,12 +131,18 @@ def parse_service_urls(service_url: str) -> tuple[str, ...]:
     return tuple(targets)
 
 
-def channel_options() -> list[tuple[str, Any]]:
+def channel_options(keepalive_time_ms: int = KEEPALIVE_TIME_MS) -> list[tuple[str, Any]]:
+    """Options of every channel; ``keepalive_time_ms`` is how often an open connection is
+    pinged: a broker that does not answer within min(that, 10 s) counts as gone (a paused
+    or cut-off broker is noticed only this way)."""
     return [
         ("grpc.max_send_message_length", MAX_GRPC_MESSAGE_BYTES),
         ("grpc.max_receive_message_length", MAX_GRPC_MESSAGE_BYTES),
-        ("grpc.keepalive_time_ms", KEEPALIVE_TIME_MS),
-        ("grpc.keepalive_timeout_ms", KEEPALIVE_TIMEOUT_MS),
+        ("grpc.keepalive_time_ms", keepalive_time_ms),
+        ("grpc.keepalive_timeout_ms", min(KEEPALIVE_TIMEOUT_MS, keepalive_time_ms)),
+        # gRPC core waits for a ping's answer this long, whatever keepalive_timeout_ms says
+        # (default 60 s): without it a paused broker is noticed only after a minute.
+        ("grpc.http2.ping_timeout_ms", min(KEEPALIVE_TIMEOUT_MS, keepalive_time_ms)),
         ("grpc.keepalive_permit_without_calls", 0),
         ("grpc.http2.max_pings_without_data", 0),
         ("grpc.initial_reconnect_backoff_ms", CHANNEL_INITIAL_RECONNECT_BACKOFF_MS),
@@ -156,9 +162,11 @@ class BrokerChannel:
 
     __slots__ = ("address", "channel", "messaging", "users")
 
-    def __init__(self, address: str) -> None:
+    def __init__(self, address: str, keepalive_time_ms: int = KEEPALIVE_TIME_MS) -> None:
         self.address = address
-        self.channel = grpc.aio.insecure_channel(address, options=channel_options())
+        self.channel = grpc.aio.insecure_channel(
+            address, options=channel_options(keepalive_time_ms)
+        )
         self.messaging = messaging_pb2_grpc.MessagingServiceStub(self.channel)
         self.users = 0
 
@@ -179,11 +187,13 @@ class ConnectionPool:
         service_targets: tuple[str, ...],
         operation_timeout_s: float,
         max_broker_channels: int = MAX_BROKER_CHANNELS,
+        keepalive_time_ms: int = KEEPALIVE_TIME_MS,
     ) -> None:
         assert service_targets, "a service URL names at least one broker"
         assert max_broker_channels >= 1
         self.service_targets = service_targets
         self.operation_timeout_s = operation_timeout_s
+        self._keepalive_time_ms = keepalive_time_ms
         self._max_broker_channels = max_broker_channels
         # Insertion order is recency: a channel moves to the end when acquired.
         self._channels: dict[str, BrokerChannel] = {}
@@ -202,7 +212,7 @@ class ConnectionPool:
         broker = self._channels.pop(address, None)
         if broker is None:
             await self._make_room()
-            broker = BrokerChannel(address)
+            broker = BrokerChannel(address, self._keepalive_time_ms)
         self._channels[address] = broker
         broker.users += 1
         return broker

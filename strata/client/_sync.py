@@ -105,9 +105,12 @@ class Client:
         self,
         service_url: str = DEFAULT_SERVICE_URL,
         operation_timeout_seconds: float = 30,
+        keep_alive_interval_seconds: float = 30,
     ) -> None:
         # Validates the URL in the caller's thread, before any thread starts.
-        self._client = AsyncClient(service_url, operation_timeout_seconds)
+        self._client = AsyncClient(
+            service_url, operation_timeout_seconds, keep_alive_interval_seconds
+        )
         self._io = _LoopThread()
         self._closed = False
 

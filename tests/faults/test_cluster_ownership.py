@@ -102,7 +102,9 @@ class Workload:
         self.stop = asyncio.Event()
 
     async def produce(self) -> None:
-        client = strata.AsyncClient(self.service_url, operation_timeout_seconds=60)
+        client = strata.AsyncClient(
+            self.service_url, operation_timeout_seconds=60, keep_alive_interval_seconds=2
+        )
         producer = await client.create_producer(
             TOPIC, send_timeout_millis=120_000, max_pending_messages=MAX_PENDING
         )
@@ -130,7 +132,9 @@ class Workload:
             await client.close()
 
     async def consume(self, until_idle: asyncio.Event) -> None:
-        client = strata.AsyncClient(self.service_url, operation_timeout_seconds=60)
+        client = strata.AsyncClient(
+            self.service_url, operation_timeout_seconds=60, keep_alive_interval_seconds=2
+        )
         try:
             consumer = await client.subscribe(
                 TOPIC,
