@@ -28,6 +28,7 @@ pytestmark = [pytest.mark.integration, pytest.mark.fault]
 RECEIPTS_BEFORE_KILL = 10_000
 MAX_MESSAGES = 100_000
 MAX_PENDING = 2_000
+SENDS_AFTER_KILL = 1_000
 RECEIVE_TIMEOUT_MS = 5_000
 TOPIC = "persistent://public/default/broker-crash"
 
@@ -60,12 +61,14 @@ async def produce_until_killed(cluster: Cluster, receipted: dict[int, strata.Mes
 
         return callback
 
-    killed = False
+    killed_at: int | None = None
     try:
         for index in range(MAX_MESSAGES):
-            if not killed and len(receipted) >= RECEIPTS_BEFORE_KILL:
+            if killed_at is None and len(receipted) >= RECEIPTS_BEFORE_KILL:
                 cluster.kill_broker()  # while batches are in flight
-                killed = True
+                killed_at = index
+            if killed_at is not None and index - killed_at >= SENDS_AFTER_KILL:
+                break  # the rest wait for the broker, then time out: never receipted
             while producer.pending_messages >= MAX_PENDING:
                 try:
                     await asyncio.wait_for(producer.wait_for_space(), 5)
