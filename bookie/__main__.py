@@ -12,9 +12,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
 import logging
-import signal
 import socket
 import sys
 from pathlib import Path
@@ -31,14 +29,14 @@ from bookie.registry import (
 )
 from bookie.server import start_bookie_server
 from bookie.storage import Bookie, BookieStorageConfig
-from strata.metadata import MetadataError, open_metadata_store
+from strata.metadata import open_metadata_store
 from strata.metadata.registration import RegistrationConflictError
 from strata.options import add_option, parse_bool
+from strata.process import run_server
 
 log = logging.getLogger("strata.bookie")
 
 SHUTDOWN_GRACE_SECONDS = 5.0
-EXIT_CONFIG_ERROR = 2
 EXIT_IDENTITY_ERROR = 3
 
 
@@ -155,24 +153,7 @@ def main(argv: list[str]) -> int:
         if not getattr(args, name):
             parser.error(f"--{name.replace('_', '-')} is required")
     args.data_dir = Path(args.data_dir).resolve()
-    logging.basicConfig(
-        level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
-    )
-
-    async def run() -> int:
-        stop = asyncio.Event()
-        loop = asyncio.get_running_loop()
-        for signum in (signal.SIGINT, signal.SIGTERM):
-            loop.add_signal_handler(signum, stop.set)
-        return await run_bookie(args, stop)
-
-    try:
-        with contextlib.suppress(KeyboardInterrupt):
-            return asyncio.run(run())
-    except (OSError, ValueError, MetadataError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return EXIT_CONFIG_ERROR if isinstance(exc, ValueError) else 1
-    return 0
+    return run_server(lambda stop: run_bookie(args, stop))
 
 
 if __name__ == "__main__":

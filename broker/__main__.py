@@ -11,10 +11,8 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
 import json
 import logging
-import signal
 import sys
 
 from prometheus_client import start_http_server
@@ -30,8 +28,9 @@ from broker.ownership import (
 )
 from broker.server import start_broker_server
 from broker.service import BrokerService
-from strata.metadata import MetadataError, open_metadata_store
+from strata.metadata import open_metadata_store
 from strata.metadata.registration import EphemeralRegistration
+from strata.process import run_server
 from tiered import Offloader, create_offloader
 
 log = logging.getLogger("strata.broker")
@@ -132,24 +131,7 @@ def main(argv: list[str]) -> int:
     except ValueError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    logging.basicConfig(
-        level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
-    )
-
-    async def run() -> None:
-        stop = asyncio.Event()
-        loop = asyncio.get_running_loop()
-        for signum in (signal.SIGINT, signal.SIGTERM):
-            loop.add_signal_handler(signum, stop.set)
-        await run_broker(config, stop)
-
-    try:
-        with contextlib.suppress(KeyboardInterrupt):
-            asyncio.run(run())
-    except (OSError, MetadataError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 1
-    return 0
+    return run_server(lambda stop: run_broker(config, stop))
 
 
 if __name__ == "__main__":

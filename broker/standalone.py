@@ -9,9 +9,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
 import logging
-import signal
 import sys
 
 from prometheus_client import start_http_server
@@ -24,6 +22,7 @@ from broker.config import BrokerConfig, add_config_options, config_from_args
 from broker.server import start_broker_server
 from broker.service import BrokerService
 from strata.metadata import open_metadata_store
+from strata.process import run_server
 from tiered import create_offloader
 
 log = logging.getLogger("strata.standalone")
@@ -103,21 +102,4 @@ def main(argv: list[str]) -> int:
     except ValueError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    logging.basicConfig(
-        level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
-    )
-
-    async def run() -> None:
-        stop = asyncio.Event()
-        loop = asyncio.get_running_loop()
-        for signum in (signal.SIGINT, signal.SIGTERM):
-            loop.add_signal_handler(signum, stop.set)
-        await run_standalone(config, stop)
-
-    try:
-        with contextlib.suppress(KeyboardInterrupt):
-            asyncio.run(run())
-    except OSError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 1
-    return 0
+    return run_server(lambda stop: run_standalone(config, stop))

@@ -15,14 +15,13 @@ sync wrapper's semaphore does.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 from collections import deque
 from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any
 
 from strata.client._errors import AlreadyClosed, InvalidArgument, ProducerQueueIsFull
 from strata.client._message import MessageId
-from strata.client._producer import AsyncProducer, SendCallback, TopicProducer
+from strata.client._producer import AsyncProducer, SendCallback, TopicProducer, wait_for_room
 from strata.client._routing import RoundRobinRouter, partition_for_key
 from strata.naming import TopicName
 
@@ -147,16 +146,11 @@ class PartitionedProducer(AsyncProducer):
         self._pending_messages += 1
 
     async def wait_for_space(self) -> None:
-        while self._pending_messages >= self._max_pending_messages:
-            self._check_usable()
-            waiter: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-            self._space_waiters.append(waiter)
-            try:
-                await waiter
-            finally:
-                with contextlib.suppress(ValueError):
-                    self._space_waiters.remove(waiter)
-        self._check_usable()
+        await wait_for_room(
+            lambda: self._pending_messages < self._max_pending_messages,
+            self._space_waiters,
+            self._check_usable,
+        )
 
     async def flush(self) -> None:
         results = await asyncio.gather(

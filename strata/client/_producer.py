@@ -128,6 +128,25 @@ class _PendingBatch:
         self.completion: asyncio.Future[StrataException | None] | None = None
 
 
+async def wait_for_room(
+    has_room: Callable[[], bool],
+    waiters: deque[asyncio.Future[None]],
+    check_usable: Callable[[], None],
+) -> None:
+    """Wait until ``has_room()``; each wake-up of a future in ``waiters`` re-checks, and
+    ``check_usable`` raises once the producer has failed or closed."""
+    while not has_room():
+        check_usable()
+        waiter: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        waiters.append(waiter)
+        try:
+            await waiter
+        finally:
+            with contextlib.suppress(ValueError):
+                waiters.remove(waiter)
+    check_usable()
+
+
 class AsyncProducer(abc.ABC):
     """Publishes messages to one topic. Made by ``AsyncClient.create_producer``.
 
@@ -358,16 +377,11 @@ class TopicProducer(AsyncProducer):
         self._enqueue(content, metadata, callback)
 
     async def wait_for_space(self) -> None:
-        while self._pending_messages >= self._max_pending_messages:
-            self._check_usable()
-            waiter: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-            self._space_waiters.append(waiter)
-            try:
-                await waiter
-            finally:
-                with contextlib.suppress(ValueError):
-                    self._space_waiters.remove(waiter)
-        self._check_usable()
+        await wait_for_room(
+            lambda: self._pending_messages < self._max_pending_messages,
+            self._space_waiters,
+            self._check_usable,
+        )
 
     async def flush(self) -> None:
         if self._state == _FAILED:

@@ -22,7 +22,7 @@ import strata
 from bookie.grpc_client import GrpcBookieClient
 from bookie.ledger.metadata import ledger_fragments, slot_stores_entry
 from bookie.ledgers import LedgerMetadata, ledger_key
-from strata.metadata import MetadataStore, open_metadata_store
+from strata.metadata import MetadataStore
 from strata.v1 import admin_pb2, admin_pb2_grpc
 from tests.cluster import Cluster
 
@@ -61,15 +61,6 @@ async def cluster(tmp_path: Path) -> AsyncIterator[Cluster]:
                 )
             )
         yield running
-
-
-@pytest.fixture
-async def store(cluster: Cluster) -> AsyncIterator[MetadataStore]:
-    opened = await open_metadata_store(cluster.metadata_url)
-    try:
-        yield opened
-    finally:
-        await opened.close()
 
 
 async def ledger_ids(store: MetadataStore, topic: str) -> list[int]:

@@ -6,7 +6,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -20,7 +20,7 @@ from bookie.ledgers import (
     ledger_key,
 )
 from bookie.registry import BookieClientPool, BookieRegistry
-from strata.metadata import MetadataStore, open_metadata_store
+from strata.metadata import MetadataStore
 from tests.cluster import Cluster
 
 pytestmark = [pytest.mark.integration, pytest.mark.fault]
@@ -37,15 +37,6 @@ TOPIC = "persistent://public/default/broker-crash"
 def cluster(tmp_path: Path) -> Iterator[Cluster]:
     with Cluster(tmp_path, bookies=3, brokers=1, bookie_args=["--journal-fsync", "false"]) as c:
         yield c
-
-
-@pytest.fixture
-async def store(cluster: Cluster) -> AsyncIterator[MetadataStore]:
-    opened = await open_metadata_store(cluster.metadata_url)
-    try:
-        yield opened
-    finally:
-        await opened.close()
 
 
 async def produce_until_killed(cluster: Cluster, receipted: dict[int, strata.MessageId]) -> None:
