@@ -214,6 +214,8 @@ class ManagedLedger:
         self.last_confirmed: Position = (-1, -1)
         self.entries_added = 0
         self.on_new_entries: Callable[[], None] = lambda: None
+        # Called once when another owner took the ledger over (a compare-and-set failed).
+        self.on_fenced: Callable[[], None] = lambda: None
         # Tiered storage: the object store (None: offloading is off), the per-topic offload
         # task's owner (set by ``broker.offload``), the ledgers being offloaded right now
         # (trimming skips them) and open readers of offloaded ledgers.
@@ -330,6 +332,7 @@ class ManagedLedger:
         if self._fenced is None:
             self._fenced = exc
             log.warning("managed ledger %s fenced: %s", self.name, exc)
+            self.on_fenced()
 
     async def _create_ledger(self) -> None:
         cfg = self.config

@@ -93,6 +93,8 @@ class BrokerService:
         self.topics: dict[str, Topic] = {}
         self._loading: dict[str, asyncio.Task[Topic]] = {}
         self._housekeeping: asyncio.Task[None] | None = None
+        # Unloads of topics another owner fenced; awaited by close.
+        self._unloads: set[asyncio.Task[None]] = set()
         # host:port clients dial; set by the process role once the server has its port.
         self.advertised_address = ""
         # Bundle ownership among several brokers; None: this broker serves every topic
@@ -388,6 +390,7 @@ class BrokerService:
             self.config.cursor_max_persisted_ranges,
         )
         await topic.load_subscriptions()
+        ledger.on_fenced = lambda: self._unload_fenced(topic)
         self.topics[str(name)] = topic
         log.info("loaded topic %s (%d ledgers)", name, len(ledger.ledgers))
         return topic
@@ -488,7 +491,23 @@ class BrokerService:
             await asyncio.sleep(self.config.housekeeping_interval_ms / 1000)
             await self.run_housekeeping_once()
 
+    def _unload_fenced(self, topic: Topic) -> None:
+        """Another broker took the topic over (its ledger list changed under us): stop serving
+        it at once; its clients look it up again."""
+        if self.topics.get(str(topic.name)) is not topic:
+            return
+
+        async def unload() -> None:
+            await self.close_topics(lambda name: name == topic.name)
+
+        task = asyncio.get_running_loop().create_task(unload(), name=f"unload {topic.name}")
+        self._unloads.add(task)
+        task.add_done_callback(self._unloads.discard)
+
     async def close(self) -> None:
+        for task in list(self._unloads):
+            with contextlib.suppress(Exception):
+                await task
         if self._housekeeping is not None:
             self._housekeeping.cancel()
             with contextlib.suppress(asyncio.CancelledError):

@@ -238,3 +238,33 @@ async def test_health_turns_not_serving_when_the_journal_fails(
         monkeypatch.undo()
         await served.stop(None)
         await bookie.close(checkpoint=False)
+
+
+async def test_not_serving_and_unavailable_until_the_bookie_is_attached(tmp_path: Path) -> None:
+    served = await start_bookie_server(None, "127.0.0.1", 0)
+    bookie = None
+    try:
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{served.port}") as channel:
+            health_stub = health_pb2_grpc.HealthStub(channel)
+            request = health_pb2.HealthCheckRequest(service=SERVICE_NAME)
+            not_serving = health_pb2.HealthCheckResponse.NOT_SERVING
+            assert (await health_stub.Check(request)).status == not_serving
+            client = GrpcBookieClient(f"127.0.0.1:{served.port}")
+            try:
+                with pytest.raises(BookieUnavailableError, match="replaying its journal"):
+                    await client.add_entry(1, 0, -1, b"x", KEY)
+                with pytest.raises(BookieUnavailableError, match="replaying its journal"):
+                    await client.read_entries(1, 0, 0)
+                # The journal replayed: the same server starts serving.
+                bookie = await Bookie.open(make_config(tmp_path))
+                await served.attach(bookie)
+                serving = health_pb2.HealthCheckResponse.SERVING
+                assert (await health_stub.Check(request)).status == serving
+                await client.add_entry(1, 0, -1, b"x", KEY)
+                assert [e.payload for e in await client.read_entries(1, 0, 0)] == [b"x"]
+            finally:
+                await client.close()
+    finally:
+        await served.stop(None)
+        if bookie is not None:
+            await bookie.close()
