@@ -10,7 +10,10 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextlib
+import json
 import statistics
+import subprocess
+import sys
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -262,3 +265,50 @@ async def test_stale_owner_acknowledges_nothing_and_gives_up(cluster: Cluster) -
                 await task
     workload.check()
     print(f"\nstale owner paused: next successful send after {took_over_s:.2f} s")
+
+
+def cli(cluster: Cluster, *args: str) -> str:
+    result = subprocess.run(
+        [sys.executable, "-m", "strata", *args, "--service-url", cluster.broker_address(0)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode == 0, result.stderr
+    return result.stdout
+
+
+async def test_admin_moves_bundles_and_clients_follow(cluster: Cluster) -> None:
+    brokers = [json.loads(line) for line in cli(cluster, "admin", "brokers", "list").splitlines()]
+    assert sorted(b["address"] for b in brokers) == sorted(b.address for b in cluster.brokers)
+    topic = "public/default/moved"
+    client = strata.AsyncClient(cluster.service_url, keep_alive_interval_seconds=2)
+    try:
+        producer = await client.create_producer(topic)
+        await producer.send(b"0")
+        owner = cli(cluster, "admin", "topics", "lookup", topic).strip()
+        bundles = dict(
+            line.split()
+            for line in cli(
+                cluster, "admin", "namespaces", "bundles", "public/default"
+            ).splitlines()
+        )
+        assert len(bundles) == 4 and owner in bundles.values()
+        # Unload the topic's bundle: the producer follows the bundle wherever it goes next.
+        bundle = next(name for name, holder in bundles.items() if holder == owner)
+        cli(cluster, "admin", "namespaces", "unload", "public/default", "--bundle", bundle)
+        await producer.send(b"1")
+        # Split it: two bundles where there was one, and the producer still sends.
+        after = cli(cluster, "admin", "namespaces", "split-bundle", "public/default", "-b", bundle)
+        assert len(after.splitlines()) == 5
+        await producer.send(b"2")
+        # A topic unload through a broker that does not serve it reaches the owner.
+        cli(cluster, "admin", "topics", "unload", topic)
+        await producer.send(b"3")
+        consumer = await client.subscribe(
+            topic, "s", initial_position=strata.InitialPosition.Earliest
+        )
+        got = [(await consumer.receive(timeout_millis=10_000)).data() for _ in range(4)]
+        assert got == [b"0", b"1", b"2", b"3"]
+    finally:
+        await client.close()
