@@ -303,6 +303,7 @@ class BrokerService:
 
     async def lookup(self, name: TopicName, authoritative: bool) -> tuple[bool, str, bool]:
         """Which broker serves ``name``: (redirect?, broker address, authoritative)."""
+        await self.check_namespace(name.namespace_name)
         if self.ownership is None:
             return False, self.advertised_address, False
         return await self.ownership.lookup(name, authoritative)

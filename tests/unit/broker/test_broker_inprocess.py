@@ -168,3 +168,16 @@ async def test_admin_tenants_namespaces_topics(env: Env) -> None:
     await env.admin.DeleteTenant(admin_pb2.DeleteTenantRequest(name="tenants/acme", force=True))
     tenants = await env.admin.ListTenants(admin_pb2.ListTenantsRequest())
     assert [t.name for t in tenants.tenants] == ["tenants/public"]
+
+
+async def test_lookup_in_single_broker_mode(env: Env) -> None:
+    env.broker.advertised_address = "127.0.0.1:6650"
+    found = await env.messaging.Lookup(messaging_pb2.LookupRequest(topic="t"))
+    assert found.result == messaging_pb2.LookupResponse.CONNECT
+    assert found.broker_address == "127.0.0.1:6650"
+    with pytest.raises(grpc.aio.AioRpcError) as info:
+        await env.messaging.Lookup(messaging_pb2.LookupRequest(topic="public/nope/t"))
+    assert info.value.code() == grpc.StatusCode.NOT_FOUND
+    with pytest.raises(grpc.aio.AioRpcError) as info:
+        await env.messaging.Lookup(messaging_pb2.LookupRequest(topic="a/b/c/d"))
+    assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
