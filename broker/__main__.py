@@ -58,6 +58,7 @@ async def run_broker(config: BrokerConfig, stop: asyncio.Event) -> None:
         if offload_config is not None:
             offloader = create_offloader(offload_config)
         broker = BrokerService(config, store, ledgers, offloader=offloader)
+        broker.joining = True  # until ownership is set up below
         await broker.initialize_defaults()
         await broker.start()
         server, port, _health = await start_broker_server(broker, config.host, config.port)
@@ -93,6 +94,7 @@ async def run_broker(config: BrokerConfig, stop: asyncio.Event) -> None:
         )
         await ownership.start()
         broker.ownership = ownership
+        broker.joining = False
         # Harnesses and scripts read this line to learn the ports picked for port 0.
         print(
             f"strata broker ready id={broker_id} port={port} metrics_port={metrics_port}",

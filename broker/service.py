@@ -100,6 +100,9 @@ class BrokerService:
         # Bundle ownership among several brokers; None: this broker serves every topic
         # (a standalone).
         self.ownership: BundleOwnership | None = None
+        # True while a cluster broker serves gRPC but has not joined bundle ownership yet:
+        # topics and lookups are refused (UNAVAILABLE) rather than served unowned.
+        self.joining = False
         self.ml_config = ManagedLedgerConfig(
             max_entries_per_ledger=config.managed_ledger_max_entries_per_ledger,
             max_size_per_ledger_bytes=config.managed_ledger_max_size_per_ledger_mb * MIB,
@@ -303,10 +306,15 @@ class BrokerService:
 
     async def lookup(self, name: TopicName, authoritative: bool) -> tuple[bool, str, bool]:
         """Which broker serves ``name``: (redirect?, broker address, authoritative)."""
+        self._check_joined()
         await self.check_namespace(name.namespace_name)
         if self.ownership is None:
             return False, self.advertised_address, False
         return await self.ownership.lookup(name, authoritative)
+
+    def _check_joined(self) -> None:
+        if self.joining:
+            raise ServiceUnavailableError("the broker is starting; try again")
 
     async def create_partitioned_topic(self, name: TopicName, partitions: int) -> None:
         """Record ``name`` as a topic of ``partitions`` partitions; the partitions themselves
@@ -345,6 +353,7 @@ class BrokerService:
     async def get_topic(self, name: TopicName) -> Topic:
         """The loaded topic, loading it (and creating it, as auto-creation) on first use."""
         key = str(name)
+        self._check_joined()
         ownership = self.ownership
         if ownership is not None and not ownership.owns_loaded(name):
             await ownership.ensure_owned(name)
