@@ -309,7 +309,8 @@ class AdminServicer(admin_pb2_grpc.AdminServiceServicer):
             )
             await self._broker.close_topics(bundle.contains)
         else:
-            await ownership.split_bundle(name, request.bundle)
+            forwarded = (FORWARDED_HEADER, "1") in (context.invocation_metadata() or ())
+            await ownership.split_bundle(name, request.bundle, local_only=forwarded)
         return await self._bundles(name)
 
     @_edge

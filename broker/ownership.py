@@ -94,7 +94,7 @@ class Bundle:
 
     @property
     def key(self) -> str:
-        return f"{OWNERSHIP_PREFIX}{self.namespace.tenant}/{self.namespace.namespace}/{self.name}"
+        return _bundle_key(self.namespace, self.name)
 
     def contains(self, name: TopicName) -> bool:
         return self.lower <= topic_hash(name) < self.upper
@@ -318,6 +318,11 @@ class BundleOwnership:
                     raise ServiceUnavailableError(
                         f"bundle {bundle} changed owner just now; look up again"
                     ) from None
+            # A split may have replaced the bundle while we took it: then give it back.
+            if bundle not in await self.bundles(bundle.namespace):
+                with contextlib.suppress(MetadataError):
+                    await session.delete(bundle.key)
+                raise ServiceUnavailableError(f"bundle {bundle} was just split; look up again")
             self.owned[bundle.key] = bundle
             log.info("now serving bundle %s", bundle)
             return self.address
@@ -389,26 +394,39 @@ class BundleOwnership:
         self, namespace: NamespaceName, bundle_name: str, *, local_only: bool = False
     ) -> None:
         """Unload one bundle (or every bundle with ``bundle_name`` empty), wherever it is
-        owned: here directly, elsewhere by forwarding to the owner (unless ``local_only``:
-        a forwarded request is never forwarded again)."""
+        owned: here directly, elsewhere by forwarding to the owner. A forwarded request
+        (``local_only``) names the bundle its sender saw; it is unloaded here by that name if
+        this broker holds it, whatever the policy says now, and never forwarded again."""
+        if local_only:
+            if bundle_name:
+                await self.unload_bundle(_bundle_key(namespace, bundle_name))
+            else:
+                for key, bundle in list(self.owned.items()):
+                    if bundle.namespace == namespace:
+                        await self.unload_bundle(key)
+            return
         bundles = await self.bundles(namespace)
-        chosen = (
-            bundles if not bundle_name else [parse_bundle_name(namespace, bundle_name, bundles)]
-        )
+        chosen = bundles
+        if bundle_name:
+            chosen = [parse_bundle_name(namespace, bundle_name, bundles)]
         for bundle in chosen:
             if bundle.key in self.owned:
                 await self.unload_bundle(bundle.key)
                 continue
             owner = await self.owner_of(bundle)
-            if owner is not None and owner != self.address and not local_only:
+            if owner is not None and owner != self.address:
                 await self._forward(owner, bundle.key, "unload")
 
     async def bundle_owners(self, namespace: NamespaceName) -> list[tuple[Bundle, str]]:
         return [(b, await self.owner_of(b) or "") for b in await self.bundles(namespace)]
 
-    async def split_bundle(self, namespace: NamespaceName, bundle_name: str) -> list[Bundle]:
-        """Split a bundle at the middle of its range: store the new boundaries by
-        compare-and-set, then unload it so that its halves are assigned afresh."""
+    async def split_bundle(
+        self, namespace: NamespaceName, bundle_name: str, *, local_only: bool = False
+    ) -> list[Bundle]:
+        """Split a bundle at the middle of its range. Its owner does it (a request elsewhere
+        is forwarded there): it stops serving the bundle, stores the new boundaries by
+        compare-and-set, then releases the bundle's key, so that no broker ever serves a
+        half while another still serves the whole. The halves are assigned on next use."""
         bundles = await self.bundles(namespace)
         bundle = parse_bundle_name(namespace, bundle_name, bundles)
         if bundle.upper - bundle.lower < 2:
@@ -416,14 +434,33 @@ class BundleOwnership:
         if len(bundles) >= MAX_BUNDLE_COUNT:
             raise PreconditionError(f"namespace {namespace} has {MAX_BUNDLE_COUNT} bundles already")
         middle = (bundle.lower + bundle.upper) // 2
-        await self._service.update_namespace_policies(
-            namespace, lambda policies: with_boundary(policies, middle)
-        )
         owner = await self.owner_of(bundle)
-        if bundle.key in self.owned:
-            await self.unload_bundle(bundle.key)
-        elif owner is not None and owner != self.address:
-            await self._forward(owner, bundle.key, "unload")
+        if owner is not None and owner != self.address:
+            if local_only:
+                raise ServiceUnavailableError(f"bundle {bundle} moved to {owner}; try again")
+            await self._forward(owner, bundle.key, "split")
+            return await self.bundles(namespace)
+        mine = bundle.key in self.owned
+        if mine:
+            self._unloading.add(bundle.key)
+        try:
+            if mine:
+                await self._service.close_topics(bundle.contains)
+            await self._service.update_namespace_policies(
+                namespace, lambda policies: with_boundary(policies, middle)
+            )
+            if mine:
+                self.owned.pop(bundle.key, None)
+                if self._session is not None:
+                    with contextlib.suppress(MetadataError):
+                        await self._session.delete(bundle.key)
+            else:
+                # Nobody owned it when we looked; if a broker took it since, it must let go.
+                late_owner = await self.owner_of(bundle)
+                if late_owner is not None and late_owner != self.address:
+                    await self._forward(late_owner, bundle.key, "unload")
+        finally:
+            self._unloading.discard(bundle.key)
         log.info("split bundle %s at 0x%08x", bundle, middle)
         return [Bundle(namespace, bundle.lower, middle), Bundle(namespace, middle, bundle.upper)]
 
@@ -538,6 +575,10 @@ class BundleOwnership:
         return True
 
 
+def _bundle_key(namespace: NamespaceName, name: str) -> str:
+    return f"{OWNERSHIP_PREFIX}{namespace.tenant}/{namespace.namespace}/{name}"
+
+
 def _split_key(key: str) -> tuple[NamespaceName, str]:
     tenant, namespace, name = key[len(OWNERSHIP_PREFIX) :].split("/")
     return NamespaceName(tenant, namespace), name
@@ -552,13 +593,22 @@ def with_boundary(policies: dict[str, Any], middle: int) -> dict[str, Any]:
 
 
 async def forward_to_owner(owner: str, bundle_key: str, operation: str, timeout_s: float) -> None:
-    """Ask the broker at ``owner`` to run ``operation`` ("unload") on a bundle it owns."""
-    if operation != "unload":
-        raise ValueError(f"unknown bundle operation {operation!r}")
+    """Ask the broker at ``owner`` to ``"unload"`` or ``"split"`` a bundle it owns."""
     namespace, name = _split_key(bundle_key)
+    metadata = ((FORWARDED_HEADER, "1"),)
     async with grpc.aio.insecure_channel(owner) as channel:
-        await admin_pb2_grpc.AdminServiceStub(channel).UnloadNamespace(
-            admin_pb2.UnloadNamespaceRequest(name=namespace.resource_name, bundle=name),
-            metadata=((FORWARDED_HEADER, "1"),),
-            timeout=timeout_s,
-        )
+        stub = admin_pb2_grpc.AdminServiceStub(channel)
+        if operation == "unload":
+            await stub.UnloadNamespace(
+                admin_pb2.UnloadNamespaceRequest(name=namespace.resource_name, bundle=name),
+                metadata=metadata,
+                timeout=timeout_s,
+            )
+        elif operation == "split":
+            await stub.SplitNamespaceBundle(
+                admin_pb2.SplitNamespaceBundleRequest(name=namespace.resource_name, bundle=name),
+                metadata=metadata,
+                timeout=timeout_s,
+            )
+        else:
+            raise ValueError(f"unknown bundle operation {operation!r}")

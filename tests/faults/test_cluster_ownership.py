@@ -267,9 +267,10 @@ async def test_stale_owner_acknowledges_nothing_and_gives_up(cluster: Cluster) -
     print(f"\nstale owner paused: next successful send after {took_over_s:.2f} s")
 
 
-def cli(cluster: Cluster, *args: str) -> str:
+def cli(cluster: Cluster, *args: str, via: str = "") -> str:
+    """Run a ``strata`` command against broker ``via`` (default: the first broker)."""
     result = subprocess.run(
-        [sys.executable, "-m", "strata", *args, "--service-url", cluster.broker_address(0)],
+        [sys.executable, "-m", "strata", *args, "--service-url", via or cluster.broker_address(0)],
         capture_output=True,
         text=True,
         timeout=60,
@@ -294,16 +295,23 @@ async def test_admin_moves_bundles_and_clients_follow(cluster: Cluster) -> None:
             ).splitlines()
         )
         assert len(bundles) == 4 and owner in bundles.values()
-        # Unload the topic's bundle: the producer follows the bundle wherever it goes next.
+        # Every operation goes through a broker that does not own the bundle: it is
+        # forwarded to the owner. Unload the topic's bundle: the producer follows it.
         bundle = next(name for name, holder in bundles.items() if holder == owner)
-        cli(cluster, "admin", "namespaces", "unload", "public/default", "--bundle", bundle)
+        other = next(b.address for b in cluster.brokers if b.address != owner)
+        cli(cluster, "admin", "namespaces", "unload", "public/default", "-b", bundle, via=other)
         await producer.send(b"1")
-        # Split it: two bundles where there was one, and the producer still sends.
-        after = cli(cluster, "admin", "namespaces", "split-bundle", "public/default", "-b", bundle)
-        assert len(after.splitlines()) == 5
+        # Split it (at its new owner): two bundles where there was one; the producer sends on.
+        owner = cli(cluster, "admin", "topics", "lookup", topic).strip()
+        other = next(b.address for b in cluster.brokers if b.address != owner)
+        split = ("admin", "namespaces", "split-bundle", "public/default", "-b", bundle)
+        after = cli(cluster, *split, via=other)
+        assert len(after.splitlines()) == 5 and bundle not in after
         await producer.send(b"2")
         # A topic unload through a broker that does not serve it reaches the owner.
-        cli(cluster, "admin", "topics", "unload", topic)
+        owner = cli(cluster, "admin", "topics", "lookup", topic).strip()
+        other = next(b.address for b in cluster.brokers if b.address != owner)
+        cli(cluster, "admin", "topics", "unload", topic, via=other)
         await producer.send(b"3")
         consumer = await client.subscribe(
             topic, "s", initial_position=strata.InitialPosition.Earliest
