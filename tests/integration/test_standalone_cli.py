@@ -104,7 +104,7 @@ def test_persistence_and_bookies_verbs(standalone: Standalone) -> None:
         "bookkeeper_write_quorum": 2,
         "bookkeeper_ack_quorum": 2,
     }
-    refused = cli(standalone, "produce", "needs-two", "-m", "x")
+    refused = cli(standalone, "produce", "needs-two", "-m", "x", "--operation-timeout-seconds", "3")
     assert refused.returncode != 0
     assert "UNAVAILABLE" in refused.stderr and "bookies" in refused.stderr, refused.stderr
     bad = cli(
