@@ -212,6 +212,8 @@ async def test_paused_bookie_is_replaced_and_autorecovery_repairs(
         )
     finally:
         cluster.resume_bookie(victim)
+    # Resumed after its lease expired, the bookie registers again in a new session.
+    cluster.wait_bookies_available(4)
 
     # Every entry of every ledger is back on Qw live bookies.
     for ledger_id in await ledger_ids(store, TOPIC):
