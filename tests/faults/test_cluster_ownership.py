@@ -251,6 +251,16 @@ async def test_stale_owner_acknowledges_nothing_and_gives_up(cluster: Cluster) -
             cluster.wait_for, bundles_of_stale, lambda n: n == 0, 30, "stale owner to give up"
         )
         assert "ownership session lost" in cluster.brokers[stale].log_text()
+
+        # It then rejoins as a live broker with a new session, owning nothing yet.
+        def live_brokers() -> int:
+            with grpc.insecure_channel(cluster.broker_address(other)) as channel:
+                response = admin_pb2_grpc.AdminServiceStub(channel).ListBrokers(
+                    admin_pb2.ListBrokersRequest(), timeout=10
+                )
+            return len(response.brokers)
+
+        await asyncio.to_thread(cluster.wait_for, live_brokers, lambda n: n == 3, 30, "rejoin")
         await wait_for_receipts(workload, 200, 60)
         workload.stop.set()
         await asyncio.wait_for(producing, 180)
