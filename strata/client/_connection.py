@@ -465,6 +465,20 @@ async def write_request(call: grpc.aio.StreamStreamCall[Any, Any], request: Any)
         raise from_rpc_error(error) from None
 
 
+async def open_stream(
+    call: grpc.aio.StreamStreamCall[Any, Any], request: Any, first: str, what: str
+) -> Any:
+    """Send a stream's opening ``request`` and return the ``first`` field of the broker's
+    first answer (``opened``, ``subscribed``); the stream ``what`` names the errors."""
+    await write_request(call, request)
+    response: Any = await call.read()
+    if response is grpc.aio.EOF:
+        raise ServiceUnavailable(f"the broker ended the {what} stream before answering")
+    if response.WhichOneof("response") != first:
+        raise ProtocolError(f"the broker's first answer on the {what} stream was not {first!r}")
+    return getattr(response, first)
+
+
 async def run_until_first_error(*coroutines: Coroutine[Any, Any, Any]) -> NoReturn:
     """Run a stream's reader and writer together until one fails; cancel the rest; raise.
 

@@ -53,7 +53,12 @@ import grpc
 import grpc.aio
 
 from strata.client._batch import BatchDecodeError, acked_flags, decode_entry
-from strata.client._connection import Reconnector, run_until_first_error, write_request
+from strata.client._connection import (
+    Reconnector,
+    open_stream,
+    run_until_first_error,
+    write_request,
+)
 from strata.client._enums import ConsumerType, InitialPosition
 from strata.client._errors import (
     AlreadyClosed,
@@ -801,14 +806,10 @@ class _ConsumerStream:
         """Subscribe on ``broker`` and serve the stream until it fails (never returns)."""
         call = broker.messaging.Consume()
         try:
-            await write_request(call, self.consumer._subscribe_request(self))
-            response = await call.read()
-            if response is grpc.aio.EOF:
-                raise ServiceUnavailable("the broker ended the consume stream before subscribing")
-            assert isinstance(response, messaging_pb2.ConsumeResponse)
-            if response.WhichOneof("response") != "subscribed":
-                raise ProtocolError("the broker's first answer was not 'subscribed'")
-            self._on_subscribed(response.subscribed, call)
+            subscribed = await open_stream(
+                call, self.consumer._subscribe_request(self), "subscribed", "consume"
+            )
+            self._on_subscribed(subscribed, call)
             self.reconnector.opened()
             await run_until_first_error(self._read_loop(call), self._write_loop(call))
         finally:

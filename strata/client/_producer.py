@@ -49,7 +49,12 @@ import grpc
 import grpc.aio
 
 from strata.client._batch import PAYLOAD_OVERHEAD_BYTES, BatchBuilder, make_metadata
-from strata.client._connection import Reconnector, run_until_first_error, write_request
+from strata.client._connection import (
+    Reconnector,
+    open_stream,
+    run_until_first_error,
+    write_request,
+)
 from strata.client._enums import CompressionType
 from strata.client._errors import (
     AlreadyClosed,
@@ -672,21 +677,13 @@ class TopicProducer(AsyncProducer):
         """Open the stream on ``broker`` and serve it until it fails (never returns)."""
         call = broker.messaging.Produce()
         try:
-            await write_request(
-                call,
-                messaging_pb2.ProduceRequest(
-                    open=messaging_pb2.OpenProducer(
-                        topic=self._topic, producer_name=self._requested_name
-                    )
-                ),
+            request = messaging_pb2.ProduceRequest(
+                open=messaging_pb2.OpenProducer(
+                    topic=self._topic, producer_name=self._requested_name
+                )
             )
-            response = await call.read()
-            if response is grpc.aio.EOF:
-                raise ServiceUnavailable("the broker ended the produce stream before opening")
-            assert isinstance(response, messaging_pb2.ProduceResponse)
-            if response.WhichOneof("response") != "opened":
-                raise ProtocolError("the broker's first answer was not 'opened'")
-            self._on_opened(response.opened, call)
+            opened = await open_stream(call, request, "opened", "produce")
+            self._on_opened(opened, call)
             self._reconnector.opened()
             await run_until_first_error(self._read_loop(call), self._write_loop(call))
         finally:
