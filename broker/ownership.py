@@ -97,7 +97,10 @@ class Bundle:
         return _bundle_key(self.namespace, self.name)
 
     def contains(self, name: TopicName) -> bool:
-        return self.lower <= topic_hash(name) < self.upper
+        return name.namespace_name == self.namespace and self.holds(topic_hash(name))
+
+    def holds(self, hash_value: int) -> bool:
+        return self.lower <= hash_value < self.upper
 
     def __str__(self) -> str:
         return f"{self.namespace}/{self.name}"
@@ -271,8 +274,16 @@ class BundleOwnership:
         record = await self._store.get(bundle.key)
         return record.value.decode() if record is not None else None
 
+    def owned_bundle_of(self, name: TopicName) -> Bundle | None:
+        """The bundle of ours that holds ``name``, if any (no I/O; one hash)."""
+        namespace, hash_value = name.namespace_name, topic_hash(name)
+        for bundle in self.owned.values():
+            if bundle.namespace == namespace and bundle.holds(hash_value):
+                return bundle
+        return None
+
     def owns_loaded(self, name: TopicName) -> bool:
-        return any(b.contains(name) for b in self.owned.values())
+        return self.owned_bundle_of(name) is not None
 
     async def ensure_owned(self, name: TopicName) -> Bundle:
         """Make sure this broker may serve ``name``: its bundle is ours (taken now if free);
@@ -486,13 +497,12 @@ class BundleOwnership:
             report.msg_rate_out += rate_out
             report.bytes_rate_in += topic.bytes_in.rate()
             report.bytes_rate_out += topic.bytes_out.rate()
-            for bundle in self.owned.values():
-                if bundle.contains(topic.name):
-                    report.bundle_msg_rates[bundle.key] = (
-                        report.bundle_msg_rates.get(bundle.key, 0.0) + rate_in + rate_out
-                    )
-                    report.bundle_topics[bundle.key] = report.bundle_topics.get(bundle.key, 0) + 1
-                    break
+            bundle = self.owned_bundle_of(topic.name)
+            if bundle is not None:
+                report.bundle_msg_rates[bundle.key] = (
+                    report.bundle_msg_rates.get(bundle.key, 0.0) + rate_in + rate_out
+                )
+                report.bundle_topics[bundle.key] = report.bundle_topics.get(bundle.key, 0) + 1
         return report
 
     async def _load_report_loop(self) -> None:

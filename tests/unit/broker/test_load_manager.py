@@ -18,7 +18,7 @@ from broker.ownership import (
 )
 from broker.service import BrokerService
 from strata.metadata import MetadataStore, open_metadata_store
-from strata.naming import NamespaceName
+from strata.naming import NamespaceName, TopicName
 from tests.unit.broker.memory_bookie import MemoryBookieClient
 
 NAMESPACE = NamespaceName("public", "default")
@@ -97,3 +97,11 @@ async def test_a_bundle_with_too_many_topics_is_split(setup: Setup) -> None:
         (bundle.lower, middle),
         (middle, bundle.upper),
     ]
+
+
+async def test_owning_a_bundle_covers_only_its_own_namespace(setup: Setup) -> None:
+    other = bundles_of(NamespaceName("public", "other"), {"bundles": [0, 1 << 32]})[0]
+    setup.ownership.owned[other.key] = other
+    assert setup.ownership.owns_loaded(TopicName.parse("public/other/t"))
+    assert not setup.ownership.owns_loaded(TopicName.parse("public/default/t"))
+    assert not other.contains(TopicName.parse("public/default/t"))
