@@ -6,14 +6,21 @@ last second) and, as the last line on stdout, one JSON object for the whole run:
     {"messages": ..., "seconds": ..., "msg_per_s": ..., "mb_per_s": ...,
      "p50_ms": ..., "p99_ms": ..., "p999_ms": ..., "max_ms": ...}
 
-Latency:
+and, for ``produce --rate``, ``publish_delay_p50_ms``, ``publish_delay_p99_ms`` and
+``publish_delay_max_ms``.
 
-- produce: publish → receipt, measured from each message's *intended* send time when
-  ``--rate`` is set, so a stalled producer cannot hide its delay (no coordinated omission).
-  Receipts are tracked per send chunk (at most one batch): the chunk's last receipt times
-  every message of the chunk, which can overstate a message's latency by the gap between
-  two batches of one chunk, never understate it.
-- consume: publish → receive. The producer writes its intended send time
+Latency, as pulsar-perf and the OpenMessaging Benchmark measure it:
+
+- produce: publish → receipt, from the ``send`` call to the receipt. With ``--rate`` the
+  load is paced (``Pacer``) and how late each message's ``send`` call was against its
+  schedule is reported apart, as ``publish_delay_*`` (OMB's "publish delay"): a stalled
+  producer shows there, and a producer blocked on a full queue (``block_if_queue_full``)
+  shows in both, since its ``send`` call has started. The pacer's own granularity (asyncio
+  timers wake in whole milliseconds) is then not charged to the messaging system. Receipts
+  are tracked per send chunk (at most one batch): the chunk's last receipt times every
+  message of the chunk, which can overstate a message's latency by the gap between two
+  batches of one chunk, never understate it.
+- consume: publish → receive. The producer writes its ``send`` call's time
   (``time.time_ns()``, big-endian unsigned 64-bit) in the first 8 bytes of every payload;
   shorter payloads carry no time and give no latency. ``seconds`` runs from the first
   received message's send time (or its receipt, without one) to the last receipt, so
@@ -132,12 +139,16 @@ class _Meter:
     total: HdrHistogram = field(default_factory=lambda: HdrHistogram(1, _HISTOGRAM_MAX_US, 3))
     first_ns: int | None = None  # wall clock
     last_ns: int | None = None
+    # Publish delay (µs): how late each paced send call was against its schedule.
+    pending_delay_us: list[int] = field(default_factory=list)
+    delay: HdrHistogram = field(default_factory=lambda: HdrHistogram(1, _HISTOGRAM_MAX_US, 3))
 
     def fold(self) -> None:
         """Record the pending latencies into the interval histogram."""
         pending, self.pending_us = self.pending_us, []
-        for value, count in collections.Counter(pending).items():
-            self.interval.record_value(min(max(value, 1), _HISTOGRAM_MAX_US), count)
+        _record(self.interval, pending)
+        delays, self.pending_delay_us = self.pending_delay_us, []
+        _record(self.delay, delays)
 
     def roll(self) -> None:
         """Close the interval: its latencies join the total."""
@@ -156,7 +167,7 @@ class _Meter:
                 return 0.0
             return round(float(self.total.get_value_at_percentile(percentile)) / 1000, 3)
 
-        return {
+        result: dict[str, Any] = {
             "messages": self.messages,
             "seconds": round(seconds, 3),
             "msg_per_s": round(self.messages / seconds, 1) if seconds else 0.0,
@@ -169,6 +180,16 @@ class _Meter:
             else 0.0,
             "errors": self.errors,
         }
+        if self.delay.get_total_count():
+            for name, percentile in (("p50", 50.0), ("p99", 99.0), ("max", 100.0)):
+                value_us = self.delay.get_value_at_percentile(percentile)
+                result[f"publish_delay_{name}_ms"] = round(float(value_us) / 1000, 3)
+        return result
+
+
+def _record(histogram: HdrHistogram, values_us: list[int]) -> None:
+    for value, count in collections.Counter(values_us).items():
+        histogram.record_value(min(max(value, 1), _HISTOGRAM_MAX_US), count)
 
 
 async def _report(meter: _Meter, label: str) -> None:
@@ -230,12 +251,17 @@ async def _produce_one(
             await asyncio.sleep(0)
         if count:
             chunk = min(chunk, count - sent)
-        intended: list[int] = []
+        # The chunk's send calls start now: latency runs from here, and the payloads carry
+        # this time for perf consume.
+        sent_ns = time.monotonic_ns()
+        if pacer is not None:
+            first = pacer.sent_count
+            meter.pending_delay_us.extend(
+                [max(0, sent_ns - pacer.intended_ns(first + k)) // 1000 for k in range(chunk)]
+            )
+        payload = fixed if fixed is not None else pack(wall0 + sent_ns - mono0) + filler
         for k in range(chunk):
-            at_ns = pacer.intended_ns(pacer.sent_count + k) if pacer else time.monotonic_ns()
-            intended.append(at_ns)
-            payload = fixed if fixed is not None else pack(wall0 + at_ns - mono0) + filler
-            callback = _chunk_callback(meter, intended, size) if k == chunk - 1 else None
+            callback = _chunk_callback(meter, sent_ns, chunk, size) if k == chunk - 1 else None
             while True:
                 try:
                     producer.send_nowait(payload, callback=callback)
@@ -249,17 +275,18 @@ async def _produce_one(
 
 
 def _chunk_callback(
-    meter: _Meter, intended: list[int], size: int
+    meter: _Meter, sent_ns: int, count: int, size: int
 ) -> Any:  # the producer's SendCallback
+    """Times the ``count`` messages of one chunk, sent from ``sent_ns``, by its last receipt."""
+
     def done(result: Result, message_id: MessageId | None) -> None:
-        now_ns = time.monotonic_ns()
         if result is not Result.Ok:
-            meter.errors += len(intended)
+            meter.errors += count
             return
-        meter.messages += len(intended)
-        meter.bytes += size * len(intended)
-        shift = _precision_shift((now_ns - intended[0]) // 1000)  # the oldest: the largest
-        meter.pending_us.extend([(now_ns - at_ns) // 1000 >> shift << shift for at_ns in intended])
+        latency_us = (time.monotonic_ns() - sent_ns) // 1000
+        meter.messages += count
+        meter.bytes += size * count
+        meter.pending_us.extend([latency_us] * count)
         meter.last_ns = time.time_ns()
 
     return done
@@ -401,8 +428,9 @@ def add_perf_parsers(
         "produce",
         parents=[common],
         help="publish at a rate and measure publish → receipt latency",
-        description="Publish and measure publish → receipt latency (from the intended send "
-        "time when --rate is set). Each payload starts with its send time for perf consume.",
+        description="Publish and measure publish → receipt latency, from each send call "
+        "(with --rate, how late the send calls were against the schedule is reported as "
+        "publish_delay_*). Each payload starts with its send time for perf consume.",
     )
     produce.add_argument("topic", metavar="TOPIC")
     add_option(

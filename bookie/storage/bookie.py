@@ -151,6 +151,7 @@ class Bookie:
                 journal_dir,
                 result.next_segment_id,
                 segment_size_bytes=config.journal_segment_size_bytes,
+                preallocation_bytes=config.journal_preallocation_bytes,
                 group_commit_max_bytes=config.group_commit_max_bytes,
                 fsync=config.fsync,
                 on_durable=bookie._on_durable,

@@ -38,6 +38,11 @@ class BookieStorageConfig:
     max_entry_size_bytes: int = DEFAULT_MAX_ENTRY_SIZE_BYTES
     # fdatasync every group commit before acknowledging; False only for tests and benchmarks.
     fsync: bool = True
+    # While the journal is idle it zero-fills (and fsyncs) this much of its segment ahead of
+    # the data, as BookKeeper preallocates journal files: an fdatasync that neither grows the
+    # file nor allocates blocks skips the file system's metadata commit (0 = off; at most
+    # the segment size is ever zero-filled).
+    journal_preallocation_bytes: int = 1 * MIB
     # Bytes buffered for the next group commit; beyond it adds wait (backpressure).
     group_commit_max_bytes: int = 1 * MIB
     # The index is checkpointed this often, and also once this many journal bytes were written
@@ -72,6 +77,11 @@ class BookieStorageConfig:
             raise ValueError(
                 f"journal_segment_size_bytes must be in [4096, {MAX_SEGMENT_SIZE_BYTES}], "
                 f"got {self.journal_segment_size_bytes}"
+            )
+        if not 0 <= self.journal_preallocation_bytes <= MAX_SEGMENT_SIZE_BYTES:
+            raise ValueError(
+                f"journal_preallocation_bytes must be in [0, {MAX_SEGMENT_SIZE_BYTES}], "
+                f"got {self.journal_preallocation_bytes}"
             )
         if not 1 <= self.max_entry_size_bytes <= MAX_ENTRY_SIZE_LIMIT_BYTES:
             raise ValueError(

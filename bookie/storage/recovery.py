@@ -139,7 +139,7 @@ class JournalReplay:
                 self._apply_damaged(event, segment_id)
             else:
                 assert isinstance(event, TornTail)
-                self._truncate(path, segment_id, event.offset, len(data))
+                self._truncate(path, segment_id, event.offset, data)
 
     def _apply(self, header: RecordHeader, data: bytes, segment_id: int) -> None:
         index = self._index
@@ -202,14 +202,25 @@ class JournalReplay:
             ledger.fenced = ledger.fence_admitted = True
             ledger.snapshot = None
 
-    def _truncate(self, path: Path, segment_id: int, offset: int, size: int) -> None:
-        _log.warning(
-            "journal segment %d: truncating a torn tail of %d bytes at offset %d",
-            segment_id,
-            size - offset,
-            offset,
-        )
-        self._torn_tail_bytes += size - offset
+    def _truncate(self, path: Path, segment_id: int, offset: int, data: bytes) -> None:
+        size = len(data)
+        if data.count(0, offset) == size - offset:
+            # Only zeros: the journal's preallocated space after its last write (or pages of
+            # an interrupted write that never reached the disk). Nothing was torn.
+            _log.info(
+                "journal segment %d: releasing %d bytes of unused preallocated space at offset %d",
+                segment_id,
+                size - offset,
+                offset,
+            )
+        else:
+            _log.warning(
+                "journal segment %d: truncating a torn tail of %d bytes at offset %d",
+                segment_id,
+                size - offset,
+                offset,
+            )
+            self._torn_tail_bytes += size - offset
         fd = os.open(path, os.O_WRONLY)
         try:
             os.ftruncate(fd, offset)

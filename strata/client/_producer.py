@@ -7,11 +7,14 @@ Wire behaviour (the contract with the broker, ``proto/strata/v1/messaging.proto`
    none) and the largest batch payload it accepts.
 2. Messages accumulate into one open batch, sealed when it holds ``batching_max_messages``,
    reaches ``batching_max_allowed_size_in_bytes`` or has waited
-   ``batching_max_publish_delay_ms`` (whichever comes first). The delay is a maximum: when
-   no batch is awaiting a receipt, the open batch goes at the end of the current event-loop
-   pass, and when the last receipt arrives, the open batch goes at once (Nagle-style: at
-   high rates batches fill up behind the ones in flight; at low rates nothing waits for a
-   timer, which costs 1-2 ms in asyncio). A sealed batch is one
+   ``batching_max_publish_delay_ms`` (whichever comes first). The delay is a maximum: while
+   fewer than ``HOLD_AFTER_BATCHES_IN_FLIGHT`` (2) batches await a receipt, the open batch
+   goes at the end of the current event-loop pass, and when a receipt brings the count
+   below that, the open batch goes at once (Nagle-style with a window of two: at high rates
+   batches fill up behind the ones in flight; at low rates nothing waits for a timer, which
+   costs 1-2 ms in asyncio, nor for the receipt of the batch before, which would add a whole
+   round trip, fsync included, to the latency of every batch sent during one). A sealed
+   batch is one
    ``ProducerBatch``: first sequence id, count, compression, the ``MessageBatch`` payload.
    Every sealed batch not yet written is sent by the writer; when several are ready they
    share one ``PublishBatches`` request.
@@ -83,6 +86,8 @@ _Waiter: TypeAlias = "asyncio.Future[MessageId] | SendCallback"
 
 # Several ready batches share one gRPC message up to this size; the channel allows 8 MiB.
 MAX_PUBLISH_REQUEST_BYTES = 4 * 1024 * 1024
+# With this many batches awaiting receipts, an open batch waits for a receipt or its delay.
+HOLD_AFTER_BATCHES_IN_FLIGHT = 2
 # close() half-closes the stream and waits this long for that to be written.
 HALF_CLOSE_TIMEOUT_S = 1.0
 # Used until the broker says otherwise in ProducerOpened (pulsar's default maxMessageSize).
@@ -307,7 +312,7 @@ class TopicProducer(AsyncProducer):
         self._batch: BatchBuilder | None = None
         self._batch_sequence_id = 0
         self._batch_waiters: list[tuple[int, _Waiter]] | None = None
-        # A Handle (call_soon) while nothing is in flight, else a TimerHandle (the delay).
+        # A Handle (call_soon) while the window has room, else a TimerHandle (the delay).
         self._batch_timer: asyncio.Handle | None = None
 
         # Sealed batches awaiting receipts, in sequence order; _unsent is the suffix of
@@ -530,10 +535,10 @@ class TopicProducer(AsyncProducer):
             self._batch_sequence_id = self._next_sequence_id
             if self._batch_max_messages > 1:
                 loop = asyncio.get_running_loop()
-                if self._pending:
+                if len(self._pending) >= HOLD_AFTER_BATCHES_IN_FLIGHT:
                     self._batch_timer = loop.call_later(self._batch_delay_s, self._on_batch_timer)
                 else:
-                    # Nothing in flight: the batch holds what this pass of the event loop
+                    # Room in the window: the batch holds what this pass of the event loop
                     # adds and goes at its end, rather than idling for the delay.
                     self._batch_timer = loop.call_soon(self._on_batch_timer)
         payloads = batch.payloads
@@ -791,8 +796,8 @@ class TopicProducer(AsyncProducer):
             if self._unsent and self._unsent[0] is head:
                 self._unsent.popleft()
             self._complete(head, receipt.ledger_id, receipt.entry_id)
-        if not pending and self._batch is not None:
-            # The stream is idle again: the open batch need not wait out its delay.
+        if len(pending) < HOLD_AFTER_BATCHES_IN_FLIGHT and self._batch is not None:
+            # Room in the window again: the open batch need not wait out its delay.
             self._seal()
 
     async def _expire_loop(self) -> None:

@@ -1,8 +1,10 @@
 """kill -9 a bookie process in the middle of adds: every acknowledged entry must survive.
 
-A child process opens a Bookie (fsync on, small segments so that rolls happen), runs eight
+A child process opens a Bookie (fsync on, small segments so that rolls happen), runs
 concurrent writers and prints each acknowledged entry id. The test SIGKILLs it after some
 hundreds of acknowledgements, reopens the directory and reads every acknowledged entry back.
+Busy: eight writers keep the journal writing. Paced: one writer pausing between adds leaves
+the journal idle, so it preallocates, and the kill leaves zeros after the newest data.
 """
 
 from __future__ import annotations
@@ -30,7 +32,7 @@ from bookie.storage import Bookie, BookieStorageConfig
 def payload(entry_id):
     return (b"%d|" % entry_id) * (200 + entry_id % 300)
 
-async def main(data_dir):
+async def main(data_dir, writers, pause_s):
     config = BookieStorageConfig(data_dir=Path(data_dir), journal_segment_size_bytes=64 * 1024)
     bookie = await Bookie.open(config)
     ids = iter(range(1_000_000))
@@ -43,11 +45,13 @@ async def main(data_dir):
             await bookie.add_entry(1, entry_id, entry_id - 1, payload(entry_id), b"kill9-key")
             sys.stdout.write("%d\\n" % entry_id)
             sys.stdout.flush()
+            if pause_s:
+                await asyncio.sleep(pause_s)
 
-    await asyncio.gather(*(writer() for _ in range(8)))
+    await asyncio.gather(*(writer() for _ in range(writers)))
     await bookie.close()
 
-asyncio.run(main(sys.argv[1]))
+asyncio.run(main(sys.argv[1], int(sys.argv[2]), float(sys.argv[3])))
 """
 
 
@@ -56,7 +60,10 @@ def payload(entry_id: int) -> bytes:
 
 
 @pytest.mark.fault
-async def test_acknowledged_entries_survive_kill_9(tmp_path: Path) -> None:
+@pytest.mark.parametrize(("writers", "pause_s"), [(8, 0.0), (1, 0.002)], ids=["busy", "paced"])
+async def test_acknowledged_entries_survive_kill_9(
+    tmp_path: Path, writers: int, pause_s: float
+) -> None:
     data_dir = tmp_path / "bookie"
     environment = dict(os.environ, PYTHONPATH=str(REPOSITORY))
     child = await asyncio.create_subprocess_exec(
@@ -64,6 +71,8 @@ async def test_acknowledged_entries_survive_kill_9(tmp_path: Path) -> None:
         "-c",
         CHILD,
         str(data_dir),
+        str(writers),
+        str(pause_s),
         stdout=asyncio.subprocess.PIPE,
         stderr=asyncio.subprocess.PIPE,
         cwd=REPOSITORY,

@@ -314,19 +314,21 @@ async def test_batch_delay_is_a_maximum_not_a_wait(fake: tuple[FakeBroker, str])
         # Nothing in flight: the message goes at the end of this event-loop pass.
         await producer.send(b"alone")
         broker.hold_receipts = True
+        # One batch in flight leaves room in the window of two: the next goes at once too.
         first = await producer.send_async(b"a")
         await wait_until(lambda: len(broker.held) == 1)
-        # Behind a batch in flight, messages gather...
-        later = [await producer.send_async(b"b%d" % i) for i in range(3)]
+        second = await producer.send_async(b"b")
+        await wait_until(lambda: len(broker.held) == 2)
+        # Behind two batches in flight, messages gather...
+        later = [await producer.send_async(b"c%d" % i) for i in range(3)]
         await asyncio.sleep(0.05)
-        assert len(broker.publish_requests) == 2
-        # ...and go as soon as the stream is idle again, not after 10 s.
+        assert len(broker.publish_requests) == 3
+        # ...and go as soon as a receipt makes room again, not after 10 s.
         await broker.release_receipts()
-        await first
-        await asyncio.gather(*later)
+        await asyncio.gather(first, second, *later)
     assert time.monotonic() - started < 5
     counts = [b.num_messages for request in broker.publish_requests for b in request.batches]
-    assert counts == [1, 1, 3]
+    assert counts == [1, 1, 1, 3]
 
 
 async def test_unbatched_messages_have_batch_index_minus_one(fake: tuple[FakeBroker, str]) -> None:
