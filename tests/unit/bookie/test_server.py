@@ -225,7 +225,7 @@ async def test_health_turns_not_serving_when_the_journal_fails(
                 raise OSError(5, "Input/output error (injected)")
 
             monkeypatch.setattr("bookie.storage.journal.os.fdatasync", failing_fdatasync)
-            with pytest.raises(Exception, match="journal write failed"):
+            with pytest.raises(Exception, match="journal fdatasync failed"):
                 await bookie.add_entry(1, 0, -1, b"payload", KEY)
             not_serving = health_pb2.HealthCheckResponse.NOT_SERVING
             async with asyncio.timeout(5):
