@@ -112,3 +112,36 @@ def test_persistence_and_bookies_verbs(standalone: Standalone) -> None:
         "-w", "2", "-a", "1",
     )  # fmt: skip
     assert bad.returncode != 0 and "INVALID_ARGUMENT" in bad.stderr
+
+
+def test_perf_produce_and_consume_report_latencies(standalone: Standalone) -> None:
+    produced = cli(
+        standalone, "perf", "produce", "perf-topic", "--rate", "2000", "-m", "2000", "--size", "64"
+    )
+    assert produced.returncode == 0, produced.stderr
+    publish = json.loads(produced.stdout.splitlines()[-1])
+    assert publish["messages"] == 2000 and publish["errors"] == 0
+    assert 0 < publish["p50_ms"] <= publish["p99_ms"] <= publish["max_ms"]
+    # Paced: how late the send calls were is reported apart, and measured from the schedule
+    # every message's latency is at least its latency from the send call.
+    assert 0 <= publish["publish_delay_p50_ms"] <= publish["publish_delay_max_ms"]
+    assert publish["from_schedule_p50_ms"] >= publish["p50_ms"]
+    assert publish["from_schedule_p99_ms"] >= publish["p99_ms"]
+    consumed = cli(
+        standalone,
+        "perf",
+        "consume",
+        "perf-topic",
+        "-s",
+        "perf-sub",
+        "--messages",
+        "2000",
+        "--initial-position",
+        "earliest",
+    )
+    assert consumed.returncode == 0, consumed.stderr
+    received = json.loads(consumed.stdout.splitlines()[-1])
+    assert received["messages"] == 2000
+    # Consumed after the fact: end-to-end latency includes the wait since the send call.
+    assert 0 < received["p50_ms"] <= received["max_ms"]
+    assert "publish_delay_p99_ms" not in received
