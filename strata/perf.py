@@ -438,7 +438,8 @@ def add_perf_parsers(
         help="load generator and meter (pulsar-perf)",
         description="Load generator and meter. Progress on stderr every second; the last "
         "line on stdout is one JSON object with msg_per_s, mb_per_s, p50_ms, p99_ms, "
-        "p999_ms, max_ms, messages and seconds.",
+        "p999_ms, max_ms, messages and seconds (produce --rate adds publish_delay_* and "
+        "from_schedule_*).",
     )
     kinds = perf.add_subparsers(dest="perf_kind", metavar="KIND", required=True)
 
