@@ -8,9 +8,10 @@ and queues it in an in-memory buffer. One writer task, owned by the journal, loo
 buffer is non-empty and no write is in flight it swaps the buffer out and writes it with
 ``os.writev`` in a dedicated one-thread executor, then starts an ``fdatasync`` in a second
 executor. Up to ``MAX_SYNCS_IN_FLIGHT`` fdatasyncs overlap: a batch written while one runs starts
-its own rather than queueing behind it, and when both are busy the batches written meanwhile
-share the next one. An fdatasync that returns makes durable every batch written before it
-started, so batches complete strictly in journal order: each is handed to ``on_durable`` (which
+its own rather than queueing behind it; when all are busy, new adds gather in the buffer (so
+at most ``MAX_SYNCS_IN_FLIGHT`` written batches await durability) and share the next write and
+fdatasync. An fdatasync that returns makes durable every batch written before it started, so
+batches complete strictly in journal order: each is handed to ``on_durable`` (which
 updates the index) and its records' futures resolve. An add never waits for a timer: with an
 idle disk it is written on the next loop iteration. ``group_commit_max_bytes`` bounds the
 buffer; ``append`` waits for room (backpressure). A segment roll waits until no fdatasync is in
@@ -359,7 +360,11 @@ class Journal:
 
     async def _run(self) -> None:
         while True:
-            if not self._records or (self._syncs and self._rolls_next()):
+            if (
+                not self._records
+                or len(self._syncs) >= MAX_SYNCS_IN_FLIGHT
+                or (self._syncs and self._rolls_next())
+            ):
                 if self._quiet():
                     for waiter in self._idle_waiters:
                         if not waiter.done():

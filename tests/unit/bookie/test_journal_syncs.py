@@ -122,7 +122,9 @@ async def test_at_most_the_limit_in_flight_and_the_rest_share_the_next(
         await asyncio.sleep(0.01)
     assert len(syncs.calls) == MAX_SYNCS_IN_FLIGHT
     assert durable == []
-    # ...until one returns: then one more covers all four.
+    # Bounded: they wait in the buffer (group_commit_max_bytes), not as written batches.
+    assert len(writer._unsynced) <= MAX_SYNCS_IN_FLIGHT
+    # ...until one returns: then one write and one more fdatasync cover all four.
     syncs.release(0)
     await syncs.wait_for_calls(MAX_SYNCS_IN_FLIGHT + 1)
     assert durable == [0]
