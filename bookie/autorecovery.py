@@ -34,13 +34,13 @@ import logging
 from dataclasses import dataclass
 
 from bookie.errors import BookieError
+from bookie.ledger import LEDGERS_PREFIX, LedgerClientConfig, LedgerManager
 from bookie.ledger.metadata import (
     STATE_CLOSED,
     LedgerMetadata,
     ledger_fragments,
     slot_stores_entry,
 )
-from bookie.ledgers import LEDGERS_PREFIX, LedgerClientConfig, LedgerManager
 from bookie.registry import (
     AUDITOR_KEY,
     UNDER_REPLICATED_PREFIX,

@@ -33,7 +33,7 @@ from pathlib import Path
 
 from bookie.api import BookieClient
 from bookie.grpc_client import GrpcBookieClient
-from bookie.ledgers import LEDGERS_PREFIX, LedgerMetadata
+from bookie.ledger import LEDGERS_PREFIX, LedgerMetadata
 from strata.metadata import (
     BadVersionError,
     EventType,

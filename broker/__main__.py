@@ -17,7 +17,7 @@ import sys
 
 from prometheus_client import start_http_server
 
-from bookie.ledgers import LedgerManager
+from bookie.ledger import LedgerManager
 from bookie.registry import BookieClientPool, BookieRegistry, now_ms
 from broker.config import BrokerConfig, add_config_options, config_from_args
 from broker.ownership import (

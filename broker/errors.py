@@ -30,7 +30,7 @@ from bookie.errors import (
     CorruptEntryError,
     LedgerFencedError,
 )
-from bookie.ledgers import LedgerClientError, LedgerClosedError, NotEnoughBookiesError
+from bookie.ledger import LedgerClientError, LedgerClosedError, NotEnoughBookiesError
 from strata.metadata import MetadataError
 from strata.naming import InvalidNameError
 from tiered.errors import ObjectNotFoundError, OffloadCorruptError, TieredError

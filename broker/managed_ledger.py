@@ -36,7 +36,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from bookie.errors import BookieError
-from bookie.ledgers import (
+from bookie.ledger import (
     STATE_CLOSED,
     LedgerClientError,
     LedgerHandle,

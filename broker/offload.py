@@ -40,7 +40,7 @@ import uuid
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, replace
 
-from bookie.ledgers import STATE_CLOSED, LedgerReader
+from bookie.ledger import STATE_CLOSED, LedgerReader
 from broker.managed_ledger import LedgerInfo, ManagedLedger
 from strata.naming import TopicName
 from tiered import OFFLOAD_COMPLETE, OFFLOAD_IN_PROGRESS, OffloadContext, Offloader

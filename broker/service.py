@@ -23,7 +23,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from bookie.ledgers import LedgerManager
+from bookie.ledger import LedgerManager
 from broker.config import MIB, BrokerConfig
 from broker.errors import (
     AlreadyExistsError,

@@ -14,7 +14,7 @@ import sys
 
 from prometheus_client import start_http_server
 
-from bookie.ledgers import LedgerManager
+from bookie.ledger import LedgerManager
 from bookie.local import LocalBookieClient
 from bookie.registry import BookieInfo, available_key, now_ms
 from bookie.storage import Bookie, BookieStorageConfig

@@ -28,7 +28,7 @@ from typing import Protocol
 import crc32c
 
 from bookie.api import StoredEntry
-from bookie.ledgers import STATE_CLOSED, LedgerMetadata
+from bookie.ledger import STATE_CLOSED, LedgerMetadata
 from strata.naming import TopicName
 from tiered.config import DRIVER_FILESYSTEM, DRIVER_S3, S3_MAX_PARTS, OffloadConfig
 from tiered.errors import OffloadCorruptError, TieredError
@@ -53,7 +53,7 @@ ABORT_TIMEOUT_S = 5.0
 
 
 class EntrySource(Protocol):
-    """What an offload reads a ledger through: ``bookie.ledgers.LedgerReader`` fits."""
+    """What an offload reads a ledger through: ``bookie.ledger.LedgerReader`` fits."""
 
     @property
     def metadata(self) -> LedgerMetadata: ...

@@ -11,7 +11,11 @@ Module map:
 * ``bookie.ledger.recovery``     ``LedgerRecoveryOp`` and ``FenceOp``: fence, read the tail, close
 * ``bookie.ledger.replication``  ``FragmentReplicator``: move a bookie's share of a fragment
 
-``bookie.ledgers`` re-exports the names the broker uses.
+Lifecycle of a ledger::
+
+    create (OPEN, in metadata) → adds (ensemble changes on bookie failures)
+        → close (CLOSED with last_entry_id and length, by CAS)
+    a new owner: IN_RECOVERY → fence → read the tail → write it back → close (recovery)
 """
 
 from bookie.ledger.config import LedgerClientConfig

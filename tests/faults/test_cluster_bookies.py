@@ -20,8 +20,8 @@ import pytest
 
 import strata
 from bookie.grpc_client import GrpcBookieClient
+from bookie.ledger import LedgerMetadata, ledger_key
 from bookie.ledger.metadata import ledger_fragments, slot_stores_entry
-from bookie.ledgers import LedgerMetadata, ledger_key
 from strata.metadata import MetadataStore
 from strata.v1 import admin_pb2, admin_pb2_grpc
 from tests.cluster import Cluster

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 import strata
-from bookie.ledgers import (
+from bookie.ledger import (
     STATE_CLOSED,
     LedgerClosedError,
     LedgerManager,

@@ -42,7 +42,7 @@ from bookie.errors import (
     NoSuchEntryError,
     NoSuchLedgerError,
 )
-from bookie.ledgers import (
+from bookie.ledger import (
     LedgerClientConfig,
     LedgerHandle,
     LedgerManager,

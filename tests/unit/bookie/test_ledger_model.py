@@ -19,7 +19,7 @@ from hypothesis.stateful import (
 )
 
 from bookie.errors import CorruptEntryError
-from bookie.ledgers import (
+from bookie.ledger import (
     STATE_CLOSED,
     LedgerClientConfig,
     LedgerHandle,

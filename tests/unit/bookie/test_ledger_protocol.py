@@ -11,8 +11,7 @@ import pytest
 
 from bookie.api import StoredEntry
 from bookie.errors import BookieIOError, NoSuchEntryError
-from bookie.ledger.metadata import slot_stores_entry
-from bookie.ledgers import (
+from bookie.ledger import (
     STATE_CLOSED,
     STATE_OPEN,
     LedgerClientConfig,
@@ -24,6 +23,7 @@ from bookie.ledgers import (
     NotEnoughBookiesError,
     ledger_fragments,
 )
+from bookie.ledger.metadata import slot_stores_entry
 from tests.unit.bookie.fake_bookies import (
     FAST_CONFIG,
     LedgerEnv,
@@ -514,8 +514,8 @@ async def test_delete_ledger_reaches_every_bookie_of_every_fragment() -> None:
         assert await env.other.read_metadata(closed.ledger_id) is None
 
 
-def test_the_broker_facing_names_are_exported_by_bookie_ledgers() -> None:
-    import bookie.ledgers as facade
+def test_the_broker_facing_names_are_exported_by_bookie_ledger() -> None:
+    import bookie.ledger as package
 
     for name in (
         "LedgerManager",
@@ -532,8 +532,8 @@ def test_the_broker_facing_names_are_exported_by_bookie_ledgers() -> None:
         "STATE_IN_RECOVERY",
         "STATE_CLOSED",
     ):
-        assert hasattr(facade, name), name
-    assert set(facade.__all__) <= set(dir(facade))
+        assert hasattr(package, name), name
+    assert set(package.__all__) <= set(dir(package))
 
 
 def test_config_rejects_a_bound_that_is_not_positive() -> None:

@@ -9,7 +9,7 @@ import time
 import pytest
 
 from bookie.errors import BookieIOError
-from bookie.ledgers import (
+from bookie.ledger import (
     STATE_CLOSED,
     STATE_IN_RECOVERY,
     LedgerClientConfig,

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from bookie.ledgers import LedgerManager
+from bookie.ledger import LedgerManager
 from broker.config import BrokerConfig
 from broker.ownership import (
     LOAD_REPORTS_PREFIX,

@@ -15,7 +15,7 @@ import boto3
 import pytest
 from moto import mock_aws
 
-from bookie.ledgers import LedgerManager
+from bookie.ledger import LedgerManager
 from broker.errors import to_status
 from broker.managed_ledger import Entry, EntryCache, ManagedLedger, ManagedLedgerConfig
 from broker.offload import (

@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING
 import grpc
 import pytest
 
-from bookie.ledgers import LedgerManager
+from bookie.ledger import LedgerManager
 from broker.config import BrokerConfig
 from broker.server import start_broker_server
 from broker.service import BrokerService

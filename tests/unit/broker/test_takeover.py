@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from bookie.ledgers import LedgerManager
+from bookie.ledger import LedgerManager
 from broker.config import BrokerConfig
 from broker.service import BrokerService
 from strata.metadata import open_metadata_store

@@ -12,7 +12,7 @@ from moto import mock_aws
 
 from bookie.api import StoredEntry
 from bookie.errors import BookieUnavailableError
-from bookie.ledgers import STATE_CLOSED, LedgerMetadata
+from bookie.ledger import STATE_CLOSED, LedgerMetadata
 from tiered.config import MIB, OffloadConfig
 from tiered.offloader import BlockOffloader, FilesystemOffloader, S3Offloader
 
