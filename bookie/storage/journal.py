@@ -187,7 +187,6 @@ class Journal:
         self._fd_zeroed_end = 0
         self._preallocation_failed = False
         # Statistics.
-        self.batches_written = 0
         self.fsyncs = 0
         self.bytes_written = 0
         self.bytes_preallocated = 0
@@ -235,6 +234,11 @@ class Journal:
         """The segment the next record goes to; every lower segment is sealed (or will be, once
         the batch in flight is durable)."""
         return self._segment_id
+
+    @property
+    def batches_written(self) -> int:
+        """Batches written and durable so far."""
+        return self._written_batches - len(self._unsynced)
 
     @property
     def has_room(self) -> bool:
@@ -452,14 +456,11 @@ class Journal:
         """Complete the batches up to written-batch number ``target``, oldest first.
 
         False when the index refused one (the journal has then failed)."""
-        durable = self._written_batches - len(self._unsynced)
-        while durable < target:
+        while self.batches_written < target:
             records = self._unsynced.popleft()
-            durable += 1
             last = records[-1]
             self.durable_segment_id = last.segment_id
             self.durable_offset = last.offset + last.length
-            self.batches_written += 1
             try:
                 self._on_durable(records)
             except Exception as exc:  # a bug: the index no longer matches the journal
