@@ -127,6 +127,27 @@ class Pacer:
         self.sent_count += count
 
 
+def _new_histogram() -> HdrHistogram:
+    return HdrHistogram(1, _HISTOGRAM_MAX_US, 3)
+
+
+@dataclass
+class _Series:
+    """Latencies (µs) of one kind: appended per message, folded into a histogram in bulk."""
+
+    pending_us: list[int] = field(default_factory=list)
+    histogram: HdrHistogram = field(default_factory=_new_histogram)
+
+    def fold(self) -> None:
+        pending, self.pending_us = self.pending_us, []
+        _record(self.histogram, pending)
+
+    def ms(self, percentile: float) -> float:
+        if not self.histogram.get_total_count():
+            return 0.0
+        return round(float(self.histogram.get_value_at_percentile(percentile)) / 1000, 3)
+
+
 @dataclass
 class _Meter:
     """Counts and latencies of one run: per reporting interval and in total."""
@@ -137,25 +158,21 @@ class _Meter:
     # Latencies (µs) not yet folded into the histograms: appending to a list is cheap
     # per message; the histograms take them in bulk once per interval.
     pending_us: list[int] = field(default_factory=list)
-    interval: HdrHistogram = field(default_factory=lambda: HdrHistogram(1, _HISTOGRAM_MAX_US, 3))
-    total: HdrHistogram = field(default_factory=lambda: HdrHistogram(1, _HISTOGRAM_MAX_US, 3))
+    interval: HdrHistogram = field(default_factory=_new_histogram)
+    total: HdrHistogram = field(default_factory=_new_histogram)
     first_ns: int | None = None  # wall clock
     last_ns: int | None = None
-    # Publish delay (µs): how late each paced send call was against its schedule; and the
+    # Publish delay: how late each paced send call was against its schedule; and the
     # latency measured from the schedule instead of the send call (delay + latency).
-    pending_delay_us: list[int] = field(default_factory=list)
-    delay: HdrHistogram = field(default_factory=lambda: HdrHistogram(1, _HISTOGRAM_MAX_US, 3))
-    pending_scheduled_us: list[int] = field(default_factory=list)
-    scheduled: HdrHistogram = field(default_factory=lambda: HdrHistogram(1, _HISTOGRAM_MAX_US, 3))
+    delay: _Series = field(default_factory=_Series)
+    scheduled: _Series = field(default_factory=_Series)
 
     def fold(self) -> None:
         """Record the pending latencies into the interval histogram."""
         pending, self.pending_us = self.pending_us, []
         _record(self.interval, pending)
-        delays, self.pending_delay_us = self.pending_delay_us, []
-        _record(self.delay, delays)
-        scheduled, self.pending_scheduled_us = self.pending_scheduled_us, []
-        _record(self.scheduled, scheduled)
+        self.delay.fold()
+        self.scheduled.fold()
 
     def roll(self) -> None:
         """Close the interval: its latencies join the total."""
@@ -187,14 +204,13 @@ class _Meter:
             else 0.0,
             "errors": self.errors,
         }
-        for prefix, histogram, names in (
+        for prefix, series, names in (
             ("publish_delay", self.delay, (("p50", 50.0), ("p99", 99.0), ("max", 100.0))),
             ("from_schedule", self.scheduled, (("p50", 50.0), ("p99", 99.0), ("p999", 99.9))),
         ):
-            if histogram.get_total_count():
+            if series.histogram.get_total_count():
                 for name, percentile in names:
-                    value_us = histogram.get_value_at_percentile(percentile)
-                    result[f"{prefix}_{name}_ms"] = round(float(value_us) / 1000, 3)
+                    result[f"{prefix}_{name}_ms"] = series.ms(percentile)
         return result
 
 
@@ -271,7 +287,7 @@ async def _produce_one(
             delays_us = [
                 max(0, sent_ns - pacer.intended_ns(first + k)) // 1000 for k in range(chunk)
             ]
-            meter.pending_delay_us.extend(delays_us)
+            meter.delay.pending_us.extend(delays_us)
         payload = fixed if fixed is not None else pack(wall0 + sent_ns - mono0) + filler
         for k in range(chunk):
             callback = (
@@ -304,7 +320,7 @@ def _chunk_callback(
         meter.bytes += size * count
         meter.pending_us.extend([latency_us] * count)
         if delays_us is not None:
-            meter.pending_scheduled_us.extend([latency_us + delay for delay in delays_us])
+            meter.scheduled.pending_us.extend([latency_us + delay for delay in delays_us])
         meter.last_ns = time.time_ns()
 
     return done
