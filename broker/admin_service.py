@@ -6,21 +6,12 @@ statuses through ``broker.errors.to_status``.
 
 from __future__ import annotations
 
-import functools
 import logging
-from collections.abc import Awaitable, Callable
-from typing import Any, TypeVar
-
-import grpc
+from typing import Any
 
 from bookie.registry import DecommissionRefusedError, decommission_bookie, describe_bookies
-from broker.errors import (
-    InvalidRequestError,
-    NotFoundError,
-    PreconditionError,
-    status_metadata,
-    to_status,
-)
+from broker.edge import edge
+from broker.errors import InvalidRequestError, NotFoundError, PreconditionError
 from broker.offload import OffloadStatus
 from broker.ownership import (
     FORWARDED_HEADER,
@@ -35,30 +26,7 @@ from strata.v1 import admin_pb2, admin_pb2_grpc
 
 log = logging.getLogger(__name__)
 
-R = TypeVar("R")
 MAX_PAGE_SIZE = 1000
-
-Handler = Callable[[Any, Any, grpc.aio.ServicerContext[Any, Any]], Awaitable[R]]
-
-
-def _edge(method: Handler[R]) -> Handler[R]:
-    """Map domain errors to statuses; log and hide anything unexpected."""
-
-    @functools.wraps(method)
-    async def wrapper(self: Any, request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> R:
-        try:
-            return await method(self, request, context)
-        except grpc.aio.AbortError:
-            raise
-        except Exception as exc:
-            status = to_status(exc)
-            if status is None:
-                log.error("unexpected error in %s: %r", method.__name__, exc, exc_info=exc)
-                status = (grpc.StatusCode.INTERNAL, "internal error; see the broker log")
-            await context.abort(status[0], status[1], status_metadata(exc))
-            raise AssertionError("unreachable") from exc
-
-    return wrapper
 
 
 def _page(items: list[str], page_size: int, page_token: str) -> tuple[list[str], str]:
@@ -96,7 +64,7 @@ class AdminServicer(admin_pb2_grpc.AdminServiceServicer):
     def __init__(self, broker: BrokerService) -> None:
         self._broker = broker
 
-    @_edge
+    @edge
     async def CreateTenant(self, request: Any, context: Any) -> admin_pb2.Tenant:
         tenant_id = request.tenant_id or parse_tenant(request.tenant.name or "")
         check_name_part("tenant", tenant_id)
@@ -109,7 +77,7 @@ class AdminServicer(admin_pb2_grpc.AdminServiceServicer):
             allowed_clusters=request.tenant.allowed_clusters,
         )
 
-    @_edge
+    @edge
     async def GetTenant(self, request: Any, context: Any) -> admin_pb2.Tenant:
         tenant = parse_tenant(request.name)
         body = await self._broker.get_tenant(tenant)
@@ -119,7 +87,7 @@ class AdminServicer(admin_pb2_grpc.AdminServiceServicer):
             allowed_clusters=body.get("allowed_clusters", []),
         )
 
-    @_edge
+    @edge
     async def ListTenants(self, request: Any, context: Any) -> admin_pb2.ListTenantsResponse:
         page, token = _page(
             await self._broker.list_tenants(), request.page_size, request.page_token
@@ -128,12 +96,12 @@ class AdminServicer(admin_pb2_grpc.AdminServiceServicer):
             tenants=[admin_pb2.Tenant(name=f"tenants/{t}") for t in page], next_page_token=token
         )
 
-    @_edge
+    @edge
     async def DeleteTenant(self, request: Any, context: Any) -> admin_pb2.DeleteTenantResponse:
         await self._broker.delete_tenant(parse_tenant(request.name), request.force)
         return admin_pb2.DeleteTenantResponse()
 
-    @_edge
+    @edge
     async def CreateNamespace(self, request: Any, context: Any) -> admin_pb2.Namespace:
         tenant = parse_tenant(request.parent)
         name = NamespaceName(tenant, check_name_part("namespace", request.namespace_id))
@@ -142,7 +110,7 @@ class AdminServicer(admin_pb2_grpc.AdminServiceServicer):
         await self._broker.create_namespace(name, request.bundles)
         return admin_pb2.Namespace(name=name.resource_name)
 
-    @_edge
+    @edge
     async def GetNamespace(self, request: Any, context: Any) -> admin_pb2.Namespace:
         name = NamespaceName.parse(request.name)
         return await self._namespace(name)
@@ -161,31 +129,31 @@ class AdminServicer(admin_pb2_grpc.AdminServiceServicer):
         )
         return namespace
 
-    @_edge
+    @edge
     async def SetOffloadThreshold(self, request: Any, context: Any) -> admin_pb2.Namespace:
         name = NamespaceName.parse(request.name)
         await self._broker.set_offload_threshold(name, request.threshold_bytes)
         return await self._namespace(name)
 
-    @_edge
+    @edge
     async def SetOffloadDeletionLag(self, request: Any, context: Any) -> admin_pb2.Namespace:
         name = NamespaceName.parse(request.name)
         lag = request.deletion_lag_ms if request.HasField("deletion_lag_ms") else None
         await self._broker.set_offload_deletion_lag(name, lag)
         return await self._namespace(name)
 
-    @_edge
+    @edge
     async def OffloadTopic(self, request: Any, context: Any) -> admin_pb2.OffloadStatus:
         name = TopicName.parse(request.name)
         threshold = request.size_threshold_bytes if request.HasField("size_threshold_bytes") else 0
         return _offload_status(name, await self._broker.offload_topic(name, threshold))
 
-    @_edge
+    @edge
     async def GetOffloadStatus(self, request: Any, context: Any) -> admin_pb2.OffloadStatus:
         name = TopicName.parse(request.name)
         return _offload_status(name, await self._broker.offload_status(name))
 
-    @_edge
+    @edge
     async def SetPersistence(self, request: Any, context: Any) -> admin_pb2.Namespace:
         name = NamespaceName.parse(request.name)
         if not request.HasField("persistence"):
@@ -196,7 +164,7 @@ class AdminServicer(admin_pb2_grpc.AdminServiceServicer):
         )
         return await self._namespace(name)
 
-    @_edge
+    @edge
     async def ListBookies(self, request: Any, context: Any) -> admin_pb2.ListBookiesResponse:
         cluster = await describe_bookies(self._broker.store)
         return admin_pb2.ListBookiesResponse(
@@ -213,7 +181,7 @@ class AdminServicer(admin_pb2_grpc.AdminServiceServicer):
             auditor=cluster.auditor,
         )
 
-    @_edge
+    @edge
     async def ListBrokers(self, request: Any, context: Any) -> admin_pb2.ListBrokersResponse:
         ownership = self._broker.ownership
         if ownership is None:
@@ -251,7 +219,7 @@ class AdminServicer(admin_pb2_grpc.AdminServiceServicer):
             )
         return admin_pb2.ListBrokersResponse(brokers=brokers)
 
-    @_edge
+    @edge
     async def ListBundles(self, request: Any, context: Any) -> admin_pb2.ListBundlesResponse:
         name = NamespaceName.parse(request.name)
         return await self._bundles(name)
@@ -267,13 +235,13 @@ class AdminServicer(admin_pb2_grpc.AdminServiceServicer):
             bundles=[admin_pb2.BundleInfo(name=b.name, owner=owner) for b, owner in pairs]
         )
 
-    @_edge
+    @edge
     async def UnloadTopic(self, request: Any, context: Any) -> admin_pb2.UnloadTopicResponse:
         name = TopicName.parse(request.name)
         await self._broker.check_namespace(name.namespace_name)
         return admin_pb2.UnloadTopicResponse(was_loaded=await self._broker.unload_topic(name))
 
-    @_edge
+    @edge
     async def UnloadNamespace(
         self, request: Any, context: Any
     ) -> admin_pb2.UnloadNamespaceResponse:
@@ -290,7 +258,7 @@ class AdminServicer(admin_pb2_grpc.AdminServiceServicer):
             await ownership.unload_namespace_bundle(name, request.bundle, local_only=forwarded)
         return admin_pb2.UnloadNamespaceResponse()
 
-    @_edge
+    @edge
     async def SplitNamespaceBundle(
         self, request: Any, context: Any
     ) -> admin_pb2.ListBundlesResponse:
@@ -313,7 +281,7 @@ class AdminServicer(admin_pb2_grpc.AdminServiceServicer):
             await ownership.split_bundle(name, request.bundle, local_only=forwarded)
         return await self._bundles(name)
 
-    @_edge
+    @edge
     async def DecommissionBookie(
         self, request: Any, context: Any
     ) -> admin_pb2.DecommissionBookieResponse:
@@ -327,7 +295,7 @@ class AdminServicer(admin_pb2_grpc.AdminServiceServicer):
             raise NotFoundError(f"no bookie {request.id!r} is registered") from exc
         return admin_pb2.DecommissionBookieResponse()
 
-    @_edge
+    @edge
     async def ListNamespaces(self, request: Any, context: Any) -> admin_pb2.ListNamespacesResponse:
         tenant = parse_tenant(request.parent)
         page, token = _page(
@@ -340,20 +308,20 @@ class AdminServicer(admin_pb2_grpc.AdminServiceServicer):
             next_page_token=token,
         )
 
-    @_edge
+    @edge
     async def DeleteNamespace(
         self, request: Any, context: Any
     ) -> admin_pb2.DeleteNamespaceResponse:
         await self._broker.delete_namespace(NamespaceName.parse(request.name), request.force)
         return admin_pb2.DeleteNamespaceResponse()
 
-    @_edge
+    @edge
     async def CreateTopic(self, request: Any, context: Any) -> admin_pb2.Topic:
         name = TopicName.parse(request.name)
         await self._broker.create_topic(name)
         return admin_pb2.Topic(name=str(name))
 
-    @_edge
+    @edge
     async def CreatePartitionedTopic(
         self, request: Any, context: Any
     ) -> admin_pb2.PartitionedTopic:
@@ -361,7 +329,7 @@ class AdminServicer(admin_pb2_grpc.AdminServiceServicer):
         await self._broker.create_partitioned_topic(name, request.partitions)
         return admin_pb2.PartitionedTopic(name=str(name), partitions=request.partitions)
 
-    @_edge
+    @edge
     async def ListTopics(self, request: Any, context: Any) -> admin_pb2.ListTopicsResponse:
         namespace = NamespaceName.parse(request.parent)
         page, token = _page(
@@ -371,12 +339,12 @@ class AdminServicer(admin_pb2_grpc.AdminServiceServicer):
             topics=[admin_pb2.Topic(name=t) for t in page], next_page_token=token
         )
 
-    @_edge
+    @edge
     async def DeleteTopic(self, request: Any, context: Any) -> admin_pb2.DeleteTopicResponse:
         await self._broker.delete_topic(TopicName.parse(request.name), request.force)
         return admin_pb2.DeleteTopicResponse()
 
-    @_edge
+    @edge
     async def GetTopicStats(self, request: Any, context: Any) -> admin_pb2.TopicStats:
         name = TopicName.parse(request.name)
         if not await self._broker.topic_exists(name):

@@ -45,9 +45,9 @@ from bookie.ledger import (
     LedgerMetadataConflictError,
     LedgerReader,
 )
+from broker.entry_format import num_messages_of
 from broker.errors import CorruptDataError, ServiceUnavailableError, TopicFencedError
 from strata.metadata import BadVersionError
-from strata.v1 import messaging_pb2
 from tiered import OffloadContext, OffloadedLedger, Offloader, TieredError
 from tiered.format import OffloadKeys
 
@@ -120,11 +120,6 @@ class Entry:
     @property
     def position(self) -> Position:
         return (self.ledger_id, self.entry_id)
-
-
-def num_messages_of(data: bytes) -> int:
-    """Read the message count from a stored entry's header (a catch-up read's only decode)."""
-    return messaging_pb2.StoredEntry.FromString(data).num_messages or 1
 
 
 class EntryCache:

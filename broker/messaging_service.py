@@ -11,17 +11,13 @@ import asyncio
 import contextlib
 import logging
 from collections.abc import Awaitable, Callable
-from typing import Any, NoReturn
+from typing import Any
 
 import grpc
 
-from broker.errors import (
-    InvalidRequestError,
-    MessageTooLargeError,
-    ServiceUnavailableError,
-    status_metadata,
-    to_status,
-)
+from broker.edge import abort_for
+from broker.entry_format import stored_entry_for
+from broker.errors import InvalidRequestError, MessageTooLargeError, ServiceUnavailableError
 from broker.managed_ledger import Position
 from broker.service import BrokerService
 from broker.subscription import SUBSCRIPTION_EXCLUSIVE, SUBSCRIPTION_SHARED, ConsumerSession
@@ -36,15 +32,6 @@ MAX_PERMITS_PER_CONSUMER = 1_000_000
 MAX_PENDING_ACK_RECEIPTS = 1000
 MAX_SUBSCRIPTION_NAME_LENGTH = 255
 _EOF: Any = grpc.aio.EOF
-
-
-async def _abort_for(context: grpc.aio.ServicerContext[Any, Any], exc: BaseException) -> NoReturn:
-    status = to_status(exc)
-    if status is None:
-        log.error("unexpected error on a stream: %r", exc, exc_info=exc)
-        await context.abort(grpc.StatusCode.INTERNAL, "internal error; see the broker log")
-    await context.abort(status[0], status[1], status_metadata(exc))
-    raise AssertionError("unreachable")
 
 
 async def _run_stream(
@@ -96,7 +83,7 @@ class MessagingServicer(messaging_pb2_grpc.MessagingServiceServicer):
         except (grpc.aio.AbortError, asyncio.CancelledError):
             raise
         except Exception as exc:
-            await _abort_for(context, exc)
+            await abort_for(context, exc, "messaging")
 
     async def _produce(self, context: grpc.aio.ServicerContext[Any, Any]) -> None:
         first = await context.read()
@@ -144,15 +131,7 @@ class MessagingServicer(messaging_pb2_grpc.MessagingServiceServicer):
                                 f"batch {batch.sequence_id} is {len(batch.payload)} bytes; "
                                 f"the maximum message size is {max_size} bytes"
                             )
-                        entry = messaging_pb2.StoredEntry(
-                            producer_name=producer_name,
-                            sequence_id=batch.sequence_id,
-                            num_messages=batch.num_messages,
-                            compression=batch.compression,
-                            uncompressed_size=batch.uncompressed_size,
-                            publish_time_ms=batch.publish_time_ms,
-                            payload=batch.payload,
-                        ).SerializeToString()
+                        entry = stored_entry_for(producer_name, batch)
                         future = topic.publish(entry, batch.num_messages)
                         await queue.put((batch.sequence_id, batch.num_messages, future))
                 await queue.put(None)
@@ -203,7 +182,7 @@ class MessagingServicer(messaging_pb2_grpc.MessagingServiceServicer):
                 name, request.authoritative
             )
         except Exception as exc:
-            await _abort_for(context, exc)
+            await abort_for(context, exc, "messaging")
         result = (
             messaging_pb2.LookupResponse.REDIRECT
             if redirect
@@ -223,7 +202,7 @@ class MessagingServicer(messaging_pb2_grpc.MessagingServiceServicer):
             await self._broker.check_namespace(name.namespace_name)
             partitions = await self._broker.partitions_of(name)
         except Exception as exc:
-            await _abort_for(context, exc)
+            await abort_for(context, exc, "messaging")
         return messaging_pb2.PartitionedTopicMetadata(partitions=partitions)
 
     # ---- Consume ------------------------------------------------------------------------
@@ -238,7 +217,7 @@ class MessagingServicer(messaging_pb2_grpc.MessagingServiceServicer):
         except (grpc.aio.AbortError, asyncio.CancelledError):
             raise
         except Exception as exc:
-            await _abort_for(context, exc)
+            await abort_for(context, exc, "messaging")
 
     async def _consume(self, context: grpc.aio.ServicerContext[Any, Any]) -> None:
         first = await context.read()

@@ -1,0 +1,29 @@
+"""The stored-entry format: the header the broker wraps once around a producer's batch.
+
+Pure functions, no I/O: the produce path encodes with ``stored_entry_for()``, catch-up reads
+decode only the message count with ``num_messages_of()``, and the tests' fake brokers build
+their entries with the same function, so the SDK is tested against the bytes a broker stores.
+The consumer SDK decodes the whole header (``strata.client._batch``).
+"""
+
+from __future__ import annotations
+
+from strata.v1 import messaging_pb2
+
+
+def stored_entry_for(producer_name: str, batch: messaging_pb2.ProducerBatch) -> bytes:
+    """The ledger entry for one producer batch: its payload unchanged behind a header."""
+    return messaging_pb2.StoredEntry(
+        producer_name=producer_name,
+        sequence_id=batch.sequence_id,
+        num_messages=batch.num_messages,
+        compression=batch.compression,
+        uncompressed_size=batch.uncompressed_size,
+        publish_time_ms=batch.publish_time_ms,
+        payload=batch.payload,
+    ).SerializeToString()
+
+
+def num_messages_of(data: bytes) -> int:
+    """Read the message count from a stored entry's header (a catch-up read's only decode)."""
+    return messaging_pb2.StoredEntry.FromString(data).num_messages or 1
