@@ -8,8 +8,8 @@ Every field of the dataclass is one option, made here and nowhere else:
   the flag wins over it;
 * the help text, written once in the field's metadata (``setting(default, "help")``);
 * the type of the annotation: ``int``, ``float``, ``str``, ``Path``, ``bool`` (strictly
-  true/false/1/0/yes/no), ``X | None``, or a section. A field without a default is a
-  required option (unless its variable is set).
+  true/false/1/0/yes/no), or a section. A field without a default is a required option
+  (unless its variable is set).
 
 A field declared ``repr=False`` (``secret=True``) is a secret: neither its default nor its
 value appears in ``--help`` or in :func:`config_to_dict`.
@@ -25,7 +25,6 @@ import argparse
 import dataclasses
 import os
 import re
-import types
 import typing
 from collections.abc import Callable, Collection, Iterator, Mapping
 from pathlib import Path
@@ -69,18 +68,6 @@ class ConfigError(ValueError):
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
-class BoundOption:
-    """One leaf field bound to one option."""
-
-    path: tuple[str, ...]  # field names from the root dataclass down, e.g. (ledger_client, x)
-    dest: str
-    flag: str
-    variable: str
-    help: str
-    secret: bool
-
-
-@dataclasses.dataclass(frozen=True, slots=True)
 class _Field:
     field: dataclasses.Field[Any]
     kind: Any  # the resolved annotation
@@ -88,29 +75,15 @@ class _Field:
     option_name: str  # with the section's prefix, snake_case
 
 
-def _unwrap_optional(kind: Any) -> Any:
-    if isinstance(kind, types.UnionType) or typing.get_origin(kind) is typing.Union:
-        others = [k for k in typing.get_args(kind) if k is not type(None)]
-        if len(others) == 1:
-            return others[0]
-    return kind
-
-
 def _fields(cls: type, prefix: str) -> Iterator[_Field]:
     hints = typing.get_type_hints(cls)
     for item in dataclasses.fields(cls):
-        kind = _unwrap_optional(hints[item.name])
+        kind = hints[item.name]
         if dataclasses.is_dataclass(kind) and isinstance(kind, type):
             section_prefix = item.metadata.get(PREFIX, item.name + "_")
             yield _Field(item, kind, kind, prefix + section_prefix)
         else:
             yield _Field(item, kind, None, prefix + item.metadata.get(NAME, item.name))
-
-
-def _has_default(item: dataclasses.Field[Any]) -> bool:
-    return (
-        item.default is not dataclasses.MISSING or item.default_factory is not dataclasses.MISSING
-    )
 
 
 def _shown(value: object) -> str:
@@ -122,8 +95,8 @@ def _shown(value: object) -> str:
 class ConfigBinding(Generic[_T]):
     """The options of one config dataclass in one parser, and the way back to the dataclass.
 
-    ``skip`` names top-level fields the role does not offer (they keep their defaults, or
-    ``fixed`` values); ``defaults`` replaces top-level defaults for this role.
+    ``skip`` names top-level fields the role does not offer (they keep their defaults);
+    ``fixed`` gives others a value of the role's own, likewise without an option.
     """
 
     def __init__(
@@ -131,18 +104,15 @@ class ConfigBinding(Generic[_T]):
         cls: type[_T],
         *,
         skip: Collection[str] = (),
-        defaults: Mapping[str, object] | None = None,
         fixed: Mapping[str, object] | None = None,
     ) -> None:
         names = {f.name for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
-        unknown = (set(skip) | set(defaults or {}) | set(fixed or {})) - names
+        unknown = (set(skip) | set(fixed or {})) - names
         if unknown:
             raise ValueError(f"{cls.__name__} has no fields {sorted(unknown)}")
         self.cls = cls
         self.skip = frozenset(skip) | frozenset(fixed or {})
-        self.defaults = dict(defaults or {})
         self.fixed = dict(fixed or {})
-        self.options: list[BoundOption] = []
 
     def role_parser(
         self, prog: str, description: str, environ: Mapping[str, str] | None = None
@@ -162,7 +132,6 @@ class ConfigBinding(Generic[_T]):
     ) -> None:
         """Add one option per leaf field (sections recursively) to ``parser``."""
         environ = os.environ if environ is None else environ
-        self.options = []
         self._add(parser, self.cls, (), "", environ)
 
     def _add(
@@ -183,33 +152,22 @@ class ConfigBinding(Generic[_T]):
             kind = _SCALARS.get(spec.kind)
             if kind is None:
                 raise TypeError(f"{cls.__name__}.{item.name}: no option type for {spec.kind!r}")
-            help_text = item.metadata.get(HELP, "")
             flag = "--" + spec.option_name.replace("_", "-")
             variable = env_name(flag)
-            secret = not item.repr
-            default = self.defaults.get(item.name, item.default) if not path else item.default
             raw = environ.get(variable)
-            required = raw is None and default is dataclasses.MISSING
+            default = None if item.default is dataclasses.MISSING else item.default
             shown = ""
-            if default not in (dataclasses.MISSING, None) and not secret:
+            if default is not None and item.repr:  # a secret's default is not shown either
                 shown = f" (default {_shown(default)})"
+            help_text = f"{item.metadata.get(HELP, '')}{shown} [env {variable}]"
             parser.add_argument(
                 flag,
                 dest=spec.option_name,
                 type=converter(kind),
-                default=(
-                    FromEnvironment(raw, variable)
-                    if raw is not None
-                    else None
-                    if default is dataclasses.MISSING
-                    else default
-                ),
-                required=required,
+                default=default if raw is None else FromEnvironment(raw, variable),
+                required=raw is None and item.default is dataclasses.MISSING,
                 metavar=_METAVARS[spec.kind],
-                help=f"{help_text}{shown} [env {variable}]".replace("%", "%%"),
-            )
-            self.options.append(
-                BoundOption((*path, item.name), spec.option_name, flag, variable, help_text, secret)
+                help=help_text.replace("%", "%%"),
             )
 
     def build(self, parser: argparse.ArgumentParser, args: argparse.Namespace) -> _T:
@@ -234,8 +192,6 @@ class ConfigBinding(Generic[_T]):
             if not path and name in self.skip:
                 if name in self.fixed:
                     values[name] = self.fixed[name]
-                elif name in self.defaults:
-                    values[name] = self.defaults[name]
                 continue
             if spec.section is not None:
                 values[name] = self._build(spec.section, (*path, name), spec.option_name, args)
