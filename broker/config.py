@@ -6,6 +6,10 @@ field itself (``setting(default, help)``). The ledger client's bounds are the ne
 ``ledger_client`` (``--ledger-client-*``). Names follow Pulsar's ``broker.conf``
 (``managedLedgerMaxEntriesPerLedger`` → ``--managed-ledger-max-entries-per-ledger``) with
 the unit last: ``_ms``, ``_seconds``, ``_bytes``.
+
+A standalone's bookie keeps the storage defaults of ``BookieStorageConfig`` except
+``--journal-fsync``: a standalone is for development and tests, and ``strata bookie`` is where
+the storage is tuned (it binds every storage field).
 """
 
 from __future__ import annotations
