@@ -8,6 +8,7 @@ Modules, each one concern (imports point down the list)::
     reader         EntryReader: reads from the cache, the bookies and offloaded ledgers
     offload_state  OffloadState: offload contexts by CAS, ledgers mid-offload, deletions
     rollover       RolloverOp: close the full ledger, record and open the next, re-issue adds
+    trim           which ledgers every cursor has passed; list stored first, then deletions
     ledger         ManagedLedger (open, the add path, trim, close) and its listener
 
 Offloaded ledgers (``broker.offload``, ``tiered``): each ledger's offload state lives in the
@@ -38,6 +39,7 @@ from broker.managed_ledger.ledger_list import (
 from broker.managed_ledger.offload_state import MAX_ROLLOVER_WAITS, OffloadState
 from broker.managed_ledger.reader import MAX_OPEN_OFFLOADED_LEDGERS, READ_MAX_BYTES, EntryReader
 from broker.managed_ledger.rollover import RolloverOp
+from broker.managed_ledger.trim import consumed_ledgers, trim_ledgers
 
 __all__ = [
     "MANAGED_LEDGERS_PREFIX",
@@ -56,6 +58,8 @@ __all__ = [
     "OffloadState",
     "Position",
     "RolloverOp",
+    "consumed_ledgers",
     "decode_ledger_list",
     "encode_ledger_list",
+    "trim_ledgers",
 ]

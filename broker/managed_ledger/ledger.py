@@ -39,6 +39,7 @@ from broker.managed_ledger.ledger_list import LedgerInfo, LedgerList, Position
 from broker.managed_ledger.offload_state import OffloadState
 from broker.managed_ledger.reader import READ_MAX_BYTES, EntryReader
 from broker.managed_ledger.rollover import RolloverOp, create_ledger
+from broker.managed_ledger.trim import trim_ledgers
 from tiered import Offloader
 
 if TYPE_CHECKING:
@@ -123,8 +124,7 @@ class ManagedLedger:
             delete_ledger=self._delete_ledger_quietly,
             rollover_in_progress=lambda: self._rolling,
         )
-        # The write state: the ledger open for writing and what was issued to it, the adds
-        # waiting for a rollover (resubmitted ones go first), and the rollover task.
+        # The ledger open for writing, what was issued to it, the adds waiting for a rollover.
         self._current: LedgerHandle | None = None
         self._current_created_ms = 0
         self._issued_entries = 0
@@ -138,10 +138,6 @@ class ManagedLedger:
         self.entries_added = 0
         # The offload scheduler (None: offloading is off); closed first by close().
         self.offload = offload(self) if offload is not None else None
-
-    @property
-    def key(self) -> str:
-        return self.ledger_list.key
 
     @property
     def manager(self) -> LedgerManager:
@@ -290,9 +286,6 @@ class ManagedLedger:
     def end_position(self) -> Position:
         return self.ledger_list.end_position()
 
-    def normalize(self, position: Position) -> Position:
-        return self.ledger_list.normalize(position)
-
     def next_position(self, position: Position) -> Position:
         return self.ledger_list.next_position(position)
 
@@ -323,28 +316,12 @@ class ManagedLedger:
     # ---- trimming and shutdown -----------------------------------------------------------
 
     async def trim(self, slowest_mark_delete: Position | None) -> int:
-        """Delete ledgers every durable cursor has fully consumed; returns how many.
-
-        The shortened list is stored first and the ledgers deleted after, so a crash in
-        between leaks bookie space and never loses an entry a cursor still needs.
-        """
-        ledgers = self.ledger_list
-        if self._rolling is not None or len(ledgers.ledgers) <= 1:
+        """Delete ledgers every durable cursor has fully consumed; returns how many."""
+        if self._rolling is not None:
             return 0
-        count = ledgers.trimmable(slowest_mark_delete, self.offload_state.offloading)
-        if count == 0:
-            return 0
-        previous = ledgers.ledgers
-        ledgers.ledgers = previous[count:]
-        try:
-            await ledgers.store()
-        except BaseException:
-            ledgers.ledgers = previous
-            raise
-        for info in previous[:count]:
-            await self._delete_ledger_quietly(info.ledger_id)
-            await self.offload_state.delete_objects_quietly(info)
-        return count
+        return await trim_ledgers(
+            self.ledger_list, self.offload_state, self._delete_ledger_quietly, slowest_mark_delete
+        )
 
     async def close(self) -> None:
         self._closed = True

@@ -128,24 +128,6 @@ class LedgerList:
                 return info
         return None
 
-    def trimmable(self, slowest_mark_delete: Position | None, offloading: set[int]) -> int:
-        """How many ledgers from the head every cursor has consumed, never the last one nor
-        one being offloaded (Pulsar #13219) or after it."""
-        count = 0
-        for info in self.ledgers[:-1]:
-            if info.ledger_id in offloading:
-                break
-            if slowest_mark_delete is not None and not (
-                info.ledger_id < slowest_mark_delete[0]
-                or (
-                    info.ledger_id == slowest_mark_delete[0]
-                    and slowest_mark_delete[1] >= info.entries - 1
-                )
-            ):
-                break
-            count += 1
-        return count
-
     # ---- positions ---------------------------------------------------------------------
 
     def first_position(self) -> Position:
