@@ -3,7 +3,8 @@ machine that makes it safe (Pulsar's ``ManagedLedgerImpl.offloadPrefix`` and
 ``OffloadContext``, ``../shared/reference/pulsar-bookkeeper.md`` §8).
 
 ``LedgerOffloadOp`` offloads one closed ledger. Its steps, each a compare-and-set of the
-topic's ledger list (``ManagedLedger.update_ledger_offloads``) where state changes::
+topic's ledger list (``OffloadState.update`` of ``broker.managed_ledger``) where state
+changes::
 
     1. generate a UUID; CAS the ledger's offload state IN_PROGRESS (uuid, object keys)
        — before a single byte is uploaded, so every object ever written is named by a UUID
@@ -162,10 +163,10 @@ class LedgerOffloadOp:
             index_key=keys.index_key,
             started_ms=self._clock(),
         )
-        ledger.offloading.add(ledger_id)
+        ledger.offload_state.offloading.add(ledger_id)
         try:
             # Step 1: recorded before any upload.
-            if ledger_id not in await ledger.update_ledger_offloads({ledger_id: context}):
+            if ledger_id not in await ledger.offload_state.update({ledger_id: context}):
                 return 0
             if previous is not None:
                 # The earlier attempt can no longer be completed (its UUID was replaced).
@@ -179,7 +180,7 @@ class LedgerOffloadOp:
             complete = context.completed(
                 result.data_length, result.data_crc32c, result.index_crc32c, self._clock()
             )
-            if ledger_id not in await ledger.update_ledger_offloads({ledger_id: complete}):
+            if ledger_id not in await ledger.offload_state.update({ledger_id: complete}):
                 await self._delete_quietly(result.keys)
                 return 0
             log.info(
@@ -192,7 +193,7 @@ class LedgerOffloadOp:
             )
             return result.data_length
         finally:
-            ledger.offloading.discard(ledger_id)
+            ledger.offload_state.offloading.discard(ledger_id)
 
     async def _delete_quietly(self, keys: OffloadKeys) -> None:
         if not keys.data_key:
@@ -206,9 +207,9 @@ class LedgerOffloadOp:
 class ManagedLedgerOffloader:
     """The offloading of one topic: one owned background task, one pass at a time.
 
-    Created by ``BrokerService`` when it loads a topic and an offloader is configured; it
-    hooks itself to the managed ledger (rollover notifications, close) and is reached as
-    ``ledger.offload``. Lifecycle: ``request_offload()`` / ``on_ledger_closed()`` /
+    Created by the managed ledger it serves, from the factory ``BrokerService`` passes to its
+    constructor when an offloader is configured, and reached as ``ledger.offload``. Lifecycle:
+    ``request_offload()`` / ``on_ledger_closed()`` (told by the ledger's rollover) /
     ``on_housekeeping()`` start the task if it is not running → passes → ``close()`` (run by
     the managed ledger's close) cancels it.
     """
@@ -243,9 +244,6 @@ class ManagedLedgerOffloader:
         # Until then housekeeping skips this topic (automatic offload was off at the last
         # look and nothing awaited deletion); 0: look at every housekeeping.
         self._idle_until_ms = 0
-        ledger.offload = self
-        ledger.on_ledger_closed = self.on_ledger_closed
-        ledger.on_close.append(self.close)
 
     # ---- triggers ------------------------------------------------------------------------
 
@@ -416,12 +414,12 @@ class ManagedLedgerOffloader:
         if not due:
             return
         try:
-            recorded = await self._ledger.update_ledger_offloads(due)
+            recorded = await self._ledger.offload_state.update(due)
         except Exception as exc:
             log.warning("recording bookie deletions of %s failed: %s", self._ledger.name, exc)
             return
         for ledger_id in sorted(recorded):
-            await self._ledger.delete_bookie_copy(ledger_id)
+            await self._ledger.offload_state.delete_bookie_copy(ledger_id)
 
     async def _sweep(self) -> None:
         """Delete objects under the topic's prefix that no COMPLETE record names (orphans of
@@ -435,14 +433,14 @@ class ManagedLedgerOffloader:
                 for info in ledger.ledgers
                 if info.offload is not None
                 and info.offload.state == OFFLOAD_IN_PROGRESS
-                and info.ledger_id not in ledger.offloading
+                and info.ledger_id not in ledger.offload_state.offloading
             }
             keep = self._kept_attempts()
             orphans = [o.info for o in listed if o.name is not None and o.name.uuid not in keep]
             if orphans or stale:
                 # Stored even without changes: success proves we still own the list, and the
                 # new version makes any other writer's later compare-and-set fail.
-                await ledger.update_ledger_offloads(stale)
+                await ledger.offload_state.update(stale)
                 keep = self._kept_attempts()
                 orphans = [o.info for o in listed if o.name is not None and o.name.uuid not in keep]
             if orphans:
@@ -451,7 +449,7 @@ class ManagedLedgerOffloader:
             for info in list(ledger.ledgers[:-1]):
                 if info.offload is not None and info.offload.bookie_deleted:
                     if await ledger.manager.read_metadata(info.ledger_id) is not None:
-                        await ledger.delete_bookie_copy(info.ledger_id)
+                        await ledger.offload_state.delete_bookie_copy(info.ledger_id)
         except asyncio.CancelledError:
             raise
         except Exception as exc:
@@ -468,7 +466,7 @@ class ManagedLedgerOffloader:
             info.offload.uuid
             for info in ledger.ledgers
             if info.offload is not None
-            and (info.offload.complete or info.ledger_id in ledger.offloading)
+            and (info.offload.complete or info.ledger_id in ledger.offload_state.offloading)
         }
 
     async def wait_idle(self, timeout_s: float) -> None:

@@ -38,6 +38,7 @@ from broker.managed_ledger import (
     EntryCache,
     ManagedLedger,
     ManagedLedgerConfig,
+    ManagedLedgerListener,
 )
 from broker.offload import ManagedLedgerOffloader, OffloadPolicy, OffloadStatus
 from broker.ownership import BundleOwnership, equal_boundaries
@@ -372,36 +373,45 @@ class BrokerService:
                 f"{name} is a partitioned topic: use its partitions ({name}-partition-N); "
                 "the SDK does this by itself"
             )
+        topic = Topic(
+            name,
+            lambda listener: self._managed_ledger(name, listener),
+            self.store,
+            self.config.cursor_persist_interval_ms,
+            self.config.cursor_max_persisted_ranges,
+            on_fenced=self._unload_fenced,
+        )
+        await topic.ledger.open()
+        await topic.load_subscriptions()
+        self.topics[str(name)] = topic
+        log.info("loaded topic %s (%d ledgers)", name, len(topic.ledger.ledgers))
+        return topic
+
+    def _managed_ledger(self, name: TopicName, listener: ManagedLedgerListener) -> ManagedLedger:
+        """A topic's managed ledger (not yet open), with its offload scheduler if any."""
         namespace = name.namespace_name
-        ledger = ManagedLedger(
+        offloader = self.offloader
+
+        def offload(ledger: ManagedLedger) -> ManagedLedgerOffloader:
+            assert offloader is not None
+            return ManagedLedgerOffloader(
+                ledger,
+                name,
+                offloader,
+                lambda: self.offload_policy_for(namespace),
+                retry_initial_backoff_ms=self.config.housekeeping_interval_ms,
+            )
+
+        return ManagedLedger(
             _ml_name(name),
             self.ledgers,
             self.ml_config,
             self.cache,
+            listener=listener,
             quorums=lambda: self.persistence_for(namespace),
-            offloader=self.offloader,
+            offloader=offloader,
+            offload=offload if offloader is not None else None,
         )
-        await ledger.open()
-        if self.offloader is not None:
-            ManagedLedgerOffloader(
-                ledger,
-                name,
-                self.offloader,
-                lambda: self.offload_policy_for(namespace),
-                retry_initial_backoff_ms=self.config.housekeeping_interval_ms,
-            )
-        topic = Topic(
-            name,
-            ledger,
-            self.store,
-            self.config.cursor_persist_interval_ms,
-            self.config.cursor_max_persisted_ranges,
-        )
-        await topic.load_subscriptions()
-        ledger.on_fenced = lambda: self._unload_fenced(topic)
-        self.topics[str(name)] = topic
-        log.info("loaded topic %s (%d ledgers)", name, len(ledger.ledgers))
-        return topic
 
     async def delete_topic(self, name: TopicName, force: bool) -> None:
         if not await self.topic_exists(name):

@@ -10,12 +10,13 @@ from __future__ import annotations
 import asyncio
 import itertools
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from urllib.parse import quote, unquote
 
 from broker.cursor import CURSORS_PREFIX, ManagedCursor
 from broker.errors import PreconditionError
-from broker.managed_ledger import ManagedLedger, Position
+from broker.managed_ledger import ManagedLedger, ManagedLedgerListener, Position
 from broker.subscription import SUBSCRIPTION_EXCLUSIVE, Subscription
 from strata.metadata import MetadataStore
 from strata.naming import TopicName
@@ -43,18 +44,23 @@ class RateMeter:
 
 
 class Topic:
-    """One loaded topic. Created and closed by ``BrokerService``."""
+    """One loaded topic. Created and closed by ``BrokerService``.
+
+    ``ledger`` makes the topic's (unopened) managed ledger with the listener it is given: new
+    entries wake the subscriptions, and a fence calls ``on_fenced(topic)``. The service opens
+    it (``ledger.open()``) before it loads the subscriptions.
+    """
 
     def __init__(
         self,
         name: TopicName,
-        ledger: ManagedLedger,
+        ledger: Callable[[ManagedLedgerListener], ManagedLedger],
         store: MetadataStore,
         cursor_persist_interval_ms: int,
         cursor_max_persisted_ranges: int,
+        on_fenced: Callable[[Topic], None],
     ) -> None:
         self.name = name
-        self.ledger = ledger
         self._store = store
         self._cursor_persist_interval_ms = cursor_persist_interval_ms
         self._cursor_max_persisted_ranges = cursor_max_persisted_ranges
@@ -71,7 +77,9 @@ class Topic:
         self.closing = asyncio.Event()
         # monotonic time since when it has had no producer or consumer (None: in use)
         self.idle_since: float | None = None
-        ledger.on_new_entries = self._on_new_entries
+        self.ledger = ledger(
+            ManagedLedgerListener(new_entries=self._on_new_entries, fenced=lambda: on_fenced(self))
+        )
 
     @property
     def cursor_prefix(self) -> str:

@@ -66,28 +66,30 @@ class Env:
     ledgers: list[ManagedLedger] = field(default_factory=list)
 
     async def open_ledger(self, offloader: BlockOffloader | None = None) -> ManagedLedger:
+        """A managed ledger with its offload scheduler (``attach`` returns it), as a broker
+        with an offloader makes them."""
+        chosen = offloader or self.offloader
+
+        async def policy() -> OffloadPolicy:
+            return self.policy
+
         ledger = ManagedLedger(
             ML_NAME,
             self.manager,
             ManagedLedgerConfig(max_entries_per_ledger=ENTRIES_PER_LEDGER),
             EntryCache(0),  # no entry cache: every read goes to storage
-            offloader=offloader or self.offloader,
+            offloader=chosen,
+            offload=lambda ml: ManagedLedgerOffloader(
+                ml, TOPIC, chosen, policy, retry_initial_backoff_ms=1
+            ),
         )
         await ledger.open()
         self.ledgers.append(ledger)
         return ledger
 
     def attach(self, ledger: ManagedLedger) -> ManagedLedgerOffloader:
-        async def policy() -> OffloadPolicy:
-            return self.policy
-
-        return ManagedLedgerOffloader(
-            ledger,
-            TOPIC,
-            ledger.offloader or self.offloader,
-            policy,
-            retry_initial_backoff_ms=1,
-        )
+        assert ledger.offload is not None
+        return ledger.offload
 
     async def stored_infos(self) -> list[dict[str, Any]]:
         record = await self.store.get("/managed-ledgers/" + ML_NAME)
@@ -300,7 +302,7 @@ async def test_crash_between_bookie_deleted_and_the_delete(env: Env) -> None:
     info = ledger.ledgers[0]
     assert info.offload is not None and info.offload.state == OFFLOAD_COMPLETE
     # Recorded BOOKIE_DELETED, and the process died before deleting the bookie copy.
-    await ledger.update_ledger_offloads({info.ledger_id: info.offload.with_bookie_deleted(1)})
+    await ledger.offload_state.update({info.ledger_id: info.offload.with_bookie_deleted(1)})
     assert info.ledger_id in env.bookie.entries
     await ledger.close()
     reopened = await env.open_ledger()
