@@ -25,7 +25,6 @@ import contextlib
 import json
 import logging
 import os
-import time
 import uuid
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
@@ -34,6 +33,7 @@ from pathlib import Path
 from bookie.api import BookieClient
 from bookie.grpc_client import GrpcBookieClient
 from bookie.ledger import LEDGERS_PREFIX, LedgerMetadata
+from strata.clock import now_ms as now_ms  # re-exported for the entry points
 from strata.metadata import (
     BadVersionError,
     EventType,
@@ -287,10 +287,6 @@ class BookieClientPool:
         clients, self._clients = self._clients, {}
         for client in clients.values():
             await client.close()
-
-
-def now_ms() -> int:
-    return int(time.time() * 1000)
 
 
 UNDER_REPLICATED_PREFIX = "/autorecovery/underreplicated/"
