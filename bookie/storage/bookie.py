@@ -26,7 +26,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
-from bookie.api import LedgerState, StoredEntry
+from bookie.api import LedgerEntry, LedgerState
 from bookie.errors import (
     BadRequestError,
     BookieError,
@@ -428,7 +428,7 @@ class Bookie:
 
     async def read_entries(
         self, ledger_id: int, first_entry_id: int, last_entry_id: int, max_bytes: int = 0
-    ) -> list[StoredEntry]:
+    ) -> list[LedgerEntry]:
         """Entries first..last in order, stopping at the first missing one, after ``max_bytes``
         of payload (0 or more than ``config.max_read_bytes``: that limit) or after
         ``config.max_read_entries``; at least one entry is returned. Raises NoSuchEntryError
@@ -446,7 +446,7 @@ class Bookie:
             ledger = self._ledger_for_read(ledger_id)
             entries = ledger.entries
             cached = ledger.cached
-            result: list[StoredEntry] = []
+            result: list[LedgerEntry] = []
             total = 0
             entry_id = first_entry_id
             # Tail reads are served from memory without leaving the event loop.
@@ -457,7 +457,7 @@ class Bookie:
                 size = len(item[1])
                 if result and total + size > budget:
                     return result
-                result.append(StoredEntry(entry_id, item[0], item[1]))
+                result.append(LedgerEntry(entry_id, item[0], item[1]))
                 total += size
                 entry_id += 1
                 if total >= budget:

@@ -12,7 +12,7 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-from bookie.api import StoredEntry
+from bookie.api import LedgerEntry
 from bookie.errors import CorruptEntryError
 from bookie.storage.config import MAX_ENTRY_SIZE_LIMIT_BYTES
 from bookie.storage.index import unpack_location
@@ -44,7 +44,7 @@ class SegmentGoneError(Exception):
 
 @dataclass(slots=True)
 class DiskRead:
-    entries: list[StoredEntry]
+    entries: list[LedgerEntry]
     # Set when the read stopped at a record that failed its checks.
     corruption: CorruptEntryError | None = None
 
@@ -62,7 +62,7 @@ def read_entries_from_segments(
     A record that fails its checks ends the read: the entries before it are returned along
     with the error.
     """
-    result: list[StoredEntry] = []
+    result: list[LedgerEntry] = []
     total = 0
     fds: dict[int, int] = {}
     chunk_segment = -1
@@ -103,7 +103,7 @@ def read_entries_from_segments(
                 break
             start = relative + HEADER_SIZE
             result.append(
-                StoredEntry(entry_id, header.last_add_confirmed, chunk[start : start + size])
+                LedgerEntry(entry_id, header.last_add_confirmed, chunk[start : start + size])
             )
             total += size
             if total >= budget_bytes:

@@ -32,7 +32,7 @@ import contextlib
 from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass, field
 
-from bookie.api import LedgerState, StoredEntry
+from bookie.api import LedgerEntry, LedgerState
 from bookie.errors import (
     BadRequestError,
     BookieError,
@@ -296,7 +296,7 @@ class FakeBookie:
 
     async def read_entries(
         self, ledger_id: int, first_entry_id: int, last_entry_id: int, max_bytes: int = 0
-    ) -> list[StoredEntry]:
+    ) -> list[LedgerEntry]:
         await self._intercept("read", ledger_id, first_entry_id, lambda: None)
         ledger = self.ledgers.get(ledger_id)
         if ledger is None:
@@ -305,7 +305,7 @@ class FakeBookie:
             raise NoSuchEntryError(
                 f"ledger {ledger_id} entry {first_entry_id} not on {self._address}"
             )
-        result: list[StoredEntry] = []
+        result: list[LedgerEntry] = []
         total = 0
         for entry_id in range(first_entry_id, last_entry_id + 1):
             if entry_id not in ledger.entries:
@@ -319,7 +319,7 @@ class FakeBookie:
             lac, payload = ledger.entries[entry_id]
             if result and max_bytes and total + len(payload) > max_bytes:
                 break
-            result.append(StoredEntry(entry_id, lac, payload))
+            result.append(LedgerEntry(entry_id, lac, payload))
             total += len(payload)
         return result
 
@@ -506,10 +506,10 @@ def payload(entry_id: int, tag: str = "") -> bytes:
     return f"entry-{tag}{entry_id}".encode()
 
 
-async def read_all(manager: LedgerManager, metadata: LedgerMetadata) -> builtins.list[StoredEntry]:
+async def read_all(manager: LedgerManager, metadata: LedgerMetadata) -> builtins.list[LedgerEntry]:
     """Every entry 0..last_entry_id (a closed ledger) through ``LedgerReader``."""
     reader = LedgerReader(manager, metadata)
-    result: builtins.list[StoredEntry] = []
+    result: builtins.list[LedgerEntry] = []
     next_id = 0
     while next_id <= metadata.last_entry_id:
         entries = await reader.read(next_id, metadata.last_entry_id)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 
-from bookie.api import LedgerState, StoredEntry
+from bookie.api import LedgerEntry, LedgerState
 from bookie.errors import LedgerFencedError, NoSuchEntryError, NoSuchLedgerError
 
 
@@ -37,7 +37,7 @@ class MemoryBookieClient:
 
     async def read_entries(
         self, ledger_id: int, first_entry_id: int, last_entry_id: int, max_bytes: int = 0
-    ) -> list[StoredEntry]:
+    ) -> list[LedgerEntry]:
         ledger = self.entries.get(ledger_id)
         if ledger is None:
             raise NoSuchLedgerError(str(ledger_id))
@@ -48,7 +48,7 @@ class MemoryBookieClient:
             if entry_id not in ledger:
                 break
             lac, payload = ledger[entry_id]
-            result.append(StoredEntry(entry_id, lac, payload))
+            result.append(LedgerEntry(entry_id, lac, payload))
         return result
 
     def _state(self, ledger_id: int) -> LedgerState:
