@@ -36,6 +36,7 @@ from bookie.errors import (
     LedgerFencedError,
     NoSuchEntryError,
     NoSuchLedgerError,
+    SegmentGoneError,
 )
 from bookie.storage.checkpoint import fsync_directory, write_checkpoint
 from bookie.storage.config import BookieStorageConfig
@@ -44,7 +45,6 @@ from bookie.storage.index import Ledger, LedgerIndex, pack_location
 from bookie.storage.journal import Journal, PendingRecord, list_segments, segment_path
 from bookie.storage.reader import (
     DiskRead,
-    SegmentGoneError,
     read_entries_from_segments,
     read_segment_entries,
     segment_sizes,

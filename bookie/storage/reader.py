@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from bookie.api import LedgerEntry
-from bookie.errors import CorruptEntryError
+from bookie.errors import CorruptEntryError, SegmentGoneError
 from bookie.storage.config import MAX_ENTRY_SIZE_LIMIT_BYTES
 from bookie.storage.index import unpack_location
 from bookie.storage.journal import list_segments, segment_path
@@ -35,11 +35,6 @@ _log = logging.getLogger(__name__)
 # One pread fetches this much, so that a range read of small, nearby entries costs one syscall
 # for many of them.
 READ_CHUNK_BYTES = 64 * 1024
-
-
-class SegmentGoneError(Exception):
-    """A segment named by the index was removed by garbage collection meanwhile; the caller
-    looks the locations up again (they now point at the compacted copies)."""
 
 
 @dataclass(slots=True)
