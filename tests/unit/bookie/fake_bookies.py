@@ -1,10 +1,13 @@
 """In-process fake bookies with fault controls, and a metadata store whose puts can stall.
 
-``FakeBookie`` implements ``bookie.api.BookieClient`` over dictionaries, with the storage
-server's semantics that the ledger protocol relies on: a fence is remembered even for a
-ledger never written (a late add of the old writer is refused), ``recovery_add`` passes a
-fence, ``read_entries`` stops at the first missing entry and raises NoSuchEntry when the
-first one is missing, NoSuchLedger when the bookie never heard of the ledger.
+``FakeBookie`` is the tests' one fake ``bookie.api.BookieClient``: the ledger-protocol tests
+run a ``FakeCluster`` of them, the broker tests one ``FakeBookie()`` (address ``memory``)
+behind a ``LedgerManager``. It keeps entries in dictionaries, with the storage server's
+semantics that the ledger protocol relies on: the first add or fence records the master key
+and later ones must match it, a fence is remembered even for a ledger never written (a late
+add of the old writer is refused), ``recovery_add`` passes a fence, ``read_entries`` stops at
+the first missing entry (or after ``max_bytes``) and raises NoSuchEntry when the first one is
+missing, NoSuchLedger when the bookie never heard of the ledger.
 
 Fault controls (each matches one kind of call - ``add``, ``read``, ``fence``, ``lac``,
 ``delete`` - optionally one entry id, for ``times`` calls or until cleared):
@@ -120,7 +123,7 @@ class FakeLedger:
 class FakeBookie:
     """One in-memory bookie implementing ``BookieClient``; see the module docstring."""
 
-    def __init__(self, address: str) -> None:
+    def __init__(self, address: str = "memory") -> None:
         self._address = address
         self.ledgers: dict[int, FakeLedger] = {}
         self.rules: list[Rule] = []
@@ -214,6 +217,11 @@ class FakeBookie:
     def is_fenced(self, ledger_id: int) -> bool:
         ledger = self.ledgers.get(ledger_id)
         return ledger is not None and ledger.fenced
+
+    @property
+    def entries(self) -> dict[int, dict[int, tuple[int, bytes]]]:
+        """Ledger id → entry id → (LAC, payload): what the broker tests look into."""
+        return {ledger_id: ledger.entries for ledger_id, ledger in self.ledgers.items()}
 
     def count_calls(self, kind: str) -> int:
         return sum(1 for call in self.calls if call[0] == kind)
