@@ -42,7 +42,7 @@ from bookie.storage.checkpoint import fsync_directory, write_checkpoint
 from bookie.storage.config import BookieStorageConfig
 from bookie.storage.gc import GcReport, plan_gc
 from bookie.storage.index import Ledger, LedgerIndex, pack_location
-from bookie.storage.journal import Journal, PendingRecord, list_segments, segment_path
+from bookie.storage.journal import Journal, PendingRecord
 from bookie.storage.reader import (
     DiskRead,
     read_entries_from_segments,
@@ -51,6 +51,7 @@ from bookie.storage.reader import (
 )
 from bookie.storage.record import DELETE, ENTRY, FENCE, KEY, SEGMENT_HEADER_SIZE
 from bookie.storage.recovery import JournalReplay
+from bookie.storage.segment_writer import list_segments, segment_path
 
 _log = logging.getLogger(__name__)
 
@@ -147,7 +148,7 @@ class Bookie:
             bookie.stats.records_replayed_at_open = result.records_replayed
             bookie.stats.corrupt_records_at_open = result.corrupt_records
             bookie.stats.torn_tail_bytes_truncated = result.torn_tail_bytes
-            bookie._journal = await Journal.start(
+            journal = Journal(
                 journal_dir,
                 result.next_segment_id,
                 segment_size_bytes=config.journal_segment_size_bytes,
@@ -156,6 +157,8 @@ class Bookie:
                 fsync=config.fsync,
                 on_durable=bookie._on_durable,
             )
+            await journal.start()
+            bookie._journal = journal
             # Every record of the older segments is applied: the mark is the new segment's start.
             bookie._mark = (result.next_segment_id, SEGMENT_HEADER_SIZE)
             if (

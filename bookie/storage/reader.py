@@ -16,7 +16,6 @@ from bookie.api import LedgerEntry
 from bookie.errors import CorruptEntryError, SegmentGoneError
 from bookie.storage.config import MAX_ENTRY_SIZE_LIMIT_BYTES
 from bookie.storage.index import unpack_location
-from bookie.storage.journal import list_segments, segment_path
 from bookie.storage.record import (
     ENTRY,
     HEADER_SIZE,
@@ -29,6 +28,7 @@ from bookie.storage.record import (
     decode_record_at,
     scan_records,
 )
+from bookie.storage.segment_writer import list_segments, segment_path
 
 _log = logging.getLogger(__name__)
 
