@@ -68,11 +68,7 @@ def read_entries_from_segments(
             segment_id, offset = unpack_location(location)
             fd = fds.get(segment_id)
             if fd is None:
-                try:
-                    fd = os.open(segment_path(journal_dir, segment_id), os.O_RDONLY)
-                except FileNotFoundError as exc:
-                    raise SegmentGoneError(segment_id) from exc
-                fds[segment_id] = fd
+                fd = fds[segment_id] = _open_segment(journal_dir, segment_id)
             relative = offset - chunk_start
             if segment_id != chunk_segment or relative < 0 or relative + HEADER_SIZE > len(chunk):
                 chunk = os.pread(fd, READ_CHUNK_BYTES, offset)
@@ -107,6 +103,13 @@ def read_entries_from_segments(
         for fd in fds.values():
             os.close(fd)
     return DiskRead(result)
+
+
+def _open_segment(journal_dir: Path, segment_id: int) -> int:
+    try:
+        return os.open(segment_path(journal_dir, segment_id), os.O_RDONLY)
+    except FileNotFoundError as exc:
+        raise SegmentGoneError(segment_id) from exc
 
 
 def _check(outcome: int, header: RecordHeader | None, ledger_id: int, entry_id: int) -> str | None:
