@@ -49,8 +49,6 @@ from bookie.storage.tail_cache import TailCache
 
 _log = logging.getLogger(__name__)
 
-__all__ = ["Bookie", "BookieStats"]
-
 
 class Bookie:
     """One bookie's durable store of ledger entries.
