@@ -16,8 +16,10 @@ from typing import Protocol
 
 
 @dataclass(frozen=True, slots=True)
-class StoredEntry:
-    """One entry as a bookie returns it."""
+class LedgerEntry:
+    """One entry of a ledger as a bookie returns it (BookKeeper's ``LedgerEntry``): not to be
+    confused with ``strata.v1.messaging_pb2.StoredEntry``, the broker's header around a batch,
+    which is what ``payload`` holds for a topic's ledgers."""
 
     entry_id: int
     last_add_confirmed: int
@@ -59,7 +61,7 @@ class BookieClient(Protocol):
 
     async def read_entries(
         self, ledger_id: int, first_entry_id: int, last_entry_id: int, max_bytes: int = 0
-    ) -> list[StoredEntry]:
+    ) -> list[LedgerEntry]:
         """Read entries first..last (inclusive), in order, stopping early after ``max_bytes``
         of payload (at least one entry is returned). Raises ``NoSuchEntryError`` when the first
         entry is missing and ``CorruptEntryError`` when a record fails its checksum."""

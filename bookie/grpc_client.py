@@ -15,7 +15,7 @@ from typing import Any
 
 import grpc
 
-from bookie.api import LedgerState, StoredEntry
+from bookie.api import LedgerEntry, LedgerState
 from bookie.errors import BadRequestError, BookieError, BookieUnavailableError
 from bookie.status_map import ERROR_REASON_KEY, error_for_add_status, error_for_status
 from strata.storage.v1 import bookie_pb2, bookie_pb2_grpc
@@ -265,7 +265,7 @@ class GrpcBookieClient:
 
     async def read_entries(
         self, ledger_id: int, first_entry_id: int, last_entry_id: int, max_bytes: int = 0
-    ) -> list[StoredEntry]:
+    ) -> list[LedgerEntry]:
         if ledger_id < 0 or first_entry_id < 0 or last_entry_id < first_entry_id or max_bytes < 0:
             raise BadRequestError(
                 f"invalid read of ledger {ledger_id} entries {first_entry_id}..{last_entry_id}"
@@ -281,7 +281,7 @@ class GrpcBookieClient:
             self._request_timeout_s,
         )
         return [
-            StoredEntry(entry.entry_id, entry.last_add_confirmed, entry.payload)
+            LedgerEntry(entry.entry_id, entry.last_add_confirmed, entry.payload)
             for entry in response.entries
         ]
 

@@ -6,7 +6,7 @@ serialization, no copies, the same errors as the gRPC client.
 
 from __future__ import annotations
 
-from bookie.api import LedgerState, StoredEntry
+from bookie.api import LedgerEntry, LedgerState
 from bookie.errors import BookieUnavailableError
 from bookie.storage import Bookie
 
@@ -48,7 +48,7 @@ class LocalBookieClient:
 
     async def read_entries(
         self, ledger_id: int, first_entry_id: int, last_entry_id: int, max_bytes: int = 0
-    ) -> list[StoredEntry]:
+    ) -> list[LedgerEntry]:
         return await self._open_bookie().read_entries(
             ledger_id, first_entry_id, last_entry_id, max_bytes
         )

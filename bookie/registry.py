@@ -25,15 +25,19 @@ import contextlib
 import json
 import logging
 import os
-import time
 import uuid
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from bookie.api import BookieClient
+
+# Raised here; re-exported because the entry point and the admin service import them from here.
+from bookie.errors import CookieMismatchError as CookieMismatchError
+from bookie.errors import DecommissionRefusedError as DecommissionRefusedError
 from bookie.grpc_client import GrpcBookieClient
 from bookie.ledger import LEDGERS_PREFIX, LedgerMetadata
+from strata.clock import now_ms as now_ms  # re-exported for the entry points
 from strata.metadata import (
     BadVersionError,
     EventType,
@@ -50,10 +54,6 @@ COOKIES_PREFIX = "/bookies/cookies/"
 COOKIE_FILE_NAME = "COOKIE"
 # After a watch ends (overflow, store reconnect), the registry re-lists after this pause.
 REWATCH_DELAY_MS = 200
-
-
-class CookieMismatchError(Exception):
-    """The data directory and the metadata store disagree about this bookie's identity."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -289,10 +289,6 @@ class BookieClientPool:
             await client.close()
 
 
-def now_ms() -> int:
-    return int(time.time() * 1000)
-
-
 UNDER_REPLICATED_PREFIX = "/autorecovery/underreplicated/"
 AUDITOR_KEY = "/autorecovery/auditor"
 
@@ -310,10 +306,6 @@ class ClusterBookies:
     bookies: list[BookieStatus]
     under_replicated_ledger_count: int
     auditor: str
-
-
-class DecommissionRefusedError(Exception):
-    """The bookie is still running, or ledgers still need it."""
 
 
 async def _ledger_counts(store: MetadataStore) -> dict[str, int]:

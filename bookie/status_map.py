@@ -3,6 +3,11 @@
 The servicer uses it to answer, the gRPC client to raise the same ``bookie.errors`` class the
 ``LocalBookieClient`` would have raised. Several errors share a status code (NOT_FOUND), so the
 exact error travels as a reason in the trailing metadata key ``ERROR_REASON_KEY``.
+
+Every error of the bookie protocol has a row; ``BookieLocalError`` and its subclasses
+(``SegmentGoneError``, ``CheckpointError``, ``CookieMismatchError``,
+``DecommissionRefusedError``) deliberately have none: they are handled in the process that
+raised them and never answered (``tests/unit/bookie/test_errors.py`` checks both).
 """
 
 from __future__ import annotations

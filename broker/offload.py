@@ -36,13 +36,13 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import time
 import uuid
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, replace
 
 from bookie.ledger import STATE_CLOSED, LedgerReader
 from broker.managed_ledger import LedgerInfo, ManagedLedger
+from strata.clock import now_ms
 from strata.naming import TopicName
 from tiered import OFFLOAD_COMPLETE, OFFLOAD_IN_PROGRESS, OffloadContext, Offloader
 from tiered.format import OffloadKeys
@@ -66,10 +66,6 @@ SWEEP_INTERVAL_MS = 60 * 60 * 1000
 # A topic whose namespace has automatic offload off re-reads the policy this often.
 POLICY_REFRESH_MS = 30_000
 MAX_ERROR_LENGTH = 1000
-
-
-def now_ms() -> int:
-    return int(time.time() * 1000)
 
 
 @dataclass(frozen=True, slots=True)

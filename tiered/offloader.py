@@ -27,7 +27,7 @@ from typing import Protocol
 
 import crc32c
 
-from bookie.api import StoredEntry
+from bookie.api import LedgerEntry
 from bookie.ledger import STATE_CLOSED, LedgerMetadata
 from strata.naming import TopicName
 from tiered.config import DRIVER_FILESYSTEM, DRIVER_S3, S3_MAX_PARTS, OffloadConfig
@@ -60,7 +60,7 @@ class EntrySource(Protocol):
 
     async def read(
         self, first_entry_id: int, last_entry_id: int, max_bytes: int = 0
-    ) -> list[StoredEntry]: ...
+    ) -> list[LedgerEntry]: ...
 
 
 @dataclass(frozen=True, slots=True)

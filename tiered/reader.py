@@ -2,7 +2,7 @@
 
 ``OffloadedLedger`` is opened from its index object (checked against the CRC32C the managed
 ledger recorded) and serves ``read(first, last, max_bytes)`` like a bookie ``LedgerReader``:
-a run of consecutive entries as ``StoredEntry`` values. A missing block is fetched together
+a run of consecutive entries as ``LedgerEntry`` values. A missing block is fetched together
 with the blocks after it, up to ``read_window_bytes``, in one ranged GET; each block's
 checksum and entry ids are checked before it enters the cache, so nothing unverified is ever
 served. After a read, the next window is fetched in the background (read-ahead) by a task the
@@ -19,7 +19,7 @@ import contextlib
 import logging
 from collections import OrderedDict
 
-from bookie.api import StoredEntry
+from bookie.api import LedgerEntry
 from bookie.errors import NoSuchEntryError
 from tiered.format import OffloadIndex, decode_block
 from tiered.store import ObjectStore
@@ -97,7 +97,7 @@ class OffloadedLedger:
 
     async def read(
         self, first_entry_id: int, last_entry_id: int, max_bytes: int = 0
-    ) -> list[StoredEntry]:
+    ) -> list[LedgerEntry]:
         """Entries ``first_entry_id``.. at most ``last_entry_id``, consecutive, at least one;
         the run ends early after ``max_bytes`` of payload (0: no limit)."""
         if self._closed:
@@ -109,7 +109,7 @@ class OffloadedLedger:
                 f"offloaded ledger {self.ledger_id} ends at entry {self.last_entry_id}"
             )
         last_entry_id = min(last_entry_id, self.last_entry_id)
-        result: list[StoredEntry] = []
+        result: list[LedgerEntry] = []
         size = 0
         position = self.index.find_block(first_entry_id)
         touched = position
@@ -122,7 +122,7 @@ class OffloadedLedger:
                 if entry_id > last_entry_id:
                     break
                 assert entry_id == next_id, (entry_id, next_id)
-                result.append(StoredEntry(entry_id, self.last_entry_id, payload))
+                result.append(LedgerEntry(entry_id, self.last_entry_id, payload))
                 size += len(payload)
                 next_id += 1
                 if max_bytes and size >= max_bytes:

@@ -12,7 +12,7 @@ import asyncio
 from collections.abc import Collection
 from typing import TYPE_CHECKING
 
-from bookie.api import StoredEntry
+from bookie.api import LedgerEntry
 from bookie.errors import CorruptEntryError, NoSuchEntryError, NoSuchLedgerError
 from bookie.ledger.errors import BookieTimeoutError
 from bookie.ledger.metadata import STATE_CLOSED, LedgerMetadata
@@ -41,7 +41,7 @@ class LedgerReader:
 
     async def read(
         self, first_entry_id: int, last_entry_id: int, max_bytes: int = 0
-    ) -> list[StoredEntry]:
+    ) -> list[LedgerEntry]:
         """Entries ``first_entry_id``.. at most ``last_entry_id``, consecutive, at least one.
 
         The run may end early: at the end of the fragment, at a gap on the bookie that
@@ -84,11 +84,11 @@ class LedgerReader:
 
 
 def contiguous_run(
-    entries: list[StoredEntry], first_entry_id: int, last_entry_id: int
-) -> list[StoredEntry]:
+    entries: list[LedgerEntry], first_entry_id: int, last_entry_id: int
+) -> list[LedgerEntry]:
     """The consecutive entries from ``first_entry_id`` on (a bookie holding only some entries
     of a striped ledger stops at its first gap)."""
-    result: list[StoredEntry] = []
+    result: list[LedgerEntry] = []
     expected = first_entry_id
     for entry in entries:
         if entry.entry_id != expected or expected > last_entry_id:

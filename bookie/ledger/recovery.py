@@ -37,7 +37,7 @@ import logging
 from dataclasses import replace
 from typing import TYPE_CHECKING, Final
 
-from bookie.api import LedgerState, StoredEntry
+from bookie.api import LedgerEntry, LedgerState
 from bookie.errors import CorruptEntryError, NoSuchEntryError, NoSuchLedgerError
 from bookie.ledger.errors import LedgerClientError, LedgerRecoveryError
 from bookie.ledger.metadata import (
@@ -62,7 +62,7 @@ class _Absent:
 
 ABSENT: Final = _Absent()
 # What one bookie said about one entry: the entry, an explicit absence, or why neither.
-Answer = StoredEntry | _Absent | str
+Answer = LedgerEntry | _Absent | str
 
 
 class FenceOp:
@@ -291,7 +291,7 @@ class LedgerRecoveryOp:
 
     async def _recover_entry(
         self, metadata: LedgerMetadata, fence: FenceOp, entry_id: int
-    ) -> StoredEntry | None:
+    ) -> LedgerEntry | None:
         """The entry, or None when it is certainly absent; raises when undecided."""
         write_set = metadata.write_set(entry_id)
         needed = metadata.write_quorum - metadata.ack_quorum + 1
@@ -302,7 +302,7 @@ class LedgerRecoveryOp:
         try:
             for next_answer in asyncio.as_completed(tasks):
                 answer = await next_answer
-                if isinstance(answer, StoredEntry):
+                if isinstance(answer, LedgerEntry):
                     return answer
                 if isinstance(answer, _Absent):
                     absent += 1

@@ -20,7 +20,7 @@ import asyncio
 import logging
 from typing import TYPE_CHECKING
 
-from bookie.api import BookieClient, StoredEntry
+from bookie.api import BookieClient, LedgerEntry
 from bookie.ledger.errors import (
     BookieTimeoutError,
     LedgerClientError,
@@ -135,7 +135,7 @@ class FragmentReplicator:
             next_id = entries[-1].entry_id + 1
         return copied
 
-    async def _write(self, target: BookieClient, master_key: bytes, entry: StoredEntry) -> None:
+    async def _write(self, target: BookieClient, master_key: bytes, entry: LedgerEntry) -> None:
         timeout_ms = self._config.add_entry_timeout_ms
         try:
             async with asyncio.timeout(timeout_ms / 1000):

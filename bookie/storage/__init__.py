@@ -4,8 +4,9 @@ in-memory index with atomic checkpoints, torn-tail recovery and garbage collecti
 Entry point: ``bookie = await Bookie.open(BookieStorageConfig(data_dir=...))``.
 """
 
-from bookie.storage.bookie import Bookie, BookieStats
+from bookie.storage.bookie import Bookie
 from bookie.storage.config import BookieStorageConfig
 from bookie.storage.gc import GcReport
+from bookie.storage.stats import BookieStats
 
 __all__ = ["Bookie", "BookieStats", "BookieStorageConfig", "GcReport"]

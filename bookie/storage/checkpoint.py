@@ -23,6 +23,7 @@ from pathlib import Path
 
 import crc32c
 
+from bookie.errors import CheckpointError
 from bookie.storage.index import IndexSnapshot, LedgerSnapshot
 
 CHECKPOINT_FILE_NAME = "checkpoint"
@@ -35,10 +36,6 @@ _COUNT32 = struct.Struct("<I")
 _COUNT64 = struct.Struct("<Q")
 _CRC = struct.Struct("<I")
 assert array("q").itemsize == 8
-
-
-class CheckpointError(Exception):
-    """The checkpoint file is damaged or of an unknown version."""
 
 
 def encode_checkpoint(snapshot: IndexSnapshot) -> bytes:

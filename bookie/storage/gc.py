@@ -1,7 +1,8 @@
 """Garbage collection planning: pure functions over segment sizes and live bytes.
 
-The steps that touch the disk and the index live in ``Bookie.run_gc_once``, which explains
-why the order of those steps is crash-safe.
+The steps that touch the disk and the index live in
+``bookie.storage.maintenance.GarbageCollector.run_once``, which explains why the order of those
+steps is crash-safe.
 """
 
 from __future__ import annotations

@@ -17,6 +17,9 @@ import asyncio
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from bookie.api import LedgerState
+from bookie.errors import BadRequestError, LedgerDeletedError, NoSuchLedgerError
+
 _OFFSET_MASK = 0xFFFF_FFFF
 # Deleted ledger ids remembered so that a late add cannot recreate a deleted ledger; 8 bytes
 # each in the checkpoint.
@@ -71,7 +74,7 @@ class Ledger:
         # entry id → adds of it queued in the journal but not yet applied. Compaction does not
         # copy an entry with a pending add: the copy, journalled after the add, would win.
         self.pending_adds: dict[int, int] = {}
-        # Recently added entries (entry id → (LAC, payload)); see Bookie's tail cache.
+        # Recently added entries (entry id → (LAC, payload)); see ``bookie.storage.tail_cache``.
         self.cached: dict[int, tuple[int, bytes]] = {}
         # Long polls of read_last_add_confirmed: (previous LAC, future).
         self.waiters: list[tuple[int, asyncio.Future[None]]] = []
@@ -79,6 +82,26 @@ class Ledger:
         # ledger is copied once, not at every checkpoint. Every mutation of a checkpointed
         # field sets it back to None (``LedgerIndex.apply_*`` and the admission of a key).
         self.snapshot: LedgerSnapshot | None = None
+
+    def tail_state(self) -> LedgerState:
+        return LedgerState(self.last_add_confirmed, self.last_entry_id, self.fenced)
+
+    def wake_waiters(self) -> None:
+        """Answer the long polls whose previous LAC the ledger's LAC now exceeds."""
+        lac = self.last_add_confirmed
+        still_waiting = []
+        for previous, waiter in self.waiters:
+            if lac > previous:
+                if not waiter.done():
+                    waiter.set_result(None)
+            else:
+                still_waiting.append((previous, waiter))
+        self.waiters = still_waiting
+
+    def fail_waiters(self, error: Exception) -> None:
+        for _, waiter in self.waiters:
+            if not waiter.done():
+                waiter.set_exception(error)
 
 
 @dataclass(slots=True)
@@ -122,6 +145,33 @@ class LedgerIndex:
         self.deleted: set[int] = set()
         self.max_deleted_ledger_ids = max_deleted_ledger_ids
         self._record_length_at = record_length_at
+
+    def ledger_for_write(self, ledger_id: int) -> Ledger:
+        """The ledger about to be written or fenced, created on first use; a deleted ledger
+        raises ``LedgerDeletedError``. Fencing a ledger this bookie never saw is normal during
+        recovery: it is remembered so that a late add of the old writer is refused."""
+        ledger = self.ledgers.get(ledger_id)
+        if ledger is None:
+            if ledger_id in self.deleted:
+                raise LedgerDeletedError(f"ledger {ledger_id} was deleted")
+            ledger = self.ledgers[ledger_id] = Ledger(ledger_id)
+        elif ledger.deleting:
+            raise LedgerDeletedError(f"ledger {ledger_id} was deleted")
+        return ledger
+
+    def ledger_for_read(self, ledger_id: int) -> Ledger:
+        """The ledger a read asks for: ``NoSuchLedgerError`` when this bookie never stored
+        it, ``LedgerDeletedError`` once it is deleted (or its delete is admitted)."""
+        if ledger_id < 0:
+            raise BadRequestError(f"invalid ledger id {ledger_id}")
+        ledger = self.ledgers.get(ledger_id)
+        if ledger is None:
+            if ledger_id in self.deleted:
+                raise LedgerDeletedError(f"ledger {ledger_id} was deleted")
+            raise NoSuchLedgerError(f"ledger {ledger_id} is not stored on this bookie")
+        if ledger.deleting:
+            raise LedgerDeletedError(f"ledger {ledger_id} was deleted")
+        return ledger
 
     def apply_entry(
         self, ledger: Ledger, entry_id: int, last_add_confirmed: int, location: int, length: int

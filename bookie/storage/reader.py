@@ -12,11 +12,10 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-from bookie.api import StoredEntry
-from bookie.errors import CorruptEntryError
+from bookie.api import LedgerEntry
+from bookie.errors import CorruptEntryError, SegmentGoneError
 from bookie.storage.config import MAX_ENTRY_SIZE_LIMIT_BYTES
 from bookie.storage.index import unpack_location
-from bookie.storage.journal import list_segments, segment_path
 from bookie.storage.record import (
     ENTRY,
     HEADER_SIZE,
@@ -29,6 +28,7 @@ from bookie.storage.record import (
     decode_record_at,
     scan_records,
 )
+from bookie.storage.segment_writer import list_segments, segment_path
 
 _log = logging.getLogger(__name__)
 
@@ -37,14 +37,9 @@ _log = logging.getLogger(__name__)
 READ_CHUNK_BYTES = 64 * 1024
 
 
-class SegmentGoneError(Exception):
-    """A segment named by the index was removed by garbage collection meanwhile; the caller
-    looks the locations up again (they now point at the compacted copies)."""
-
-
 @dataclass(slots=True)
 class DiskRead:
-    entries: list[StoredEntry]
+    entries: list[LedgerEntry]
     # Set when the read stopped at a record that failed its checks.
     corruption: CorruptEntryError | None = None
 
@@ -62,7 +57,7 @@ def read_entries_from_segments(
     A record that fails its checks ends the read: the entries before it are returned along
     with the error.
     """
-    result: list[StoredEntry] = []
+    result: list[LedgerEntry] = []
     total = 0
     fds: dict[int, int] = {}
     chunk_segment = -1
@@ -73,11 +68,7 @@ def read_entries_from_segments(
             segment_id, offset = unpack_location(location)
             fd = fds.get(segment_id)
             if fd is None:
-                try:
-                    fd = os.open(segment_path(journal_dir, segment_id), os.O_RDONLY)
-                except FileNotFoundError as exc:
-                    raise SegmentGoneError(segment_id) from exc
-                fds[segment_id] = fd
+                fd = fds[segment_id] = _open_segment(journal_dir, segment_id)
             relative = offset - chunk_start
             if segment_id != chunk_segment or relative < 0 or relative + HEADER_SIZE > len(chunk):
                 chunk = os.pread(fd, READ_CHUNK_BYTES, offset)
@@ -103,7 +94,7 @@ def read_entries_from_segments(
                 break
             start = relative + HEADER_SIZE
             result.append(
-                StoredEntry(entry_id, header.last_add_confirmed, chunk[start : start + size])
+                LedgerEntry(entry_id, header.last_add_confirmed, chunk[start : start + size])
             )
             total += size
             if total >= budget_bytes:
@@ -112,6 +103,13 @@ def read_entries_from_segments(
         for fd in fds.values():
             os.close(fd)
     return DiskRead(result)
+
+
+def _open_segment(journal_dir: Path, segment_id: int) -> int:
+    try:
+        return os.open(segment_path(journal_dir, segment_id), os.O_RDONLY)
+    except FileNotFoundError as exc:
+        raise SegmentGoneError(segment_id) from exc
 
 
 def _check(outcome: int, header: RecordHeader | None, ledger_id: int, entry_id: int) -> str | None:

@@ -24,10 +24,9 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-from bookie.errors import BookieIOError
-from bookie.storage.checkpoint import CheckpointError, fsync_directory, read_checkpoint
+from bookie.errors import BookieIOError, CheckpointError
+from bookie.storage.checkpoint import fsync_directory, read_checkpoint
 from bookie.storage.index import LedgerIndex, pack_location
-from bookie.storage.journal import list_segments, segment_path
 from bookie.storage.reader import read_record_length
 from bookie.storage.record import (
     DELETE,
@@ -43,6 +42,7 @@ from bookie.storage.record import (
     check_segment_header,
     scan_records,
 )
+from bookie.storage.segment_writer import list_segments, segment_path
 
 _log = logging.getLogger(__name__)
 

@@ -1,10 +1,13 @@
 """In-process fake bookies with fault controls, and a metadata store whose puts can stall.
 
-``FakeBookie`` implements ``bookie.api.BookieClient`` over dictionaries, with the storage
-server's semantics that the ledger protocol relies on: a fence is remembered even for a
-ledger never written (a late add of the old writer is refused), ``recovery_add`` passes a
-fence, ``read_entries`` stops at the first missing entry and raises NoSuchEntry when the
-first one is missing, NoSuchLedger when the bookie never heard of the ledger.
+``FakeBookie`` is the tests' one fake ``bookie.api.BookieClient``: the ledger-protocol tests
+run a ``FakeCluster`` of them, the broker tests one ``FakeBookie()`` (address ``memory``)
+behind a ``LedgerManager``. It keeps entries in dictionaries, with the storage server's
+semantics that the ledger protocol relies on: the first add or fence records the master key
+and later ones must match it, a fence is remembered even for a ledger never written (a late
+add of the old writer is refused), ``recovery_add`` passes a fence, ``read_entries`` stops at
+the first missing entry (or after ``max_bytes``) and raises NoSuchEntry when the first one is
+missing, NoSuchLedger when the bookie never heard of the ledger.
 
 Fault controls (each matches one kind of call - ``add``, ``read``, ``fence``, ``lac``,
 ``delete`` - optionally one entry id, for ``times`` calls or until cleared):
@@ -32,7 +35,7 @@ import contextlib
 from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass, field
 
-from bookie.api import LedgerState, StoredEntry
+from bookie.api import LedgerEntry, LedgerState
 from bookie.errors import (
     BadRequestError,
     BookieError,
@@ -120,7 +123,7 @@ class FakeLedger:
 class FakeBookie:
     """One in-memory bookie implementing ``BookieClient``; see the module docstring."""
 
-    def __init__(self, address: str) -> None:
+    def __init__(self, address: str = "memory") -> None:
         self._address = address
         self.ledgers: dict[int, FakeLedger] = {}
         self.rules: list[Rule] = []
@@ -215,6 +218,11 @@ class FakeBookie:
         ledger = self.ledgers.get(ledger_id)
         return ledger is not None and ledger.fenced
 
+    @property
+    def entries(self) -> dict[int, dict[int, tuple[int, bytes]]]:
+        """Ledger id → entry id → (LAC, payload): what the broker tests look into."""
+        return {ledger_id: ledger.entries for ledger_id, ledger in self.ledgers.items()}
+
     def count_calls(self, kind: str) -> int:
         return sum(1 for call in self.calls if call[0] == kind)
 
@@ -296,7 +304,7 @@ class FakeBookie:
 
     async def read_entries(
         self, ledger_id: int, first_entry_id: int, last_entry_id: int, max_bytes: int = 0
-    ) -> list[StoredEntry]:
+    ) -> list[LedgerEntry]:
         await self._intercept("read", ledger_id, first_entry_id, lambda: None)
         ledger = self.ledgers.get(ledger_id)
         if ledger is None:
@@ -305,7 +313,7 @@ class FakeBookie:
             raise NoSuchEntryError(
                 f"ledger {ledger_id} entry {first_entry_id} not on {self._address}"
             )
-        result: list[StoredEntry] = []
+        result: list[LedgerEntry] = []
         total = 0
         for entry_id in range(first_entry_id, last_entry_id + 1):
             if entry_id not in ledger.entries:
@@ -319,7 +327,7 @@ class FakeBookie:
             lac, payload = ledger.entries[entry_id]
             if result and max_bytes and total + len(payload) > max_bytes:
                 break
-            result.append(StoredEntry(entry_id, lac, payload))
+            result.append(LedgerEntry(entry_id, lac, payload))
             total += len(payload)
         return result
 
@@ -506,10 +514,10 @@ def payload(entry_id: int, tag: str = "") -> bytes:
     return f"entry-{tag}{entry_id}".encode()
 
 
-async def read_all(manager: LedgerManager, metadata: LedgerMetadata) -> builtins.list[StoredEntry]:
+async def read_all(manager: LedgerManager, metadata: LedgerMetadata) -> builtins.list[LedgerEntry]:
     """Every entry 0..last_entry_id (a closed ledger) through ``LedgerReader``."""
     reader = LedgerReader(manager, metadata)
-    result: builtins.list[StoredEntry] = []
+    result: builtins.list[LedgerEntry] = []
     next_id = 0
     while next_id <= metadata.last_entry_id:
         entries = await reader.read(next_id, metadata.last_entry_id)

@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pytest
 
+from bookie.errors import CheckpointError
 from bookie.storage.checkpoint import (
-    CheckpointError,
     decode_checkpoint,
     encode_checkpoint,
     read_checkpoint,

@@ -17,8 +17,9 @@ from pathlib import Path
 import pytest
 
 from bookie.errors import BookieIOError
-from bookie.storage.journal import MAX_SYNCS_IN_FLIGHT, Journal, PendingRecord
+from bookie.storage.journal import Journal, PendingRecord
 from bookie.storage.record import ENTRY
+from bookie.storage.sync_slots import MAX_SYNCS_IN_FLIGHT
 from tests.unit.bookie.fake_bookies import wait_until
 
 WAIT_S = 5.0
@@ -62,7 +63,7 @@ async def journal(
     def on_durable(records: list[PendingRecord]) -> None:
         durable.extend(record.entry_id for record in records)
 
-    opened = await Journal.start(
+    opened = Journal(
         tmp_path,
         1,
         segment_size_bytes=1 << 20,
@@ -70,8 +71,9 @@ async def journal(
         fsync=True,
         on_durable=on_durable,
     )
+    await opened.start()
     # Only the batches' fdatasyncs are held: the segment was created with the real one.
-    monkeypatch.setattr("bookie.storage.journal.os.fdatasync", syncs)
+    monkeypatch.setattr("bookie.storage.sync_slots.os.fdatasync", syncs)
     try:
         yield opened, syncs, durable
     finally:
@@ -123,7 +125,7 @@ async def test_at_most_the_limit_in_flight_and_the_rest_share_the_next(
     assert len(syncs.calls) == MAX_SYNCS_IN_FLIGHT
     assert durable == []
     # Bounded: they wait in the buffer (group_commit_max_bytes), not as written batches.
-    assert len(writer._unsynced) <= MAX_SYNCS_IN_FLIGHT
+    assert len(writer._slots.unsynced) <= MAX_SYNCS_IN_FLIGHT
     # ...until one returns: then one write and one more fdatasync cover all four.
     syncs.release(0)
     await syncs.wait_for_calls(MAX_SYNCS_IN_FLIGHT + 1)

@@ -9,7 +9,7 @@ import time
 
 import pytest
 
-from bookie.api import StoredEntry
+from bookie.api import LedgerEntry
 from bookie.errors import BookieIOError, NoSuchEntryError
 from bookie.ledger import (
     STATE_CLOSED,
@@ -166,13 +166,13 @@ async def test_reader_keeps_only_the_consecutive_run_a_bookie_returns() -> None:
 
         async def gapped(
             ledger_id: int, first_entry_id: int, last_entry_id: int, max_bytes: int = 0
-        ) -> list[StoredEntry]:
+        ) -> list[LedgerEntry]:
             entries = await real_read(ledger_id, first_entry_id, last_entry_id, max_bytes)
             return [e for e in entries if e.entry_id != 2]
 
         async def empty(
             ledger_id: int, first_entry_id: int, last_entry_id: int, max_bytes: int = 0
-        ) -> list[StoredEntry]:
+        ) -> list[LedgerEntry]:
             return []
 
         first.read_entries = gapped  # type: ignore[method-assign]

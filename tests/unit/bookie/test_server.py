@@ -170,7 +170,7 @@ async def test_pending_adds_fail_when_the_server_goes_away(tmp_path: Path) -> No
     client = GrpcBookieClient(f"127.0.0.1:{server.port}", request_timeout_ms=2000)
     journal = bookie._journal
     assert journal is not None
-    write_batch = journal._write_batch
+    write_batch = journal._segments.write_batch
     release = threading.Event()
 
     def stalled_write_batch(chunks: Any) -> None:
@@ -180,7 +180,7 @@ async def test_pending_adds_fail_when_the_server_goes_away(tmp_path: Path) -> No
 
     try:
         await client.add_entry(1, 0, -1, b"x", KEY)
-        journal._write_batch = stalled_write_batch  # type: ignore[method-assign]
+        journal._segments.write_batch = stalled_write_batch  # type: ignore[method-assign]
         adds = [asyncio.ensure_future(client.add_entry(1, i, i - 1, b"y", KEY)) for i in (1, 2)]
         await asyncio.sleep(0.1)
         assert not any(add.done() for add in adds)
@@ -224,7 +224,7 @@ async def test_health_turns_not_serving_when_the_journal_fails(
             def failing_fdatasync(fd: int) -> None:
                 raise OSError(5, "Input/output error (injected)")
 
-            monkeypatch.setattr("bookie.storage.journal.os.fdatasync", failing_fdatasync)
+            monkeypatch.setattr("bookie.storage.sync_slots.os.fdatasync", failing_fdatasync)
             with pytest.raises(Exception, match="journal fdatasync failed"):
                 await bookie.add_entry(1, 0, -1, b"payload", KEY)
             not_serving = health_pb2.HealthCheckResponse.NOT_SERVING

@@ -18,6 +18,8 @@ from bookie.errors import (
     NoSuchLedgerError,
 )
 from bookie.storage import Bookie, BookieStorageConfig
+from bookie.storage.index import Ledger
+from bookie.storage.tail_cache import TailCache
 from tests.unit.bookie.support import KEY, add_range, make_config, opened, payload_for
 
 
@@ -236,6 +238,29 @@ async def test_long_poll_fails_when_the_ledger_is_deleted_or_the_bookie_closes(
         await bookie.add_entry(1, 0, -1, b"x", KEY)
     with pytest.raises(BookieUnavailableError):
         await bookie.read_entries(2, 0, 0)
+
+
+async def test_close_stops_every_task_the_bookie_started(tmp_path: Path) -> None:
+    before = asyncio.all_tasks()
+    bookie = await Bookie.open(make_config(tmp_path))
+    started = {task.get_name() for task in asyncio.all_tasks() - before}
+    assert started == {"bookie-journal-writer", "bookie-checkpoint", "bookie-gc"}
+    await add_range(bookie, 1, 0, 3)
+    await bookie.close()
+    assert asyncio.all_tasks() - before == set()
+
+
+def test_tail_cache_evicts_the_oldest_first(tmp_path: Path) -> None:
+    cache = TailCache(make_config(tmp_path, read_cache_max_entries=3, read_cache_max_bytes=10))
+    first, second = Ledger(1), Ledger(2)
+    for entry_id in range(3):
+        cache.put(first, entry_id, entry_id - 1, b"ab")
+    cache.put(second, 0, -1, b"cd")  # a fourth entry: the oldest goes
+    assert sorted(first.cached) == [1, 2] and sorted(second.cached) == [0]
+    cache.put(second, 1, 0, b"efghijkl")  # 14 bytes over 10: the two oldest go
+    assert first.cached == {} and sorted(second.cached) == [0, 1]
+    cache.put(second, 2, 1, b"x" * 11)  # larger than the whole cache: never kept
+    assert sorted(second.cached) == [0, 1]
 
 
 async def test_a_data_directory_has_one_owner(tmp_path: Path) -> None:

@@ -16,14 +16,14 @@ from broker.server import start_broker_server
 from broker.service import BrokerService
 from strata.metadata import MetadataStore, open_metadata_store
 from strata.v1 import admin_pb2, admin_pb2_grpc, messaging_pb2, messaging_pb2_grpc
-from tests.unit.broker.memory_bookie import MemoryBookieClient
+from tests.unit.bookie.fake_bookies import FakeBookie
 
 
 @dataclass
 class Env:
     broker: BrokerService
     store: MetadataStore
-    bookie: MemoryBookieClient
+    bookie: FakeBookie
     channel: grpc.aio.Channel
     messaging: Any
     admin: Any
@@ -32,7 +32,7 @@ class Env:
 @pytest.fixture
 async def env(tmp_path: Path) -> AsyncIterator[Env]:
     store = await open_metadata_store("memory://")
-    bookie = MemoryBookieClient()
+    bookie = FakeBookie()
     ledgers = LedgerManager(store, lambda: [bookie.address], lambda _a: bookie)
     config = BrokerConfig(
         port=0,

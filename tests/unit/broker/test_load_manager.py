@@ -19,7 +19,7 @@ from broker.ownership import (
 from broker.service import BrokerService
 from strata.metadata import MetadataStore, open_metadata_store
 from strata.naming import NamespaceName, TopicName
-from tests.unit.broker.memory_bookie import MemoryBookieClient
+from tests.unit.bookie.fake_bookies import FakeBookie
 
 NAMESPACE = NamespaceName("public", "default")
 
@@ -34,7 +34,7 @@ class Setup:
 @pytest.fixture
 async def setup(tmp_path: Path) -> AsyncIterator[Setup]:
     store = await open_metadata_store("memory://")
-    bookie = MemoryBookieClient()
+    bookie = FakeBookie()
     ledgers = LedgerManager(store, lambda: [bookie.address], lambda _address: bookie)
     service = BrokerService(BrokerConfig(port=0, data_dir=tmp_path), store, ledgers)
     await service.initialize_defaults()

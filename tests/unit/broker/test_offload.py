@@ -30,7 +30,7 @@ from broker.offload import (
 from strata.metadata import MetadataStore, open_metadata_store
 from strata.naming import TopicName
 from strata.v1 import messaging_pb2
-from tests.unit.broker.memory_bookie import MemoryBookieClient
+from tests.unit.bookie.fake_bookies import FakeBookie
 from tests.unit.tiered.support import BUCKET, REGION, small_config
 from tiered import (
     OFFLOAD_BOOKIE_DELETED,
@@ -59,7 +59,7 @@ def stored(i: int) -> bytes:
 class Env:
     tmp_path: Path
     store: MetadataStore
-    bookie: MemoryBookieClient
+    bookie: FakeBookie
     manager: LedgerManager
     offloader: BlockOffloader
     policy: OffloadPolicy = field(default_factory=lambda: OffloadPolicy(-1, HOUR_MS))
@@ -101,7 +101,7 @@ class Env:
 @pytest.fixture
 async def env(tmp_path: Path) -> AsyncIterator[Env]:
     store = await open_metadata_store("memory://")
-    bookie = MemoryBookieClient()
+    bookie = FakeBookie()
     manager = LedgerManager(store, lambda: [bookie.address], lambda _a: bookie)
     offloader = FilesystemOffloader(small_config("filesystem", tmp_path))
     environment = Env(tmp_path, store, bookie, manager, offloader)

@@ -20,7 +20,7 @@ from broker.service import BrokerService
 from strata.metadata import open_metadata_store
 from strata.naming import TopicName
 from strata.v1 import admin_pb2, admin_pb2_grpc, messaging_pb2
-from tests.unit.broker.memory_bookie import MemoryBookieClient
+from tests.unit.bookie.fake_bookies import FakeBookie
 from tests.unit.tiered.support import small_config
 from tiered import FilesystemOffloader
 
@@ -34,12 +34,12 @@ NAMESPACE = "tenants/public/namespaces/default"
 class Setup:
     broker: BrokerService
     admin: AdminStub
-    bookie: MemoryBookieClient
+    bookie: FakeBookie
 
 
 async def start(tmp_path: Path, offloading: bool) -> tuple[Setup, list[object]]:
     store = await open_metadata_store("memory://")
-    bookie = MemoryBookieClient()
+    bookie = FakeBookie()
     ledgers = LedgerManager(store, lambda: [bookie.address], lambda _a: bookie)
     config = BrokerConfig(
         port=0,

@@ -16,20 +16,10 @@ from broker.service import BrokerService
 from strata.metadata import MetadataStore, open_metadata_store
 from strata.naming import TopicName
 from strata.v1 import admin_pb2, admin_pb2_grpc
-from tests.unit.broker.memory_bookie import MemoryBookieClient
+from tests.unit.bookie.fake_bookies import FakeBookie
 
 if TYPE_CHECKING:
     from strata.v1.admin_pb2_grpc import AdminServiceAsyncStub as AdminStub
-
-
-class NamedMemoryBookie(MemoryBookieClient):
-    def __init__(self, name: str) -> None:
-        super().__init__()
-        self._name = name
-
-    @property
-    def address(self) -> str:
-        return self._name
 
 
 @pytest.fixture
@@ -37,7 +27,7 @@ async def setup(
     tmp_path: Path,
 ) -> AsyncIterator[tuple[BrokerService, MetadataStore, AdminStub]]:
     store = await open_metadata_store("memory://")
-    bookies = {name: NamedMemoryBookie(name) for name in ("b1", "b2", "b3", "b4")}
+    bookies = {name: FakeBookie(name) for name in ("b1", "b2", "b3", "b4")}
     ledgers = LedgerManager(store, lambda: sorted(bookies), bookies.__getitem__)
     broker = BrokerService(BrokerConfig(port=0, data_dir=tmp_path), store, ledgers)
     await broker.initialize_defaults()

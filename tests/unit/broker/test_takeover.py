@@ -14,7 +14,7 @@ from broker.service import BrokerService
 from strata.metadata import open_metadata_store
 from strata.naming import TopicName
 from strata.v1 import messaging_pb2
-from tests.unit.broker.memory_bookie import MemoryBookieClient
+from tests.unit.bookie.fake_bookies import FakeBookie
 
 
 def entry(text: str) -> bytes:
@@ -24,7 +24,7 @@ def entry(text: str) -> bytes:
 
 async def test_old_owner_is_fenced_and_unloads(tmp_path: Path) -> None:
     store = await open_metadata_store("memory://")
-    bookie = MemoryBookieClient()
+    bookie = FakeBookie()
     config = BrokerConfig(
         port=0,
         data_dir=tmp_path,

@@ -10,7 +10,7 @@ from pathlib import Path
 import boto3
 from moto import mock_aws
 
-from bookie.api import StoredEntry
+from bookie.api import LedgerEntry
 from bookie.errors import BookieUnavailableError
 from bookie.ledger import STATE_CLOSED, LedgerMetadata
 from tiered.config import MIB, OffloadConfig
@@ -50,8 +50,8 @@ class MemoryLedger:
 
     async def read(
         self, first_entry_id: int, last_entry_id: int, max_bytes: int = 0
-    ) -> list[StoredEntry]:
-        result: list[StoredEntry] = []
+    ) -> list[LedgerEntry]:
+        result: list[LedgerEntry] = []
         size = 0
         for entry_id in range(first_entry_id, min(last_entry_id, len(self.payloads) - 1) + 1):
             if 0 <= self.fail_after <= self.served:
@@ -59,7 +59,7 @@ class MemoryLedger:
                     return result
                 raise BookieUnavailableError("injected bookie outage")
             payload = self.payloads[entry_id]
-            result.append(StoredEntry(entry_id, len(self.payloads) - 1, payload))
+            result.append(LedgerEntry(entry_id, len(self.payloads) - 1, payload))
             self.served += 1
             size += len(payload)
             if max_bytes and size >= max_bytes:

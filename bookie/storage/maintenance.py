@@ -1,0 +1,284 @@
+"""The bookie's background work: index checkpoints and garbage collection (with compaction).
+
+``Checkpointer`` follows the journal position up to which every record is applied to the index
+(``advance``, called by ``bookie.storage.admission`` after every durable batch) and writes the
+index as of that mark, atomically (``bookie.storage.checkpoint``), every
+``checkpoint_interval_ms`` or as soon as ``checkpoint_journal_bytes`` were journalled since the
+last one, so that an open replays only the journal after the mark.
+
+``GarbageCollector`` frees the space of deleted and overwritten entries every
+``gc_interval_ms``; ``run_once`` explains why the order of its steps is crash-safe
+(*the durable checkpoint never points into a removed segment*).
+
+Both run their blocking steps in the bookie's one-thread maintenance executor (one at a time,
+off the event loop). Lifecycle: each owns its loop task: ``start()`` creates it, ``stop()``
+cancels and awaits it (the bookie stops both before it closes the journal, then writes a final
+checkpoint with ``write()``). A failed pass is logged and retried at the next interval.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import functools
+import logging
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+from bookie.storage.checkpoint import fsync_directory, write_checkpoint
+from bookie.storage.config import BookieStorageConfig
+from bookie.storage.gc import GcPlan, GcReport, plan_gc
+from bookie.storage.index import LedgerIndex, pack_location
+from bookie.storage.journal import Journal
+from bookie.storage.reader import read_segment_entries, segment_sizes
+from bookie.storage.record import ENTRY, SEGMENT_HEADER_SIZE
+from bookie.storage.segment_writer import segment_path
+from bookie.storage.stats import BookieStats
+
+_log = logging.getLogger(__name__)
+
+
+class Checkpointer:
+    """Index checkpoints: the mark they are taken at, the periodic loop, the atomic write."""
+
+    def __init__(
+        self,
+        config: BookieStorageConfig,
+        index: LedgerIndex,
+        index_dir: Path,
+        first_segment_id: int,
+        executor: ThreadPoolExecutor,
+        stats: BookieStats,
+    ) -> None:
+        self._config = config
+        self._index = index
+        self._index_dir = index_dir
+        self._executor = executor
+        self._stats = stats
+        self._loop = asyncio.get_running_loop()
+        # Journal position up to which every record is applied to the index: the older
+        # segments were replayed at open, so it starts at the new segment's first record.
+        self.mark = (first_segment_id, SEGMENT_HEADER_SIZE)
+        # Mark of the newest durable checkpoint: segments below it are never replayed.
+        self.durable_mark = (0, 0)
+        self._lock = asyncio.Lock()
+        self._due = asyncio.Event()
+        self._journal_bytes_since_checkpoint = 0
+        self._task: asyncio.Task[None] | None = None
+
+    def advance(self, segment_id: int, offset: int, journal_bytes: int) -> None:
+        """A durable batch ending at (segment_id, offset) was applied to the index."""
+        self.mark = (segment_id, offset)
+        self._journal_bytes_since_checkpoint += journal_bytes
+        if self._journal_bytes_since_checkpoint >= self._config.checkpoint_journal_bytes:
+            self._due.set()
+
+    async def write(self) -> None:
+        """Write the index as of the mark, atomically; the next open replays what follows."""
+        async with self._lock:
+            mark_segment_id, mark_offset = self.mark
+            snapshot = self._index.snapshot(mark_segment_id, mark_offset)
+            self._journal_bytes_since_checkpoint = 0
+            await self._loop.run_in_executor(
+                self._executor,
+                functools.partial(
+                    write_checkpoint, self._index_dir, snapshot, fsync=self._config.fsync
+                ),
+            )
+            self.durable_mark = (mark_segment_id, mark_offset)
+            self._stats.checkpoints_written += 1
+
+    def start(self) -> None:
+        self._task = asyncio.create_task(self._run(), name="bookie-checkpoint")
+
+    async def stop(self) -> None:
+        await _cancel(self._task)
+
+    async def _run(self) -> None:
+        interval_s = self._config.checkpoint_interval_ms / 1000
+        while True:
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(interval_s):
+                    await self._due.wait()
+            self._due.clear()
+            try:
+                await self.write()
+            except Exception:
+                # Retried at the next interval; meanwhile the replay at open just grows.
+                _log.exception("index checkpoint failed")
+
+
+class GarbageCollector:
+    """Removes segments without live entries and compacts sparse ones; see ``run_once``.
+
+    ``check_open`` returns the journal while the bookie is open and raises
+    ``BookieUnavailableError`` once it is closing; compaction asks it before every copy.
+    """
+
+    def __init__(
+        self,
+        config: BookieStorageConfig,
+        index: LedgerIndex,
+        journal_dir: Path,
+        checkpoints: Checkpointer,
+        check_open: Callable[[], Journal],
+        executor: ThreadPoolExecutor,
+        stats: BookieStats,
+    ) -> None:
+        self._config = config
+        self._index = index
+        self._journal_dir = journal_dir
+        self._checkpoints = checkpoints
+        self._check_open = check_open
+        self._executor = executor
+        self._stats = stats
+        self._loop = asyncio.get_running_loop()
+        self._lock = asyncio.Lock()
+        self._task: asyncio.Task[None] | None = None
+
+    def start(self) -> None:
+        self._task = asyncio.create_task(self._run(), name="bookie-gc")
+
+    async def stop(self) -> None:
+        await _cancel(self._task)
+
+    async def _run(self) -> None:
+        while True:
+            await asyncio.sleep(self._config.gc_interval_ms / 1000)
+            try:
+                await self.run_once()
+            except Exception:
+                _log.exception("garbage collection failed")
+
+    async def run_once(self) -> GcReport:
+        """Free the space of deleted and overwritten entries; returns what was done.
+
+        Steps, and why a crash at any point is safe:
+
+        1. Checkpoint, so that the durable mark is recent. Only segments *below the durable
+           checkpoint's mark* are candidates: they are sealed (appends only go to the newest
+           segment) and no replay ever reads them, so their meta records (keys, fences,
+           deletes) are already in the checkpoint and removing them loses nothing.
+        2. Compact sparse candidates: copy each live entry record to the journal head as an
+           ordinary ENTRY record and wait until the copies are durable and indexed (the index
+           then points at the copies). A crash here is harmless: the old checkpoint still
+           points into the old segment, which still exists, and the replay applies the copies
+           again (same ledger, entry, LAC and payload; the newest record wins). An entry with
+           an add queued but not yet durable is not copied, because that add would then be
+           followed by the older copy in the journal.
+        3. Checkpoint again (``_remove_empty``). Its snapshot holds no location in the segments
+           about to go: they had no live bytes when it was taken, and nothing can point into a
+           sealed segment later. Only after this checkpoint is durable are the segment files
+           unlinked, so *the durable checkpoint never points into a removed segment*. A crash
+           between the checkpoint and the unlink leaves orphan segments without live bytes,
+           which the next run removes.
+        """
+        async with self._lock:
+            report = GcReport()
+            await self._checkpoints.write()
+            sizes = await self._loop.run_in_executor(
+                self._executor, segment_sizes, self._journal_dir
+            )
+            plan = plan_gc(
+                sizes,
+                self._index.live_bytes_by_segment(),
+                below_segment_id=self._checkpoints.durable_mark[0],
+                live_ratio=self._config.compaction_live_ratio,
+                max_copy_bytes=self._config.compaction_max_bytes_per_run,
+            )
+            for segment_id in plan.compact:
+                report.bytes_copied += await self._compact_segment(segment_id)
+                report.segments_compacted.append(segment_id)
+            await self._remove_empty(plan, sizes, report)
+            return report
+
+    async def _remove_empty(self, plan: GcPlan, sizes: dict[int, int], report: GcReport) -> None:
+        """Step 3 of ``run_once``: checkpoint, then unlink the planned segments left empty."""
+        live = self._index.live_bytes_by_segment()
+        doomed = [s for s in (*plan.remove, *plan.compact) if live.get(s, 0) == 0]
+        if not doomed:
+            return
+        await self._checkpoints.write()
+        # Defensive: a segment that gained a live entry is kept (cannot happen: see above).
+        live = self._index.live_bytes_by_segment()
+        doomed = [s for s in doomed if live.get(s, 0) == 0]
+        await self._loop.run_in_executor(
+            self._executor,
+            functools.partial(
+                _remove_segments, self._journal_dir, doomed, fsync=self._config.fsync
+            ),
+        )
+        report.segments_removed = doomed
+        report.bytes_freed = sum(sizes.get(s, 0) for s in doomed)
+        self._stats.segments_removed += len(doomed)
+        self._stats.segments_compacted += len(report.segments_compacted)
+        self._stats.bytes_compacted += report.bytes_copied
+        _log.info(
+            "garbage collection removed %d segments (%d bytes), copied %d bytes",
+            len(doomed),
+            report.bytes_freed,
+            report.bytes_copied,
+        )
+
+    async def _compact_segment(self, segment_id: int) -> int:
+        """Copy the live entries of a sealed segment to the journal head; returns bytes copied."""
+        contents = await self._loop.run_in_executor(
+            self._executor, read_segment_entries, self._journal_dir, segment_id
+        )
+        for damage in contents.damaged:
+            # Live entries there stay indexed (reads report the corruption) and keep the
+            # segment alive; re-replication from other bookies is the cure.
+            self._stats.corrupt_reads += 1
+            _log.error(
+                "compaction: segment %d has damaged bytes at %d..%d (%s)",
+                segment_id,
+                damage.offset,
+                damage.end,
+                damage.reason,
+            )
+        copies: list[asyncio.Future[None]] = []
+        copied = 0
+        ledgers = self._index.ledgers
+        for header, payload in contents.entries:
+            journal = self._check_open()
+            if not journal.has_room:
+                await journal.wait_for_room()
+            ledger = ledgers.get(header.ledger_id)
+            # Re-checked after every wait: the index may have changed meanwhile.
+            if (
+                ledger is None
+                or ledger.deleting
+                or ledger.entries.get(header.entry_id) != pack_location(segment_id, header.offset)
+                or header.entry_id in ledger.pending_adds
+            ):
+                continue
+            record = journal.append_nowait(
+                ENTRY,
+                header.ledger_id,
+                header.entry_id,
+                header.last_add_confirmed,
+                payload,
+                is_copy=True,
+            )
+            assert record.future is not None
+            copies.append(record.future)
+            copied += record.length
+        if copies:
+            await asyncio.gather(*copies)
+        return copied
+
+
+async def _cancel(task: asyncio.Task[None] | None) -> None:
+    if task is not None:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+
+
+def _remove_segments(journal_dir: Path, segment_ids: list[int], *, fsync: bool) -> None:
+    for segment_id in segment_ids:
+        with contextlib.suppress(FileNotFoundError):
+            segment_path(journal_dir, segment_id).unlink()
+    if fsync:
+        fsync_directory(journal_dir)
