@@ -20,12 +20,12 @@ from broker.managed_ledger import (
     ManagedLedgerListener,
 )
 from strata.metadata import MetadataStore, open_metadata_store
-from tests.unit.broker.memory_bookie import MemoryBookieClient
+from tests.unit.bookie.fake_bookies import FakeBookie
 
 NAME = "acme/orders/persistent/t"
 
 
-class CheckingBookie(MemoryBookieClient):
+class CheckingBookie(FakeBookie):
     """Checks, at every add, that the ledger is already in the stored ledger list."""
 
     def __init__(self, store: MetadataStore) -> None:
