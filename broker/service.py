@@ -24,7 +24,7 @@ from collections.abc import Callable
 from typing import Any
 
 from bookie.ledger import LedgerManager
-from broker.config import MIB, BrokerConfig
+from broker.config import BrokerConfig
 from broker.errors import (
     AlreadyExistsError,
     InvalidRequestError,
@@ -89,7 +89,7 @@ class BrokerService:
         self.ledgers = ledgers
         # Tiered storage (owned and closed by the process role); None: offloading is off.
         self.offloader = offloader
-        self.cache = EntryCache(config.managed_ledger_cache_size_mb * MIB)
+        self.cache = EntryCache(config.managed_ledger_cache_size_bytes)
         self.topics: dict[str, Topic] = {}
         self._loading: dict[str, asyncio.Task[Topic]] = {}
         self._housekeeping: asyncio.Task[None] | None = None
@@ -105,10 +105,8 @@ class BrokerService:
         self.joining = False
         self.ml_config = ManagedLedgerConfig(
             max_entries_per_ledger=config.managed_ledger_max_entries_per_ledger,
-            max_size_per_ledger_bytes=config.managed_ledger_max_size_per_ledger_mb * MIB,
-            max_ledger_rollover_time_ms=int(
-                config.managed_ledger_max_ledger_rollover_time_minutes * 60_000
-            ),
+            max_size_per_ledger_bytes=config.managed_ledger_max_size_per_ledger_bytes,
+            max_ledger_rollover_time_ms=config.managed_ledger_max_ledger_rollover_time_ms,
             ensemble_size=config.managed_ledger_default_ensemble_size,
             write_quorum=config.managed_ledger_default_write_quorum,
             ack_quorum=config.managed_ledger_default_ack_quorum,
