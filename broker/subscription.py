@@ -62,6 +62,9 @@ class ConsumerSession:
 
     name: str
     send: Callable[[list[messaging_pb2.Delivery]], None]
+    # False while the stream cannot queue another send: the dispatcher passes the consumer by
+    # (as Pulsar's passes a consumer whose channel is not writable) until it is notified.
+    writable: Callable[[], bool] = lambda: True
     permits: int = 0
     unacked_messages: int = 0
     pending: dict[Position, int] = field(default_factory=dict)  # position → message count
@@ -69,7 +72,11 @@ class ConsumerSession:
     bytes_out: int = 0
 
     def can_receive(self) -> bool:
-        return self.permits > 0 and self.unacked_messages < MAX_UNACKED_MESSAGES_PER_CONSUMER
+        return (
+            self.permits > 0
+            and self.unacked_messages < MAX_UNACKED_MESSAGES_PER_CONSUMER
+            and self.writable()
+        )
 
 
 class Subscription:

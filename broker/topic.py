@@ -64,7 +64,8 @@ class Topic:
         self._store = store
         self._cursor_persist_interval_ms = cursor_persist_interval_ms
         self._cursor_max_persisted_ranges = cursor_max_persisted_ranges
-        self.producers: dict[str, int] = {}  # producer name → last sequence id
+        # producer name → sequence id of its last receipted message (kept after it leaves)
+        self._last_sequence_ids: dict[str, int] = {}
         self.connected_producers: set[str] = set()
         self.subscriptions: dict[str, Subscription] = {}
         self._subscription_lock = asyncio.Lock()
@@ -99,21 +100,28 @@ class Topic:
     # ---- producers ----------------------------------------------------------------------------
 
     def add_producer(self, requested_name: str, broker_name: str) -> tuple[str, int]:
+        """Register a connecting producer: its name (chosen here when ``requested_name`` is
+        empty) and the last sequence id receipted to that name on this topic, or -1."""
         name = requested_name or f"{broker_name}-{next(self._producer_ids)}"
         if name in self.connected_producers:
             raise PreconditionError(f"producer {name!r} is already connected to {self.name}")
-        while not requested_name and name in self.producers:
+        while not requested_name and name in self._last_sequence_ids:
             name = f"{broker_name}-{next(self._producer_ids)}"
         self.connected_producers.add(name)
-        return name, self.producers.get(name, -1)
+        return name, self._last_sequence_ids.get(name, -1)
 
     def remove_producer(self, name: str) -> None:
         self.connected_producers.discard(name)
 
     def publish(self, entry: bytes, num_messages: int) -> asyncio.Future[Position]:
+        """Append one stored entry (a producer batch); the future is its durable position."""
         self.messages_in.total += num_messages
         self.bytes_in.total += len(entry)
         return self.ledger.add_entry(entry, num_messages)
+
+    def record_receipt(self, producer_name: str, last_sequence_id: int) -> None:
+        """The producer was receipted up to ``last_sequence_id``: a reconnect resumes after it."""
+        self._last_sequence_ids[producer_name] = last_sequence_id
 
     # ---- subscriptions ------------------------------------------------------------------------
 

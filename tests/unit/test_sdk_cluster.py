@@ -28,6 +28,7 @@ from google.rpc import code_pb2, error_details_pb2, status_pb2
 from grpc_status import rpc_status
 
 import strata
+from broker.entry_format import num_messages_of, stored_entry_for
 from strata.client import _batch
 from strata.client._connection import ConnectionPool, parse_service_urls
 from strata.client._errors import from_rpc_error
@@ -59,7 +60,7 @@ async def wait_until(condition: Callable[[], bool], timeout_s: float = WAIT_TIME
 class StoredEntryRecord:
     ledger_id: int
     entry_id: int
-    entry: pb.StoredEntry
+    entry: bytes  # as the broker stores it: broker.entry_format.stored_entry_for
 
 
 @dataclass
@@ -107,7 +108,7 @@ class FakeCluster:
     def owner_of(self, topic: str) -> str:
         return self.owners.get(topic, self.default_owner)
 
-    def append(self, topic: str, ledger_id: int, entry: pb.StoredEntry) -> int:
+    def append(self, topic: str, ledger_id: int, entry: bytes) -> int:
         records = self.entries.setdefault(topic, [])
         entry_id = len(records)
         records.append(StoredEntryRecord(ledger_id, entry_id, entry))
@@ -117,8 +118,7 @@ class FakeCluster:
 
     def add_entry(self, topic: str, payloads: list[bytes], ledger_id: int = 99) -> None:
         payload, size = _batch.encode_batch(payloads, None, pb.COMPRESSION_TYPE_NONE)
-        entry = pb.StoredEntry(
-            producer_name="seed",
+        batch = pb.ProducerBatch(
             sequence_id=len(self.entries.get(canonical(topic), [])),
             num_messages=len(payloads),
             compression=pb.COMPRESSION_TYPE_NONE,
@@ -126,7 +126,7 @@ class FakeCluster:
             publish_time_ms=1234,
             payload=payload,
         )
-        self.append(canonical(topic), ledger_id, entry)
+        self.append(canonical(topic), ledger_id, stored_entry_for("seed", batch))
 
     async def close(self) -> None:
         for server in list(self.servers.values()):
@@ -208,19 +208,7 @@ class ClusterBroker(messaging_pb2_grpc.MessagingServiceServicer):
             self.publish_requests.append((topic, request.publish))
             receipts = []
             for batch in request.publish.batches:
-                entry_id = self.cluster.append(
-                    topic,
-                    self.ledger_id,
-                    pb.StoredEntry(
-                        producer_name=name,
-                        sequence_id=batch.sequence_id,
-                        num_messages=batch.num_messages,
-                        compression=batch.compression,
-                        uncompressed_size=batch.uncompressed_size,
-                        publish_time_ms=batch.publish_time_ms,
-                        payload=batch.payload,
-                    ),
-                )
+                entry_id = self.cluster.append(topic, self.ledger_id, stored_entry_for(name, batch))
                 receipts.append(
                     pb.SendReceipt(
                         sequence_id=batch.sequence_id,
@@ -269,12 +257,12 @@ class ClusterBroker(messaging_pb2_grpc.MessagingServiceServicer):
                     if position in acked or position in sent:
                         continue
                     sent.add(position)
-                    permits -= stored.entry.num_messages
+                    permits -= num_messages_of(stored.entry)
                     batch.append(
                         pb.Delivery(
                             ledger_id=stored.ledger_id,
                             entry_id=stored.entry_id,
-                            entry=stored.entry.SerializeToString(),
+                            entry=stored.entry,
                         )
                     )
                 if batch:
@@ -550,7 +538,7 @@ async def test_producer_fails_over_and_resends_pending_in_order(cluster: FakeClu
         payload
         for record in cluster.entries[canonical("t")]
         if record.ledger_id == second.ledger_id
-        for payload in _batch.decode_entry(record.entry.SerializeToString()).payloads
+        for payload in _batch.decode_entry(record.entry).payloads
     ]
     assert stored == [b"%d" % i for i in range(300, 1200)]
 

@@ -1,10 +1,11 @@
 """The SDK against a fake broker: a test double of the remote peer, speaking the wire contract.
 
 ``FakeBroker`` is a small grpc.aio ``MessagingService`` on 127.0.0.1, port 0. It stores each
-published batch as a ``StoredEntry`` exactly as the real broker would, answers receipts in
-order, delivers entries against flow permits, and records every request so that the tests
-can check what the SDK put on the wire: batching, flow permits and their refill, skipped
-batch indexes, grouped acks, ack receipts, negative acks and reconnects.
+published batch with the broker's own codec (``broker.entry_format.stored_entry_for``), so
+the SDK reads the bytes a real broker stores; it answers receipts in order, delivers entries
+against flow permits, and records every request so that the tests can check what the SDK put
+on the wire: batching, flow permits and their refill, skipped batch indexes, grouped acks,
+ack receipts, negative acks and reconnects.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ import grpc.aio
 import pytest
 
 import strata
+from broker.entry_format import num_messages_of, stored_entry_for
 from strata.client import _batch
 from strata.client._errors import STATUS_TO_EXCEPTION, exception_for_status, from_rpc_error
 from strata.naming import TopicName
@@ -57,7 +59,7 @@ class FakeBroker(messaging_pb2_grpc.MessagingServiceServicer):
 
     def __init__(self) -> None:
         self.ledger_id = 7
-        self.entries: dict[str, list[pb.StoredEntry]] = {}
+        self.entries: dict[str, list[bytes]] = {}  # topic → stored entries
         self.last_sequence_id = -1
         self.max_message_size_bytes = 5 * 1024 * 1024
         self.opens: list[pb.OpenProducer] = []
@@ -111,17 +113,7 @@ class FakeBroker(messaging_pb2_grpc.MessagingServiceServicer):
                 await context.abort(grpc.StatusCode.UNAVAILABLE, "broker restarting")
             receipts = []
             for batch in request.publish.batches:
-                entries.append(
-                    pb.StoredEntry(
-                        producer_name=name,
-                        sequence_id=batch.sequence_id,
-                        num_messages=batch.num_messages,
-                        compression=batch.compression,
-                        uncompressed_size=batch.uncompressed_size,
-                        publish_time_ms=batch.publish_time_ms,
-                        payload=batch.payload,
-                    )
-                )
+                entries.append(stored_entry_for(name, batch))
                 receipts.append(
                     pb.SendReceipt(
                         sequence_id=batch.sequence_id,
@@ -156,8 +148,7 @@ class FakeBroker(messaging_pb2_grpc.MessagingServiceServicer):
         topic = str(TopicName.parse(topic))
         payload, size = _batch.encode_batch(payloads, metadata, compression)
         queue = self.deliveries.setdefault(topic, [])
-        entry = pb.StoredEntry(
-            producer_name="p",
+        batch = pb.ProducerBatch(
             sequence_id=len(queue),
             num_messages=len(payloads),
             compression=compression,  # type: ignore[arg-type]
@@ -169,7 +160,7 @@ class FakeBroker(messaging_pb2_grpc.MessagingServiceServicer):
             pb.Delivery(
                 ledger_id=self.ledger_id,
                 entry_id=len(queue),
-                entry=entry.SerializeToString(),
+                entry=stored_entry_for("p", batch),
                 acked_batch_indexes=_batch.bitset_words(acked_indexes or []),
             )
         )
@@ -228,7 +219,7 @@ class FakeBroker(messaging_pb2_grpc.MessagingServiceServicer):
                 while permits > 0 and queue:
                     delivery = queue.pop(0)
                     batch.append(delivery)
-                    permits -= pb.StoredEntry.FromString(delivery.entry).num_messages
+                    permits -= num_messages_of(delivery.entry)
                 if batch:
                     await context.write(
                         pb.ConsumeResponse(deliveries=pb.Deliveries(deliveries=batch))

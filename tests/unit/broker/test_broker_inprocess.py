@@ -1,8 +1,11 @@
-"""The broker end to end in one process: real gRPC server, memory store and memory bookie."""
+"""The broker end to end in one process: real gRPC server, memory store and memory bookie
+(and, for a client that stops reading, a Consume stream driven through a stand-in call)."""
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+import asyncio
+import time
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -12,9 +15,12 @@ import pytest
 
 from bookie.ledger import LedgerManager
 from broker.config import BrokerConfig
+from broker.consumer_stream import MAX_QUEUED_DELIVERIES, ConsumerStream
+from broker.entry_format import stored_entry_for
 from broker.server import start_broker_server
 from broker.service import BrokerService
 from strata.metadata import MetadataStore, open_metadata_store
+from strata.naming import TopicName
 from strata.v1 import admin_pb2, admin_pb2_grpc, messaging_pb2, messaging_pb2_grpc
 from tests.unit.bookie.fake_bookies import FakeBookie
 
@@ -181,3 +187,75 @@ async def test_lookup_in_single_broker_mode(env: Env) -> None:
     with pytest.raises(grpc.aio.AioRpcError) as info:
         await env.messaging.Lookup(messaging_pb2.LookupRequest(topic="a/b/c/d"))
     assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+
+
+# ---- a Consume stream whose client stops reading ---------------------------------------------
+
+STALLED_ENTRIES = 3 * MAX_QUEUED_DELIVERIES
+
+
+class StalledCall:
+    """The server side of a Consume call whose client sends requests and stops reading: every
+    write after ``subscribed`` blocks, as it does once the client's flow-control window is full."""
+
+    def __init__(self) -> None:
+        self.requests: asyncio.Queue[Any] = asyncio.Queue(maxsize=STALLED_ENTRIES + 2)
+        self.written: list[messaging_pb2.ConsumeResponse] = []
+        self.reading = asyncio.Event()  # set: the client reads again
+
+    async def read(self) -> Any:
+        return await self.requests.get()
+
+    async def write(self, response: messaging_pb2.ConsumeResponse) -> None:
+        if self.written:
+            await self.reading.wait()
+        self.written.append(response)
+
+
+async def wait_until(condition: Callable[[], bool], timeout_s: float = 10.0) -> None:
+    deadline = time.monotonic() + timeout_s
+    while not condition():
+        assert time.monotonic() < deadline, "condition not reached in time"
+        await asyncio.sleep(0.005)
+
+
+async def settle() -> None:
+    """Give every ready task (the dispatcher, the stream's reader) many turns."""
+    for _ in range(500):
+        await asyncio.sleep(0)
+
+
+async def test_a_consumer_that_stops_reading_holds_a_bounded_number_of_deliveries(
+    env: Env,
+) -> None:
+    topic = await env.broker.get_topic(TopicName.parse("t"))
+    for _ in range(STALLED_ENTRIES):
+        await topic.publish(stored_entry_for("p", messaging_pb2.ProducerBatch(num_messages=1)), 1)
+    call = StalledCall()
+    context: grpc.aio.ServicerContext[Any, Any] = call  # type: ignore[assignment]
+    stream = asyncio.ensure_future(ConsumerStream(env.broker, context).run())
+    subscribe = messaging_pb2.Subscribe(
+        topic="t", subscription="s", initial_position=messaging_pb2.INITIAL_POSITION_EARLIEST
+    )
+    await call.requests.put(messaging_pb2.ConsumeRequest(subscribe=subscribe))
+    # One permit at a time, each used before the next: every grant makes the dispatcher send
+    # one Deliveries message, until the queue holds MAX_QUEUED_DELIVERIES of them.
+    for _ in range(STALLED_ENTRIES):
+        await call.requests.put(messaging_pb2.ConsumeRequest(flow=messaging_pb2.Flow(permits=1)))
+        await wait_until(call.requests.empty)
+        await settle()
+    session = topic.subscriptions["s"].consumers[0]
+    # The writer holds one, the queue MAX_QUEUED_DELIVERIES; the other permits wait unused.
+    assert len(session.pending) == MAX_QUEUED_DELIVERIES + 1
+    assert session.permits == STALLED_ENTRIES - MAX_QUEUED_DELIVERIES - 1
+
+    # The client reads again: the dispatcher is woken and the rest goes out, in log order.
+    call.reading.set()
+
+    def positions() -> list[tuple[int, int]]:
+        return [(d.ledger_id, d.entry_id) for r in call.written for d in r.deliveries.deliveries]
+
+    await wait_until(lambda: len(positions()) == STALLED_ENTRIES)
+    assert positions() == sorted(set(positions()))
+    await call.requests.put(grpc.aio.EOF)
+    await stream

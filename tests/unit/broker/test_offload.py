@@ -16,6 +16,7 @@ import pytest
 from moto import mock_aws
 
 from bookie.ledger import LedgerManager
+from broker.entry_format import stored_entry_for
 from broker.errors import to_status
 from broker.managed_ledger import Entry, EntryCache, ManagedLedger, ManagedLedgerConfig
 from broker.offload import (
@@ -52,7 +53,7 @@ HOUR_MS = 3_600_000
 
 def stored(i: int) -> bytes:
     body = f"entry-{i:05d}-".encode() + bytes([i % 256]) * (i % 700)
-    return messaging_pb2.StoredEntry(num_messages=1, payload=body).SerializeToString()
+    return stored_entry_for("", messaging_pb2.ProducerBatch(num_messages=1, payload=body))
 
 
 @dataclass

@@ -15,6 +15,7 @@ import pytest
 
 from bookie.ledger import LedgerManager
 from broker.config import BrokerConfig
+from broker.entry_format import stored_entry_for
 from broker.server import start_broker_server
 from broker.service import BrokerService
 from strata.metadata import open_metadata_store
@@ -87,8 +88,8 @@ async def setup(tmp_path: Path) -> AsyncIterator[Setup]:
 async def publish(broker: BrokerService, topic: str, count: int) -> None:
     loaded = await broker.get_topic(TopicName.parse(topic))
     for i in range(count):
-        entry = messaging_pb2.StoredEntry(num_messages=1, payload=b"m%d" % i * 50)
-        await loaded.publish(entry.SerializeToString(), 1)
+        batch = messaging_pb2.ProducerBatch(num_messages=1, payload=b"m%d" % i * 50)
+        await loaded.publish(stored_entry_for("", batch), 1)
 
 
 async def wait_status(

@@ -10,6 +10,7 @@ import pytest
 
 from bookie.ledger import LedgerManager
 from broker.config import BrokerConfig
+from broker.entry_format import stored_entry_for
 from broker.service import BrokerService
 from strata.metadata import open_metadata_store
 from strata.naming import TopicName
@@ -19,7 +20,7 @@ from tests.unit.bookie.fake_bookies import FakeBookie
 
 def entry(text: str) -> bytes:
     batch = messaging_pb2.MessageBatch(payloads=[text.encode()]).SerializeToString()
-    return messaging_pb2.StoredEntry(num_messages=1, payload=batch).SerializeToString()
+    return stored_entry_for("", messaging_pb2.ProducerBatch(num_messages=1, payload=batch))
 
 
 async def test_old_owner_is_fenced_and_unloads(tmp_path: Path) -> None:

@@ -1,0 +1,190 @@
+"""One Consume call on the broker: ``ConsumerStream``."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import TYPE_CHECKING, Any
+
+import grpc
+
+from broker.errors import InvalidRequestError
+from broker.stream_driver import run_stream
+from broker.stream_requests import check_ack, check_flow, check_subscribe_request
+from broker.subscription import ConsumerSession, Subscription
+from strata.v1 import messaging_pb2
+
+if TYPE_CHECKING:
+    from broker.service import BrokerService
+
+_EOF: Any = grpc.aio.EOF
+
+# Deliveries messages that may wait for the writer of one stream. While this many wait, the
+# dispatcher passes the consumer by (``ConsumerSession.writable``), so a client that stops
+# reading holds at most this many, each of at most DISPATCH_MAX_READ_ENTRIES entries.
+MAX_QUEUED_DELIVERIES = 16
+# Ack receipts waiting for their cursor flush or for room in the outbound queue; one more
+# fails the stream (the client acknowledges with receipts and does not read them).
+MAX_PENDING_ACK_RECEIPTS = 1000
+# The outbound queue holds deliveries, ack receipts and the end marker. A delivery is queued
+# only when fewer than MAX_QUEUED_DELIVERIES responses wait (checked by the dispatcher in the
+# same step, without an await between), receipts and the end marker wait for room: the queue
+# never overflows. The receipts' share keeps deliveries from waiting behind them.
+OUTBOUND_QUEUE_SIZE = MAX_QUEUED_DELIVERIES + MAX_PENDING_ACK_RECEIPTS + 1
+# After the client half-closes, how long pending ack receipts may take before the stream ends.
+RECEIPTS_DRAIN_TIMEOUT_SECONDS = 10
+
+
+class ConsumerStream:
+    """One consumer's Consume stream: permits and acknowledgements in, entries out.
+
+    1. The client sends ``subscribe``: topic, subscription name, type (Exclusive or Shared),
+       initial position and a consumer name ("" to get one), checked by
+       ``check_subscribe_request`` (else INVALID_ARGUMENT). The broker loads the topic
+       (another broker's topic: FAILED_PRECONDITION naming the owner), opens the durable
+       subscription (a new one starts at the earliest or the latest entry) and attaches the
+       consumer: a second consumer of an Exclusive subscription, or a type change while
+       consumers are attached, is FAILED_PRECONDITION. It answers ``subscribed``.
+    2. Then, in any order, the client sends:
+       - ``flow``: more permits, counted in messages (at most ``MAX_PERMITS_PER_CONSUMER``
+         held). The subscription's dispatcher sends whole entries as ``deliveries`` while the
+         consumer has permits, charging each entry's message count;
+       - ``ack``: individual ids (with a batch index for one message of a batch), or one
+         cumulative id on an Exclusive subscription (``check_ack``). With a ``request_id`` the
+         broker answers ``ack_receipt`` once the cursor has persisted the acknowledgement
+         (``cursor.flush()``), from a task this stream owns; at most
+         ``MAX_PENDING_ACK_RECEIPTS`` are pending, one more is INVALID_ARGUMENT;
+       - ``redeliver``: the listed unacknowledged entries (all when none are listed) go back to
+         the dispatcher, their redelivery count raised.
+    3. Deliveries and receipts share one bounded outbound queue and one writer; see
+       ``OUTBOUND_QUEUE_SIZE`` for why it never overflows.
+    4. The stream ends OK when the client half-closes and the pending receipts are out (or
+       ``RECEIPTS_DRAIN_TIMEOUT_SECONDS`` passed); an invalid request ends it with
+       INVALID_ARGUMENT, a closing topic with UNAVAILABLE. However it ends, the consumer is
+       detached (its unacknowledged entries go to the other consumers or the next one) and
+       its receipt tasks are cancelled and awaited.
+
+    Lifecycle: ``run()`` once, for the whole call; its reader and writer are owned by
+    ``broker.stream_driver.run_stream``.
+    """
+
+    def __init__(self, broker: BrokerService, context: grpc.aio.ServicerContext[Any, Any]) -> None:
+        self._broker = broker
+        self._context = context
+        # None ends the writer.
+        self._outbound: asyncio.Queue[messaging_pb2.ConsumeResponse | None] = asyncio.Queue(
+            maxsize=OUTBOUND_QUEUE_SIZE
+        )
+        self._receipt_tasks: set[asyncio.Task[None]] = set()
+
+    async def run(self) -> None:
+        first = await self._context.read()
+        if first is _EOF:
+            return
+        request = check_subscribe_request(first)
+        topic = await self._broker.get_topic(request.topic)
+        subscription = await topic.get_subscription(
+            request.subscription, request.type, start_at_earliest=request.start_at_earliest
+        )
+        consumer_name = request.consumer_name or f"{request.subscription}-{id(self._outbound):x}"
+        session = ConsumerSession(consumer_name, self._send_deliveries, self._writable)
+        subscription.add_consumer(session, request.type)
+        try:
+            await self._context.write(
+                messaging_pb2.ConsumeResponse(
+                    subscribed=messaging_pb2.Subscribed(
+                        topic=str(request.topic),
+                        subscription=request.subscription,
+                        consumer_name=consumer_name,
+                    )
+                )
+            )
+            await run_stream(
+                topic,
+                self._read_requests(subscription, session),
+                self._write_responses(subscription),
+            )
+        finally:
+            subscription.remove_consumer(session)
+            await self._cancel_receipts()
+
+    # ---- reader -------------------------------------------------------------------------
+
+    async def _read_requests(self, subscription: Subscription, session: ConsumerSession) -> None:
+        while (request := await self._context.read()) is not _EOF:
+            kind = request.WhichOneof("request")
+            if kind == "flow":
+                check_flow(request.flow, session.permits)
+                subscription.add_permits(session, request.flow.permits)
+            elif kind == "ack":
+                self._acknowledge(request.ack, subscription, session)
+            elif kind == "redeliver":
+                ids = request.redeliver.message_ids
+                positions = [(m.ledger_id, m.entry_id) for m in ids] if ids else None
+                subscription.redeliver(session, positions)
+            else:
+                raise InvalidRequestError(
+                    "after 'subscribe', a Consume stream carries flow, ack or redeliver"
+                )
+        # Half-closed by the client: let pending ack receipts go out first.
+        if self._receipt_tasks:
+            await asyncio.wait(self._receipt_tasks, timeout=RECEIPTS_DRAIN_TIMEOUT_SECONDS)
+        await self._outbound.put(None)
+
+    def _acknowledge(
+        self, ack: messaging_pb2.Ack, subscription: Subscription, session: ConsumerSession
+    ) -> None:
+        check_ack(ack, subscription.type, subscription.type_name)
+        if ack.cumulative:
+            mid = ack.message_ids[0]
+            subscription.acknowledge_cumulative((mid.ledger_id, mid.entry_id))
+        else:
+            for mid in ack.message_ids:
+                subscription.acknowledge(
+                    session, (mid.ledger_id, mid.entry_id), mid.batch_index, mid.batch_size
+                )
+        if ack.request_id:
+            if len(self._receipt_tasks) >= MAX_PENDING_ACK_RECEIPTS:
+                raise InvalidRequestError(
+                    f"more than {MAX_PENDING_ACK_RECEIPTS} ack receipts pending"
+                )
+            task = asyncio.get_running_loop().create_task(
+                self._send_receipt(subscription, ack.request_id)
+            )
+            self._receipt_tasks.add(task)
+            task.add_done_callback(self._receipt_tasks.discard)
+
+    async def _send_receipt(self, subscription: Subscription, request_id: int) -> None:
+        await subscription.cursor.flush()
+        await self._outbound.put(
+            messaging_pb2.ConsumeResponse(
+                ack_receipt=messaging_pb2.AckReceipt(request_id=request_id)
+            )
+        )
+
+    async def _cancel_receipts(self) -> None:
+        tasks = list(self._receipt_tasks)
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+
+    # ---- writer -------------------------------------------------------------------------
+
+    def _writable(self) -> bool:
+        return self._outbound.qsize() < MAX_QUEUED_DELIVERIES
+
+    def _send_deliveries(self, deliveries: list[messaging_pb2.Delivery]) -> None:
+        # Called by the dispatcher only in the step where ``_writable()`` held: there is room.
+        self._outbound.put_nowait(
+            messaging_pb2.ConsumeResponse(
+                deliveries=messaging_pb2.Deliveries(deliveries=deliveries)
+            )
+        )
+
+    async def _write_responses(self, subscription: Subscription) -> None:
+        outbound = self._outbound
+        while (response := await outbound.get()) is not None:
+            if outbound.qsize() == MAX_QUEUED_DELIVERIES - 1:
+                # The queue just left the level at which the dispatcher passes this consumer
+                # by: it may have entries for it.
+                subscription.notify()
+            await self._context.write(response)

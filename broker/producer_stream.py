@@ -1,0 +1,136 @@
+"""One Produce call on the broker: ``ProducerStream``."""
+
+from __future__ import annotations
+
+import asyncio
+from collections import deque
+from typing import TYPE_CHECKING, Any
+
+import grpc
+
+from broker.entry_format import stored_entry_for
+from broker.stream_driver import run_stream
+from broker.stream_requests import check_open_request, check_publish_batch, check_publish_request
+from strata.v1 import messaging_pb2
+
+if TYPE_CHECKING:
+    from broker.managed_ledger import Position
+    from broker.service import BrokerService
+    from broker.topic import Topic
+
+_EOF: Any = grpc.aio.EOF
+
+
+class ProducerStream:
+    """One producer's Produce stream: batches in, receipts out, in sequence order.
+
+    1. The client sends ``open`` (topic, and a producer name or "" to get one). The broker
+       loads the topic (another broker's topic: FAILED_PRECONDITION naming the owner) and
+       registers the producer with ``Topic.add_producer`` (a name already connected:
+       FAILED_PRECONDITION). It answers ``opened`` with the producer name, the last sequence
+       id receipted to that name on this topic (-1 if none; the client resumes after it) and
+       the maximum message size.
+    2. The client sends ``publish`` requests, each with batches in sequence order. Each batch
+       is checked (``check_publish_batch``: at least one message, at most the maximum size,
+       else INVALID_ARGUMENT ends the stream), wrapped once in its stored-entry header and
+       appended to the topic as one ledger entry: per batch, never per message.
+    3. A receipt goes out only once its entry is durable, and receipts go out in sequence
+       order (an Architecture invariant): the writer waits for the oldest pending batch, then
+       sends one ``SendReceipts`` for it and every following batch already durable, and
+       records the last receipted sequence id with ``Topic.record_receipt``.
+    4. At most ``max_pending_publish_batches_per_producer`` batches wait for their receipt;
+       beyond that the reader stops reading, and gRPC flow control pushes back on the client.
+    5. The stream ends OK when the client half-closes and every pending batch is receipted. A
+       failed append (fenced ledger, no bookies) ends it with that error's status; a closing
+       topic with UNAVAILABLE. Batches without a receipt are the client's to resend. The
+       producer is unregistered however the stream ends.
+
+    Lifecycle: ``run()`` once, for the whole call; its reader and writer are owned by
+    ``broker.stream_driver.run_stream``.
+    """
+
+    def __init__(self, broker: BrokerService, context: grpc.aio.ServicerContext[Any, Any]) -> None:
+        self._broker = broker
+        self._context = context
+        self._max_message_size_bytes = broker.config.max_message_size_bytes
+        self._max_pending_batches = broker.config.max_pending_publish_batches_per_producer
+        # Batches appended and not yet receipted, oldest first: (sequence id, message count,
+        # future of the entry's durable position).
+        self._pending: deque[tuple[int, int, asyncio.Future[Position]]] = deque()
+        self._appended = asyncio.Event()  # wakes the writer when a batch joins _pending
+        self._room = asyncio.Event()  # wakes the reader when the writer made room in _pending
+        self._reading = True
+
+    async def run(self) -> None:
+        first = await self._context.read()
+        if first is _EOF:
+            return
+        request = check_open_request(first)
+        topic = await self._broker.get_topic(request.topic)
+        producer_name, last_sequence_id = topic.add_producer(
+            request.producer_name, self._broker.config.broker_name
+        )
+        try:
+            await self._context.write(
+                messaging_pb2.ProduceResponse(
+                    opened=messaging_pb2.ProducerOpened(
+                        topic=str(request.topic),
+                        producer_name=producer_name,
+                        last_sequence_id=last_sequence_id,
+                        max_message_size_bytes=self._max_message_size_bytes,
+                    )
+                )
+            )
+            await run_stream(
+                topic,
+                self._read_batches(topic, producer_name),
+                self._write_receipts(topic, producer_name),
+            )
+        finally:
+            topic.remove_producer(producer_name)
+
+    async def _read_batches(self, topic: Topic, producer_name: str) -> None:
+        pending = self._pending
+        while (request := await self._context.read()) is not _EOF:
+            check_publish_request(request)
+            for batch in request.publish.batches:
+                check_publish_batch(batch, self._max_message_size_bytes)
+                while len(pending) >= self._max_pending_batches:
+                    self._room.clear()
+                    await self._room.wait()
+                future = topic.publish(stored_entry_for(producer_name, batch), batch.num_messages)
+                pending.append((batch.sequence_id, batch.num_messages, future))
+                self._appended.set()
+        self._reading = False
+        self._appended.set()
+
+    async def _write_receipts(self, topic: Topic, producer_name: str) -> None:
+        pending = self._pending
+        while True:
+            if not pending:
+                if not self._reading:
+                    return
+                self._appended.clear()
+                await self._appended.wait()
+                continue
+            await pending[0][2]  # receipts go in sequence order: the oldest batch first
+            receipts = []
+            while pending and pending[0][2].done():
+                sequence_id, count, future = pending.popleft()
+                ledger_id, entry_id = future.result()
+                receipts.append(
+                    messaging_pb2.SendReceipt(
+                        sequence_id=sequence_id,
+                        ledger_id=ledger_id,
+                        entry_id=entry_id,
+                        num_messages=count,
+                    )
+                )
+            self._room.set()
+            last = receipts[-1]
+            topic.record_receipt(producer_name, last.sequence_id + last.num_messages - 1)
+            await self._context.write(
+                messaging_pb2.ProduceResponse(
+                    receipts=messaging_pb2.SendReceipts(receipts=receipts)
+                )
+            )

@@ -1,0 +1,110 @@
+"""Validators of the Produce and Consume stream requests, at the edge (STYLE.md §7).
+
+Pure functions, no I/O, like ``check_*_request`` in ``bookie/server.py``: each takes a request
+as it came off the wire, raises ``InvalidRequestError`` (``MessageTooLargeError`` for a batch
+over the size limit) with the message the client sees, and returns what the stream needs in
+checked form. The streams (``broker.producer_stream``, ``broker.consumer_stream``) call them
+before anything reaches a ``Topic`` or a ``Subscription``, which then assert rather than check.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from broker.errors import InvalidRequestError, MessageTooLargeError
+from broker.subscription import SUBSCRIPTION_EXCLUSIVE, SUBSCRIPTION_SHARED
+from strata.naming import TopicName
+from strata.v1 import messaging_pb2
+
+# A consumer may hold at most this many permits (Pulsar caps receiver queues similarly).
+MAX_PERMITS_PER_CONSUMER = 1_000_000
+MAX_SUBSCRIPTION_NAME_LENGTH = 255
+
+
+@dataclass(frozen=True, slots=True)
+class OpenRequest:
+    """The checked first request of a Produce stream."""
+
+    topic: TopicName
+    producer_name: str  # "" lets the broker choose one
+
+
+@dataclass(frozen=True, slots=True)
+class SubscribeRequest:
+    """The checked first request of a Consume stream."""
+
+    topic: TopicName
+    subscription: str
+    type: int  # SUBSCRIPTION_EXCLUSIVE or SUBSCRIPTION_SHARED
+    consumer_name: str  # "" lets the broker choose one
+    start_at_earliest: bool
+
+
+def check_open_request(request: object) -> OpenRequest:
+    if not isinstance(request, messaging_pb2.ProduceRequest) or not request.HasField("open"):
+        raise InvalidRequestError("the first request of a Produce stream must be 'open'")
+    return OpenRequest(TopicName.parse(request.open.topic), request.open.producer_name)
+
+
+def check_publish_request(request: messaging_pb2.ProduceRequest) -> None:
+    if not request.HasField("publish"):
+        raise InvalidRequestError("after 'open', a Produce stream carries only 'publish' requests")
+
+
+def check_publish_batch(batch: messaging_pb2.ProducerBatch, max_size_bytes: int) -> None:
+    if batch.num_messages <= 0:
+        raise InvalidRequestError(f"batch {batch.sequence_id} has no messages (num_messages=0)")
+    if len(batch.payload) > max_size_bytes:
+        raise MessageTooLargeError(
+            f"batch {batch.sequence_id} is {len(batch.payload)} bytes; "
+            f"the maximum message size is {max_size_bytes} bytes"
+        )
+
+
+def check_subscribe_request(request: object) -> SubscribeRequest:
+    if not isinstance(request, messaging_pb2.ConsumeRequest) or not request.HasField("subscribe"):
+        raise InvalidRequestError("the first request of a Consume stream must be 'subscribe'")
+    subscribe = request.subscribe
+    topic = TopicName.parse(subscribe.topic)
+    check_subscription_name(subscribe.subscription)
+    sub_type = subscribe.type or SUBSCRIPTION_EXCLUSIVE
+    if sub_type not in (SUBSCRIPTION_EXCLUSIVE, SUBSCRIPTION_SHARED):
+        raise InvalidRequestError(
+            f"subscription type {sub_type} is not supported yet (Exclusive and Shared are)"
+        )
+    return SubscribeRequest(
+        topic=topic,
+        subscription=subscribe.subscription,
+        type=sub_type,
+        consumer_name=subscribe.consumer_name,
+        start_at_earliest=subscribe.initial_position == messaging_pb2.INITIAL_POSITION_EARLIEST,
+    )
+
+
+def check_subscription_name(name: str) -> None:
+    if not name:
+        raise InvalidRequestError("subscription name is empty")
+    if len(name) > MAX_SUBSCRIPTION_NAME_LENGTH or not name.isprintable():
+        raise InvalidRequestError(
+            "subscription name must be printable, without '/', and at most "
+            f"{MAX_SUBSCRIPTION_NAME_LENGTH} characters"
+        )
+
+
+def check_flow(flow: messaging_pb2.Flow, permits_held: int) -> None:
+    """A flow may not raise a consumer's permits above ``MAX_PERMITS_PER_CONSUMER``."""
+    if permits_held + flow.permits > MAX_PERMITS_PER_CONSUMER:
+        raise InvalidRequestError(f"a consumer may hold at most {MAX_PERMITS_PER_CONSUMER} permits")
+
+
+def check_ack(ack: messaging_pb2.Ack, subscription_type: int, type_name: str) -> None:
+    """A cumulative acknowledgement needs an Exclusive subscription and exactly one id.
+    (Whether each id names an entry of the topic is the subscription's check.)"""
+    if not ack.cumulative:
+        return
+    if subscription_type != SUBSCRIPTION_EXCLUSIVE:
+        raise InvalidRequestError(
+            f"cumulative acknowledgement is not allowed on a {type_name} subscription"
+        )
+    if len(ack.message_ids) != 1:
+        raise InvalidRequestError("a cumulative acknowledgement carries exactly one id")
