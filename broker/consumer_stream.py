@@ -52,7 +52,8 @@ class ConsumerStream:
          cumulative id on an Exclusive subscription (``check_ack``). With a ``request_id`` the
          broker answers ``ack_receipt`` once the cursor has persisted the acknowledgement
          (``cursor.flush()``), from a task this stream owns; at most
-         ``MAX_PENDING_ACK_RECEIPTS`` are pending, one more is INVALID_ARGUMENT;
+         ``MAX_PENDING_ACK_RECEIPTS`` are pending, one more is INVALID_ARGUMENT; a flush that
+         fails ends the stream with the store's status (no receipt: the client resends);
        - ``redeliver``: the listed unacknowledged entries (all when none are listed) go back to
          the dispatcher, their redelivery count raised.
     3. Deliveries and receipts share one bounded outbound queue and one writer; see
@@ -70,9 +71,9 @@ class ConsumerStream:
     def __init__(self, broker: BrokerService, context: grpc.aio.ServicerContext[Any, Any]) -> None:
         self._broker = broker
         self._context = context
-        # None ends the writer.
-        self._outbound: asyncio.Queue[messaging_pb2.ConsumeResponse | None] = asyncio.Queue(
-            maxsize=OUTBOUND_QUEUE_SIZE
+        # None ends the writer; an exception (a failed acknowledgement flush) ends the stream.
+        self._outbound: asyncio.Queue[messaging_pb2.ConsumeResponse | Exception | None] = (
+            asyncio.Queue(maxsize=OUTBOUND_QUEUE_SIZE)
         )
         self._receipt_tasks: set[asyncio.Task[None]] = set()
 
@@ -154,7 +155,13 @@ class ConsumerStream:
             task.add_done_callback(self._receipt_tasks.discard)
 
     async def _send_receipt(self, subscription: Subscription, request_id: int) -> None:
-        await subscription.cursor.flush()
+        try:
+            await subscription.cursor.flush()
+        except Exception as exc:
+            # The acknowledgement is not durable, so no receipt: the stream ends with the
+            # store's status and the client resends its unconfirmed acks on the next stream.
+            await self._outbound.put(exc)
+            return
         await self._outbound.put(
             messaging_pb2.ConsumeResponse(
                 ack_receipt=messaging_pb2.AckReceipt(request_id=request_id)
@@ -183,6 +190,8 @@ class ConsumerStream:
     async def _write_responses(self, subscription: Subscription) -> None:
         outbound = self._outbound
         while (response := await outbound.get()) is not None:
+            if isinstance(response, Exception):
+                raise response
             if outbound.qsize() == MAX_QUEUED_DELIVERIES - 1:
                 # The queue just left the level at which the dispatcher passes this consumer
                 # by: it may have entries for it.
