@@ -26,7 +26,6 @@ cannot rebuild; a restarted broker reloads topics lazily on first use.
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Callable
 from typing import Any
 
@@ -49,8 +48,6 @@ from broker.topics import TopicRegistry
 from strata.metadata import MetadataStore
 from strata.naming import NamespaceName, TopicName
 from tiered import Offloader
-
-log = logging.getLogger(__name__)
 
 
 class BrokerService:
@@ -132,7 +129,9 @@ class BrokerService:
 
     def _check_joined(self) -> None:
         if not self._joined:
-            raise ServiceUnavailableError("the broker is not serving topics yet; try again")
+            raise ServiceUnavailableError(
+                "the broker is not in bundle ownership (starting or stopping); try again"
+            )
 
     # ---- tenants and namespaces (the work is Namespaces') ------------------------------------
 
