@@ -15,7 +15,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Callable
 from types import TracebackType
-from typing import Any
+from typing import Unpack
 
 from strata.client._connection import (
     DEFAULT_SERVICE_URL,
@@ -24,8 +24,9 @@ from strata.client._connection import (
     retry_until,
 )
 from strata.client._consumer import AsyncConsumer
-from strata.client._enums import CompressionType, ConsumerType, InitialPosition
+from strata.client._enums import ConsumerType, InitialPosition
 from strata.client._errors import AlreadyClosed, InvalidArgument, InvalidTopicName
+from strata.client._options import ProducerKeywords, ProducerOptions, producer_options
 from strata.client._partitioned import PartitionedProducer
 from strata.client._producer import AsyncProducer, TopicProducer
 from strata.naming import InvalidNameError, TopicName
@@ -123,40 +124,23 @@ class AsyncClient:
         return await self._get_pool().lookup(str(name))
 
     async def create_producer(
-        self,
-        topic: str,
-        producer_name: str | None = None,
-        send_timeout_millis: int = 30_000,
-        compression_type: CompressionType = CompressionType.NONE,
-        max_pending_messages: int = 1000,
-        block_if_queue_full: bool = False,
-        batching_enabled: bool = True,
-        batching_max_messages: int = 1000,
-        batching_max_allowed_size_in_bytes: int = 128 * 1024,
-        batching_max_publish_delay_ms: float = 1,
+        self, topic: str, **options: Unpack[ProducerKeywords]
     ) -> AsyncProducer:
         """Open a producer on ``topic``; returns once the broker accepted it.
 
-        Defaults are pulsar-client's except ``batching_max_publish_delay_ms`` (1, not 10):
-        a 1 ms window already fills batches at high rates and keeps latency low at low ones.
+        The keyword arguments are pulsar-client's (``producer_name``, ``send_timeout_millis``,
+        ``compression_type``, ``max_pending_messages``, ``block_if_queue_full``,
+        ``batching_enabled``, ``batching_max_messages``, ``batching_max_allowed_size_in_bytes``,
+        ``batching_max_publish_delay_ms``); ``ProducerOptions`` has their defaults.
         ``send_timeout_millis=0`` disables the send timeout.
         """
-        return await self._open_producer(
-            topic,
-            None,
-            producer_name=producer_name,
-            send_timeout_millis=send_timeout_millis,
-            compression_type=compression_type,
-            max_pending_messages=max_pending_messages,
-            block_if_queue_full=block_if_queue_full,
-            batching_enabled=batching_enabled,
-            batching_max_messages=batching_max_messages,
-            batching_max_allowed_size_in_bytes=batching_max_allowed_size_in_bytes,
-            batching_max_publish_delay_ms=batching_max_publish_delay_ms,
-        )
+        return await self._open_producer(topic, None, producer_options(options))
 
     async def _open_producer(
-        self, topic: str, on_space_freed: Callable[[int], None] | None, **options: Any
+        self,
+        topic: str,
+        on_space_freed: Callable[[int], None] | None,
+        options: ProducerOptions,
     ) -> AsyncProducer:
         # The sync wrapper passes on_space_freed to keep its own pending-message count.
         name = _check_topic(topic)
@@ -168,17 +152,17 @@ class AsyncClient:
                 pool,
                 str(name),
                 partitions,
+                options,
                 on_space_freed=on_space_freed,
                 on_close=self._producers.discard,
-                **options,
             )
         else:
             producer = TopicProducer(
                 pool,
                 str(name),
+                options,
                 on_space_freed=on_space_freed,
                 on_close=self._producers.discard,
-                **options,
             )
         await producer._start()
         self._producers.add(producer)

@@ -17,10 +17,12 @@ from __future__ import annotations
 import asyncio
 from collections import deque
 from collections.abc import Callable, Mapping
-from typing import TYPE_CHECKING, Any
+from dataclasses import replace
+from typing import TYPE_CHECKING
 
 from strata.client._errors import AlreadyClosed, InvalidArgument, ProducerQueueIsFull
 from strata.client._message import MessageId
+from strata.client._options import ProducerOptions
 from strata.client._producer import AsyncProducer, SendCallback, TopicProducer, wait_for_room
 from strata.client._routing import RoundRobinRouter, partition_for_key
 from strata.naming import TopicName
@@ -42,47 +44,31 @@ class PartitionedProducer(AsyncProducer):
         pool: ConnectionPool,
         topic: str,
         num_partitions: int,
+        options: ProducerOptions,
         *,
-        producer_name: str | None = None,
-        max_pending_messages: int = 1000,
-        block_if_queue_full: bool = False,
-        batching_enabled: bool = True,
-        batching_max_messages: int = 1000,
-        batching_max_allowed_size_in_bytes: int = 128 * 1024,
-        batching_max_publish_delay_ms: float = 1,
         on_space_freed: Callable[[int], None] | None = None,
         on_close: Callable[[AsyncProducer], None] | None = None,
-        **partition_options: Any,
     ) -> None:
         if num_partitions < 1:
             raise InvalidArgument("a partitioned topic has at least one partition")
-        if max_pending_messages < 1:
-            raise InvalidArgument("max_pending_messages must be at least 1")
         name = TopicName.parse(topic)
         self._pool = pool
         self._topic = str(name)
         self._partition_names = [str(name.partition(i)) for i in range(num_partitions)]
-        self._requested_name = producer_name
-        self._max_pending_messages = max_pending_messages
-        self._block_if_queue_full = block_if_queue_full
+        self._requested_name = options.producer_name
+        self._max_pending_messages = options.max_pending_messages
+        self._block_if_queue_full = options.block_if_queue_full
         self._on_space_freed_outer = on_space_freed
         self._on_close = on_close
-        # Every partition producer gets the whole limit: the bound that binds is ours.
-        self._partition_options: dict[str, Any] = dict(
-            partition_options,
-            max_pending_messages=max_pending_messages,
-            block_if_queue_full=False,
-            batching_enabled=batching_enabled,
-            batching_max_messages=batching_max_messages,
-            batching_max_allowed_size_in_bytes=batching_max_allowed_size_in_bytes,
-            batching_max_publish_delay_ms=batching_max_publish_delay_ms,
-        )
+        # Every partition producer gets the whole limit and never blocks: the bound that
+        # binds, and the blocking, are ours.
+        self._partition_options = replace(options, block_if_queue_full=False)
         self._router = RoundRobinRouter(
             num_partitions,
-            batching_enabled=batching_enabled,
-            batching_max_messages=batching_max_messages,
-            batching_max_bytes=batching_max_allowed_size_in_bytes,
-            batching_max_publish_delay_ms=batching_max_publish_delay_ms,
+            batching_enabled=options.batching_enabled,
+            batching_max_messages=options.batching_max_messages,
+            batching_max_bytes=options.batching_max_allowed_size_in_bytes,
+            batching_max_publish_delay_ms=options.batching_max_publish_delay_ms,
         )
         self._partitions: list[TopicProducer] = []
         self._pending_messages = 0
@@ -193,9 +179,8 @@ class PartitionedProducer(AsyncProducer):
         return TopicProducer(
             self._pool,
             self._partition_names[index],
-            producer_name=producer_name,
+            replace(self._partition_options, producer_name=producer_name),
             on_space_freed=self._on_space_freed,
-            **self._partition_options,
         )
 
     def _on_space_freed(self, num_messages: int) -> None:

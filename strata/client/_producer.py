@@ -62,7 +62,6 @@ from strata.client._enums import CompressionType
 from strata.client._errors import (
     AlreadyClosed,
     InternalError,
-    InvalidArgument,
     MessageTooBig,
     ProducerBusy,
     ProducerQueueIsFull,
@@ -73,6 +72,7 @@ from strata.client._errors import (
     Timeout,
 )
 from strata.client._message import MessageId
+from strata.client._options import ProducerOptions
 from strata.naming import TopicName
 from strata.v1 import messaging_pb2
 
@@ -265,40 +265,26 @@ class TopicProducer(AsyncProducer):
         self,
         pool: ConnectionPool,
         topic: str,
+        options: ProducerOptions,
         *,
-        producer_name: str | None = None,
-        send_timeout_millis: int = 30_000,
-        compression_type: CompressionType = CompressionType.NONE,
-        max_pending_messages: int = 1000,
-        block_if_queue_full: bool = False,
-        batching_enabled: bool = True,
-        batching_max_messages: int = 1000,
-        batching_max_allowed_size_in_bytes: int = 128 * 1024,
-        batching_max_publish_delay_ms: float = 1,
         on_space_freed: Callable[[int], None] | None = None,
         on_close: Callable[[AsyncProducer], None] | None = None,
     ) -> None:
-        if max_pending_messages < 1:
-            raise InvalidArgument("max_pending_messages must be at least 1")
-        if batching_max_messages < 1 or batching_max_allowed_size_in_bytes < 1:
-            raise InvalidArgument("batching limits must be positive")
-        if send_timeout_millis < 0 or batching_max_publish_delay_ms < 0:
-            raise InvalidArgument("timeouts and delays must not be negative")
         self._pool = pool
         self._topic = str(TopicName.parse(topic))
         self._partition = -1
-        self._requested_name = producer_name or ""
-        self._producer_name = producer_name or ""
-        self._send_timeout_s = send_timeout_millis / 1000
+        self._requested_name = options.producer_name or ""
+        self._producer_name = options.producer_name or ""
+        self._send_timeout_s = options.send_timeout_millis / 1000
         self._compression = messaging_pb2.CompressionType.ValueType(
-            int(CompressionType(compression_type))
+            int(CompressionType(options.compression_type))
         )
-        self._max_pending_messages = max_pending_messages
-        self._block_if_queue_full = block_if_queue_full
-        self._batch_max_messages = batching_max_messages if batching_enabled else 1
-        self._batch_max_bytes_setting = batching_max_allowed_size_in_bytes
-        self._batch_max_bytes = batching_max_allowed_size_in_bytes
-        self._batch_delay_s = batching_max_publish_delay_ms / 1000
+        self._max_pending_messages = options.max_pending_messages
+        self._block_if_queue_full = options.block_if_queue_full
+        self._batch_max_messages = options.batching_max_messages if options.batching_enabled else 1
+        self._batch_max_bytes_setting = options.batching_max_allowed_size_in_bytes
+        self._batch_max_bytes = options.batching_max_allowed_size_in_bytes
+        self._batch_delay_s = options.batching_max_publish_delay_ms / 1000
         self._max_message_size_bytes = DEFAULT_MAX_MESSAGE_SIZE_BYTES
         self._on_space_freed = on_space_freed
         self._on_close = on_close

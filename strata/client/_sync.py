@@ -15,12 +15,12 @@ import threading
 from collections import deque
 from collections.abc import Callable, Coroutine, Mapping
 from types import TracebackType
-from typing import Any, TypeVar
+from typing import Any, TypeVar, Unpack
 
 from strata.client._client import AsyncClient
 from strata.client._connection import DEFAULT_SERVICE_URL
 from strata.client._consumer import AsyncConsumer
-from strata.client._enums import CompressionType, ConsumerType, InitialPosition
+from strata.client._enums import ConsumerType, InitialPosition
 from strata.client._errors import (
     AlreadyClosed,
     ProducerQueueIsFull,
@@ -29,6 +29,7 @@ from strata.client._errors import (
     Timeout,
 )
 from strata.client._message import Message, MessageId
+from strata.client._options import ProducerKeywords, producer_options
 from strata.client._producer import AsyncProducer, SendCallback
 
 _T = TypeVar("_T")
@@ -114,38 +115,13 @@ class Client:
         self._io = _LoopThread()
         self._closed = False
 
-    def create_producer(
-        self,
-        topic: str,
-        producer_name: str | None = None,
-        send_timeout_millis: int = 30_000,
-        compression_type: CompressionType = CompressionType.NONE,
-        max_pending_messages: int = 1000,
-        block_if_queue_full: bool = False,
-        batching_enabled: bool = True,
-        batching_max_messages: int = 1000,
-        batching_max_allowed_size_in_bytes: int = 128 * 1024,
-        batching_max_publish_delay_ms: float = 1,
-    ) -> Producer:
+    def create_producer(self, topic: str, **options: Unpack[ProducerKeywords]) -> Producer:
         """Open a producer on ``topic``; see ``AsyncClient.create_producer``."""
         self._check_open()
-        space = threading.Semaphore(max_pending_messages)
-        producer = self._io.run(
-            self._client._open_producer(
-                topic,
-                space.release,
-                producer_name=producer_name,
-                send_timeout_millis=send_timeout_millis,
-                compression_type=compression_type,
-                max_pending_messages=max_pending_messages,
-                block_if_queue_full=block_if_queue_full,
-                batching_enabled=batching_enabled,
-                batching_max_messages=batching_max_messages,
-                batching_max_allowed_size_in_bytes=batching_max_allowed_size_in_bytes,
-                batching_max_publish_delay_ms=batching_max_publish_delay_ms,
-            )
-        )
-        return Producer(self._io, producer, space, block_if_queue_full)
+        settings = producer_options(options)
+        space = threading.Semaphore(settings.max_pending_messages)
+        producer = self._io.run(self._client._open_producer(topic, space.release, settings))
+        return Producer(self._io, producer, space, settings.block_if_queue_full)
 
     def subscribe(
         self,
