@@ -106,13 +106,80 @@ class OwnershipConfig:
 Forwarder = Callable[[str, str, str], Awaitable[None]]
 
 
+class OwnershipSession:
+    """The metadata-store session whose lease holds this broker's ephemeral keys: bundle
+    ownership, the load report, the load-manager leadership.
+
+    ``open`` opens it and starts the owned check loop: every ``check_interval_ms`` a read
+    through the session; once its lease has expired (the broker was paused or cut off longer
+    than the session TTL) ``on_lost`` runs — the broker gives up every bundle — and a new
+    session is opened. ``current`` is None in between. ``stop`` ends the checks, ``close``
+    ends the session too (the store deletes its keys).
+    """
+
+    def __init__(
+        self,
+        store: MetadataStore,
+        check_interval_ms: int,
+        on_lost: Callable[[], Awaitable[None]],
+    ) -> None:
+        self._store = store
+        self._check_interval_ms = check_interval_ms
+        self._on_lost = on_lost
+        self.current: MetadataStore | None = None
+        self._loops = OwnedLoops("ownership session", log)
+
+    async def open(self) -> None:
+        self.current = await self._store.open_session()
+        self._loops.start(self._check_loop(), name="ownership-session")
+
+    async def stop(self) -> None:
+        await self._loops.close()
+
+    async def close(self) -> None:
+        await self.stop()
+        if self.current is not None:
+            with contextlib.suppress(MetadataError):
+                await self.current.close()
+
+    def live(self) -> MetadataStore:
+        if self.current is None:
+            raise ServiceUnavailableError("the broker's ownership session is not open")
+        return self.current
+
+    async def release(self, key: str) -> None:
+        """Delete an ephemeral key of this session (best effort: its lease would end it)."""
+        if self.current is not None:
+            with contextlib.suppress(MetadataError):
+                await self.current.delete(key)
+
+    async def _check_loop(self) -> None:
+        while True:
+            await asyncio.sleep(self._check_interval_ms / 1000)
+            session = self.current
+            try:
+                if session is not None:
+                    await session.get(LEADER_KEY)
+                    continue
+            except MetadataStoreClosedError:
+                self.current = None
+                await self._on_lost()
+            except MetadataError as exc:
+                log.warning("ownership session check failed: %s", exc)
+                continue
+            try:
+                self.current = await self._store.open_session()
+            except MetadataError as exc:
+                log.warning("cannot open a new ownership session yet: %s", exc)
+
+
 class BundleOwnership:
     """This broker's bundles. Owned by ``BrokerService`` (``service.ownership``), which builds
     it when the broker is one of a cluster.
 
-    Lifecycle: ``start`` opens the ownership session and starts the owned loops (session
-    check; the load manager's reports, election and shedding); ``close`` stops the loops,
-    unloads every bundle and closes the session (deleting the ownership keys). ``forward``
+    Lifecycle: ``start`` opens the ownership session (``OwnershipSession``) and starts the
+    load manager (reports, election, shedding); ``close`` stops them, unloads every bundle
+    and closes the session (deleting the ownership keys). ``forward``
     (default: ``forward_to_owner`` over gRPC) carries an unload or split to a bundle's owner.
     """
 
@@ -131,10 +198,11 @@ class BundleOwnership:
         self.address = address
         self.config = config
         self.forward = forward or self._forward_over_grpc
-        self._session: MetadataStore | None = None
+        self._session = OwnershipSession(
+            store, config.session_check_interval_ms, self._on_session_lost
+        )
         self.owned: dict[str, Bundle] = {}  # bundle key → bundle
         self._unloading: set[str] = set()
-        self._loops = OwnedLoops("bundle ownership", log)
         self._acquire_lock = asyncio.Lock()
         self.load_manager = LoadManager(self, registry)
         self.lost_sessions = 0
@@ -142,56 +210,29 @@ class BundleOwnership:
     # ---- lifecycle -------------------------------------------------------------------------
 
     async def start(self) -> None:
-        self._session = await self.store.open_session()
-        self._loops.start(self._session_check_loop(), name="ownership-session")
+        await self._session.open()
         self.load_manager.start()
 
     async def close(self) -> None:
         await self.load_manager.close()
-        await self._loops.close()
+        await self._session.stop()
         for key in list(self.owned):
             with contextlib.suppress(Exception):
                 await self.unload_bundle(key)
-        if self._session is not None:
-            with contextlib.suppress(MetadataError):
-                await self._session.close()
+        await self._session.close()
 
     @property
     def session(self) -> MetadataStore | None:
         """The ownership session; None while a lost one is being replaced."""
-        return self._session
-
-    def _live_session(self) -> MetadataStore:
-        if self._session is None:
-            raise ServiceUnavailableError("the broker's ownership session is not open")
-        return self._session
+        return self._session.current
 
     async def _forward_over_grpc(self, owner: str, key: str, operation: str) -> None:
         await forward_to_owner(owner, key, operation, self.config.forward_timeout_ms / 1000)
-
-    async def _session_check_loop(self) -> None:
-        while True:
-            await asyncio.sleep(self.config.session_check_interval_ms / 1000)
-            session = self._session
-            try:
-                if session is not None:
-                    await session.get(LEADER_KEY)
-                    continue
-            except MetadataStoreClosedError:
-                await self._on_session_lost()
-            except MetadataError as exc:
-                log.warning("ownership session check failed: %s", exc)
-                continue
-            try:
-                self._session = await self.store.open_session()
-            except MetadataError as exc:
-                log.warning("cannot open a new ownership session yet: %s", exc)
 
     async def _on_session_lost(self) -> None:
         """The lease expired: another broker may own our bundles by now. Give every one of
         them up at once (their topics close, their clients look up again)."""
         self.lost_sessions += 1
-        self._session = None
         self.load_manager.on_session_lost()
         lost = list(self.owned)
         log.error("ownership session lost; giving up %d bundles", len(lost))
@@ -243,7 +284,7 @@ class BundleOwnership:
         async with self._acquire_lock:
             if bundle.key in self.owned:
                 return self.address
-            session = self._live_session()
+            session = self._session.live()
             try:
                 await session.put(
                     bundle.key, self.address.encode(), expected_version=0, ephemeral=True
@@ -316,9 +357,7 @@ class BundleOwnership:
         try:
             await self._registry.close_topics(bundle.contains)
             self.owned.pop(key, None)
-            if self._session is not None:
-                with contextlib.suppress(MetadataError):
-                    await self._session.delete(key)
+            await self._session.release(key)
             log.info("unloaded bundle %s", bundle)
         finally:
             self._unloading.discard(key)
@@ -384,9 +423,7 @@ class BundleOwnership:
             )
             if mine:
                 self.owned.pop(bundle.key, None)
-                if self._session is not None:
-                    with contextlib.suppress(MetadataError):
-                        await self._session.delete(bundle.key)
+                await self._session.release(bundle.key)
             else:
                 # Nobody owned it when we looked; if a broker took it since, it must let go.
                 late_owner = await self.owner_of(bundle)
