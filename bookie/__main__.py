@@ -13,13 +13,14 @@ from __future__ import annotations
 import argparse
 import asyncio
 import logging
-import socket
 import sys
-from pathlib import Path
+from collections.abc import Mapping
+from dataclasses import replace
 
 from prometheus_client import start_http_server
 
-from bookie.autorecovery import Autorecovery, AutorecoveryConfig, start_autorecovery
+from bookie.autorecovery import Autorecovery, start_autorecovery
+from bookie.config import BookieConfig
 from bookie.registry import (
     BookieInfo,
     CookieMismatchError,
@@ -28,10 +29,10 @@ from bookie.registry import (
     now_ms,
 )
 from bookie.server import start_bookie_server
-from bookie.storage import Bookie, BookieStorageConfig
+from bookie.storage import Bookie
+from strata.config_binding import ConfigBinding
 from strata.metadata import open_metadata_store
 from strata.metadata.registration import RegistrationConflictError
-from strata.options import add_option, parse_bool
 from strata.process import run_server
 
 log = logging.getLogger("strata.bookie")
@@ -40,74 +41,36 @@ SHUTDOWN_GRACE_SECONDS = 5.0
 EXIT_IDENTITY_ERROR = 3
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="strata bookie", description="Run one bookie: ledger storage served over gRPC."
+def build_parser(
+    environ: Mapping[str, str] | None = None,
+) -> tuple[argparse.ArgumentParser, ConfigBinding[BookieConfig]]:
+    binding = ConfigBinding(BookieConfig)
+    parser = binding.role_parser(
+        "strata bookie", "Run one bookie: ledger storage served over gRPC.", environ
     )
-    add_option(parser, "--metadata-url", help="etcd://HOST:PORT[,HOST:PORT...] (required)")
-    add_option(parser, "--data-dir", type=Path, help="journal and index directory (required)")
-    add_option(parser, "--port", type=int, default=3181, help="gRPC port (0 = a free one)")
-    add_option(parser, "--metrics-port", type=int, default=8000, help="metrics port (-1 = off)")
-    add_option(parser, "--host", default="0.0.0.0", help="address to listen on")
-    add_option(
-        parser,
-        "--advertised-address",
-        default="",
-        help="host name clients dial; the bookie id is ADDRESS:PORT (default: this host's name)",
-    )
-    add_option(
-        parser,
-        "--journal-fsync",
-        type=parse_bool,
-        default=True,
-        help="fsync the journal before acknowledging (turn off only for tests)",
-    )
-    add_option(
-        parser,
-        "--autorecovery",
-        type=parse_bool,
-        default=True,
-        help="run the autorecovery auditor election and a replication worker in this process",
-    )
-    add_option(
-        parser,
-        "--lost-bookie-recovery-delay-ms",
-        type=int,
-        default=AutorecoveryConfig().lost_bookie_grace_ms,
-        help="how long a bookie stays gone before the auditor re-replicates its ledgers",
-    )
-    add_option(
-        parser,
-        "--auditor-periodic-check-interval-ms",
-        type=int,
-        default=AutorecoveryConfig().audit_interval_ms,
-        help="how often the auditor checks every ledger",
-    )
-    return parser
+    return parser, binding
 
 
-async def run_bookie(args: argparse.Namespace, stop: asyncio.Event) -> int:
-    served = await start_bookie_server(None, args.host, args.port)
-    advertised = args.advertised_address or socket.getfqdn()
-    bookie_id = f"{advertised}:{served.port}"
+async def run_bookie(config: BookieConfig, stop: asyncio.Event) -> int:
+    served = await start_bookie_server(None, config.host, config.port)
+    bookie_id = config.bookie_id(served.port)
     store = None
     bookie = None
     registration = None
     recovery: Autorecovery | None = None
     try:
-        store = await open_metadata_store(args.metadata_url)
-        data_dir: Path = args.data_dir
+        store = await open_metadata_store(config.metadata_url)
         try:
-            instance_id = await check_cookie(store, data_dir, bookie_id)
+            instance_id = await check_cookie(store, config.storage.data_dir, bookie_id)
         except CookieMismatchError as exc:
             log.error("refusing to start: %s", exc)
             print(f"error: {exc}", file=sys.stderr, flush=True)
             return EXIT_IDENTITY_ERROR
-        bookie = await Bookie.open(BookieStorageConfig(data_dir=data_dir, fsync=args.journal_fsync))
+        bookie = await Bookie.open(config.storage)
         await served.attach(bookie)
-        metrics_port = args.metrics_port
+        metrics_port = config.metrics_port
         if metrics_port >= 0:
-            metrics_server, _thread = start_http_server(metrics_port, addr=args.host)
+            metrics_server, _thread = start_http_server(metrics_port, addr=config.host)
             metrics_port = metrics_server.server_port
         registration = bookie_registration(
             store, BookieInfo(bookie_id, instance_id, metrics_port, now_ms())
@@ -117,14 +80,9 @@ async def run_bookie(args: argparse.Namespace, stop: asyncio.Event) -> int:
         except RegistrationConflictError as exc:
             print(f"error: bookie {bookie_id}: {exc}", file=sys.stderr, flush=True)
             return EXIT_IDENTITY_ERROR
-        if args.autorecovery:
+        if config.autorecovery:
             recovery = await start_autorecovery(
-                store,
-                bookie_id,
-                AutorecoveryConfig(
-                    lost_bookie_grace_ms=args.lost_bookie_recovery_delay_ms,
-                    audit_interval_ms=args.auditor_periodic_check_interval_ms,
-                ),
+                store, bookie_id, config.recovery, config.ledger_client
             )
         # Harnesses and scripts read this line to learn the ports picked for port 0.
         print(
@@ -147,13 +105,11 @@ async def run_bookie(args: argparse.Namespace, stop: asyncio.Event) -> int:
 
 
 def main(argv: list[str]) -> int:
-    parser = build_parser()
-    args = parser.parse_args(argv)
-    for name in ("metadata_url", "data_dir"):
-        if not getattr(args, name):
-            parser.error(f"--{name.replace('_', '-')} is required")
-    args.data_dir = Path(args.data_dir).resolve()
-    return run_server(lambda stop: run_bookie(args, stop))
+    parser, binding = build_parser()
+    config = binding.build(parser, parser.parse_args(argv))
+    storage = replace(config.storage, data_dir=config.storage.data_dir.resolve())
+    config = replace(config, storage=storage)
+    return run_server(lambda stop: run_bookie(config, stop))
 
 
 if __name__ == "__main__":

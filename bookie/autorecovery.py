@@ -47,6 +47,7 @@ from bookie.registry import (
     BookieClientPool,
     BookieRegistry,
 )
+from strata.config_binding import setting
 from strata.metadata import BadVersionError, MetadataError, MetadataStore, MetadataStoreClosedError
 
 log = logging.getLogger(__name__)
@@ -58,17 +59,21 @@ LOCKS_PREFIX = "/autorecovery/locks/"
 class AutorecoveryConfig:
     # How long a bookie must stay unavailable before its ledgers count as under-replicated
     # (a quick restart then costs no copying).
-    lost_bookie_grace_ms: int = 5_000
+    lost_bookie_grace_ms: int = setting(
+        5_000, "how long a bookie stays gone before the auditor re-replicates its ledgers"
+    )
     # A full audit also runs this often, catching anything a missed change left behind.
-    audit_interval_ms: int = 60_000
-    # A worker looks for markers this often (and at once after an audit marks something).
-    worker_poll_interval_ms: int = 2_000
-    # Auditor candidates retry the election this often.
-    election_interval_ms: int = 2_000
-    # One check of what a bookie holds (read of its last entry) during an audit.
-    check_timeout_ms: int = 5_000
-    # Largest entry a copy moves between bookies.
-    max_entry_size_bytes: int = 8 * 1024 * 1024 + 64 * 1024
+    audit_interval_ms: int = setting(60_000, "how often the auditor checks every ledger")
+    worker_poll_interval_ms: int = setting(
+        2_000, "how often a worker looks for under-replicated ledgers (and at once after an audit)"
+    )
+    election_interval_ms: int = setting(2_000, "how often auditor candidates retry the election")
+    check_timeout_ms: int = setting(
+        5_000, "one check of what a bookie holds (a read of its last entry) during an audit"
+    )
+    max_entry_size_bytes: int = setting(
+        8 * 1024 * 1024 + 64 * 1024, "largest entry a copy moves between bookies"
+    )
 
 
 def marker_key(ledger_id: int) -> str:

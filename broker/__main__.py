@@ -15,14 +15,16 @@ import contextlib
 import json
 import logging
 import sys
+from collections.abc import Mapping
 
 from bookie.ledger import LedgerManager
 from bookie.registry import BookieClientPool, BookieRegistry, now_ms
-from broker.config import BrokerConfig, add_config_options, config_from_args
+from broker.config import BrokerConfig
 from broker.load_manager import BROKERS_AVAILABLE_PREFIX
 from broker.ownership import OwnershipConfig
 from broker.server import bind_broker_server, serve_broker, start_metrics_server
 from broker.service import BrokerService
+from strata.config_binding import ConfigBinding
 from strata.metadata import MetadataStore, open_metadata_store
 from strata.metadata.registration import EphemeralRegistration
 from strata.process import run_server
@@ -79,7 +81,7 @@ async def run_broker(config: BrokerConfig, stop: asyncio.Event) -> None:
         broker = BrokerService(
             config,
             store,
-            LedgerManager(store, registry.available, pool.get),
+            LedgerManager(store, registry.available, pool.get, config.ledger_client),
             offloader=offloader,
             advertised_address=broker_id,
             ownership=ownership_config(config),
@@ -103,22 +105,31 @@ async def run_broker(config: BrokerConfig, stop: asyncio.Event) -> None:
         await stop.wait()
 
 
-def main(argv: list[str]) -> int:
-    parser = argparse.ArgumentParser(
-        prog="strata broker",
-        description="Run one broker of a cluster (metadata in etcd, entries on bookies).",
+# A cluster broker keeps no data of its own and names itself by its address.
+BROKER_SKIPPED_OPTIONS = ("data_dir", "journal_fsync", "broker_name")
+
+
+def build_parser(
+    environ: Mapping[str, str] | None = None,
+) -> tuple[argparse.ArgumentParser, ConfigBinding[BrokerConfig]]:
+    binding = ConfigBinding(BrokerConfig, skip=BROKER_SKIPPED_OPTIONS)
+    parser = binding.role_parser(
+        "strata broker",
+        "Run one broker of a cluster (metadata in etcd, entries on bookies).",
+        environ,
     )
-    add_config_options(parser, skip={"data_dir", "journal_fsync", "broker_name"})
-    parser.set_defaults(port=6650, metrics_port=8080)
-    args = parser.parse_args(argv)
-    if not args.metadata_url:
+    return parser, binding
+
+
+def main(argv: list[str]) -> int:
+    parser, binding = build_parser()
+    config = binding.build(parser, parser.parse_args(argv))
+    if not config.metadata_url:
         parser.error("--metadata-url is required (etcd://HOST:PORT)")
     try:
-        config = config_from_args(args)
         config.offload_config()  # validate the offload options now
     except ValueError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+        parser.error(str(exc))
     return run_server(lambda stop: run_broker(config, stop))
 
 

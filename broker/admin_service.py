@@ -9,13 +9,12 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-from bookie.registry import DecommissionRefusedError, decommission_bookie, describe_bookies
+from broker import admin_cluster
 from broker.edge import edge
 from broker.errors import InvalidRequestError, NotFoundError, PreconditionError
 from broker.offload import OffloadStatus
 from broker.ownership import (
     FORWARDED_HEADER,
-    LEADER_KEY,
     bundles_of,
     parse_bundle_name,
     with_boundary,
@@ -166,58 +165,15 @@ class AdminServicer(admin_pb2_grpc.AdminServiceServicer):
 
     @edge
     async def ListBookies(self, request: Any, context: Any) -> admin_pb2.ListBookiesResponse:
-        cluster = await describe_bookies(self._broker.store)
-        return admin_pb2.ListBookiesResponse(
-            bookies=[
-                admin_pb2.Bookie(
-                    id=b.bookie_id,
-                    available=b.available,
-                    instance_id=b.instance_id,
-                    ledger_count=b.ledger_count,
-                )
-                for b in cluster.bookies
-            ],
-            under_replicated_ledger_count=cluster.under_replicated_ledger_count,
-            auditor=cluster.auditor,
-        )
+        return await admin_cluster.list_bookies(self._broker)
 
     @edge
     async def ListBrokers(self, request: Any, context: Any) -> admin_pb2.ListBrokersResponse:
-        ownership = self._broker.ownership
-        if ownership is None:
-            topics = self._broker.topics.values()
-            return admin_pb2.ListBrokersResponse(
-                brokers=[
-                    admin_pb2.BrokerLoad(
-                        address=self._broker.advertised_address,
-                        topics=len(self._broker.topics),
-                        msg_rate_in=sum(t.messages_in.rate() for t in topics),
-                        msg_rate_out=sum(t.messages_out.rate() for t in topics),
-                        leader=True,
-                    )
-                ]
-            )
-        reports = await ownership.load_reports()
-        counts = await ownership.owned_bundle_counts()
-        leader = await self._broker.store.get(LEADER_KEY)
-        leader_address = leader.value.decode() if leader is not None else ""
-        brokers = []
-        for address in sorted(await ownership.live_brokers()):
-            report = reports.get(address)
-            brokers.append(
-                admin_pb2.BrokerLoad(
-                    address=address,
-                    bundles=counts.get(address, 0),
-                    topics=report.topics if report else 0,
-                    msg_rate_in=report.msg_rate_in if report else 0.0,
-                    msg_rate_out=report.msg_rate_out if report else 0.0,
-                    bytes_rate_in=report.bytes_rate_in if report else 0.0,
-                    bytes_rate_out=report.bytes_rate_out if report else 0.0,
-                    cpu_percent=report.cpu_percent if report else 0.0,
-                    leader=address == leader_address,
-                )
-            )
-        return admin_pb2.ListBrokersResponse(brokers=brokers)
+        return await admin_cluster.list_brokers(self._broker)
+
+    @edge
+    async def GetRuntimeConfig(self, request: Any, context: Any) -> admin_pb2.RuntimeConfig:
+        return admin_cluster.runtime_config(self._broker)
 
     @edge
     async def ListBundles(self, request: Any, context: Any) -> admin_pb2.ListBundlesResponse:
@@ -285,14 +241,7 @@ class AdminServicer(admin_pb2_grpc.AdminServiceServicer):
     async def DecommissionBookie(
         self, request: Any, context: Any
     ) -> admin_pb2.DecommissionBookieResponse:
-        if not request.id:
-            raise InvalidRequestError("a bookie id (host:port) is required")
-        try:
-            await decommission_bookie(self._broker.store, request.id)
-        except DecommissionRefusedError as exc:
-            raise PreconditionError(str(exc)) from exc
-        except KeyError as exc:
-            raise NotFoundError(f"no bookie {request.id!r} is registered") from exc
+        await admin_cluster.decommission(self._broker, request.id)
         return admin_pb2.DecommissionBookieResponse()
 
     @edge
@@ -348,8 +297,6 @@ class AdminServicer(admin_pb2_grpc.AdminServiceServicer):
     async def GetTopicStats(self, request: Any, context: Any) -> admin_pb2.TopicStats:
         name = TopicName.parse(request.name)
         if not await self._broker.topic_exists(name):
-            from broker.errors import NotFoundError
-
             raise NotFoundError(f"topic {name} does not exist")
         topic = await self._broker.get_topic(name)
         ledger = topic.ledger

@@ -11,15 +11,16 @@ import argparse
 import asyncio
 import contextlib
 import logging
-import sys
+from collections.abc import Mapping
 
 from bookie.ledger import LedgerManager
 from bookie.local import LocalBookieClient
 from bookie.registry import BookieInfo, available_key, now_ms
 from bookie.storage import Bookie, BookieStorageConfig
-from broker.config import BrokerConfig, add_config_options, config_from_args
+from broker.config import BrokerConfig
 from broker.server import bind_broker_server, serve_broker, start_metrics_server
 from broker.service import BrokerService
+from strata.config_binding import ConfigBinding
 from strata.metadata import open_metadata_store
 from strata.process import run_server
 from tiered import create_offloader
@@ -27,12 +28,12 @@ from tiered import create_offloader
 log = logging.getLogger("strata.standalone")
 
 SHUTDOWN_GRACE_SECONDS = 5.0
-# A standalone has its own embedded store and its one bookie: these make no sense for it.
-STANDALONE_SKIPPED_OPTIONS = {
-    "metadata_url",
-    "managed_ledger_default_ensemble_size",
-    "managed_ledger_default_write_quorum",
-    "managed_ledger_default_ack_quorum",
+# A standalone has its own embedded store and its one bookie: every ledger is written once.
+STANDALONE_FIXED_OPTIONS = {
+    "metadata_url": "",
+    "managed_ledger_default_ensemble_size": 1,
+    "managed_ledger_default_write_quorum": 1,
+    "managed_ledger_default_ack_quorum": 1,
 }
 
 
@@ -49,7 +50,9 @@ async def run_standalone(config: BrokerConfig, stop: asyncio.Event) -> None:
         resources.push_async_callback(bookie.close)
         local = LocalBookieClient(bookie)
         resources.push_async_callback(local.close)
-        ledgers = LedgerManager(store, lambda: [local.address], lambda _address: local)
+        ledgers = LedgerManager(
+            store, lambda: [local.address], lambda _address: local, config.ledger_client
+        )
         # Tiered storage: the filesystem driver defaults to <data-dir>/offload.
         offload_config = config.offload_config(default_directory=data_dir / "offload")
         offloader = create_offloader(offload_config) if offload_config is not None else None
@@ -80,23 +83,23 @@ async def run_standalone(config: BrokerConfig, stop: asyncio.Event) -> None:
         await stop.wait()
 
 
+def build_parser(
+    environ: Mapping[str, str] | None = None,
+) -> tuple[argparse.ArgumentParser, ConfigBinding[BrokerConfig]]:
+    binding = ConfigBinding(BrokerConfig, fixed=STANDALONE_FIXED_OPTIONS)
+    parser = binding.role_parser(
+        "strata standalone",
+        "Run broker + bookie + embedded metadata store in one process.",
+        environ,
+    )
+    return parser, binding
+
+
 def main(argv: list[str]) -> int:
-    parser = argparse.ArgumentParser(
-        prog="strata standalone",
-        description="Run broker + bookie + embedded metadata store in one process.",
-    )
-    add_config_options(parser, skip=STANDALONE_SKIPPED_OPTIONS)
-    # One bookie: every ledger is written once.
-    parser.set_defaults(
-        managed_ledger_default_ensemble_size=1,
-        managed_ledger_default_write_quorum=1,
-        managed_ledger_default_ack_quorum=1,
-    )
-    args = parser.parse_args(argv)
+    parser, binding = build_parser()
+    config = binding.build(parser, parser.parse_args(argv))
     try:
-        config = config_from_args(args)
         config.offload_config(default_directory=config.data_dir / "offload")  # validate
     except ValueError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+        parser.error(str(exc))
     return run_server(lambda stop: run_standalone(config, stop))

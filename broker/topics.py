@@ -22,7 +22,7 @@ import logging
 from collections.abc import Callable
 
 from bookie.ledger import LedgerManager
-from broker.config import MIB, BrokerConfig
+from broker.config import BrokerConfig
 from broker.errors import AlreadyExistsError, InvalidRequestError, PreconditionError
 from broker.managed_ledger import (
     MANAGED_LEDGERS_PREFIX,
@@ -71,17 +71,15 @@ class TopicRegistry:
         self.namespaces = namespaces
         # Tiered storage (owned and closed by the process role); None: offloading is off.
         self.offloader = offloader
-        self.cache = EntryCache(config.managed_ledger_cache_size_mb * MIB)
+        self.cache = EntryCache(config.managed_ledger_cache_size_bytes)
         self.topics: dict[str, Topic] = {}
         self._loading: dict[str, asyncio.Task[Topic]] = {}
         # Unloads of topics another owner fenced; awaited by close.
         self._unloads: set[asyncio.Task[None]] = set()
         self.ml_config = ManagedLedgerConfig(
             max_entries_per_ledger=config.managed_ledger_max_entries_per_ledger,
-            max_size_per_ledger_bytes=config.managed_ledger_max_size_per_ledger_mb * MIB,
-            max_ledger_rollover_time_ms=int(
-                config.managed_ledger_max_ledger_rollover_time_minutes * 60_000
-            ),
+            max_size_per_ledger_bytes=config.managed_ledger_max_size_per_ledger_bytes,
+            max_ledger_rollover_time_ms=config.managed_ledger_max_ledger_rollover_time_ms,
             ensemble_size=config.managed_ledger_default_ensemble_size,
             write_quorum=config.managed_ledger_default_write_quorum,
             ack_quorum=config.managed_ledger_default_ack_quorum,

@@ -337,6 +337,13 @@ def _brokers_list(admin: _Admin, args: argparse.Namespace) -> None:
         print(json.dumps(document, sort_keys=True))
 
 
+def _brokers_get_runtime_config(admin: _Admin, args: argparse.Namespace) -> None:
+    response = admin.stub.GetRuntimeConfig(
+        admin_pb2.GetRuntimeConfigRequest(), timeout=admin.timeout_s
+    )
+    print(json.dumps(json.loads(response.config_json), indent=2))
+
+
 def _topics_create_partitioned(admin: _Admin, args: argparse.Namespace) -> None:
     admin.stub.CreatePartitionedTopic(
         admin_pb2.CreatePartitionedTopicRequest(name=args.topic, partitions=args.partitions),
@@ -611,6 +618,12 @@ def add_admin_parser(
         dest="verb", metavar="VERB", required=True
     )
     verb(brokers, "list", _brokers_list, "list the live brokers with their load, one JSON per line")
+    verb(
+        brokers,
+        "get-runtime-config",
+        _brokers_get_runtime_config,
+        "print the effective configuration of the broker that answers as JSON (secrets masked)",
+    )
 
     bookies = groups.add_parser("bookies", help="bookies").add_subparsers(
         dest="verb", metavar="VERB", required=True

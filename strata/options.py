@@ -2,17 +2,27 @@
 
 Every option of every ``strata`` command can be set either way; the flag wins. For
 ``--service-url`` the variable is ``STRATA_SERVICE_URL``; for ``-n/--count`` it is
-``STRATA_COUNT``.
+``STRATA_COUNT``. The server roles bind their whole config dataclass the same way (see
+``strata.config_binding``).
+
+A value read from a variable is converted only when the flag is absent, by the option's own
+type, so a bad one is a usage error (exit status 2) that names both the option and the
+variable. Booleans are strict: true/false/1/0/yes/no, any case; anything else is an error.
 """
 
 from __future__ import annotations
 
 import argparse
 import os
+import sys
 from collections.abc import Callable, Mapping
-from typing import Any
+from typing import Any, TypeVar
 
 ENV_PREFIX = "STRATA_"
+TRUE_WORDS = ("true", "1", "yes")
+FALSE_WORDS = ("false", "0", "no")
+
+_T = TypeVar("_T")
 
 
 def env_name(flag: str) -> str:
@@ -21,13 +31,63 @@ def env_name(flag: str) -> str:
 
 
 def parse_bool(text: str) -> bool:
-    """``1/true/yes/on`` → True, ``0/false/no/off`` or empty → False; ValueError otherwise."""
+    """``true/1/yes`` → True, ``false/0/no`` → False (any case); ValueError otherwise.
+
+    Nothing else is accepted, not even the empty string: a typo such as ``flase`` must not
+    turn a safety switch (``--journal-fsync``) off.
+    """
     lowered = text.strip().lower()
-    if lowered in ("1", "true", "yes", "on"):
+    if lowered in TRUE_WORDS:
         return True
-    if lowered in ("0", "false", "no", "off", ""):
+    if lowered in FALSE_WORDS:
         return False
-    raise ValueError(f"not a boolean: {text!r}")
+    raise ValueError(f"not a boolean: {text!r} (expected true, false, 1, 0, yes or no)")
+
+
+class FromEnvironment(str):
+    """A default taken from an environment variable, still as text.
+
+    argparse converts a string default with the option's ``type`` only when the flag was not
+    given, and reports a failure as a usage error; the marker lets the converter name the
+    variable in that error.
+    """
+
+    __slots__ = ("variable",)
+
+    def __new__(cls, text: str, variable: str) -> FromEnvironment:
+        instance = super().__new__(cls, text)
+        instance.variable = variable
+        return instance
+
+    variable: str
+
+
+def converter(kind: Callable[[str], _T], kind_name: str = "") -> Callable[[str], _T]:
+    """Wrap ``kind`` (int, float, Path, ``parse_bool`` ...) so that a bad value is reported as
+    ``invalid <kind> value 'x'`` plus, for a value from the environment, the variable."""
+    name = kind_name or ("boolean" if kind is parse_bool else getattr(kind, "__name__", "value"))
+
+    def convert(text: str) -> _T:
+        try:
+            return kind(str(text))
+        except (ValueError, TypeError) as exc:
+            source = f" in {text.variable}" if isinstance(text, FromEnvironment) else ""
+            hint = " (expected true, false, 1, 0, yes or no)" if kind is parse_bool else ""
+            raise argparse.ArgumentTypeError(
+                f"invalid {name} value {str(text)!r}{source}{hint}"
+            ) from exc
+
+    convert.__name__ = name
+    return convert
+
+
+def environment_bool(raw: str, variable: str) -> bool:
+    """A store_true flag's variable, read at once (argparse does not convert its default)."""
+    try:
+        return parse_bool(raw)
+    except ValueError as exc:
+        print(f"error: invalid value in {variable}: {exc}", file=sys.stderr)
+        raise SystemExit(2) from exc
 
 
 def add_option(
@@ -41,7 +101,7 @@ def add_option(
 ) -> None:
     """Add an option whose default comes from its environment variable when that is set.
 
-    Flags with ``action="store_true"`` read the variable as a boolean.
+    Flags with ``action="store_true"`` read the variable as a (strict) boolean.
     """
     environ = os.environ if environ is None else environ
     long_flags = [f for f in flags if f.startswith("--")]
@@ -52,21 +112,19 @@ def add_option(
     raw = environ.get(variable)
     if action in ("store_true", "store_false"):
         if raw is not None:
-            default = parse_bool(raw)
+            default = environment_bool(raw, variable)
         parser.add_argument(
             *flags, default=default, help=f"{help} [env {variable}]".strip(), **kwargs
         )
         return
-    if raw is not None:
-        try:
-            default = type(raw)
-        except ValueError as exc:
-            raise SystemExit(f"invalid value in {variable}: {raw!r} ({exc})") from exc
     shown = "" if default is None else f" (default {default})"
+    if raw is not None:
+        default = FromEnvironment(raw, variable)
+        kwargs["required"] = False
     parser.add_argument(
         *flags,
         default=default,
-        type=type,
-        help=f"{help}{shown} [env {variable}]".strip(),
+        type=converter(type),
+        help=f"{help}{shown} [env {variable}]".strip().replace("%", "%%"),
         **kwargs,
     )

@@ -26,7 +26,7 @@ T = TypeVar("T")
 
 # etcd lease of bookie and broker sessions in tests: a killed or paused process drops out of
 # the live set this long after its last keep-alive.
-TEST_SESSION_TTL_S = 4
+TEST_SESSION_TTL_SECONDS = 4
 
 
 class Cluster:
@@ -52,7 +52,7 @@ class Cluster:
 
     @property
     def metadata_url(self) -> str:
-        return f"{self.etcd.url}?session_ttl_s={TEST_SESSION_TTL_S}"
+        return f"{self.etcd.url}?session_ttl_seconds={TEST_SESSION_TTL_SECONDS}"
 
     @property
     def service_url(self) -> str:

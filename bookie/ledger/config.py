@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, fields
 
+from strata.config_binding import setting
+
 
 @dataclass(frozen=True, slots=True)
 class LedgerClientConfig:
@@ -11,33 +13,41 @@ class LedgerClientConfig:
 
     A bookie that does not answer an add within ``add_entry_timeout_ms`` counts as failed (an
     ensemble change replaces it); reads and fences are bounded the same way, and every metadata
-    call by ``metadata_timeout_ms``. Nothing the client does waits without a bound.
+    call by ``metadata_timeout_ms``. Nothing the client does waits without a bound. Each field's
+    help text (``setting``) is also its ``--ledger-client-*`` option's help on the roles that
+    run a ledger client.
     """
 
-    # One add to one bookie; past it the bookie is treated as failed and replaced.
-    add_entry_timeout_ms: int = 3_000
-    # One read RPC to one bookie; past it the reader tries the next bookie of the write set.
-    read_timeout_ms: int = 5_000
-    # One fence RPC to one bookie during recovery.
-    fence_timeout_ms: int = 5_000
-    # One delete RPC to one bookie.
-    delete_timeout_ms: int = 5_000
-    # One metadata-store call (get or compare-and-set).
-    metadata_timeout_ms: int = 30_000
-    # Pipelined adds of one handle not yet confirmed; more are refused.
-    max_pending_adds: int = 10_000
-    # Compare-and-set attempts of one metadata update (conflicts re-read and merge).
-    max_metadata_update_attempts: int = 10
-    # Pause before retrying a metadata update after a store error (grows linearly per attempt).
-    metadata_retry_backoff_ms: int = 50
-    # Fence attempts per bookie during one recovery (a lost fence is sent again).
-    max_fence_attempts: int = 3
-    # Ensemble changes one handle may make in one go before it gives up (each excludes a bookie).
-    max_ensemble_changes: int = 32
-    # Entries a recovery reads ahead concurrently past the last add confirmed.
-    recovery_read_batch_entries: int = 16
-    # Entries a fragment copy (replace_bookie) writes concurrently.
-    replication_batch_entries: int = 64
+    add_entry_timeout_ms: int = setting(
+        3_000, "one add to one bookie; past it the bookie is treated as failed and replaced"
+    )
+    read_timeout_ms: int = setting(
+        5_000, "one read from one bookie; past it the next bookie of the write set is tried"
+    )
+    fence_timeout_ms: int = setting(5_000, "one fence request to one bookie during recovery")
+    delete_timeout_ms: int = setting(5_000, "one delete request to one bookie")
+    metadata_timeout_ms: int = setting(30_000, "one metadata-store call (get or compare-and-set)")
+    max_pending_adds: int = setting(
+        10_000, "pipelined adds of one ledger not yet confirmed; more are refused"
+    )
+    max_metadata_update_attempts: int = setting(
+        10, "compare-and-set attempts of one metadata update (conflicts re-read and merge)"
+    )
+    metadata_retry_backoff_ms: int = setting(
+        50, "pause before retrying a metadata update after a store error (grows per attempt)"
+    )
+    max_fence_attempts: int = setting(
+        3, "fence attempts per bookie during one recovery (a lost fence is sent again)"
+    )
+    max_ensemble_changes: int = setting(
+        32, "ensemble changes one ledger may make in one go before it gives up"
+    )
+    recovery_read_batch_entries: int = setting(
+        16, "entries a recovery reads ahead concurrently past the last add confirmed"
+    )
+    replication_batch_entries: int = setting(
+        64, "entries a fragment copy (re-replication) writes concurrently"
+    )
 
     def __post_init__(self) -> None:
         for item in fields(self):

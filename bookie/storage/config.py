@@ -1,18 +1,16 @@
 """The storage engine's configuration: one frozen, validated dataclass, loaded once.
 
-Every field has a default, a command-line flag ``--bookie-<kebab-name>`` and an environment
-variable ``STRATA_BOOKIE_<UPPER_SNAKE>`` (see ``add_arguments`` / ``from_arguments``).
+Every field has its help text in its metadata (``setting``); ``strata bookie`` binds each
+one to a flag ``--kebab-name`` and a variable ``STRATA_UPPER_SNAKE`` (``fsync`` is
+``--journal-fsync``) through ``strata.config_binding``.
 """
 
 from __future__ import annotations
 
-import argparse
-import dataclasses
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
-from strata.options import add_option
+from strata.config_binding import HELP, setting
 
 MIB = 1024 * 1024
 
@@ -31,45 +29,61 @@ DEFAULT_MAX_ENTRY_SIZE_BYTES = 8 * MIB
 class BookieStorageConfig:
     """How one bookie stores ledgers in ``data_dir`` (``journal/`` and ``index/`` below it)."""
 
-    data_dir: Path
-    # The journal rolls to a new segment file once the current one would exceed this size.
-    journal_segment_size_bytes: int = 64 * MIB
-    # Largest payload accepted by add_entry; larger ones are refused with BadRequestError.
-    max_entry_size_bytes: int = DEFAULT_MAX_ENTRY_SIZE_BYTES
-    # fdatasync every group commit before acknowledging; False only for tests and benchmarks.
-    fsync: bool = True
+    data_dir: Path = field(metadata={HELP: "directory of the journal and the index"})
+    journal_segment_size_bytes: int = setting(
+        64 * MIB, "the journal rolls to a new segment file once the current one would exceed this"
+    )
+    max_entry_size_bytes: int = setting(
+        DEFAULT_MAX_ENTRY_SIZE_BYTES, "largest entry payload accepted; larger adds are refused"
+    )
+    fsync: bool = setting(
+        True,
+        "fdatasync every group commit before acknowledging (turn off only for tests)",
+        name="journal_fsync",
+    )
     # While the journal is idle it zero-fills (and fsyncs) this much of its segment ahead of
     # the data, as BookKeeper preallocates journal files: an fdatasync that neither grows the
     # file nor allocates blocks skips the file system's metadata commit (0 = off; at most
     # the segment size is ever zero-filled).
-    journal_preallocation_bytes: int = 1 * MIB
-    # Bytes buffered for the next group commit; beyond it adds wait (backpressure).
-    group_commit_max_bytes: int = 1 * MIB
+    journal_preallocation_bytes: int = setting(
+        1 * MIB, "zero-filled (and fsynced) journal space kept ahead of the data (0 = off)"
+    )
+    group_commit_max_bytes: int = setting(
+        1 * MIB, "bytes buffered for the next group commit; beyond it adds wait"
+    )
     # The index is checkpointed this often, and also once this many journal bytes were written
     # since the last checkpoint, which bounds the replay at open.
-    checkpoint_interval_ms: int = 60_000
-    checkpoint_journal_bytes: int = 256 * MIB
-    # Garbage collection: removes segments without live entries, compacts sparse ones.
-    gc_interval_ms: int = 300_000
-    # A sealed segment whose live bytes fall below this fraction of its size is compacted.
-    compaction_live_ratio: float = 0.5
-    # At most this many bytes of live records are copied by one garbage collection run.
-    compaction_max_bytes_per_run: int = 256 * MIB
-    # Recently added entries kept in memory for tailing readers.
-    read_cache_max_bytes: int = 64 * MIB
-    read_cache_max_entries: int = 100_000
-    # One read returns at most this many payload bytes (the request may ask for fewer) ...
-    max_read_bytes: int = 4 * MIB
-    # ... and at most this many entries.
-    max_read_entries: int = 10_000
-    # Threads serving reads that miss the cache.
-    read_threads: int = 4
+    checkpoint_interval_ms: int = setting(60_000, "how often the index is checkpointed")
+    checkpoint_journal_bytes: int = setting(
+        256 * MIB, "checkpoint once this many journal bytes were written since the last one"
+    )
+    gc_interval_ms: int = setting(
+        300_000, "how often garbage collection removes and compacts segments"
+    )
+    compaction_live_ratio: float = setting(
+        0.5, "compact a sealed segment whose live bytes fall below this fraction of its size"
+    )
+    compaction_max_bytes_per_run: int = setting(
+        256 * MIB, "live bytes one garbage-collection run copies at most"
+    )
+    read_cache_max_bytes: int = setting(
+        64 * MIB, "recently added entries kept in memory for tailing readers (bytes)"
+    )
+    read_cache_max_entries: int = setting(
+        100_000, "recently added entries kept in memory for tailing readers (count)"
+    )
+    max_read_bytes: int = setting(4 * MIB, "payload bytes one read returns at most")
+    max_read_entries: int = setting(10_000, "entries one read returns at most")
+    read_threads: int = setting(4, "threads serving reads that miss the cache")
     # Long polls of read_last_add_confirmed: at most this many waiters per ledger (beyond it a
     # poll is answered at once) and at most this long a wait.
-    max_lac_waiters_per_ledger: int = 1024
-    max_long_poll_ms: int = 60_000
-    # close() waits at most this long for queued adds to become durable.
-    close_timeout_ms: int = 10_000
+    max_lac_waiters_per_ledger: int = setting(
+        1024, "long polls waiting on one ledger's last add confirmed; more are answered at once"
+    )
+    max_long_poll_ms: int = setting(60_000, "longest wait of one long poll")
+    close_timeout_ms: int = setting(
+        10_000, "how long closing waits for queued adds to become durable"
+    )
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "data_dir", Path(self.data_dir))
@@ -111,36 +125,3 @@ class BookieStorageConfig:
             raise ValueError(
                 f"compaction_live_ratio must be in [0, 1), got {self.compaction_live_ratio}"
             )
-
-    @staticmethod
-    def add_arguments(parser: argparse.ArgumentParser | argparse._ArgumentGroup) -> None:
-        """Add ``--bookie-<field>`` flags (env ``STRATA_BOOKIE_<FIELD>``) for every field."""
-        for field in dataclasses.fields(BookieStorageConfig):
-            flag = "--bookie-" + field.name.replace("_", "-")
-            if field.name == "data_dir":
-                add_option(parser, flag, type=Path, default=None, help="bookie data directory")
-            elif field.type in ("bool", bool):
-                add_option(
-                    parser,
-                    flag,
-                    type=lambda text: text.strip().lower() in ("1", "true", "yes", "on"),
-                    default=field.default,
-                    help=field.name,
-                )
-            else:
-                kind: Any = float if field.type in ("float", float) else int
-                add_option(parser, flag, type=kind, default=field.default, help=field.name)
-
-    @classmethod
-    def from_arguments(
-        cls, arguments: argparse.Namespace, *, data_dir: Path | None = None
-    ) -> BookieStorageConfig:
-        """Build the config from a namespace filled by ``add_arguments``."""
-        values: dict[str, Any] = {}
-        for field in dataclasses.fields(cls):
-            values[field.name] = getattr(arguments, "bookie_" + field.name)
-        if data_dir is not None:
-            values["data_dir"] = data_dir
-        if values["data_dir"] is None:
-            raise ValueError("the bookie needs a data directory (--bookie-data-dir)")
-        return cls(**values)

@@ -5,10 +5,10 @@
 * ``embedded:///abs/dir`` or ``embedded:relative/dir``: the embedded driver, durable on
   local disk, for a single process (``strata standalone``);
 * ``memory://``: a fresh in-memory store, for unit tests;
-* ``etcd://host:port[,host:port...][/root][?session_ttl_s=N]``: the etcd driver, shared by
+* ``etcd://host:port[,host:port...][/root][?session_ttl_seconds=N]``: the etcd driver, shared by
   every process of a cluster. The endpoints are tried in order; the optional root is a key
   prefix under which this store lives (so that several clusters can share one etcd);
-  ``session_ttl_s`` is the lease TTL of every session (30 s by default).
+  ``session_ttl_seconds`` is the lease TTL of every session (30 s by default).
 
 See :mod:`strata.metadata.base` for the interface and the error tree.
 """

@@ -1,9 +1,9 @@
 """The etcd metadata-store driver: the store every process of a Strata cluster shares.
 
-URL: ``etcd://host:port[,host:port...][/root][?session_ttl_s=N]``, parsed by
+URL: ``etcd://host:port[,host:port...][/root][?session_ttl_seconds=N]``, parsed by
 :meth:`EtcdSettings.from_url`. The endpoints are tried in order; the optional root is a key
-prefix that lets several clusters (or tests) share one etcd; ``session_ttl_s`` is the lease
-TTL of every session (:data:`DEFAULT_SESSION_TTL_S`).
+prefix that lets several clusters (or tests) share one etcd; ``session_ttl_seconds`` is the lease
+TTL of every session (:data:`DEFAULT_SESSION_TTL_SECONDS`).
 
 How the interface maps onto etcd's v3 API (aetcd's gRPC channel, stubs, leases and watches):
 
@@ -30,11 +30,11 @@ How the interface maps onto etcd's v3 API (aetcd's gRPC channel, stubs, leases a
   every change this process made before calling it is excluded and none made after it is
   missed). Events go into a bounded :class:`BufferedWatch`. After a disconnection the watch is
   re-created from the revision after the last event delivered, so nothing is lost or
-  repeated. If etcd stays unreachable for ``watch_resume_max_s`` the watch fails with
+  repeated. If etcd stays unreachable for ``watch_resume_max_seconds`` the watch fails with
   :class:`MetadataStoreUnavailableError`; if etcd compacted the revisions it needs, with
   :class:`WatchOverflowError` (the remedy is the same as after an overflow: watch, then list).
 * Failures: reads, lease grants and revokes are retried (tenacity, bounded by
-  :data:`CONNECT_RETRY_MAX_ATTEMPTS` and ``connect_retry_max_s``) on connection errors
+  :data:`CONNECT_RETRY_MAX_ATTEMPTS` and ``connect_retry_max_seconds``) on connection errors
   and timeouts. Writes are retried only when gRPC proves the request never left this process
   (no connection); any other failure of a write may or may not have taken effect and is
   raised at once. Either way :class:`MetadataStoreUnavailableError` reports what is left.
@@ -93,9 +93,9 @@ _T = TypeVar("_T")
 
 # Sessions. Pulsar's metadata session timeout is 30 s as well; etcd raises a smaller TTL to
 # its own minimum (2 s with default election settings) and the granted TTL is what counts.
-DEFAULT_SESSION_TTL_S = 30
-MIN_SESSION_TTL_S = 1
-MAX_SESSION_TTL_S = 3600
+DEFAULT_SESSION_TTL_SECONDS = 30
+MIN_SESSION_TTL_SECONDS = 1
+MAX_SESSION_TTL_SECONDS = 3600
 # After a failed refresh the keep-alive task tries again this soon (or at TTL/3 if sooner).
 KEEP_ALIVE_RETRY_INTERVAL_S = 0.25
 
@@ -103,7 +103,7 @@ KEEP_ALIVE_RETRY_INTERVAL_S = 0.25
 REQUEST_TIMEOUT_S = 5.0
 MIN_ATTEMPT_TIMEOUT_S = 0.5
 CONNECT_RETRY_MAX_ATTEMPTS = 40
-CONNECT_RETRY_MAX_S = 10.0
+CONNECT_RETRY_MAX_SECONDS = 10.0
 CONNECT_RETRY_INITIAL_BACKOFF_S = 0.05
 CONNECT_RETRY_MAX_BACKOFF_S = 1.0
 CONNECT_RETRY_JITTER_S = 0.05
@@ -112,7 +112,7 @@ CLOSE_REVOKE_MAX_S = 5.0
 
 # Watches: how long one outage may last before a watch fails, and how many times in a row a
 # re-created watch may break at once (without delivering anything) before it gives up.
-WATCH_RESUME_MAX_S = 30.0
+WATCH_RESUME_MAX_SECONDS = 30.0
 WATCH_RESUME_MAX_ATTEMPTS = 50
 WATCH_STABLE_AFTER_S = 1.0
 
@@ -166,9 +166,9 @@ class EtcdSettings:
 
     endpoints: tuple[EtcdEndpoint, ...]
     root: str = ""
-    session_ttl_s: int = DEFAULT_SESSION_TTL_S
-    connect_retry_max_s: float = CONNECT_RETRY_MAX_S
-    watch_resume_max_s: float = WATCH_RESUME_MAX_S
+    session_ttl_seconds: int = DEFAULT_SESSION_TTL_SECONDS
+    connect_retry_max_seconds: float = CONNECT_RETRY_MAX_SECONDS
+    watch_resume_max_seconds: float = WATCH_RESUME_MAX_SECONDS
 
     def __post_init__(self) -> None:
         if not self.endpoints:
@@ -179,17 +179,19 @@ class EtcdSettings:
                 raise ValueError(f"etcd port {endpoint.port} is not in 1..65535")
         if self.root:
             check_key(self.root)
-        if not MIN_SESSION_TTL_S <= self.session_ttl_s <= MAX_SESSION_TTL_S:
+        if not MIN_SESSION_TTL_SECONDS <= self.session_ttl_seconds <= MAX_SESSION_TTL_SECONDS:
             raise ValueError(
-                f"session_ttl_s must be in {MIN_SESSION_TTL_S}..{MAX_SESSION_TTL_S}, "
-                f"not {self.session_ttl_s}"
+                f"session_ttl_seconds must be in "
+                f"{MIN_SESSION_TTL_SECONDS}..{MAX_SESSION_TTL_SECONDS}, "
+                f"not {self.session_ttl_seconds}"
             )
-        if not self.connect_retry_max_s > 0 or not self.watch_resume_max_s > 0:
-            raise ValueError("connect_retry_max_s and watch_resume_max_s must be > 0")
+        if not self.connect_retry_max_seconds > 0 or not self.watch_resume_max_seconds > 0:
+            raise ValueError("connect_retry_max_seconds and watch_resume_max_seconds must be > 0")
 
     @classmethod
     def from_url(cls, url: str) -> EtcdSettings:
-        """Parse ``etcd://host:port[,host:port...][/root][?session_ttl_s=N]``; ValueError if bad.
+        """Parse ``etcd://host:port[,host:port...][/root][?session_ttl_seconds=N]``; ValueError
+        if bad.
 
         Every endpoint needs an explicit port; IPv6 hosts go in brackets (``[::1]:2379``).
         """
@@ -214,7 +216,7 @@ class EtcdSettings:
         except ValueError as error:
             raise refuse(str(error)) from error
         root = urllib.parse.unquote(parts.path).rstrip("/")
-        session_ttl_s = DEFAULT_SESSION_TTL_S
+        session_ttl_seconds = DEFAULT_SESSION_TTL_SECONDS
         if parts.query:
             try:
                 options = urllib.parse.parse_qsl(
@@ -223,13 +225,15 @@ class EtcdSettings:
             except ValueError as error:
                 raise refuse(f"malformed query: {error}") from error
             for name, value in options:
-                if name != "session_ttl_s":
-                    raise refuse(f"unknown option {name!r}; the one option is session_ttl_s")
+                if name != "session_ttl_seconds":
+                    raise refuse(f"unknown option {name!r}; the one option is session_ttl_seconds")
                 if not value.isdigit():
-                    raise refuse(f"session_ttl_s must be a whole number of seconds, not {value!r}")
-                session_ttl_s = int(value)
+                    raise refuse(
+                        f"session_ttl_seconds must be a whole number of seconds, not {value!r}"
+                    )
+                session_ttl_seconds = int(value)
         try:
-            return cls(endpoints, root=root, session_ttl_s=session_ttl_s)
+            return cls(endpoints, root=root, session_ttl_seconds=session_ttl_seconds)
         except ValueError as error:
             raise refuse(str(error)) from error
 
@@ -405,12 +409,12 @@ class _EtcdConnection:
     ) -> _T:
         """Run ``function(client, timeout_s)``, retrying connection failures within the limits.
 
-        ``max_s`` defaults to the settings' ``connect_retry_max_s``. A write
+        ``max_s`` defaults to the settings' ``connect_retry_max_seconds``. A write
         (``idempotent=False``) is retried only when it was never sent. MetadataError raised
         inside ``function`` passes through; other failures are translated.
         """
         if max_s is None:
-            max_s = self.settings.connect_retry_max_s
+            max_s = self.settings.connect_retry_max_seconds
         loop = asyncio.get_running_loop()
         deadline = loop.time() + max_s
 
@@ -646,7 +650,7 @@ class EtcdMetadataStore(MetadataStore):
                 return self._lease.id
             loop = asyncio.get_running_loop()
             sent = loop.time()
-            ttl_s = self._connection.settings.session_ttl_s
+            ttl_s = self._connection.settings.session_ttl_seconds
 
             async def grant(client: Any, timeout_s: float) -> Any:
                 return await asyncio.wait_for(client.lease(ttl_s), timeout_s)
@@ -735,7 +739,7 @@ class EtcdMetadataStore(MetadataStore):
                 "revoke the session lease",
                 revoke,
                 idempotent=True,
-                max_s=min(CLOSE_REVOKE_MAX_S, self._connection.settings.connect_retry_max_s),
+                max_s=min(CLOSE_REVOKE_MAX_S, self._connection.settings.connect_retry_max_seconds),
             )
         except _LeaseNotFoundError:
             pass  # already expired or revoked: the keys are gone
@@ -867,7 +871,7 @@ class EtcdMetadataStore(MetadataStore):
         quick_breaks = 0
         loop = asyncio.get_running_loop()
         try:
-            # Bounded: each pass waits for a connection within WATCH_RESUME_MAX_S, and passes
+            # Bounded: each pass waits for a connection within WATCH_RESUME_MAX_SECONDS, and passes
             # that break at once are counted against WATCH_RESUME_MAX_ATTEMPTS.
             while not watch.ended:
                 etcd_watch, client, next_revision = await self._create_watch(
@@ -963,7 +967,7 @@ class EtcdMetadataStore(MetadataStore):
             f"{'resume' if resuming else 'start'} the watch on {prefix!r}",
             create,
             idempotent=True,
-            max_s=self._connection.settings.watch_resume_max_s,
+            max_s=self._connection.settings.watch_resume_max_seconds,
             max_attempts=WATCH_RESUME_MAX_ATTEMPTS,
         )
         return etcd_watch, client, revision

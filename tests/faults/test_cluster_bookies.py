@@ -44,9 +44,9 @@ async def cluster(tmp_path: Path) -> AsyncIterator[Cluster]:
         bookie_args=[
             "--journal-fsync",
             "false",
-            "--lost-bookie-recovery-delay-ms",
+            "--autorecovery-lost-bookie-grace-ms",
             "500",
-            "--auditor-periodic-check-interval-ms",
+            "--autorecovery-audit-interval-ms",
             "2000",
         ],
     ) as running:

@@ -44,8 +44,8 @@ def start_standalone(tmp_path: Path, moto: MotoServer) -> Standalone:
         # Ledgers of about 10 MiB (multipart uploads), read from storage, not the cache.
         "--managed-ledger-max-entries-per-ledger",
         "80",
-        "--managed-ledger-cache-size-mb",
-        "1",
+        "--managed-ledger-cache-size-bytes",
+        str(1024 * 1024),
         "--offload-driver",
         "s3",
         "--offload-bucket",

@@ -27,7 +27,7 @@ from strata.metadata import (
     MetadataStoreUnavailableError,
     open_metadata_store,
 )
-from strata.metadata.etcd import DEFAULT_SESSION_TTL_S, EtcdEndpoint
+from strata.metadata.etcd import DEFAULT_SESSION_TTL_SECONDS, EtcdEndpoint
 from tests.etcd_server import EtcdServer, free_ports
 from tests.metadata_conformance import MetadataStoreConformance, next_event
 
@@ -144,7 +144,7 @@ class Holder:
 
 
 async def test_an_ephemeral_key_vanishes_after_its_holder_is_killed(etcd_url: str) -> None:
-    url = f"{etcd_url}?session_ttl_s={SHORT_TTL_S}"
+    url = f"{etcd_url}?session_ttl_seconds={SHORT_TTL_S}"
     async with await open_metadata_store(etcd_url) as observer:
         async with observer.watch("/live/") as watch:
             holder = await Holder.start(url)
@@ -163,7 +163,7 @@ async def test_an_ephemeral_key_vanishes_after_its_holder_is_killed(etcd_url: st
 
 
 async def test_a_holder_paused_past_its_lease_fences_itself(etcd_url: str) -> None:
-    url = f"{etcd_url}?session_ttl_s={SHORT_TTL_S}"
+    url = f"{etcd_url}?session_ttl_seconds={SHORT_TTL_S}"
     async with await open_metadata_store(etcd_url) as observer:
         async with observer.watch("/live/") as watch:
             holder = await Holder.start(url)
@@ -182,7 +182,7 @@ async def test_a_holder_paused_past_its_lease_fences_itself(etcd_url: str) -> No
 
 
 async def test_a_revoked_lease_ends_the_session(etcd_url: str) -> None:
-    url = f"{etcd_url}?session_ttl_s={SHORT_TTL_S}"
+    url = f"{etcd_url}?session_ttl_seconds={SHORT_TTL_S}"
     store = await open_metadata_store(url)
     client = await raw_client(url)
     try:
@@ -227,7 +227,7 @@ async def test_sessions_without_ephemeral_keys_hold_no_lease(etcd_url: str) -> N
             mine = {lease.ID for lease in leases} - before
             assert len(mine) == 1
             ttl = await client.get_lease_info(mine.pop(), keys=False)
-            assert 0 < ttl.TTL <= DEFAULT_SESSION_TTL_S
+            assert 0 < ttl.TTL <= DEFAULT_SESSION_TTL_SECONDS
     finally:
         await client.close()
 
@@ -270,8 +270,8 @@ async def test_calls_fail_cleanly_while_etcd_is_down_and_work_once_it_is_back(
 ) -> None:
     settings = dataclasses.replace(
         EtcdSettings.from_url(f"{private_etcd.url}/down"),
-        connect_retry_max_s=SHORT_RETRY_S,
-        watch_resume_max_s=SHORT_RETRY_S,
+        connect_retry_max_seconds=SHORT_RETRY_S,
+        watch_resume_max_seconds=SHORT_RETRY_S,
     )
     store = await EtcdMetadataStore.open(settings)
     try:
@@ -305,7 +305,7 @@ async def test_calls_fail_cleanly_while_etcd_is_down_and_work_once_it_is_back(
 
 async def test_calls_to_a_hung_etcd_time_out(private_etcd: EtcdServer) -> None:
     settings = dataclasses.replace(
-        EtcdSettings.from_url(f"{private_etcd.url}/hung"), connect_retry_max_s=SHORT_RETRY_S
+        EtcdSettings.from_url(f"{private_etcd.url}/hung"), connect_retry_max_seconds=SHORT_RETRY_S
     )
     store = await EtcdMetadataStore.open(settings)
     try:
@@ -333,7 +333,7 @@ async def test_open_fails_when_no_endpoint_answers() -> None:
     dead = free_ports(2)
     settings = EtcdSettings(
         tuple(EtcdEndpoint("127.0.0.1", port) for port in dead),
-        connect_retry_max_s=SHORT_RETRY_S,
+        connect_retry_max_seconds=SHORT_RETRY_S,
     )
     with pytest.raises(MetadataStoreUnavailableError):
         await EtcdMetadataStore.open(settings)
@@ -357,11 +357,11 @@ async def test_endpoints_are_tried_in_order(etcd_server: EtcdServer, etcd_url: s
     [
         ("etcd://127.0.0.1:2379", EtcdSettings((EtcdEndpoint("127.0.0.1", 2379),))),
         (
-            "etcd://etcd-0.etcd:2379,etcd-1.etcd:2379/strata/cluster-a?session_ttl_s=10",
+            "etcd://etcd-0.etcd:2379,etcd-1.etcd:2379/strata/cluster-a?session_ttl_seconds=10",
             EtcdSettings(
                 (EtcdEndpoint("etcd-0.etcd", 2379), EtcdEndpoint("etcd-1.etcd", 2379)),
                 root="/strata/cluster-a",
-                session_ttl_s=10,
+                session_ttl_seconds=10,
             ),
         ),
         ("ETCD://[::1]:2379/", EtcdSettings((EtcdEndpoint("::1", 2379),))),
@@ -392,8 +392,8 @@ def test_urls_are_parsed(url: str, expected: EtcdSettings) -> None:
         "etcd://::1:2379",
         "etcd://h1:2379/a//b",
         "etcd://h1:2379#fragment",
-        "etcd://h1:2379?session_ttl_s=0",
-        "etcd://h1:2379?session_ttl_s=two",
+        "etcd://h1:2379?session_ttl_seconds=0",
+        "etcd://h1:2379?session_ttl_seconds=two",
         "etcd://h1:2379?colour=blue",
     ],
 )
@@ -403,7 +403,7 @@ async def test_bad_etcd_urls_are_refused(url: str) -> None:
 
 
 async def test_a_store_opened_by_url_has_the_url_settings(etcd_url: str) -> None:
-    async with await open_metadata_store(f"{etcd_url}?session_ttl_s=7") as store:
+    async with await open_metadata_store(f"{etcd_url}?session_ttl_seconds=7") as store:
         assert isinstance(store, EtcdMetadataStore)
-        assert store.settings.session_ttl_s == 7
+        assert store.settings.session_ttl_seconds == 7
         assert store.settings.root.startswith("/tests/")

@@ -25,8 +25,8 @@ async def test_offload_with_three_bookies(moto_server: MotoServer, tmp_path: Pat
     broker_args = [
         "--managed-ledger-max-entries-per-ledger",
         "10",
-        "--managed-ledger-cache-size-mb",
-        "1",
+        "--managed-ledger-cache-size-bytes",
+        str(1024 * 1024),
         "--offload-driver",
         "s3",
         "--offload-bucket",

@@ -41,8 +41,8 @@ def offload_args(entries_per_ledger: str, *extra: str) -> list[str]:
         "--managed-ledger-max-entries-per-ledger",
         entries_per_ledger,
         # A small entry cache, so that catch-up reads really go to storage.
-        "--managed-ledger-cache-size-mb",
-        "1",
+        "--managed-ledger-cache-size-bytes",
+        str(1024 * 1024),
         "--offload-deletion-lag-ms",
         "0",
         "--housekeeping-interval-ms",

@@ -68,9 +68,39 @@ def test_environment_sets_defaults_and_flags_win() -> None:
     assert delete.force is True
 
 
-def test_bad_environment_value_is_a_clear_error() -> None:
-    with pytest.raises(SystemExit, match="STRATA_COUNT"):
+def test_bad_environment_value_is_a_usage_error_naming_it(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    with pytest.raises(SystemExit) as info:
         parse(["produce", "t"], {"STRATA_COUNT": "many"})
+    assert info.value.code == 2
+    assert "--count: invalid int value 'many' in STRATA_COUNT" in capsys.readouterr().err
+    # The flag wins: a bad variable does not matter when the flag is given.
+    assert parse(["produce", "t", "-n", "2"], {"STRATA_COUNT": "many"}).count == 2
+
+
+@pytest.mark.parametrize("text", ["flase", "", "on", "off", "2", "y"])
+def test_boolean_variables_are_strict(text: str, capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as info:
+        parse(["admin", "topics", "delete", "t"], {"STRATA_FORCE": text})
+    assert info.value.code == 2
+    assert "STRATA_FORCE" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    ("text", "value"),
+    [
+        ("true", True),
+        ("TRUE", True),
+        ("1", True),
+        ("Yes", True),
+        ("false", False),
+        ("0", False),
+        ("NO", False),
+    ],
+)
+def test_boolean_words(text: str, value: bool) -> None:
+    assert parse(["admin", "topics", "delete", "t"], {"STRATA_FORCE": text}).force is value
 
 
 def _walk(parser: argparse.ArgumentParser) -> list[argparse.Action]:

@@ -256,16 +256,16 @@ def test_config_validation(tmp_path: Path) -> None:
 
 def test_config_from_arguments_and_environment(tmp_path: Path) -> None:
     import argparse
-    import os
-    from unittest import mock
+
+    from strata.config_binding import ConfigBinding
 
     parser = argparse.ArgumentParser()
-    with mock.patch.dict(os.environ, {"STRATA_BOOKIE_FSYNC": "false"}):
-        BookieStorageConfig.add_arguments(parser)
+    binding = ConfigBinding(BookieStorageConfig)
+    binding.add_to(parser, {"STRATA_JOURNAL_FSYNC": "false"})
     arguments = parser.parse_args(
-        ["--bookie-data-dir", str(tmp_path), "--bookie-journal-segment-size-bytes", "8192"]
+        ["--data-dir", str(tmp_path), "--journal-segment-size-bytes", "8192"]
     )
-    config = BookieStorageConfig.from_arguments(arguments)
+    config = binding.build(parser, arguments)
     assert config.data_dir == tmp_path
     assert config.journal_segment_size_bytes == 8192
     assert config.fsync is False

@@ -48,7 +48,7 @@ async def start(tmp_path: Path, offloading: bool) -> tuple[Setup, list[object]]:
         managed_ledger_default_ensemble_size=1,
         managed_ledger_default_write_quorum=1,
         managed_ledger_default_ack_quorum=1,
-        managed_ledger_cache_size_mb=0,
+        managed_ledger_cache_size_bytes=0,
         offload_deletion_lag_ms=3_600_000,
     )
     offloader = FilesystemOffloader(small_config("filesystem", tmp_path)) if offloading else None
