@@ -11,29 +11,24 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import logging
 import sys
 from collections.abc import Mapping
 
-from prometheus_client import start_http_server
-
 from bookie.ledger import LedgerManager
 from bookie.registry import BookieClientPool, BookieRegistry, now_ms
 from broker.config import BrokerConfig
-from broker.ownership import (
-    BROKERS_AVAILABLE_PREFIX,
-    BundleOwnership,
-    OwnershipConfig,
-    forward_to_owner,
-)
-from broker.server import start_broker_server
+from broker.load_manager import BROKERS_AVAILABLE_PREFIX
+from broker.ownership import OwnershipConfig
+from broker.server import bind_broker_server, serve_broker, start_metrics_server
 from broker.service import BrokerService
 from strata.config_binding import ConfigBinding
-from strata.metadata import open_metadata_store
+from strata.metadata import MetadataStore, open_metadata_store
 from strata.metadata.registration import EphemeralRegistration
 from strata.process import run_server
-from tiered import Offloader, create_offloader
+from tiered import create_offloader
 
 log = logging.getLogger("strata.broker")
 
@@ -42,81 +37,72 @@ SHUTDOWN_GRACE_SECONDS = 5.0
 BOOKIE_REQUEST_MARGIN_BYTES = 64 * 1024
 
 
-async def run_broker(config: BrokerConfig, stop: asyncio.Event) -> None:
-    store = await open_metadata_store(config.metadata_url)
-    registry = BookieRegistry(store)
-    pool = BookieClientPool(
-        max_entry_size_bytes=config.max_message_size_bytes + BOOKIE_REQUEST_MARGIN_BYTES
+def ownership_config(config: BrokerConfig) -> OwnershipConfig:
+    return OwnershipConfig(
+        load_report_interval_ms=config.load_report_interval_ms,
+        load_shedding_interval_ms=config.load_shedding_interval_ms,
+        load_shedding_threshold_percent=config.load_shedding_threshold_percent,
+        max_topics_per_bundle=config.max_topics_per_bundle,
     )
-    broker: BrokerService | None = None
-    registration: EphemeralRegistration | None = None
-    ownership: BundleOwnership | None = None
-    offloader: Offloader | None = None
-    server = None
-    try:
+
+
+def broker_registration(store: MetadataStore, broker_id: str) -> EphemeralRegistration:
+    """This broker's ephemeral key under ``/brokers/available/``: a lookup candidate."""
+    return EphemeralRegistration(
+        store,
+        BROKERS_AVAILABLE_PREFIX + broker_id,
+        json.dumps({"broker_id": broker_id, "started_ms": now_ms()}).encode(),
+        # A key left by an earlier process at this address is stale: this process bound
+        # the address's port, so that process is gone (its lease has not expired yet).
+        is_ours=lambda _value: True,
+    )
+
+
+async def run_broker(config: BrokerConfig, stop: asyncio.Event) -> None:
+    """Serve until ``stop``. Everything opened is closed in reverse order (``resources``):
+    the broker leaves bundle ownership first, so its clients move to other brokers."""
+    async with contextlib.AsyncExitStack() as resources:
+        store = await open_metadata_store(config.metadata_url)
+        resources.push_async_callback(store.close)
+        pool = BookieClientPool(
+            max_entry_size_bytes=config.max_message_size_bytes + BOOKIE_REQUEST_MARGIN_BYTES
+        )
+        resources.push_async_callback(pool.close)
+        registry = BookieRegistry(store)
+        resources.push_async_callback(registry.close)
         await registry.start()
-        ledgers = LedgerManager(store, registry.available, pool.get, config.ledger_client)
         offload_config = config.offload_config()
-        if offload_config is not None:
-            offloader = create_offloader(offload_config)
-        broker = BrokerService(config, store, ledgers, offloader=offloader)
-        broker.joining = True  # until ownership is set up below
+        offloader = create_offloader(offload_config) if offload_config is not None else None
+        if offloader is not None:
+            resources.push_async_callback(offloader.close)
+        # Bound before the broker is built: the port gives the broker its advertised address.
+        server, port = bind_broker_server(config.host, config.port, config.max_message_size_bytes)
+        broker_id = config.advertised(port)
+        broker = BrokerService(
+            config,
+            store,
+            LedgerManager(store, registry.available, pool.get, config.ledger_client),
+            offloader=offloader,
+            advertised_address=broker_id,
+            ownership=ownership_config(config),
+        )
+        resources.push_async_callback(broker.close)
+        resources.push_async_callback(server.stop, SHUTDOWN_GRACE_SECONDS)
         await broker.initialize_defaults()
         await broker.start()
-        server, port, _health = await start_broker_server(broker, config.host, config.port)
-        broker.advertised_address = config.advertised(port)
-        metrics_port = config.metrics_port
-        if metrics_port >= 0:
-            metrics_server, _thread = start_http_server(metrics_port, addr=config.host)
-            metrics_port = metrics_server.server_port
-        broker_id = broker.advertised_address
-        registration = EphemeralRegistration(
-            store,
-            BROKERS_AVAILABLE_PREFIX + broker_id,
-            json.dumps({"broker_id": broker_id, "started_ms": now_ms()}).encode(),
-            # A key left by an earlier process at this address is stale: this process bound
-            # the address's port, so that process is gone (its lease has not expired yet).
-            is_ours=lambda _value: True,
-        )
+        await serve_broker(server, broker)  # UNAVAILABLE for topics until it has joined
+        metrics_port = start_metrics_server(config.host, config.metrics_port)
+        registration = broker_registration(store, broker_id)
+        resources.push_async_callback(registration.close)
         await registration.start()
-        ownership_config = OwnershipConfig(
-            load_report_interval_ms=config.load_report_interval_ms,
-            load_shedding_interval_ms=config.load_shedding_interval_ms,
-            load_shedding_threshold_percent=config.load_shedding_threshold_percent,
-            max_topics_per_bundle=config.max_topics_per_bundle,
-        )
-        ownership = BundleOwnership(
-            broker,
-            store,
-            broker.advertised_address,
-            ownership_config,
-            lambda owner, key, operation: forward_to_owner(
-                owner, key, operation, ownership_config.forward_timeout_ms / 1000
-            ),
-        )
-        await ownership.start()
-        broker.ownership = ownership
-        broker.joining = False
+        resources.push_async_callback(broker.leave_cluster)
+        await broker.join_cluster()
         # Harnesses and scripts read this line to learn the ports picked for port 0.
         print(
             f"strata broker ready id={broker_id} port={port} metrics_port={metrics_port}",
             flush=True,
         )
         await stop.wait()
-    finally:
-        if ownership is not None:
-            await ownership.close()  # unloads every bundle: clients move to other brokers
-        if registration is not None:
-            await registration.close()
-        if server is not None:
-            await server.stop(SHUTDOWN_GRACE_SECONDS)
-        if broker is not None:
-            await broker.close()
-        if offloader is not None:
-            await offloader.close()
-        await registry.close()
-        await pool.close()
-        await store.close()
 
 
 # A cluster broker keeps no data of its own and names itself by its address.

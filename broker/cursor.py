@@ -70,6 +70,10 @@ class ManagedCursor:
         self._flush_now = asyncio.Event()
         self._persisted = asyncio.Condition()
         self._task: asyncio.Task[None] | None = None
+        # Store writes that failed so far, and the last one's error. A flush compares the
+        # count with the one it started at: a flag reset after notify_all() would already be
+        # clear when the woken waiters run, and they would wait on (for the retry).
+        self._failed_rounds = 0
         self._failure: BaseException | None = None
 
     # ---- load / create ------------------------------------------------------------------
@@ -194,17 +198,21 @@ class ManagedCursor:
         self._dirty.set()
 
     async def flush(self) -> None:
-        """Return once every acknowledgement made before this call is durable."""
+        """Return once every acknowledgement made before this call is durable; raise the
+        store's error when a write fails first (the state stays in memory, and the persistence
+        task writes it again after a back-off of one persist interval)."""
         target = self._dirty_generation
         if self._persisted_generation >= target:
             return
+        failed_before = self._failed_rounds
         self._flush_now.set()
         self._dirty.set()
         async with self._persisted:
             await self._persisted.wait_for(
-                lambda: self._persisted_generation >= target or self._failure is not None
+                lambda: self._persisted_generation >= target or self._failed_rounds > failed_before
             )
-        if self._persisted_generation < target and self._failure is not None:
+        if self._persisted_generation < target:
+            assert self._failure is not None
             raise self._failure
 
     async def _persist_loop(self) -> None:
@@ -224,9 +232,9 @@ class ManagedCursor:
                 # retries. Waiters of this round learn it failed.
                 log.warning("cursor %s: persisting failed: %s", self.key, exc)
                 self._failure = exc
+                self._failed_rounds += 1
                 async with self._persisted:
                     self._persisted.notify_all()
-                self._failure = None
                 self._dirty.set()
                 await asyncio.sleep(self.persist_interval_ms / 1000)
                 continue

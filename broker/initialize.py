@@ -10,7 +10,7 @@ import argparse
 import asyncio
 import sys
 
-from broker.service import initialize_cluster
+from broker.namespaces import initialize_cluster
 from strata.metadata import MetadataError, open_metadata_store
 from strata.options import add_option
 

@@ -1,8 +1,9 @@
-"""Bundle ownership among the brokers of a cluster, lookup, load reports and load shedding.
+"""Bundle ownership among the brokers of a cluster: lookup, unload and split.
 
 **Bundles.** Each namespace's 32-bit hash ring is split into bundles (default 4, set per
 namespace at creation; boundaries in the namespace policies). A topic belongs to the bundle
 holding ``murmur3_32(topic name)``. The bundle is the unit of ownership and of load balancing.
+The range math is ``broker.bundles`` (pure).
 
 **Ownership.** The owner of a bundle holds the ephemeral key
 ``/namespace/<tenant>/<namespace>/<0xLO_0xHI>`` (value: the owner's address), created with
@@ -20,31 +21,44 @@ it takes ownership and answers CONNECT. A client that opens a producer or consum
 for an unowned bundle also makes that broker the owner (it reached a live broker; that is a
 valid choice).
 
-**Load.** Each broker publishes a load report every ``load_report_interval_ms`` to the
-ephemeral key ``/loadbalance/brokers/<address>``: owned bundles, topics, message and byte
-rates, CPU. One broker, elected by the ephemeral ``/loadbalance/leader``, sheds load every
-``load_shedding_interval_ms``: a broker whose message rate is above the cluster average by
-more than ``load_shedding_threshold_percent`` (and above ``load_shedding_min_msg_rate``) has
-its busiest bundle unloaded, at most once per bundle per ``load_shedding_grace_ms``; a bundle
-with more than ``max_topics_per_bundle`` loaded topics is split in two.
+**Load.** Load reports and the elected load manager that sheds load and splits bundles are
+``broker.load_manager``'s; a ``BundleOwnership`` owns its ``LoadManager`` and runs it with its
+session.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import itertools
-import json
 import logging
-import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
 
 import grpc
-import mmh3
 
+from broker.bundles import (
+    MAX_BUNDLE_COUNT,
+    Bundle,
+    bundle_key,
+    bundles_of,
+    parse_bundle_name,
+    split_bundle_key,
+    topic_hash,
+    with_boundary,
+)
 from broker.errors import NotOwnerError, PreconditionError, ServiceUnavailableError
+from broker.load_manager import (
+    LEADER_KEY,
+    LoadManager,
+    LoadReport,
+    least_loaded_broker,
+    live_brokers,
+    load_reports,
+    owned_bundle_counts,
+)
+from broker.loops import OwnedLoops
+from broker.namespaces import Namespaces
+from broker.topics import TopicRegistry
 from strata.metadata import (
     BadVersionError,
     MetadataError,
@@ -54,71 +68,24 @@ from strata.metadata import (
 from strata.naming import NamespaceName, TopicName
 from strata.v1 import admin_pb2, admin_pb2_grpc
 
-if TYPE_CHECKING:
-    from broker.service import BrokerService
+# Names other modules import from here, though their homes are broker.bundles and
+# broker.load_manager.
+__all__ = [
+    "FORWARDED_HEADER",
+    "LEADER_KEY",
+    "BundleOwnership",
+    "Forwarder",
+    "OwnershipConfig",
+    "bundles_of",
+    "forward_to_owner",
+    "parse_bundle_name",
+    "with_boundary",
+]
 
 log = logging.getLogger(__name__)
 
-OWNERSHIP_PREFIX = "/namespace/"
-LOAD_REPORTS_PREFIX = "/loadbalance/brokers/"
-LEADER_KEY = "/loadbalance/leader"
-BROKERS_AVAILABLE_PREFIX = "/brokers/available/"
 # gRPC metadata marking an admin call one broker forwarded to another (never forwarded again).
 FORWARDED_HEADER = "strata-forwarded"
-HASH_RANGE = 1 << 32
-DEFAULT_BUNDLE_COUNT = 4
-MAX_BUNDLE_COUNT = 1024
-MAX_REDIRECT_CANDIDATES = 1000
-
-
-def topic_hash(name: TopicName) -> int:
-    """The 32-bit Murmur3 hash of the canonical topic name that places it in a bundle."""
-    return mmh3.hash(str(name), signed=False)
-
-
-def equal_boundaries(count: int) -> list[int]:
-    if not 1 <= count <= MAX_BUNDLE_COUNT:
-        raise ValueError(f"bundle count must be within 1..{MAX_BUNDLE_COUNT}, got {count}")
-    return [HASH_RANGE * i // count for i in range(count)] + [HASH_RANGE]
-
-
-@dataclass(frozen=True, slots=True)
-class Bundle:
-    namespace: NamespaceName
-    lower: int  # inclusive
-    upper: int  # exclusive; HASH_RANGE for the last bundle
-
-    @property
-    def name(self) -> str:
-        return f"0x{self.lower:08x}_0x{min(self.upper, HASH_RANGE - 1):08x}"
-
-    @property
-    def key(self) -> str:
-        return _bundle_key(self.namespace, self.name)
-
-    def contains(self, name: TopicName) -> bool:
-        return name.namespace_name == self.namespace and self.holds(topic_hash(name))
-
-    def holds(self, hash_value: int) -> bool:
-        return self.lower <= hash_value < self.upper
-
-    def __str__(self) -> str:
-        return f"{self.namespace}/{self.name}"
-
-
-def bundles_of(namespace: NamespaceName, policies: dict[str, Any]) -> list[Bundle]:
-    boundaries = policies.get("bundles") or equal_boundaries(DEFAULT_BUNDLE_COUNT)
-    return [Bundle(namespace, lo, hi) for lo, hi in itertools.pairwise(boundaries)]
-
-
-def parse_bundle_name(namespace: NamespaceName, name: str, bundles: list[Bundle]) -> Bundle:
-    for bundle in bundles:
-        if bundle.name == name:
-            return bundle
-    raise PreconditionError(
-        f"namespace {namespace} has no bundle {name!r}; its bundles are "
-        + ", ".join(b.name for b in bundles)
-    )
 
 
 @dataclass(frozen=True, slots=True)
@@ -135,133 +102,147 @@ class OwnershipConfig:
     forward_timeout_ms: int = 30_000
 
 
-@dataclass(slots=True)
-class LoadReport:
-    broker: str
-    bundles: int = 0
-    topics: int = 0
-    msg_rate_in: float = 0.0
-    msg_rate_out: float = 0.0
-    bytes_rate_in: float = 0.0
-    bytes_rate_out: float = 0.0
-    cpu_percent: float = 0.0
-    bundle_msg_rates: dict[str, float] | None = None
-    bundle_topics: dict[str, int] | None = None
-    timestamp_ms: int = 0
-
-    @property
-    def msg_rate(self) -> float:
-        return self.msg_rate_in + self.msg_rate_out
-
-    def to_json(self) -> bytes:
-        return json.dumps(
-            {name: getattr(self, name) for name in self.__slots__}, sort_keys=True
-        ).encode()
-
-    @classmethod
-    def from_json(cls, data: bytes) -> LoadReport:
-        body = json.loads(data)
-        return cls(**{k: v for k, v in body.items() if k in cls.__slots__})
-
-
 # Forward an admin operation on a bundle to its owner: (owner address, bundle key, operation).
 Forwarder = Callable[[str, str, str], Awaitable[None]]
 
 
-class BundleOwnership:
-    """This broker's bundles. Owned by ``BrokerService`` (``service.ownership``).
+class OwnershipSession:
+    """The metadata-store session whose lease holds this broker's ephemeral keys: bundle
+    ownership, the load report, the load-manager leadership.
 
-    Lifecycle: ``start`` opens the ownership session and starts the owned tasks (session
-    check, load reports, leader election and shedding); ``close`` unloads every bundle,
-    cancels the tasks and closes the session (deleting the ownership keys).
+    ``open`` opens it and starts the owned check loop: every ``check_interval_ms`` a read
+    through the session; once its lease has expired (the broker was paused or cut off longer
+    than the session TTL) ``on_lost`` runs — the broker gives up every bundle — and a new
+    session is opened. ``current`` is None in between. ``stop`` ends the checks, ``close``
+    ends the session too (the store deletes its keys).
     """
 
     def __init__(
         self,
-        service: BrokerService,
         store: MetadataStore,
-        address: str,
-        config: OwnershipConfig,
-        forward: Forwarder,
+        check_interval_ms: int,
+        on_lost: Callable[[], Awaitable[None]],
     ) -> None:
-        self._service = service
         self._store = store
-        self.address = address
-        self.config = config
-        self._forward = forward
-        self._session: MetadataStore | None = None
-        self.owned: dict[str, Bundle] = {}  # bundle key → bundle
-        self._unloading: set[str] = set()
-        self._tasks: list[asyncio.Task[None]] = []
-        self._acquire_lock = asyncio.Lock()
-        self.is_leader = False
-        self._last_shed_ms: dict[str, int] = {}
-        self._cpu_sample = (time.monotonic(), time.process_time())
-        self.lost_sessions = 0
+        self._check_interval_ms = check_interval_ms
+        self._on_lost = on_lost
+        self.current: MetadataStore | None = None
+        self._loops = OwnedLoops("ownership session", log)
 
-    # ---- lifecycle -------------------------------------------------------------------------
+    async def open(self) -> None:
+        self.current = await self._store.open_session()
+        self._loops.start(self._check_loop(), name="ownership-session")
 
-    async def start(self) -> None:
-        self._session = await self._store.open_session()
-        loop = asyncio.get_running_loop()
-        self._tasks = [
-            loop.create_task(self._session_check_loop(), name="ownership-session"),
-            loop.create_task(self._load_report_loop(), name="load-report"),
-            loop.create_task(self._leader_loop(), name="load-manager"),
-        ]
+    async def stop(self) -> None:
+        await self._loops.close()
 
     async def close(self) -> None:
-        for task in self._tasks:
-            task.cancel()
-        for task in self._tasks:
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
-        self._tasks = []
-        for key in list(self.owned):
-            with contextlib.suppress(Exception):
-                await self.unload_bundle(key)
-        if self._session is not None:
+        await self.stop()
+        if self.current is not None:
             with contextlib.suppress(MetadataError):
-                await self._session.close()
+                await self.current.close()
 
-    def _live_session(self) -> MetadataStore:
-        if self._session is None:
+    def live(self) -> MetadataStore:
+        if self.current is None:
             raise ServiceUnavailableError("the broker's ownership session is not open")
-        return self._session
+        return self.current
 
-    async def _session_check_loop(self) -> None:
+    async def release(self, key: str) -> None:
+        """Delete an ephemeral key of this session (best effort: its lease would end it)."""
+        if self.current is not None:
+            with contextlib.suppress(MetadataError):
+                await self.current.delete(key)
+
+    async def _check_loop(self) -> None:
         while True:
-            await asyncio.sleep(self.config.session_check_interval_ms / 1000)
-            session = self._session
+            await asyncio.sleep(self._check_interval_ms / 1000)
+            session = self.current
             try:
                 if session is not None:
                     await session.get(LEADER_KEY)
                     continue
             except MetadataStoreClosedError:
-                await self._on_session_lost()
+                self.current = None
+                await self._on_lost()
             except MetadataError as exc:
                 log.warning("ownership session check failed: %s", exc)
                 continue
             try:
-                self._session = await self._store.open_session()
+                self.current = await self._store.open_session()
             except MetadataError as exc:
                 log.warning("cannot open a new ownership session yet: %s", exc)
+
+
+class BundleOwnership:
+    """This broker's bundles. Owned by ``BrokerService`` (``service.ownership``), which builds
+    it when the broker is one of a cluster.
+
+    Lifecycle: ``start`` opens the ownership session (``OwnershipSession``) and starts the
+    load manager (reports, election, shedding); ``close`` stops them, unloads every bundle
+    and closes the session (deleting the ownership keys). ``forward``
+    (default: ``forward_to_owner`` over gRPC) carries an unload or split to a bundle's owner.
+    """
+
+    def __init__(
+        self,
+        namespaces: Namespaces,
+        registry: TopicRegistry,
+        store: MetadataStore,
+        address: str,
+        config: OwnershipConfig,
+        forward: Forwarder | None = None,
+    ) -> None:
+        self._namespaces = namespaces
+        self._registry = registry
+        self.store = store
+        self.address = address
+        self.config = config
+        self.forward = forward or self._forward_over_grpc
+        self._session = OwnershipSession(
+            store, config.session_check_interval_ms, self._on_session_lost
+        )
+        self.owned: dict[str, Bundle] = {}  # bundle key → bundle
+        self._unloading: set[str] = set()
+        self._acquire_lock = asyncio.Lock()
+        self.load_manager = LoadManager(self, registry)
+        self.lost_sessions = 0
+
+    # ---- lifecycle -------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        await self._session.open()
+        self.load_manager.start()
+
+    async def close(self) -> None:
+        await self.load_manager.close()
+        await self._session.stop()
+        for key in list(self.owned):
+            with contextlib.suppress(Exception):
+                await self.unload_bundle(key)
+        await self._session.close()
+
+    @property
+    def session(self) -> MetadataStore | None:
+        """The ownership session; None while a lost one is being replaced."""
+        return self._session.current
+
+    async def _forward_over_grpc(self, owner: str, key: str, operation: str) -> None:
+        await forward_to_owner(owner, key, operation, self.config.forward_timeout_ms / 1000)
 
     async def _on_session_lost(self) -> None:
         """The lease expired: another broker may own our bundles by now. Give every one of
         them up at once (their topics close, their clients look up again)."""
         self.lost_sessions += 1
-        self._session = None
-        self.is_leader = False
+        self.load_manager.on_session_lost()
         lost = list(self.owned)
         log.error("ownership session lost; giving up %d bundles", len(lost))
         self.owned.clear()
-        await self._service.close_topics(lambda name: True)
+        await self._registry.close_topics(lambda name: True)
 
     # ---- bundles ---------------------------------------------------------------------------
 
     async def bundles(self, namespace: NamespaceName) -> list[Bundle]:
-        policies = await self._service.get_namespace_policies(namespace)
+        policies = await self._namespaces.get_namespace_policies(namespace)
         return bundles_of(namespace, policies)
 
     async def bundle_for(self, name: TopicName) -> Bundle:
@@ -271,7 +252,7 @@ class BundleOwnership:
         raise AssertionError(f"no bundle of {name.namespace_name} holds {name}")
 
     async def owner_of(self, bundle: Bundle) -> str | None:
-        record = await self._store.get(bundle.key)
+        record = await self.store.get(bundle.key)
         return record.value.decode() if record is not None else None
 
     def owned_bundle_of(self, name: TopicName) -> Bundle | None:
@@ -303,13 +284,13 @@ class BundleOwnership:
         async with self._acquire_lock:
             if bundle.key in self.owned:
                 return self.address
-            session = self._live_session()
+            session = self._session.live()
             try:
                 await session.put(
                     bundle.key, self.address.encode(), expected_version=0, ephemeral=True
                 )
             except BadVersionError:
-                record = await self._store.get(bundle.key)
+                record = await self.store.get(bundle.key)
                 if record is None:
                     raise ServiceUnavailableError(
                         f"bundle {bundle} changed owner just now; look up again"
@@ -321,7 +302,7 @@ class BundleOwnership:
                 # this address, which is dead since this one bound its port, or a session of
                 # ours whose lease ran out): nobody serves the bundle, so take it over.
                 try:
-                    await self._store.delete(bundle.key, expected_version=record.version)
+                    await self.store.delete(bundle.key, expected_version=record.version)
                     await session.put(
                         bundle.key, self.address.encode(), expected_version=0, ephemeral=True
                     )
@@ -351,37 +332,19 @@ class BundleOwnership:
             return False, owner, False
         return True, chosen, True
 
+    # ---- the cluster's view (for the admin edge) ---------------------------------------------
+
     async def live_brokers(self) -> list[str]:
-        keys = await self._store.list_keys(BROKERS_AVAILABLE_PREFIX)
-        return [key[len(BROKERS_AVAILABLE_PREFIX) :] for key in keys[:MAX_REDIRECT_CANDIDATES]]
+        return await live_brokers(self.store)
 
     async def owned_bundle_counts(self) -> dict[str, int]:
-        counts: dict[str, int] = {}
-        for record in await self._store.list(OWNERSHIP_PREFIX):
-            owner = record.value.decode()
-            counts[owner] = counts.get(owner, 0) + 1
-        return counts
+        return await owned_bundle_counts(self.store)
 
     async def load_reports(self) -> dict[str, LoadReport]:
-        reports = {}
-        for record in await self._store.list(LOAD_REPORTS_PREFIX):
-            with contextlib.suppress(ValueError, TypeError):
-                report = LoadReport.from_json(record.value)
-                reports[report.broker] = report
-        return reports
+        return await load_reports(self.store)
 
     async def least_loaded_broker(self) -> str:
-        live = await self.live_brokers()
-        if not live:
-            return self.address
-        counts = await self.owned_bundle_counts()
-        reports = await self.load_reports()
-
-        def load(broker: str) -> tuple[int, float, str]:
-            report = reports.get(broker)
-            return counts.get(broker, 0), report.msg_rate if report else 0.0, broker
-
-        return min(live, key=load)
+        return await least_loaded_broker(self.store, self.address)
 
     # ---- unload and split --------------------------------------------------------------------
 
@@ -392,11 +355,9 @@ class BundleOwnership:
             return
         self._unloading.add(key)
         try:
-            await self._service.close_topics(bundle.contains)
+            await self._registry.close_topics(bundle.contains)
             self.owned.pop(key, None)
-            if self._session is not None:
-                with contextlib.suppress(MetadataError):
-                    await self._session.delete(key)
+            await self._session.release(key)
             log.info("unloaded bundle %s", bundle)
         finally:
             self._unloading.discard(key)
@@ -410,7 +371,7 @@ class BundleOwnership:
         this broker holds it, whatever the policy says now, and never forwarded again."""
         if local_only:
             if bundle_name:
-                await self.unload_bundle(_bundle_key(namespace, bundle_name))
+                await self.unload_bundle(bundle_key(namespace, bundle_name))
             else:
                 for key, bundle in list(self.owned.items()):
                     if bundle.namespace == namespace:
@@ -426,7 +387,7 @@ class BundleOwnership:
                 continue
             owner = await self.owner_of(bundle)
             if owner is not None and owner != self.address:
-                await self._forward(owner, bundle.key, "unload")
+                await self.forward(owner, bundle.key, "unload")
 
     async def bundle_owners(self, namespace: NamespaceName) -> list[tuple[Bundle, str]]:
         return [(b, await self.owner_of(b) or "") for b in await self.bundles(namespace)]
@@ -449,162 +410,34 @@ class BundleOwnership:
         if owner is not None and owner != self.address:
             if local_only:
                 raise ServiceUnavailableError(f"bundle {bundle} moved to {owner}; try again")
-            await self._forward(owner, bundle.key, "split")
+            await self.forward(owner, bundle.key, "split")
             return await self.bundles(namespace)
         mine = bundle.key in self.owned
         if mine:
             self._unloading.add(bundle.key)
         try:
             if mine:
-                await self._service.close_topics(bundle.contains)
-            await self._service.update_namespace_policies(
+                await self._registry.close_topics(bundle.contains)
+            await self._namespaces.update_namespace_policies(
                 namespace, lambda policies: with_boundary(policies, middle)
             )
             if mine:
                 self.owned.pop(bundle.key, None)
-                if self._session is not None:
-                    with contextlib.suppress(MetadataError):
-                        await self._session.delete(bundle.key)
+                await self._session.release(bundle.key)
             else:
                 # Nobody owned it when we looked; if a broker took it since, it must let go.
                 late_owner = await self.owner_of(bundle)
                 if late_owner is not None and late_owner != self.address:
-                    await self._forward(late_owner, bundle.key, "unload")
+                    await self.forward(late_owner, bundle.key, "unload")
         finally:
             self._unloading.discard(bundle.key)
         log.info("split bundle %s at 0x%08x", bundle, middle)
         return [Bundle(namespace, bundle.lower, middle), Bundle(namespace, middle, bundle.upper)]
 
-    # ---- load reports and shedding -------------------------------------------------------------
 
-    def current_load(self) -> LoadReport:
-        now, cpu = time.monotonic(), time.process_time()
-        then, cpu_then = self._cpu_sample
-        self._cpu_sample = (now, cpu)
-        report = LoadReport(
-            broker=self.address,
-            bundles=len(self.owned),
-            cpu_percent=round(100 * (cpu - cpu_then) / max(now - then, 1e-3), 1),
-            bundle_msg_rates={},
-            bundle_topics={},
-            timestamp_ms=int(time.time() * 1000),
-        )
-        assert report.bundle_msg_rates is not None and report.bundle_topics is not None
-        for topic in self._service.topics.values():
-            rate_in, rate_out = topic.messages_in.rate(), topic.messages_out.rate()
-            report.topics += 1
-            report.msg_rate_in += rate_in
-            report.msg_rate_out += rate_out
-            report.bytes_rate_in += topic.bytes_in.rate()
-            report.bytes_rate_out += topic.bytes_out.rate()
-            bundle = self.owned_bundle_of(topic.name)
-            if bundle is not None:
-                report.bundle_msg_rates[bundle.key] = (
-                    report.bundle_msg_rates.get(bundle.key, 0.0) + rate_in + rate_out
-                )
-                report.bundle_topics[bundle.key] = report.bundle_topics.get(bundle.key, 0) + 1
-        return report
-
-    async def _load_report_loop(self) -> None:
-        while True:
-            session = self._session
-            if session is not None:
-                try:
-                    await session.put(
-                        LOAD_REPORTS_PREFIX + self.address,
-                        self.current_load().to_json(),
-                        ephemeral=True,
-                    )
-                except MetadataError as exc:
-                    log.warning("publishing the load report failed: %s", exc)
-            await asyncio.sleep(self.config.load_report_interval_ms / 1000)
-
-    async def _leader_loop(self) -> None:
-        while True:
-            await asyncio.sleep(self.config.load_shedding_interval_ms / 1000)
-            session = self._session
-            if session is None:
-                continue
-            try:
-                if not self.is_leader:
-                    try:
-                        await session.put(
-                            LEADER_KEY, self.address.encode(), expected_version=0, ephemeral=True
-                        )
-                        self.is_leader = True
-                        log.info("this broker is now the load manager leader")
-                    except BadVersionError:
-                        continue
-                await self.shed_once()
-            except MetadataError as exc:
-                self.is_leader = False
-                log.warning("load manager round failed: %s", exc)
-
-    async def shed_once(self) -> list[str]:
-        """One load-manager round; returns the bundle keys it unloaded or split."""
-        reports = await self.load_reports()
-        actions: list[str] = []
-        now_ms = int(time.time() * 1000)
-        for report in reports.values():
-            for key, topics in (report.bundle_topics or {}).items():
-                if topics > self.config.max_topics_per_bundle and self._may_act(key, now_ms):
-                    namespace, name = _split_key(key)
-                    await self.split_bundle(namespace, name)
-                    actions.append(key)
-        if len(reports) < 2:
-            return actions
-        average = sum(r.msg_rate for r in reports.values()) / len(reports)
-        limit = average * (1 + self.config.load_shedding_threshold_percent / 100)
-        for report in reports.values():
-            if report.msg_rate <= max(limit, self.config.load_shedding_min_msg_rate):
-                continue
-            rates = report.bundle_msg_rates or {}
-            if len(rates) < 2:
-                continue  # moving its only busy bundle would just move the overload
-            busiest = max(rates, key=lambda k: rates[k])
-            if not self._may_act(busiest, now_ms):
-                continue
-            log.info(
-                "broker %s is overloaded (%.0f msg/s, average %.0f): unloading %s",
-                report.broker,
-                report.msg_rate,
-                average,
-                busiest,
-            )
-            if report.broker == self.address:
-                await self.unload_bundle(busiest)
-            else:
-                await self._forward(report.broker, busiest, "unload")
-            actions.append(busiest)
-        return actions
-
-    def _may_act(self, key: str, now_ms: int) -> bool:
-        if now_ms - self._last_shed_ms.get(key, 0) < self.config.load_shedding_grace_ms:
-            return False
-        self._last_shed_ms[key] = now_ms
-        return True
-
-
-def _bundle_key(namespace: NamespaceName, name: str) -> str:
-    return f"{OWNERSHIP_PREFIX}{namespace.tenant}/{namespace.namespace}/{name}"
-
-
-def _split_key(key: str) -> tuple[NamespaceName, str]:
-    tenant, namespace, name = key[len(OWNERSHIP_PREFIX) :].split("/")
-    return NamespaceName(tenant, namespace), name
-
-
-def with_boundary(policies: dict[str, Any], middle: int) -> dict[str, Any]:
-    boundaries = list(policies.get("bundles") or equal_boundaries(DEFAULT_BUNDLE_COUNT))
-    if middle not in boundaries:
-        boundaries.append(middle)
-        boundaries.sort()
-    return {**policies, "bundles": boundaries}
-
-
-async def forward_to_owner(owner: str, bundle_key: str, operation: str, timeout_s: float) -> None:
+async def forward_to_owner(owner: str, key: str, operation: str, timeout_s: float) -> None:
     """Ask the broker at ``owner`` to ``"unload"`` or ``"split"`` a bundle it owns."""
-    namespace, name = _split_key(bundle_key)
+    namespace, name = split_bundle_key(key)
     metadata = ((FORWARDED_HEADER, "1"),)
     async with grpc.aio.insecure_channel(owner) as channel:
         stub = admin_pb2_grpc.AdminServiceStub(channel)

@@ -1,10 +1,12 @@
-"""Assembly of a broker's gRPC server: messaging, admin, health and reflection."""
+"""Assembly of a broker's gRPC server (messaging, admin, health and reflection) and of its
+metrics endpoint."""
 
 from __future__ import annotations
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
+from prometheus_client import start_http_server
 
 from broker.admin_service import AdminServicer
 from broker.config import MIB
@@ -32,11 +34,23 @@ def server_options(max_message_size_bytes: int) -> list[tuple[str, int]]:
     ]
 
 
-async def start_broker_server(
-    broker: BrokerService, host: str, port: int
-) -> tuple[grpc.aio.Server, int, health.aio.HealthServicer]:
-    """Start serving; returns the server, the bound port and the health servicer."""
-    server = grpc.aio.server(options=server_options(broker.config.max_message_size_bytes))
+def bind_broker_server(
+    host: str, port: int, max_message_size_bytes: int
+) -> tuple[grpc.aio.Server, int]:
+    """A gRPC server bound to ``host:port`` (0: a free port), not serving yet; returns it and
+    the bound port. The process role binds first so that it knows the broker's advertised
+    address before it builds the broker."""
+    server = grpc.aio.server(options=server_options(max_message_size_bytes))
+    try:
+        bound = server.add_insecure_port(f"{host}:{port}")
+    except RuntimeError as exc:
+        raise OSError(f"could not listen on {host}:{port} (is the port in use?)") from exc
+    return server, bound
+
+
+async def serve_broker(server: grpc.aio.Server, broker: BrokerService) -> health.aio.HealthServicer:
+    """Add the broker's services (messaging, admin, health, reflection) to a bound server and
+    start serving; returns the health servicer."""
     messaging_pb2_grpc.add_MessagingServiceServicer_to_server(MessagingServicer(broker), server)
     admin_pb2_grpc.add_AdminServiceServicer_to_server(AdminServicer(broker), server)
     health_servicer = health.aio.HealthServicer()
@@ -48,11 +62,25 @@ async def start_broker_server(
         reflection.SERVICE_NAME,
     )
     reflection.enable_server_reflection(service_names, server)
-    try:
-        bound = server.add_insecure_port(f"{host}:{port}")
-    except RuntimeError as exc:
-        raise OSError(f"could not listen on {host}:{port} (is the port in use?)") from exc
     await server.start()
     for name in ("", *service_names[:2]):
         await health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
-    return server, bound, health_servicer
+    return health_servicer
+
+
+async def start_broker_server(
+    broker: BrokerService, host: str, port: int
+) -> tuple[grpc.aio.Server, int, health.aio.HealthServicer]:
+    """Bind and serve in one step (tests); returns the server, the bound port and the health
+    servicer."""
+    server, bound = bind_broker_server(host, port, broker.config.max_message_size_bytes)
+    return server, bound, await serve_broker(server, broker)
+
+
+def start_metrics_server(host: str, port: int) -> int:
+    """Serve the Prometheus metrics on ``host:port`` (0: a free port; < 0: not at all);
+    returns the bound port, or ``port`` when there is none."""
+    if port < 0:
+        return port
+    metrics_server, _thread = start_http_server(port, addr=host)
+    return int(metrics_server.server_port)

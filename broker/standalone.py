@@ -9,17 +9,16 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import logging
 from collections.abc import Mapping
-
-from prometheus_client import start_http_server
 
 from bookie.ledger import LedgerManager
 from bookie.local import LocalBookieClient
 from bookie.registry import BookieInfo, available_key, now_ms
 from bookie.storage import Bookie, BookieStorageConfig
 from broker.config import BrokerConfig
-from broker.server import start_broker_server
+from broker.server import bind_broker_server, serve_broker, start_metrics_server
 from broker.service import BrokerService
 from strata.config_binding import ConfigBinding
 from strata.metadata import open_metadata_store
@@ -39,22 +38,33 @@ STANDALONE_FIXED_OPTIONS = {
 
 
 async def run_standalone(config: BrokerConfig, stop: asyncio.Event) -> None:
+    """Serve until ``stop``; everything opened is closed in reverse order (``resources``)."""
     data_dir = config.data_dir.resolve()
     (data_dir / "metadata").mkdir(parents=True, exist_ok=True)
-    store = await open_metadata_store(f"embedded://{data_dir / 'metadata'}")
-    bookie = await Bookie.open(
-        BookieStorageConfig(data_dir=data_dir / "bookie", fsync=config.journal_fsync)
-    )
-    local = LocalBookieClient(bookie)
-    ledgers = LedgerManager(
-        store, lambda: [local.address], lambda _address: local, config.ledger_client
-    )
-    # Tiered storage: the filesystem driver defaults to <data-dir>/offload.
-    offload_config = config.offload_config(default_directory=data_dir / "offload")
-    offloader = create_offloader(offload_config) if offload_config is not None else None
-    broker = BrokerService(config, store, ledgers, offloader=offloader)
-    server = None
-    try:
+    async with contextlib.AsyncExitStack() as resources:
+        store = await open_metadata_store(f"embedded://{data_dir / 'metadata'}")
+        resources.push_async_callback(store.close)
+        bookie = await Bookie.open(
+            BookieStorageConfig(data_dir=data_dir / "bookie", fsync=config.journal_fsync)
+        )
+        resources.push_async_callback(bookie.close)
+        local = LocalBookieClient(bookie)
+        resources.push_async_callback(local.close)
+        ledgers = LedgerManager(
+            store, lambda: [local.address], lambda _address: local, config.ledger_client
+        )
+        # Tiered storage: the filesystem driver defaults to <data-dir>/offload.
+        offload_config = config.offload_config(default_directory=data_dir / "offload")
+        offloader = create_offloader(offload_config) if offload_config is not None else None
+        if offloader is not None:
+            resources.push_async_callback(offloader.close)
+        # Bound before the broker is built: the port gives the broker its advertised address.
+        server, port = bind_broker_server(config.host, config.port, config.max_message_size_bytes)
+        broker = BrokerService(
+            config, store, ledgers, offloader=offloader, advertised_address=config.advertised(port)
+        )
+        resources.push_async_callback(broker.close)
+        resources.push_async_callback(server.stop, SHUTDOWN_GRACE_SECONDS)
         await broker.initialize_defaults()
         # Listed by `strata admin bookies list` like a cluster's bookies.
         await store.put(
@@ -63,27 +73,14 @@ async def run_standalone(config: BrokerConfig, stop: asyncio.Event) -> None:
             ephemeral=True,
         )
         await broker.start()
-        server, port, _health = await start_broker_server(broker, config.host, config.port)
-        broker.advertised_address = config.advertised(port)
-        metrics_port = config.metrics_port
-        if metrics_port >= 0:
-            metrics_server, _thread = start_http_server(metrics_port, addr=config.host)
-            metrics_port = metrics_server.server_port
+        await serve_broker(server, broker)
+        metrics_port = start_metrics_server(config.host, config.metrics_port)
         # Tests and scripts read this line to learn the ports picked for port 0.
         print(
             f"strata standalone ready port={port} metrics_port={metrics_port} data_dir={data_dir}",
             flush=True,
         )
         await stop.wait()
-    finally:
-        if server is not None:
-            await server.stop(SHUTDOWN_GRACE_SECONDS)
-        await broker.close()
-        if offloader is not None:
-            await offloader.close()
-        await local.close()
-        await bookie.close()
-        await store.close()
 
 
 def build_parser(

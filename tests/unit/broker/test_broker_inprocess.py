@@ -48,7 +48,8 @@ async def env(tmp_path: Path) -> AsyncIterator[Env]:
         managed_ledger_default_write_quorum=1,
         managed_ledger_default_ack_quorum=1,
     )
-    broker = BrokerService(config, store, ledgers)
+    # What Lookup answers in single-broker mode (no test dials it).
+    broker = BrokerService(config, store, ledgers, advertised_address="127.0.0.1:6650")
     await broker.initialize_defaults()
     server, port, _ = await start_broker_server(broker, "127.0.0.1", 0)
     channel = grpc.aio.insecure_channel(f"127.0.0.1:{port}")
@@ -177,7 +178,6 @@ async def test_admin_tenants_namespaces_topics(env: Env) -> None:
 
 
 async def test_lookup_in_single_broker_mode(env: Env) -> None:
-    env.broker.advertised_address = "127.0.0.1:6650"
     found = await env.messaging.Lookup(messaging_pb2.LookupRequest(topic="t"))
     assert found.result == messaging_pb2.LookupResponse.CONNECT
     assert found.broker_address == "127.0.0.1:6650"

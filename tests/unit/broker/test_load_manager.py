@@ -1,4 +1,4 @@
-"""The load manager's decisions (``BundleOwnership.shed_once``) on reports in a memory store."""
+"""The load manager's decisions (``LoadManager.shed_once``) on reports in a memory store."""
 
 from __future__ import annotations
 
@@ -8,14 +8,10 @@ from pathlib import Path
 import pytest
 
 from bookie.ledger import LedgerManager
+from broker.bundles import bundles_of
 from broker.config import BrokerConfig
-from broker.ownership import (
-    LOAD_REPORTS_PREFIX,
-    BundleOwnership,
-    LoadReport,
-    OwnershipConfig,
-    bundles_of,
-)
+from broker.load_manager import LOAD_REPORTS_PREFIX, LoadManager, LoadReport
+from broker.ownership import BundleOwnership, OwnershipConfig
 from broker.service import BrokerService
 from strata.metadata import MetadataStore, open_metadata_store
 from strata.naming import NamespaceName, TopicName
@@ -28,6 +24,7 @@ class Setup:
     def __init__(self, store: MetadataStore, ownership: BundleOwnership) -> None:
         self.store = store
         self.ownership = ownership
+        self.load_manager: LoadManager = ownership.load_manager
         self.forwarded: list[tuple[str, str, str]] = []
 
 
@@ -36,23 +33,29 @@ async def setup(tmp_path: Path) -> AsyncIterator[Setup]:
     store = await open_metadata_store("memory://")
     bookie = FakeBookie()
     ledgers = LedgerManager(store, lambda: [bookie.address], lambda _address: bookie)
-    service = BrokerService(BrokerConfig(port=0, data_dir=tmp_path), store, ledgers)
-    await service.initialize_defaults()
     forwarded: list[tuple[str, str, str]] = []
 
     async def forward(owner: str, key: str, operation: str) -> None:
         forwarded.append((owner, key, operation))
 
-    ownership = BundleOwnership(
-        service, store, "a:1", OwnershipConfig(max_topics_per_bundle=100), forward
+    service = BrokerService(
+        BrokerConfig(port=0, data_dir=tmp_path),
+        store,
+        ledgers,
+        advertised_address="a:1",
+        ownership=OwnershipConfig(max_topics_per_bundle=100),
+        forward=forward,
     )
-    await ownership.start()
-    result = Setup(store, ownership)
+    await service.initialize_defaults()
+    assert service.ownership is not None
+    await service.join_cluster()
+    result = Setup(store, service.ownership)
     result.forwarded = forwarded
     try:
         yield result
     finally:
-        await ownership.close()
+        await service.leave_cluster()
+        await service.close()
         await store.close()
 
 
@@ -68,10 +71,10 @@ async def test_an_overloaded_broker_sheds_its_busiest_bundle(setup: Setup) -> No
         LoadReport("b:1", bundles=2, msg_rate_in=9_000, bundle_msg_rates={hot: 8_000, warm: 1_000}),
     )
     await publish(setup.store, LoadReport("c:1", bundles=1, msg_rate_in=500))
-    assert await setup.ownership.shed_once() == [hot]
+    assert await setup.load_manager.shed_once() == [hot]
     assert setup.forwarded == [("b:1", hot, "unload")]
     # Not again within the grace period.
-    assert await setup.ownership.shed_once() == []
+    assert await setup.load_manager.shed_once() == []
 
 
 async def test_balanced_or_quiet_brokers_are_left_alone(setup: Setup) -> None:
@@ -79,17 +82,17 @@ async def test_balanced_or_quiet_brokers_are_left_alone(setup: Setup) -> None:
     rates = {bundles[0].key: 400.0, bundles[1].key: 300.0}
     await publish(setup.store, LoadReport("b:1", msg_rate_in=700, bundle_msg_rates=rates))
     await publish(setup.store, LoadReport("c:1", msg_rate_in=100))
-    assert await setup.ownership.shed_once() == []  # under the 1,000 msg/s floor
+    assert await setup.load_manager.shed_once() == []  # under the 1,000 msg/s floor
     await publish(
         setup.store, LoadReport("b:1", msg_rate_in=9_000, bundle_msg_rates={bundles[0].key: 9e3})
     )
-    assert await setup.ownership.shed_once() == []  # one busy bundle: moving it moves the load
+    assert await setup.load_manager.shed_once() == []  # one busy bundle: moving it moves the load
 
 
 async def test_a_bundle_with_too_many_topics_is_split(setup: Setup) -> None:
     bundle = bundles_of(NAMESPACE, {})[2]
     await publish(setup.store, LoadReport("b:1", bundle_topics={bundle.key: 150}))
-    assert await setup.ownership.shed_once() == [bundle.key]
+    assert await setup.load_manager.shed_once() == [bundle.key]
     after = await setup.ownership.bundles(NAMESPACE)
     assert len(after) == 5
     middle = (bundle.lower + bundle.upper) // 2

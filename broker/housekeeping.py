@@ -1,0 +1,93 @@
+"""Housekeeping: the broker's periodic pass over its loaded topics.
+
+Every ``housekeeping_interval_ms`` one pass, topic by topic: unload topics idle (no producers,
+consumers, traffic or running offload) for ``topic_idle_unload_seconds``, roll a ledger over
+by age, trim ledgers no cursor needs any more, and give the offload scheduler its turn
+(automatic offload, deletions whose lag has passed, retries).
+
+A failing step is logged and the pass goes on with the next topic; a pass that fails as a
+whole is logged with its traceback and the next pass runs at the next interval. The loop is
+owned (``broker.loops``): if it ever dies, that is logged at once, and ``close`` cancels and
+awaits it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+
+from broker.loops import OwnedLoops
+from broker.topic import Topic
+from broker.topics import TopicRegistry
+
+log = logging.getLogger(__name__)
+
+
+class Housekeeping:
+    """Owned by ``BrokerService``: ``start`` runs the loop, ``close`` stops it."""
+
+    def __init__(
+        self, registry: TopicRegistry, interval_ms: int, idle_unload_seconds: float
+    ) -> None:
+        self._registry = registry
+        self._interval_ms = interval_ms
+        self._idle_unload_seconds = idle_unload_seconds
+        self._loops = OwnedLoops("housekeeping", log)
+        self.passes_failed = 0
+
+    def start(self) -> None:
+        self._loops.start(self._loop(), name="housekeeping")
+
+    async def close(self) -> None:
+        await self._loops.close()
+
+    async def _loop(self) -> None:
+        while True:
+            await asyncio.sleep(self._interval_ms / 1000)
+            try:
+                await self.run_once()
+            except Exception:
+                self.passes_failed += 1
+                log.exception("housekeeping pass failed; the next runs in %d ms", self._interval_ms)
+
+    async def run_once(self) -> None:
+        for topic in self._unload_idle_topics():
+            try:
+                await topic.close()
+            except Exception as exc:
+                log.warning("unloading idle topic %s failed: %s", topic.name, exc)
+        for topic in list(self._registry.topics.values()):
+            topic.ledger.maybe_rollover_by_time()
+            try:
+                await topic.trim()
+            except Exception as exc:
+                log.warning("trimming %s failed: %s", topic.name, exc)
+            if topic.ledger.offload is not None:
+                topic.ledger.offload.on_housekeeping()
+
+    def _unload_idle_topics(self) -> list[Topic]:
+        """Topics without producers, consumers or traffic for ``topic_idle_unload_seconds``."""
+        now = time.monotonic()
+        idle = []
+        topics = self._registry.topics
+        for topic in topics.values():
+            busy = (
+                topic.connected_producers
+                or any(s.consumers for s in topic.subscriptions.values())
+                or (topic.ledger.offload is not None and topic.ledger.offload.running)
+            )
+            if busy:
+                topic.idle_since = None
+            elif topic.idle_since is None:
+                topic.idle_since = now
+            elif now - topic.idle_since >= self._idle_unload_seconds:
+                idle.append(topic)
+        for topic in idle:
+            topics.pop(str(topic.name), None)
+        return idle
+
+    @property
+    def dead(self) -> bool:
+        """True when the loop ended before ``close`` (it was logged when it did)."""
+        return bool(self._loops.dead)

@@ -1,0 +1,223 @@
+"""Tenants and namespaces, and the namespace policies, in the metadata store.
+
+Layout::
+
+    /admin/tenants/<tenant>                    tenant policies (JSON)
+    /admin/namespaces/<tenant>/<namespace>     namespace policies (JSON)
+
+Namespace policies hold the bundle boundaries (``broker.bundles``), the persistence quorums
+(E/Qw/Qa) of new ledgers and the offload policy. Every change is a compare-and-set of the
+whole policies document, retried on a conflict a bounded number of times. Deleting a tenant or
+a namespace that still has topics is ``BrokerService``'s (it unloads the topics first).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+from collections.abc import Callable
+from typing import Any
+
+from broker.bundles import equal_boundaries
+from broker.config import BrokerConfig
+from broker.errors import (
+    AlreadyExistsError,
+    InvalidRequestError,
+    NotFoundError,
+    ServiceUnavailableError,
+)
+from broker.offload import OffloadPolicy
+from strata.metadata import BadVersionError, MetadataStore
+from strata.naming import DEFAULT_NAMESPACE, DEFAULT_TENANT, NamespaceName
+
+TENANTS_PREFIX = "/admin/tenants/"
+NAMESPACES_PREFIX = "/admin/namespaces/"
+MAX_ENSEMBLE_SIZE = 64
+POLICY_UPDATE_MAX_ATTEMPTS = 20
+
+
+async def initialize_cluster(store: MetadataStore) -> None:
+    """Create tenant ``public`` and namespace ``public/default`` if they are missing
+    (idempotent; every broker runs it at start, ``strata initialize-cluster`` on demand)."""
+    tenant = json.dumps({"admin_roles": [], "allowed_clusters": []}).encode()
+    with contextlib.suppress(BadVersionError):
+        await store.put(TENANTS_PREFIX + DEFAULT_TENANT, tenant, expected_version=0)
+    with contextlib.suppress(BadVersionError):
+        await store.put(
+            f"{NAMESPACES_PREFIX}{DEFAULT_TENANT}/{DEFAULT_NAMESPACE}", b"{}", expected_version=0
+        )
+
+
+def _namespace_key(name: NamespaceName) -> str:
+    return f"{NAMESPACES_PREFIX}{name.tenant}/{name.namespace}"
+
+
+class Namespaces:
+    """The tenants and namespaces of the cluster. Stateless: every call reads the store, so
+    every broker sees the same policies. ``config`` gives the defaults a policy overrides."""
+
+    def __init__(self, store: MetadataStore, config: BrokerConfig) -> None:
+        self.store = store
+        self.config = config
+
+    # ---- tenants ---------------------------------------------------------------------------
+
+    async def create_tenant(
+        self, tenant: str, admin_roles: list[str], allowed_clusters: list[str]
+    ) -> None:
+        body = json.dumps({"admin_roles": admin_roles, "allowed_clusters": allowed_clusters})
+        try:
+            await self.store.put(TENANTS_PREFIX + tenant, body.encode(), expected_version=0)
+        except BadVersionError as exc:
+            raise AlreadyExistsError(f"tenant {tenant!r} already exists") from exc
+
+    async def get_tenant(self, tenant: str) -> dict[str, list[str]]:
+        record = await self.store.get(TENANTS_PREFIX + tenant)
+        if record is None:
+            raise NotFoundError(f"tenant {tenant!r} does not exist")
+        body: dict[str, list[str]] = json.loads(record.value)
+        return body
+
+    async def list_tenants(self) -> list[str]:
+        return [k[len(TENANTS_PREFIX) :] for k in await self.store.list_keys(TENANTS_PREFIX)]
+
+    async def remove_tenant(self, tenant: str) -> None:
+        """Delete the tenant's record (its namespaces are gone already)."""
+        await self.store.delete(TENANTS_PREFIX + tenant)
+
+    # ---- namespaces ------------------------------------------------------------------------
+
+    async def create_namespace(self, name: NamespaceName, bundles: int = 0) -> None:
+        """Create a namespace; ``bundles`` > 0 splits its hash range into that many bundles
+        (default: 4, see ``broker.bundles``)."""
+        await self.get_tenant(name.tenant)
+        policies: dict[str, Any] = {}
+        if bundles:
+            try:
+                policies["bundles"] = equal_boundaries(bundles)
+            except ValueError as exc:
+                raise InvalidRequestError(str(exc)) from exc
+        try:
+            await self.store.put(
+                _namespace_key(name), json.dumps(policies).encode(), expected_version=0
+            )
+        except BadVersionError as exc:
+            raise AlreadyExistsError(f"namespace {name} already exists") from exc
+
+    async def check_namespace(self, name: NamespaceName) -> None:
+        if await self.store.get(_namespace_key(name)) is None:
+            if await self.store.get(TENANTS_PREFIX + name.tenant) is None:
+                raise NotFoundError(f"tenant {name.tenant!r} does not exist")
+            raise NotFoundError(f"namespace {name} does not exist")
+
+    async def list_namespaces(self, tenant: str) -> list[str]:
+        await self.get_tenant(tenant)
+        prefix = f"{NAMESPACES_PREFIX}{tenant}/"
+        return [k[len(prefix) :] for k in await self.store.list_keys(prefix)]
+
+    async def remove_namespace(self, name: NamespaceName) -> None:
+        """Delete the namespace's record (its topics are gone already)."""
+        await self.store.delete(_namespace_key(name))
+
+    # ---- policies --------------------------------------------------------------------------
+
+    async def get_namespace_policies(self, name: NamespaceName) -> dict[str, Any]:
+        record = await self.store.get(_namespace_key(name))
+        if record is None:
+            await self.check_namespace(name)  # raises the precise NotFoundError
+            raise NotFoundError(f"namespace {name} does not exist")
+        policies: dict[str, Any] = json.loads(record.value)
+        return policies
+
+    async def update_namespace_policies(
+        self, name: NamespaceName, mutate: Callable[[dict[str, Any]], dict[str, Any]]
+    ) -> dict[str, Any]:
+        """Apply ``mutate`` to the namespace's policies by compare-and-set (re-read and retry
+        on a conflict, a bounded number of times); returns the stored policies."""
+        key = _namespace_key(name)
+        for _ in range(POLICY_UPDATE_MAX_ATTEMPTS):
+            record = await self.store.get(key)
+            if record is None:
+                await self.check_namespace(name)
+                raise NotFoundError(f"namespace {name} does not exist")
+            policies = mutate(json.loads(record.value))
+            try:
+                await self.store.put(
+                    key, json.dumps(policies).encode(), expected_version=record.version
+                )
+            except BadVersionError:
+                continue
+            return policies
+        raise ServiceUnavailableError(
+            f"namespace {name} policies are changing too often; try again"
+        )
+
+    async def set_persistence(
+        self, name: NamespaceName, ensemble_size: int, write_quorum: int, ack_quorum: int
+    ) -> None:
+        """Set E/Qw/Qa for the namespace's ledgers created from now on (compare-and-set)."""
+        if not 1 <= ack_quorum <= write_quorum <= ensemble_size:
+            raise InvalidRequestError(
+                f"need 1 <= ack quorum ({ack_quorum}) <= write quorum ({write_quorum}) "
+                f"<= ensemble size ({ensemble_size})"
+            )
+        if ensemble_size > MAX_ENSEMBLE_SIZE:
+            raise InvalidRequestError(f"ensemble size is at most {MAX_ENSEMBLE_SIZE}")
+        persistence = {
+            "bookkeeper_ensemble": ensemble_size,
+            "bookkeeper_write_quorum": write_quorum,
+            "bookkeeper_ack_quorum": ack_quorum,
+        }
+        await self.update_namespace_policies(
+            name, lambda policies: {**policies, "persistence": persistence}
+        )
+
+    async def persistence_for(self, name: NamespaceName) -> tuple[int, int, int]:
+        """E/Qw/Qa for a new ledger of a topic in ``name``: its policy, else the defaults."""
+        persistence = (await self.get_namespace_policies(name)).get("persistence")
+        if not persistence:
+            return (
+                self.config.managed_ledger_default_ensemble_size,
+                self.config.managed_ledger_default_write_quorum,
+                self.config.managed_ledger_default_ack_quorum,
+            )
+        return (
+            int(persistence["bookkeeper_ensemble"]),
+            int(persistence["bookkeeper_write_quorum"]),
+            int(persistence["bookkeeper_ack_quorum"]),
+        )
+
+    async def set_offload_threshold(self, name: NamespaceName, threshold_bytes: int) -> None:
+        """Bytes of a topic kept on bookies before its oldest closed ledgers are offloaded
+        (-1: automatic offload off, 0: offload every closed ledger)."""
+        if threshold_bytes < -1:
+            raise InvalidRequestError("offload threshold must be -1 (off) or at least 0 bytes")
+        await self.update_namespace_policies(
+            name, lambda policies: {**policies, "offload_threshold_bytes": threshold_bytes}
+        )
+
+    async def set_offload_deletion_lag(self, name: NamespaceName, lag_ms: int | None) -> None:
+        """How long a ledger's bookie copy is kept after its offload; None: the broker's
+        ``--offload-deletion-lag-ms``."""
+        if lag_ms is not None and lag_ms < 0:
+            raise InvalidRequestError("offload deletion lag must not be negative")
+
+        def mutate(policies: dict[str, Any]) -> dict[str, Any]:
+            policies = dict(policies)
+            if lag_ms is None:
+                policies.pop("offload_deletion_lag_ms", None)
+            else:
+                policies["offload_deletion_lag_ms"] = lag_ms
+            return policies
+
+        await self.update_namespace_policies(name, mutate)
+
+    def offload_policy_of(self, policies: dict[str, Any]) -> OffloadPolicy:
+        lag = policies.get("offload_deletion_lag_ms")
+        return OffloadPolicy(
+            threshold_bytes=int(policies.get("offload_threshold_bytes", -1)),
+            deletion_lag_ms=int(self.config.offload_deletion_lag_ms if lag is None else lag),
+        )
+
+    async def offload_policy_for(self, name: NamespaceName) -> OffloadPolicy:
+        return self.offload_policy_of(await self.get_namespace_policies(name))
