@@ -18,8 +18,8 @@ import logging
 import time
 
 from broker.loops import OwnedLoops
-from broker.topic import Topic
 from broker.topics import TopicRegistry
+from strata.naming import TopicName
 
 log = logging.getLogger(__name__)
 
@@ -52,11 +52,9 @@ class Housekeeping:
                 log.exception("housekeeping pass failed; the next runs in %d ms", self._interval_ms)
 
     async def run_once(self) -> None:
-        for topic in self._unload_idle_topics():
-            try:
-                await topic.close()
-            except Exception as exc:
-                log.warning("unloading idle topic %s failed: %s", topic.name, exc)
+        idle = self._idle_topics()
+        if idle:
+            await self._registry.close_topics(lambda name: name in idle)
         for topic in list(self._registry.topics.values()):
             topic.ledger.maybe_rollover_by_time()
             try:
@@ -66,12 +64,11 @@ class Housekeeping:
             if topic.ledger.offload is not None:
                 topic.ledger.offload.on_housekeeping()
 
-    def _unload_idle_topics(self) -> list[Topic]:
+    def _idle_topics(self) -> set[TopicName]:
         """Topics without producers, consumers or traffic for ``topic_idle_unload_seconds``."""
         now = time.monotonic()
-        idle = []
-        topics = self._registry.topics
-        for topic in topics.values():
+        idle = set()
+        for topic in self._registry.topics.values():
             busy = (
                 topic.connected_producers
                 or any(s.consumers for s in topic.subscriptions.values())
@@ -82,9 +79,7 @@ class Housekeeping:
             elif topic.idle_since is None:
                 topic.idle_since = now
             elif now - topic.idle_since >= self._idle_unload_seconds:
-                idle.append(topic)
-        for topic in idle:
-            topics.pop(str(topic.name), None)
+                idle.add(topic.name)
         return idle
 
     @property

@@ -75,6 +75,9 @@ class TopicRegistry:
         self.cache = EntryCache(config.managed_ledger_cache_size_bytes)
         self.topics: dict[str, Topic] = {}
         self._loading: dict[str, asyncio.Task[Topic]] = {}
+        # Topics unloaded and still closing: loading one again waits until its old instance
+        # has closed, so the old ledger's last list write cannot fence the new one.
+        self._closing: dict[str, asyncio.Event] = {}
         # Unloads of topics another owner fenced; awaited by close.
         self._unloads: set[asyncio.Task[None]] = set()
         self.ml_config = ManagedLedgerConfig(
@@ -141,6 +144,9 @@ class TopicRegistry:
         return await asyncio.shield(loading)
 
     async def _load_topic(self, name: TopicName) -> Topic:
+        closing = self._closing.get(str(name))
+        if closing is not None:
+            await closing.wait()
         await self.namespaces.check_namespace(name.namespace_name)
         if await self.partitions_of(name):
             raise PreconditionError(
@@ -204,13 +210,20 @@ class TopicRegistry:
         """Close and forget every loaded topic whose name matches (an unload: the next use
         loads it again, here or on the bundle's new owner); returns how many."""
         chosen = [t for t in self.topics.values() if predicate(t.name)]
+        closed = {str(topic.name): asyncio.Event() for topic in chosen}
+        for key, event in closed.items():
+            self.topics.pop(key, None)
+            self._closing[key] = event
         for topic in chosen:
-            self.topics.pop(str(topic.name), None)
-        for topic in chosen:
+            key = str(topic.name)
             try:
                 await topic.close()
             except Exception as exc:
                 log.warning("closing %s failed: %s", topic.name, exc)
+            finally:
+                if self._closing.get(key) is closed[key]:
+                    del self._closing[key]
+                closed[key].set()
         return len(chosen)
 
     def _unload_fenced(self, topic: Topic) -> None:

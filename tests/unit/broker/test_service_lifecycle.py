@@ -12,13 +12,17 @@ import pytest
 
 from bookie.ledger import LedgerManager
 from broker.config import BrokerConfig
+from broker.entry_format import stored_entry_for
 from broker.errors import ServiceUnavailableError
 from broker.loops import OwnedLoops
+from broker.managed_ledger import MANAGED_LEDGERS_PREFIX
 from broker.ownership import OwnershipConfig
 from broker.service import BrokerService
+from broker.topic import Topic
 from strata.metadata import MetadataStore, open_metadata_store
 from strata.naming import TopicName
-from tests.unit.bookie.fake_bookies import FakeBookie
+from strata.v1 import messaging_pb2
+from tests.unit.bookie.fake_bookies import FakeBookie, StallingStore, wait_until
 
 ADDRESS = "a:1"
 BOUND_S = 5.0
@@ -127,3 +131,42 @@ async def test_a_cluster_broker_serves_topics_only_while_joined(
     finally:
         await broker.leave_cluster()
         await broker.close()
+
+
+async def test_a_topic_loaded_again_while_its_old_instance_closes_waits_and_is_not_fenced(
+    store: MetadataStore, tmp_path: Path
+) -> None:
+    """An idle unload closes the old topic (its ledger list is stored last) while a client
+    loads the topic again: the new instance must not read the list before that last write,
+    or its own first write would fail the compare-and-set and fence it."""
+    stalling = StallingStore(store)
+    broker = broker_service(stalling, tmp_path, cluster=False)
+    await broker.initialize_defaults()
+    name = TopicName.parse("t")
+    old = await broker.get_topic(name)
+    await old.publish(stored_entry_for("p", one_message_batch()), 1)
+    gate = stalling.stall_puts(MANAGED_LEDGERS_PREFIX)
+    unload = asyncio.create_task(broker.registry.close_topics(lambda n: n == name))
+    reload: asyncio.Task[Topic] | None = None
+    try:
+        # The old instance is storing its closed ledger list.
+        await wait_until(lambda: gate.waiting > 0, BOUND_S)
+        reload = asyncio.create_task(broker.get_topic(name))
+        for _ in range(50):
+            await asyncio.sleep(0)
+        assert not reload.done(), "the topic loaded again before its old instance closed"
+        gate.release()
+        new = await asyncio.wait_for(reload, BOUND_S)
+        await asyncio.wait_for(unload, BOUND_S)
+        assert new is not old and not new.ledger.is_fenced
+        await asyncio.wait_for(new.publish(stored_entry_for("p", one_message_batch()), 1), BOUND_S)
+    finally:
+        gate.release()
+        for task in (unload, reload):
+            if task is not None:
+                await asyncio.gather(task, return_exceptions=True)
+        await broker.close()
+
+
+def one_message_batch() -> messaging_pb2.ProducerBatch:
+    return messaging_pb2.ProducerBatch(sequence_id=0, num_messages=1, payload=b"m")
