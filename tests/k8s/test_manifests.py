@@ -1,0 +1,349 @@
+"""The ``k8s/`` overlays, offline: each renders with ``kubectl kustomize``, validates strictly
+against the Kubernetes 1.33 schemas and passes our policy checks (``tests/k8s/policy.py``);
+each policy check is shown to fail on a violation planted in a rendered overlay.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Callable
+
+import kubernetes_validate
+import pytest
+
+from tests.k8s.manifests import (
+    KUBERNETES_VERSION,
+    OVERLAYS,
+    Doc,
+    environment,
+    find,
+    name_of,
+    render,
+)
+from tests.k8s.policy import CHECKS
+
+# Custom resources have no schema in kubernetes_validate; check_service_monitors checks them.
+CUSTOM_KINDS = {"ServiceMonitor"}
+
+
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_overlay_validates_strictly(overlay: str) -> None:
+    for doc in render(overlay):
+        if doc["kind"] in CUSTOM_KINDS:
+            continue
+        kubernetes_validate.validate(doc, KUBERNETES_VERSION, strict=True)
+
+
+@pytest.mark.parametrize("check", sorted(CHECKS))
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_overlay_passes_policy(overlay: str, check: str) -> None:
+    assert CHECKS[check](render(overlay)) == []
+
+
+def test_strict_validation_catches_a_typo_and_an_unknown_version() -> None:
+    docs = render("production")
+    service = find(docs, "Service", "strata-broker")
+    service["spec"]["prots"] = service["spec"].pop("ports")
+    with pytest.raises(kubernetes_validate.ValidationError, match="prots"):
+        kubernetes_validate.validate(service, KUBERNETES_VERSION, strict=True)
+    budget = find(docs, "PodDisruptionBudget", "strata-bookie")
+    budget["apiVersion"] = "policy/v1beta1"
+    with pytest.raises(kubernetes_validate.SchemaNotFoundError):
+        kubernetes_validate.validate(budget, KUBERNETES_VERSION, strict=True)
+
+
+def test_production_is_three_etcd_four_bookies_three_brokers_writing_3_3_2_with_s3() -> None:
+    docs = render("production")
+    assert find(docs, "StatefulSet", "strata-etcd")["spec"]["replicas"] == 3
+    assert find(docs, "StatefulSet", "strata-bookie")["spec"]["replicas"] == 4
+    assert find(docs, "Deployment", "strata-broker")["spec"]["replicas"] == 3
+    assert find(docs, "HorizontalPodAutoscaler", "strata-broker")["spec"]["minReplicas"] == 3
+    broker = find(docs, "Deployment", "strata-broker")["spec"]["template"]["spec"]
+    environ = environment(broker["containers"][0], docs)
+    quorum = [
+        environ[f"STRATA_MANAGED_LEDGER_DEFAULT_{part}"]
+        for part in ("ENSEMBLE_SIZE", "WRITE_QUORUM", "ACK_QUORUM")
+    ]
+    assert quorum == ["3", "3", "2"]
+    assert environ["STRATA_OFFLOAD_DRIVER"] == "s3"
+    assert environ["STRATA_METADATA_URL"].count(":2379") == 3
+
+
+def test_dev_is_one_of_each_role_with_minio() -> None:
+    docs = render("dev")
+    for kind, name in [
+        ("StatefulSet", "strata-etcd"),
+        ("StatefulSet", "strata-bookie"),
+        ("Deployment", "strata-broker"),
+        ("Deployment", "strata-minio"),
+    ]:
+        assert find(docs, kind, name)["spec"]["replicas"] == 1, name
+    broker = find(docs, "Deployment", "strata-broker")["spec"]["template"]["spec"]
+    environ = environment(broker["containers"][0], docs)
+    assert environ["STRATA_OFFLOAD_ENDPOINT_URL"] == "http://strata-minio:9000"
+
+
+def test_bookie_advertises_its_stable_dns_name() -> None:
+    docs = render("production")
+    bookie = find(docs, "StatefulSet", "strata-bookie")
+    fields = {"metadata.name": "strata-bookie-2", "metadata.namespace": "strata"}
+    environ = environment(bookie["spec"]["template"]["spec"]["containers"][0], docs, fields)
+    assert environ["STRATA_ADVERTISED_ADDRESS"] == (
+        "strata-bookie-2.strata-bookie.strata.svc.cluster.local"
+    )
+
+
+# Families of the issue's metrics list (the prometheus_client name, without _total/_bucket).
+LISTED_FAMILIES = {
+    "strata_in_messages",
+    "strata_in_bytes",
+    "strata_out_messages",
+    "strata_out_bytes",
+    "strata_rate_in",
+    "strata_rate_out",
+    "strata_msg_backlog",
+    "strata_storage_size",
+    "strata_storage_offloaded_size",
+    "strata_subscription_back_log",
+    "strata_subscription_unacked_messages",
+    "strata_subscription_msg_rate_redeliver",
+    "strata_producers_count",
+    "strata_consumers_count",
+    "strata_publish_latency_seconds",
+    "strata_storage_write_latency_seconds",
+    "strata_entry_size_bytes",
+    "strata_ml_adds",
+    "strata_ml_add_failures",
+    "strata_ml_ledger_rollovers",
+    "strata_ml_ensemble_changes",
+    "strata_bookie_journal_sync_latency_seconds",
+    "strata_bookie_journal_queue_size",
+    "strata_bookie_add_entry_latency_seconds",
+    "strata_bookie_read_entry_latency_seconds",
+    "strata_bookie_ledgers_count",
+    "strata_bookie_storage_size_bytes",
+    "strata_bookie_corrupt_entries",
+    "strata_event_loop_lag_seconds",
+}
+
+
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_grafana_dashboard_graphs_the_listed_metrics(overlay: str) -> None:
+    dashboard_map = find(render(overlay), "ConfigMap", "strata-grafana-dashboard")
+    assert dashboard_map["metadata"]["labels"]["grafana_dashboard"] == "1"
+    dashboard = json.loads(dashboard_map["data"]["strata-dashboard.json"])
+    expressions = [t["expr"] for p in dashboard["panels"] for t in p["targets"]]
+    used = {
+        re.sub(r"_(total|bucket)$", "", name)
+        for expr in expressions
+        for name in re.findall(r"\bstrata_\w+", expr)
+    }
+    assert used <= LISTED_FAMILIES, f"not in the metrics list: {used - LISTED_FAMILIES}"
+    for family in ("strata_rate_in", "strata_msg_backlog", "strata_publish_latency_seconds"):
+        assert family in used
+    assert "strata_bookie_journal_sync_latency_seconds" in used
+
+
+# ---------------------------------------------------------------- planted violations
+
+
+def _container(docs: list[Doc], kind: str, name: str) -> Doc:
+    container: Doc = find(docs, kind, name)["spec"]["template"]["spec"]["containers"][0]
+    return container
+
+
+def _broker(docs: list[Doc]) -> Doc:
+    return _container(docs, "Deployment", "strata-broker")
+
+
+def _bookie(docs: list[Doc]) -> Doc:
+    return _container(docs, "StatefulSet", "strata-bookie")
+
+
+def _set(target: Doc, key: str, value: object) -> None:
+    target[key] = value
+
+
+Plant = Callable[[list[Doc]], None]
+PLANTED: list[tuple[str, str, Plant, str]] = [
+    (
+        "probes",
+        "no readiness probe",
+        lambda docs: _broker(docs).pop("readinessProbe"),
+        "Deployment/strata-broker container broker has no readinessProbe",
+    ),
+    (
+        "probes",
+        "probe on the metrics port",
+        lambda docs: _set(_broker(docs)["livenessProbe"], "grpc", {"port": 8080}),
+        "livenessProbe is not a grpc probe on its port 6650",
+    ),
+    (
+        "probes",
+        "short bookie startup",
+        lambda docs: _set(_bookie(docs)["startupProbe"], "failureThreshold", 3),
+        "startupProbe allows 30 s < journal replay",
+    ),
+    (
+        "resources",
+        "no memory limit",
+        lambda docs: _bookie(docs)["resources"]["limits"].pop("memory"),
+        "StatefulSet/strata-bookie container bookie has no memory limit",
+    ),
+    (
+        "non_root",
+        "runs as root",
+        lambda docs: _set(_broker(docs)["securityContext"], "runAsUser", 0),
+        "Deployment/strata-broker container broker may run as root",
+    ),
+    (
+        "non_root",
+        "keeps capabilities",
+        lambda docs: _broker(docs)["securityContext"].pop("capabilities"),
+        "Deployment/strata-broker container broker does not drop ALL capabilities",
+    ),
+    (
+        "read_only_root",
+        "writable root",
+        lambda docs: _set(_bookie(docs)["securityContext"], "readOnlyRootFilesystem", False),
+        "StatefulSet/strata-bookie container bookie has a writable root filesystem",
+    ),
+    (
+        "read_only_root",
+        "data directory on no volume",
+        lambda docs: _set(_bookie(docs), "volumeMounts", _bookie(docs)["volumeMounts"][1:]),
+        "container bookie writes /var/lib/strata/bookie, which is on no volume",
+    ),
+    (
+        "images_pinned",
+        "latest",
+        lambda docs: _set(_broker(docs), "image", "strata:latest"),
+        "image strata:latest is not pinned to a tag",
+    ),
+    (
+        "images_pinned",
+        "no tag",
+        lambda docs: _set(_container(docs, "StatefulSet", "strata-etcd"), "image", "etcd"),
+        "StatefulSet/strata-etcd container etcd image etcd is not pinned to a tag",
+    ),
+    (
+        "selectors",
+        "template label differs",
+        lambda docs: _set(
+            find(docs, "Deployment", "strata-broker")["spec"]["template"]["metadata"]["labels"],
+            "app.kubernetes.io/component",
+            "brokers",
+        ),
+        "Deployment/strata-broker selector does not select its pod template",
+    ),
+    (
+        "disruption_budgets",
+        "budget selects nothing",
+        lambda docs: _set(
+            find(docs, "PodDisruptionBudget", "strata-broker")["spec"]["selector"]["matchLabels"],
+            "app.kubernetes.io/component",
+            "brokr",
+        ),
+        "PodDisruptionBudget/strata-broker does not select the pods of one workload",
+    ),
+    (
+        "services",
+        "service selects nothing",
+        lambda docs: _set(
+            find(docs, "Service", "strata-broker")["spec"]["selector"],
+            "app.kubernetes.io/component",
+            "brokers",
+        ),
+        "Service/strata-broker selects no pods of a workload",
+    ),
+    (
+        "services",
+        "target port missing",
+        lambda docs: _set(
+            find(docs, "Service", "strata-bookie")["spec"]["ports"][0], "targetPort", "gprc"
+        ),
+        "Service/strata-bookie port gprc is no port of StatefulSet/strata-bookie",
+    ),
+    (
+        "headless_services",
+        "serviceName differs",
+        lambda docs: _set(
+            find(docs, "StatefulSet", "strata-bookie")["spec"], "serviceName", "strata-bookies"
+        ),
+        "StatefulSet/strata-bookie serviceName names no headless Service",
+    ),
+    (
+        "strata_options",
+        "variable of another role",
+        lambda docs: _set(
+            find(docs, "ConfigMap", "strata-broker")["data"], "STRATA_JOURNAL_FSYNC", "true"
+        ),
+        "container broker: STRATA_JOURNAL_FSYNC is no option of strata broker",
+    ),
+    (
+        "strata_options",
+        "misspelt flag",
+        lambda docs: _bookie(docs)["args"].append("--advertised-adress=x"),
+        "container bookie: --advertised-adress is no option of strata bookie",
+    ),
+    (
+        "strata_options",
+        "bad value",
+        lambda docs: _set(
+            find(docs, "ConfigMap", "strata-bookie")["data"], "STRATA_JOURNAL_FSYNC", "tru"
+        ),
+        "strata bookie refuses its configuration",
+    ),
+    (
+        "strata_options",
+        "variable of no role in the initialize job",
+        lambda docs: _set(
+            find(docs, "ConfigMap", "strata-common")["data"], "STRATA_HOST", "0.0.0.0"
+        ),
+        "container initialize-cluster: STRATA_HOST is no option of strata initialize-cluster",
+    ),
+    (
+        "bookie_network_policy",
+        "any namespace reaches the bookies",
+        lambda docs: find(docs, "NetworkPolicy", "strata-bookie")["spec"]["ingress"][0][
+            "from"
+        ].append({"namespaceSelector": {}}),
+        "NetworkPolicy/strata-bookie lets {'namespaceSelector': {}} reach the bookies",
+    ),
+    (
+        "service_monitors",
+        "port not on the services",
+        lambda docs: _set(
+            find(docs, "ServiceMonitor", "strata")["spec"]["endpoints"][0], "port", "http"
+        ),
+        "ServiceMonitor/strata port http is not on Service/strata-broker",
+    ),
+]
+
+
+@pytest.mark.parametrize(
+    ("check", "plant", "expected"),
+    [
+        pytest.param(check, plant, expected, id=f"{check}-{label}")
+        for check, label, plant, expected in PLANTED
+    ],
+)
+def test_policy_check_fails_on_a_planted_violation(
+    check: str, plant: Plant, expected: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    docs = render("production")
+    plant(docs)
+    problems = CHECKS[check](docs)
+    print(f"{check}: {problems}")
+    assert any(expected in problem for problem in problems), problems
+
+
+def test_every_policy_check_has_a_planted_violation() -> None:
+    assert {check for check, *_ in PLANTED} == set(CHECKS)
+
+
+def test_rendered_names_are_unique() -> None:
+    for overlay in OVERLAYS:
+        names = [name_of(doc) for doc in render(overlay)]
+        assert len(names) == len(set(names)), overlay
