@@ -25,6 +25,7 @@ probe's port), never a fixed sleep. Every process is ended by the PID started he
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import signal
@@ -33,7 +34,6 @@ import sys
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from types import TracebackType
 from typing import IO, Self
 
 from tests.harness import READY_TIMEOUT_SECONDS, STOP_TIMEOUT_SECONDS, wait_serving
@@ -248,33 +248,27 @@ class LocalDeployment:
         return self
 
     def close(self) -> None:
-        for pod in reversed(self.pods):
-            process = pod.process
-            if process is not None and process.poll() is None:
+        """SIGTERM every process, as deleting the pods would, then wait for each (SIGKILL
+        past its grace)."""
+        running = [p.process for p in self.pods if p.process is not None]
+        for process in running:
+            if process.poll() is None:
                 os.kill(process.pid, signal.SIGTERM)
-                try:
-                    process.wait(STOP_TIMEOUT_SECONDS)
-                except subprocess.TimeoutExpired:
-                    os.kill(process.pid, signal.SIGKILL)
-                    process.wait(STOP_TIMEOUT_SECONDS)
+        for process in running:
+            try:
+                process.wait(STOP_TIMEOUT_SECONDS)
+            except subprocess.TimeoutExpired:
+                os.kill(process.pid, signal.SIGKILL)
+                process.wait(STOP_TIMEOUT_SECONDS)
+        for pod in self.pods:
             if pod.log is not None:
                 pod.log.close()
                 pod.log = None
 
-    def __iter__(self) -> Iterator[Pod]:
-        return iter(self.pods)
-
-    def __enter__(self) -> Self:
+    @contextlib.contextmanager
+    def running(self) -> Iterator[LocalDeployment]:
+        """Started, and closed on the way out however it is left."""
         try:
-            return self.start()
-        except BaseException:
+            yield self.start()
+        finally:
             self.close()
-            raise
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        traceback: TracebackType | None,
-    ) -> None:
-        self.close()

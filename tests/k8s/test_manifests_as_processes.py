@@ -42,7 +42,8 @@ def deployment(tmp_path: Path) -> Iterator[LocalDeployment]:
         moto.create_bucket(bucket)
         # The offload credentials and endpoint a pod's cloud identity would give it.
         stand_ins = {"strata-etcd": StandIn(etcd.endpoint, ETCD_CLIENT_PORT)}
-        with LocalDeployment(docs, tmp_path, stand_ins=stand_ins, extra_env=moto.env()) as local:
+        local = LocalDeployment(docs, tmp_path, stand_ins=stand_ins, extra_env=moto.env())
+        with local.running():
             yield local
 
 
