@@ -38,6 +38,7 @@ from typing import IO, Self
 
 from tests.harness import READY_TIMEOUT_SECONDS, STOP_TIMEOUT_SECONDS, wait_serving
 from tests.k8s.manifests import (
+    WORKLOAD_KINDS,
     Doc,
     arguments,
     environment,
@@ -140,33 +141,50 @@ class LocalDeployment:
             *of_kind(self.docs, "Deployment"),
         ]
         for workload in order:
-            namespace = workload["metadata"].get("namespace", "default")
-            service = workload["spec"].get("serviceName", "")
-            stand_in = self.stand_ins.get(workload["metadata"]["name"])
-            for pod_name in _replica_names(workload):
-                if stand_in is not None:
-                    for name in _dns_names(pod_name, service, namespace):
-                        self.stand_in_names[name] = stand_in
-                    continue
-                for container in pod_spec(workload)["containers"]:
-                    if not is_strata(container):
-                        continue
-                    address = f"{POD_NETWORK}{len(self.pods) + 1}"
-                    pod = Pod(pod_name, workload, container, address, self.directory / pod_name)
-                    self.pods.append(pod)
-                    if service:
-                        for name in _dns_names(pod_name, service, namespace):
-                            self.names[name] = address
-        for svc in of_kind(self.docs, "Service"):
-            selected = [
-                p for p in self.pods if selects(svc["spec"].get("selector"), pod_labels(p.workload))
-            ]
-            namespace = svc["metadata"].get("namespace", "default")
-            if selected and svc["spec"].get("clusterIP") != "None":
-                for name in _dns_names(svc["metadata"]["name"], "", namespace):
-                    self.names[name] = selected[0].address
+            self._plan_pods(workload)
+        for service in of_kind(self.docs, "Service"):
+            if service["spec"].get("clusterIP") != "None":
+                self._plan_service(service)
         for pod in self.pods:
             self._prepare(pod)
+
+    def _plan_pods(self, workload: Doc) -> None:
+        """A pod per replica and Strata container, with its address and stable names."""
+        namespace = workload["metadata"].get("namespace", "default")
+        service = workload["spec"].get("serviceName", "")
+        stand_in = self.stand_ins.get(workload["metadata"]["name"])
+        for pod_name in _replica_names(workload):
+            if stand_in is not None:
+                for name in _dns_names(pod_name, service, namespace):
+                    self.stand_in_names[name] = stand_in
+                continue
+            for container in pod_spec(workload)["containers"]:
+                if not is_strata(container):
+                    continue
+                address = f"{POD_NETWORK}{len(self.pods) + 1}"
+                pod = Pod(pod_name, workload, container, address, self.directory / pod_name)
+                self.pods.append(pod)
+                if service:
+                    for name in _dns_names(pod_name, service, namespace):
+                        self.names[name] = address
+
+    def _plan_service(self, service: Doc) -> None:
+        """A Service's names lead to its first pod, or to the stand-in of its workload."""
+        selector = service["spec"].get("selector")
+        names = _dns_names(
+            service["metadata"]["name"], "", service["metadata"].get("namespace", "default")
+        )
+        selected = [p for p in self.pods if selects(selector, pod_labels(p.workload))]
+        stand_ins = [
+            self.stand_ins[w["metadata"]["name"]]
+            for w in of_kind(self.docs, *WORKLOAD_KINDS)
+            if w["metadata"]["name"] in self.stand_ins and selects(selector, pod_labels(w))
+        ]
+        for name in names:
+            if selected:
+                self.names[name] = selected[0].address
+            elif stand_ins:
+                self.stand_in_names[name] = stand_ins[0]
 
     def translate(self, text: str, pod: Pod) -> str:
         """``text`` with cluster names, the pod's wildcard address and its mount paths
