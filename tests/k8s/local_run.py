@@ -7,7 +7,7 @@ Kubernetes would (``envFrom`` ConfigMaps and Secrets, ``env`` with ``$(VAR)`` re
 downward-API fields). Nothing of the manifests is edited; what a cluster provides is stood in
 for, and only that:
 
-* **Pod network.** Each pod gets its own loopback address (``127.86.0.N``), so every process
+* **Pod network.** Each pod gets its own loopback address (``127.86.S.N``), so every process
   keeps the ports its manifest names: a pod listening on ``0.0.0.0`` listens on its address.
 * **DNS.** A pod's stable name (``strata-bookie-0.strata-bookie.strata.svc.cluster.local`` and
   its shorter forms) and a Service's name are replaced, wherever they appear in a value, by
@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import random
 import re
 import signal
 import subprocess
@@ -49,7 +50,8 @@ from tests.k8s.manifests import (
     selects,
 )
 
-POD_NETWORK = "127.86.0."
+# Pods get 127.86.S.N: S random per deployment (two runs at once do not collide), N per pod.
+POD_NETWORK = "127.86."
 CLUSTER_DOMAIN = "svc.cluster.local"
 JOB_TIMEOUT_SECONDS = 60.0
 # What the image's ENTRYPOINT ["strata"] is in this virtualenv.
@@ -127,6 +129,7 @@ class LocalDeployment:
         self.directory = directory
         self.stand_ins = dict(stand_ins)
         self.extra_env = dict(extra_env or {})
+        self.network = f"{POD_NETWORK}{random.randrange(1, 255)}."
         self.pods: list[Pod] = []
         self.names: dict[str, str] = {}  # DNS name -> pod address
         self.stand_in_names: dict[str, StandIn] = {}
@@ -161,7 +164,7 @@ class LocalDeployment:
             for container in pod_spec(workload)["containers"]:
                 if not is_strata(container):
                     continue
-                address = f"{POD_NETWORK}{len(self.pods) + 1}"
+                address = f"{self.network}{len(self.pods) + 1}"
                 pod = Pod(pod_name, workload, container, address, self.directory / pod_name)
                 self.pods.append(pod)
                 if service:
