@@ -14,6 +14,7 @@ import io
 import tomllib
 from collections.abc import Callable
 from pathlib import PurePosixPath
+from typing import Any
 
 from strata.cli import SERVER_ROLES
 from tests.k8s.kubectl_tool import REPOSITORY
@@ -213,12 +214,13 @@ def check_headless_services(docs: list[Doc]) -> list[str]:
     return problems
 
 
-def _role_refusal(role: str, environ: dict[str, str], args: list[str]) -> str | None:
-    """The role's own refusal of this configuration, or None when its config builds."""
+def role_config(role: str, environ: dict[str, str], args: list[str]) -> tuple[Any, str | None]:
+    """(the role's config, None) when the role accepts this configuration, else (None, its
+    refusal); (None, None) for a role without a config dataclass (initialize-cluster)."""
     module = importlib.import_module(SERVER_ROLES[role])
     build_parser = getattr(module, "build_parser", None)
     if build_parser is None:
-        return None
+        return None, None
     errors = io.StringIO()
     try:
         with contextlib.redirect_stderr(errors):
@@ -227,10 +229,10 @@ def _role_refusal(role: str, environ: dict[str, str], args: list[str]) -> str | 
             if hasattr(config, "offload_config"):
                 config.offload_config()
     except SystemExit:
-        return errors.getvalue().strip().splitlines()[-1]
+        return None, errors.getvalue().strip().splitlines()[-1]
     except ValueError as exc:
-        return str(exc)
-    return None
+        return None, str(exc)
+    return config, None
 
 
 def check_strata_options(docs: list[Doc]) -> list[str]:
@@ -252,9 +254,46 @@ def check_strata_options(docs: list[Doc]) -> list[str]:
         for flag in (arg.split("=", 1)[0] for arg in args if arg.startswith("--")):
             if flag not in options.flags:
                 problems.append(f"{where}: {flag} is no option of strata {role}")
-        refusal = _role_refusal(role, environ, args)
+        _config, refusal = role_config(role, environ, args)
         if refusal is not None:
             problems.append(f"{where}: strata {role} refuses its configuration: {refusal}")
+    return problems
+
+
+def check_listening(docs: list[Doc]) -> list[str]:
+    """A Strata server listens on every interface of its pod, on the ports its container
+    declares: ``grpc`` is its ``--port``, ``metrics`` its ``--metrics-port``."""
+    problems = []
+    for workload, container in strata_containers(docs):
+        environ = environment(container, docs)
+        config, _refusal = role_config(role_of(container), environ, arguments(container, environ))
+        if config is None or workload["kind"] not in SERVING_KINDS:
+            continue
+        where = _where(workload, container)
+        if config.host not in ("0.0.0.0", "::"):
+            problems.append(f"{where} listens on {config.host}, not on every interface")
+        declared = {p.get("name"): p["containerPort"] for p in container.get("ports", [])}
+        for name, port in (("grpc", config.port), ("metrics", config.metrics_port)):
+            if declared.get(name) != port:
+                problems.append(f"{where} serves {name} on {port}, not its containerPort {name}")
+    return problems
+
+
+def check_bookie_identity(docs: list[Doc]) -> list[str]:
+    """A bookie advertises its pod's stable DNS name (its id in every ensemble), made of its
+    pod name, its StatefulSet's headless Service and its namespace."""
+    problems = []
+    for workload, container in strata_containers(docs):
+        if role_of(container) != "bookie":
+            continue
+        namespace = workload["metadata"].get("namespace", "default")
+        fields = {"metadata.name": "pod-7", "metadata.namespace": namespace}
+        advertised = environment(container, docs, fields).get("STRATA_ADVERTISED_ADDRESS")
+        service = workload["spec"].get("serviceName", "")
+        stable = f"pod-7.{service}.{namespace}.svc.cluster.local"
+        if workload["kind"] != "StatefulSet" or advertised != stable:
+            where = _where(workload, container)
+            problems.append(f"{where} advertises {advertised}, not its stable name {stable}")
     return problems
 
 
@@ -329,6 +368,8 @@ CHECKS: dict[str, Check] = {
     "services": check_services,
     "headless_services": check_headless_services,
     "strata_options": check_strata_options,
+    "listening": check_listening,
+    "bookie_identity": check_bookie_identity,
     "bookie_network_policy": check_bookie_network_policy,
     "service_monitors": check_service_monitors,
 }

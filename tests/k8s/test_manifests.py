@@ -304,6 +304,27 @@ PLANTED: list[tuple[str, str, Plant, str]] = [
         "container initialize-cluster: STRATA_HOST is no option of strata initialize-cluster",
     ),
     (
+        "listening",
+        "broker on loopback",
+        lambda docs: find(docs, "ConfigMap", "strata-broker")["data"].pop("STRATA_HOST"),
+        "container broker listens on 127.0.0.1, not on every interface",
+    ),
+    (
+        "listening",
+        "metrics port differs",
+        lambda docs: _set(
+            find(docs, "ConfigMap", "strata-bookie")["data"], "STRATA_METRICS_PORT", "9000"
+        ),
+        "container bookie serves metrics on 9000, not its containerPort metrics",
+    ),
+    (
+        "bookie_identity",
+        "advertises its pod IP",
+        lambda docs: _set(_bookie(docs)["env"][-1], "value", "$(POD_NAME)"),
+        "container bookie advertises pod-7, not its stable name "
+        "pod-7.strata-bookie.strata.svc.cluster.local",
+    ),
+    (
         "bookie_network_policy",
         "any namespace reaches the bookies",
         lambda docs: find(docs, "NetworkPolicy", "strata-bookie")["spec"]["ingress"][0][
