@@ -5,8 +5,8 @@ A ledger is full after ``max_entries_per_ledger`` entries, ``max_size_per_ledger
 new ledger). While a rollover runs, new adds queue up behind it. ``RolloverOp`` is one
 rollover, run as the managed ledger's one rollover task:
 
-1. takes the current ledger out of service and closes it (its last entry and length become
-   final); a ``LedgerMetadataConflictError`` means another broker recovered it — the topic
+1. takes the current ledger out of service (``LedgerWriter.take_current``) and closes it (its
+   last entry and length become final); a ``LedgerMetadataConflictError`` means another broker recovered it — the topic
    was taken over and the managed ledger is fenced;
 2. yields once, so that the failed adds of the closed handle (they fail in entry order) reach
    the writer first and queue for resubmission in order;
@@ -15,12 +15,13 @@ rollover, run as the managed ledger's one rollover task:
 4. creates the next ledger and stores the list with it by compare-and-set BEFORE its first
    entry is written (``create_ledger``; a failed store deletes the new ledger, and a
    ``BadVersionError`` fences the managed ledger), so a ledger holding entries is always in
-   the list — and only the last ledger of the list is ever open;
+   the list — and only the last ledger of the list is ever open; then makes it the writer's
+   ledger open for writing (``write_to``);
 5. tells the offload scheduler a ledger was closed;
-6. issues the queued adds in order, resubmitted ones first. When the new ledger fills up
+6. issues the queued adds in order, resubmitted ones first (``issue_pending``). When the new ledger fills up
    meanwhile, the rest wait for the next rollover: a ledger never takes more than its maximum.
 
-When any step fails, every queued add fails: with the fencing error when the managed ledger
+When any step fails, every queued add fails (``fail_pending``): with the fencing error when the managed ledger
 was fenced, else ``ServiceUnavailableError``. The op changes the write state (the current
 handle, the queues of adds, the rollover task) only through its ``LedgerWriter``'s rollover
 methods, and the managed ledger only through its public methods and its list; nothing
