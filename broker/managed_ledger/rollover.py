@@ -6,8 +6,8 @@ new ledger). While a rollover runs, new adds queue up behind it. ``RolloverOp`` 
 rollover, run as the managed ledger's one rollover task:
 
 1. takes the current ledger out of service (``LedgerWriter.take_current``) and closes it (its
-   last entry and length become final); a ``LedgerMetadataConflictError`` means another broker recovered it — the topic
-   was taken over and the managed ledger is fenced;
+   last entry and length become final); a ``LedgerMetadataConflictError`` means another
+   broker recovered it — the topic was taken over and the managed ledger is fenced;
 2. yields once, so that the failed adds of the closed handle (they fail in entry order) reach
    the writer first and queue for resubmission in order;
 3. writes the closed ledger's final entry count and length into the list; when that ledger
@@ -18,14 +18,15 @@ rollover, run as the managed ledger's one rollover task:
    the list — and only the last ledger of the list is ever open; then makes it the writer's
    ledger open for writing (``write_to``);
 5. tells the offload scheduler a ledger was closed;
-6. issues the queued adds in order, resubmitted ones first (``issue_pending``). When the new ledger fills up
-   meanwhile, the rest wait for the next rollover: a ledger never takes more than its maximum.
+6. issues the queued adds in order, resubmitted ones first (``issue_pending``). When the new
+   ledger fills up meanwhile, the rest wait for the next rollover: a ledger never takes more
+   than its maximum.
 
-When any step fails, every queued add fails (``fail_pending``): with the fencing error when the managed ledger
-was fenced, else ``ServiceUnavailableError``. The op changes the write state (the current
-handle, the queues of adds, the rollover task) only through its ``LedgerWriter``'s rollover
-methods, and the managed ledger only through its public methods and its list; nothing
-outside ``broker.managed_ledger`` runs it.
+When any step fails, every queued add fails (``fail_pending``): with the fencing error when
+the managed ledger was fenced, else ``ServiceUnavailableError``. The op changes the write
+state (the current handle, the queues of adds, the rollover task) only through its
+``LedgerWriter``'s rollover methods, and the managed ledger only through its public methods
+and its list; nothing outside ``broker.managed_ledger`` runs it.
 """
 
 from __future__ import annotations
