@@ -20,6 +20,7 @@ from bookie.autorecovery import AutorecoveryConfig
 from bookie.ledger import LedgerClientConfig
 from bookie.storage import BookieStorageConfig
 from strata.config_binding import HELP, PREFIX, section, setting
+from strata.logging_setup import LOG_FORMATS
 
 
 @dataclass(frozen=True, slots=True)
@@ -39,6 +40,17 @@ class BookieConfig:
     autorecovery: bool = setting(
         True, "run the autorecovery auditor election and a replication worker in this process"
     )
+    metadata_store_connect_timeout_seconds: float = setting(
+        120.0,
+        "at start, how long to wait for an unreachable metadata store (retrying with backoff) "
+        "before giving up, so that the roles of a cluster may start in any order",
+    )
+    graceful_shutdown_timeout_seconds: float = setting(
+        30.0,
+        "on SIGTERM, how long the bookie may take to finish the adds in flight (it takes no "
+        "new ones) before it exits",
+    )
+    log_format: str = setting("text", "log lines as text, or json: one object per line")
     recovery: AutorecoveryConfig = section(
         AutorecoveryConfig, "the autorecovery auditor and worker", prefix="autorecovery_"
     )
@@ -53,6 +65,12 @@ class BookieConfig:
             raise ValueError("port must be within 0..65535")
         if not -1 <= self.metrics_port <= 65535:
             raise ValueError("metrics_port must be within 0..65535 (-1 = off)")
+        if not self.metadata_store_connect_timeout_seconds > 0:
+            raise ValueError("metadata_store_connect_timeout_seconds must be positive")
+        if self.graceful_shutdown_timeout_seconds < 0:
+            raise ValueError("graceful_shutdown_timeout_seconds must not be negative")
+        if self.log_format not in LOG_FORMATS:
+            raise ValueError(f"log_format must be one of {', '.join(LOG_FORMATS)}")
 
     def bookie_id(self, port: int) -> str:
         """``ADDRESS:PORT``: the advertised address (else this host's name) and the port."""
