@@ -21,6 +21,7 @@ from bookie.ledger import LedgerClientConfig
 from bookie.storage import BookieStorageConfig
 from strata.config_binding import HELP, PREFIX, section, setting
 from strata.logging_setup import LOG_FORMATS
+from strata.process import log_format_setting, metadata_store_connect_timeout_setting
 
 
 @dataclass(frozen=True, slots=True)
@@ -40,17 +41,13 @@ class BookieConfig:
     autorecovery: bool = setting(
         True, "run the autorecovery auditor election and a replication worker in this process"
     )
-    metadata_store_connect_timeout_seconds: float = setting(
-        120.0,
-        "at start, how long to wait for an unreachable metadata store (retrying with backoff) "
-        "before giving up, so that the roles of a cluster may start in any order",
-    )
+    metadata_store_connect_timeout_seconds: float = metadata_store_connect_timeout_setting()
     graceful_shutdown_timeout_seconds: float = setting(
         30.0,
         "on SIGTERM, how long the bookie may take to finish the adds in flight (it takes no "
         "new ones) before it exits",
     )
-    log_format: str = setting("text", "log lines as text, or json: one object per line")
+    log_format: str = log_format_setting()
     recovery: AutorecoveryConfig = section(
         AutorecoveryConfig, "the autorecovery auditor and worker", prefix="autorecovery_"
     )

@@ -21,6 +21,7 @@ from pathlib import Path
 from bookie.ledger import LedgerClientConfig
 from strata.config_binding import section, setting
 from strata.logging_setup import LOG_FORMATS
+from strata.process import log_format_setting, metadata_store_connect_timeout_setting
 from tiered.config import DRIVER_FILESYSTEM, DRIVERS, OffloadConfig
 from tiered.format import check_prefix
 
@@ -121,17 +122,13 @@ class BrokerConfig:
     offload_block_cache_size_bytes: int = setting(
         64 * MIB, "cache of blocks read from offloaded ledgers"
     )
-    metadata_store_connect_timeout_seconds: float = setting(
-        120.0,
-        "at start, how long to wait for an unreachable metadata store (retrying with backoff) "
-        "before giving up, so that the roles of a cluster may start in any order",
-    )
+    metadata_store_connect_timeout_seconds: float = metadata_store_connect_timeout_setting()
     graceful_shutdown_timeout_seconds: float = setting(
         30.0,
         "on SIGTERM, how long the broker may take to hand its bundles to other brokers and "
         "finish in-flight requests before it exits",
     )
-    log_format: str = setting("text", "log lines as text, or json: one object per line")
+    log_format: str = log_format_setting()
     ledger_client: LedgerClientConfig = section(
         LedgerClientConfig, "timeouts and limits of the ledger client (writes to bookies)"
     )

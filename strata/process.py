@@ -18,6 +18,7 @@ import sys
 import time
 from collections.abc import Awaitable, Callable
 
+from strata.config_binding import setting
 from strata.logging_setup import LOG_FORMAT_JSON, LOG_FORMAT_TEXT, configure_logging
 from strata.metadata import MetadataError
 
@@ -27,6 +28,20 @@ EXIT_CONFIG_ERROR = 2
 EXIT_INTERRUPTED = 130
 
 log = logging.getLogger("strata.process")
+
+
+def metadata_store_connect_timeout_setting() -> float:
+    """The ``metadata_store_connect_timeout_seconds`` field of a role's config."""
+    return setting(
+        120.0,
+        "at start, how long to wait for an unreachable metadata store (retrying with backoff) "
+        "before giving up, so that the roles of a cluster may start in any order",
+    )
+
+
+def log_format_setting() -> str:
+    """The ``log_format`` field of a role's config."""
+    return setting(LOG_FORMAT_TEXT, "log lines as text, or json: one object per line")
 
 
 class ShutdownDeadline:
