@@ -9,6 +9,7 @@ The longest publish stall (send to receipt) is printed: ``pytest -s`` shows it.
 from __future__ import annotations
 
 import asyncio
+import itertools
 import time
 from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass, field
@@ -18,7 +19,9 @@ import pytest
 
 import strata
 from bookie.ledger import LEDGERS_PREFIX, STATE_OPEN, LedgerMetadata
+from broker.bundles import topic_hash
 from strata.metadata import MetadataStore
+from strata.naming import TopicName
 from tests.cluster import Cluster
 
 pytestmark = [pytest.mark.integration, pytest.mark.fault]
@@ -30,6 +33,7 @@ MAX_PENDING = 20_000
 SEND_TIMEOUT_MS = 30_000
 SETTLE_SECONDS = 1.0
 RECEIVE_TIMEOUT_MS = 5_000
+DEFAULT_BUNDLES = 4
 
 
 @dataclass
@@ -58,33 +62,64 @@ class Sent:
         return on_receipt
 
 
-async def produce_at_rate(producer: strata.AsyncProducer, sent: Sent, done: asyncio.Event) -> None:
-    """Send ``RATE_PER_SECOND`` messages a second until ``done`` (or ``MAX_SECONDS``)."""
+def one_topic_per_bundle(prefix: str) -> list[str]:
+    """Topic names of the default namespace, one in each of its default bundles, so that
+    every broker owns some of them and each restart moves some."""
+    by_bundle: dict[int, str] = {}
+    for index in itertools.count():
+        name = f"persistent://public/default/{prefix}-{index}"
+        by_bundle.setdefault(topic_hash(TopicName.parse(name)) * DEFAULT_BUNDLES >> 32, name)
+        if len(by_bundle) == DEFAULT_BUNDLES:
+            return [by_bundle[bundle] for bundle in sorted(by_bundle)]
+    raise AssertionError("unreachable")
+
+
+async def produce_at_rate(
+    producers: list[strata.AsyncProducer], sent: Sent, done: asyncio.Event
+) -> None:
+    """Send ``RATE_PER_SECOND`` messages a second, round robin over the producers, until
+    ``done`` (or ``MAX_SECONDS``)."""
     started = time.monotonic()
     while not done.is_set() and time.monotonic() - started < MAX_SECONDS:
         due = int((time.monotonic() - started) * RATE_PER_SECOND)
         while sent.sent < due:
+            producer = producers[sent.sent % len(producers)]
             producer.send_nowait(str(sent.sent).encode(), callback=sent.callback(sent.sent))
             sent.sent += 1
         # Pacing of a fixed-rate producer, not a wait for a condition.
         await asyncio.sleep(SEND_TICK_SECONDS)
-    await producer.flush()
+    for producer in producers:
+        await producer.flush()
+
+
+async def consume_all(consumer: strata.AsyncConsumer) -> list[int]:
+    consumed: list[int] = []
+    while True:
+        try:
+            batch = await consumer.receive_many(5_000, timeout_millis=RECEIVE_TIMEOUT_MS)
+        except strata.Timeout:
+            return consumed
+        consumed.extend(int(message.data()) for message in batch)
+        consumer.acknowledge_many(batch)
 
 
 async def produce_while(
-    cluster: Cluster, topic: str, disruption: Callable[[], Awaitable[None]]
+    cluster: Cluster, topics: list[str], disruption: Callable[[], Awaitable[None]]
 ) -> tuple[Sent, list[int]]:
-    """Produce at the fixed rate while ``disruption`` runs, then consume everything; returns
-    what was sent and the indexes consumed."""
+    """Produce at the fixed rate to ``topics`` while ``disruption`` runs, then consume
+    everything; returns what was sent and the indexes consumed."""
     client = strata.AsyncClient(cluster.service_url, operation_timeout_seconds=30)
     sent = Sent()
     try:
-        consumer = await client.subscribe(topic, "all")
-        producer = await client.create_producer(
-            topic, send_timeout_millis=SEND_TIMEOUT_MS, max_pending_messages=MAX_PENDING
-        )
+        consumers = [await client.subscribe(topic, "all") for topic in topics]
+        producers = [
+            await client.create_producer(
+                topic, send_timeout_millis=SEND_TIMEOUT_MS, max_pending_messages=MAX_PENDING
+            )
+            for topic in topics
+        ]
         done = asyncio.Event()
-        sending = asyncio.create_task(produce_at_rate(producer, sent, done))
+        sending = asyncio.create_task(produce_at_rate(producers, sent, done))
         try:
             await asyncio.wait_for(sent.flowing.wait(), MAX_SECONDS)
             await disruption()
@@ -92,15 +127,8 @@ async def produce_while(
         finally:
             done.set()
             await sending
-        consumed: list[int] = []
-        while True:
-            try:
-                batch = await consumer.receive_many(5_000, timeout_millis=RECEIVE_TIMEOUT_MS)
-            except strata.Timeout:
-                break
-            consumed.extend(int(message.data()) for message in batch)
-            consumer.acknowledge_many(batch)
-        return sent, consumed
+        consumed = await asyncio.gather(*(consume_all(consumer) for consumer in consumers))
+        return sent, [index for part in consumed for index in part]
     finally:
         await client.close()
 
@@ -139,11 +167,9 @@ async def test_rolling_restart_of_the_brokers_fails_no_send(cluster: Cluster) ->
     async def rolling_restart() -> None:
         await asyncio.to_thread(restart_one_by_one)
 
-    sent, consumed = await produce_while(
-        cluster, "persistent://public/default/rolling", rolling_restart
-    )
+    sent, consumed = await produce_while(cluster, one_topic_per_bundle("rolling"), rolling_restart)
     assert exit_codes == [0, 0, 0]
-    check_no_loss("rolling restart of 3 brokers", sent, consumed)
+    check_no_loss(f"rolling restart of 3 brokers, {DEFAULT_BUNDLES} bundles", sent, consumed)
 
 
 async def bookie_being_written(cluster: Cluster, store: MetadataStore) -> int:
@@ -167,7 +193,7 @@ async def test_bookie_stopped_gracefully_fails_no_send(
         await asyncio.sleep(SETTLE_SECONDS)  # traffic on the new ensemble
 
     sent, consumed = await produce_while(
-        cluster, "persistent://public/default/bookie-stop", stop_a_bookie_being_written
+        cluster, ["persistent://public/default/bookie-stop"], stop_a_bookie_being_written
     )
     assert exit_codes == [0]
     check_no_loss("graceful stop of a bookie in the ensemble", sent, consumed)
