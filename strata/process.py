@@ -26,6 +26,8 @@ EXIT_FAILURE = 1
 EXIT_CONFIG_ERROR = 2
 # The exit status of a process ended by a second signal during its graceful shutdown.
 EXIT_INTERRUPTED = 130
+# How long a role waits at start for an unreachable metadata store (etcd may start after it).
+DEFAULT_METADATA_STORE_CONNECT_TIMEOUT_SECONDS = 120.0
 
 log = logging.getLogger("strata.process")
 
@@ -33,7 +35,7 @@ log = logging.getLogger("strata.process")
 def metadata_store_connect_timeout_setting() -> float:
     """The ``metadata_store_connect_timeout_seconds`` field of a role's config."""
     return setting(
-        120.0,
+        DEFAULT_METADATA_STORE_CONNECT_TIMEOUT_SECONDS,
         "at start, how long to wait for an unreachable metadata store (retrying with backoff) "
         "before giving up, so that the roles of a cluster may start in any order",
     )
