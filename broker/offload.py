@@ -146,12 +146,7 @@ class LedgerOffloadOp:
             return 0
         metadata = await ledger.manager.read_metadata(ledger_id)
         if metadata is None or metadata.state != STATE_CLOSED:
-            log.info(
-                "ledger %d of %s is not closed; not offloaded",
-                ledger_id,
-                ledger.name,
-                extra=log_fields(topic=ledger.name, ledger=ledger_id),
-            )
+            log.info("ledger %d of %s is not closed; not offloaded", ledger_id, ledger.name)
             return 0
         previous = info.offload
         attempt = uuid.uuid4().hex
