@@ -45,8 +45,6 @@ from strata.process import ShutdownDeadline, run_server
 
 log = logging.getLogger("strata.bookie")
 
-# Calls still running when the graceful shutdown's time is up get this long to end.
-SERVER_STOP_MIN_GRACE_SECONDS = 0.5
 EXIT_IDENTITY_ERROR = 3
 
 
@@ -113,7 +111,7 @@ async def run_bookie(config: BookieConfig, stop: asyncio.Event) -> int:
             await registration.close()
         if not await served.drain(deadline.remaining_s()):
             log.warning("adds still in flight after the graceful shutdown timeout; stopping")
-        await served.stop(max(SERVER_STOP_MIN_GRACE_SECONDS, deadline.remaining_s()))
+        await served.stop(deadline.server_grace_s())
         if bookie is not None:
             await bookie.close()
         if store is not None:

@@ -39,8 +39,6 @@ from tiered import create_offloader
 
 log = logging.getLogger("strata.broker")
 
-# Calls still running when the graceful shutdown's time is up get this long to end.
-SERVER_STOP_MIN_GRACE_SECONDS = 0.5
 # Room for the framing around the largest entry in a bookie request.
 BOOKIE_REQUEST_MARGIN_BYTES = 64 * 1024
 
@@ -120,10 +118,7 @@ async def run_broker(config: BrokerConfig, stop: asyncio.Event) -> None:
         )
         resources.push_async_callback(broker.close)
         deadline = ShutdownDeadline(config.graceful_shutdown_timeout_seconds)
-        # In-flight calls get what is left of the graceful shutdown, at least a moment.
-        resources.push_async_callback(
-            lambda: server.stop(max(SERVER_STOP_MIN_GRACE_SECONDS, deadline.remaining_s()))
-        )
+        resources.push_async_callback(lambda: server.stop(deadline.server_grace_s()))
         await broker.initialize_defaults()
         await broker.start()
         await serve_broker(server, broker)  # UNAVAILABLE for topics until it has joined

@@ -27,8 +27,6 @@ from tiered import create_offloader
 
 log = logging.getLogger("strata.standalone")
 
-# Calls still running when the graceful shutdown's time is up get this long to end.
-SERVER_STOP_MIN_GRACE_SECONDS = 0.5
 # A standalone has its own embedded store and its one bookie: every ledger is written once.
 STANDALONE_FIXED_OPTIONS = {
     "metadata_url": "",
@@ -68,10 +66,7 @@ async def run_standalone(config: BrokerConfig, stop: asyncio.Event) -> None:
         )
         resources.push_async_callback(broker.close)
         deadline = ShutdownDeadline(config.graceful_shutdown_timeout_seconds)
-        # In-flight calls get the graceful shutdown's time, at least a moment.
-        resources.push_async_callback(
-            lambda: server.stop(max(SERVER_STOP_MIN_GRACE_SECONDS, deadline.remaining_s()))
-        )
+        resources.push_async_callback(lambda: server.stop(deadline.server_grace_s()))
         await broker.initialize_defaults()
         # Listed by `strata admin bookies list` like a cluster's bookies.
         await store.put(

@@ -26,6 +26,8 @@ EXIT_FAILURE = 1
 EXIT_CONFIG_ERROR = 2
 # The exit status of a process ended by a second signal during its graceful shutdown.
 EXIT_INTERRUPTED = 130
+SERVER_STOP_MIN_GRACE_SECONDS = 0.5
+SERVER_STOP_MAX_GRACE_SECONDS = 5.0
 # How long a role waits at start for an unreachable metadata store (etcd may start after it).
 DEFAULT_METADATA_STORE_CONNECT_TIMEOUT_SECONDS = 120.0
 
@@ -63,6 +65,14 @@ class ShutdownDeadline:
         if self._deadline is None:
             return self.timeout_s
         return max(0.0, self._deadline - time.monotonic())
+
+    def server_grace_s(self) -> float:
+        """The grace of a gRPC server's stop: what is left, within bounds. Streams that do
+        not end by themselves (a standalone's producers, long polls) hold it all, so it is
+        short; calls still running when the time is up get a moment."""
+        return min(
+            SERVER_STOP_MAX_GRACE_SECONDS, max(SERVER_STOP_MIN_GRACE_SECONDS, self.remaining_s())
+        )
 
 
 def run_server(
