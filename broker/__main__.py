@@ -24,6 +24,8 @@ import sys
 import time
 from collections.abc import Mapping
 
+from grpc_health.v1 import health as grpc_health
+
 from bookie.ledger import LedgerManager
 from bookie.registry import BookieClientPool, BookieRegistry, now_ms
 from broker.config import BrokerConfig
@@ -65,12 +67,17 @@ def broker_registration(store: MetadataStore, broker_id: str) -> EphemeralRegist
 
 
 async def leave_gracefully(
-    broker: BrokerService, registration: EphemeralRegistration, deadline: ShutdownDeadline
+    broker: BrokerService,
+    registration: EphemeralRegistration,
+    health: grpc_health.aio.HealthServicer,
+    deadline: ShutdownDeadline,
 ) -> None:
-    """The first steps of a graceful stop, within ``deadline``: stop being a lookup candidate
-    (so no lookup sends a client back here), then unload every bundle. Whatever is left when
-    the time is up is closed by the rest of the shutdown."""
+    """The first steps of a graceful stop, within ``deadline``: report NOT_SERVING (a
+    Kubernetes Service stops sending clients here), stop being a lookup candidate (so no
+    lookup sends a client back here), then unload every bundle. Whatever is left when the
+    time is up is closed by the rest of the shutdown."""
     deadline.start()
+    await health.enter_graceful_shutdown()
     timeout_s = deadline.remaining_s()
     started = time.monotonic()
     owned = len(broker.ownership.owned) if broker.ownership is not None else 0
@@ -121,12 +128,12 @@ async def run_broker(config: BrokerConfig, stop: asyncio.Event) -> None:
         resources.push_async_callback(lambda: server.stop(deadline.server_grace_s()))
         await broker.initialize_defaults()
         await broker.start()
-        await serve_broker(server, broker)  # UNAVAILABLE for topics until it has joined
+        health = await serve_broker(server, broker)  # UNAVAILABLE for topics until joined
         metrics_port = start_metrics_server(config.host, config.metrics_port)
         registration = broker_registration(store, broker_id)
         resources.push_async_callback(registration.close)
         await registration.start()
-        resources.push_async_callback(leave_gracefully, broker, registration, deadline)
+        resources.push_async_callback(leave_gracefully, broker, registration, health, deadline)
         await broker.join_cluster()
         # Harnesses and scripts read this line to learn the ports picked for port 0.
         print(
