@@ -7,9 +7,13 @@ Modules, each one concern (imports point down the list)::
     entry_cache    Entry; EntryCache, the broker-wide cache bounded in bytes
     reader         EntryReader: reads from the cache, the bookies and offloaded ledgers
     offload_state  OffloadState: offload contexts by CAS, ledgers mid-offload, deletions
-    rollover       RolloverOp: close the full ledger, record and open the next, re-issue adds
+    writer         LedgerWriter: the add path and the one owner of its state (the ledger open
+                   for writing, the adds waiting for a rollover, the rollover task, fencing)
+    rollover       RolloverOp: close the full ledger, record and open the next, re-issue adds,
+                   through the writer's rollover methods
     trim           which ledgers every cursor has passed; list stored first, then deletions
-    ledger         ManagedLedger (open, the add path, trim, close) and its listener
+    ledger         ManagedLedger (open, trim, close; adds delegated to its writer), its config
+                   and its listener
 
 Offloaded ledgers (``broker.offload``, ``tiered``): each ledger's offload state lives in the
 ledger list beside it (``LedgerInfo.offload``) and changes by the same compare-and-set. Once
@@ -23,7 +27,6 @@ the last one in the list; a ledger is in the list before its first entry is writ
 
 from broker.managed_ledger.entry_cache import Entry, EntryCache
 from broker.managed_ledger.ledger import (
-    MAX_ADD_ATTEMPTS,
     ManagedLedger,
     ManagedLedgerConfig,
     ManagedLedgerListener,
@@ -40,6 +43,7 @@ from broker.managed_ledger.offload_state import MAX_ROLLOVER_WAITS, OffloadState
 from broker.managed_ledger.reader import MAX_OPEN_OFFLOADED_LEDGERS, READ_MAX_BYTES, EntryReader
 from broker.managed_ledger.rollover import RolloverOp
 from broker.managed_ledger.trim import consumed_ledgers, trim_ledgers
+from broker.managed_ledger.writer import MAX_ADD_ATTEMPTS, LedgerWriter
 
 __all__ = [
     "MANAGED_LEDGERS_PREFIX",
@@ -52,6 +56,7 @@ __all__ = [
     "EntryReader",
     "LedgerInfo",
     "LedgerList",
+    "LedgerWriter",
     "ManagedLedger",
     "ManagedLedgerConfig",
     "ManagedLedgerListener",

@@ -1,8 +1,9 @@
 """``ManagedLedger``: one topic's log as a list of ledgers, and its write path.
 
-A topic's entries are appended to its current ledger; when that ledger is full (entries, size
-or age) the managed ledger rolls over to a new one (``rollover.RolloverOp``), and the list of
-ledgers is stored in the metadata store by compare-and-set (``ledger_list.LedgerList``).
+A topic's entries are appended to its current ledger by its ``writer.LedgerWriter`` (the one
+owner of the write path's state); when that ledger is full (entries, size or age) the managed
+ledger rolls over to a new one (``rollover.RolloverOp``), and the list of ledgers is stored in
+the metadata store by compare-and-set (``ledger_list.LedgerList``).
 
 Lifecycle::
 
@@ -26,29 +27,31 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Coroutine
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from bookie.errors import BookieError
-from bookie.ledger import STATE_CLOSED, LedgerClientError, LedgerHandle, LedgerManager
-from broker.errors import ServiceUnavailableError, TopicFencedError
+from bookie.ledger import (
+    STATE_CLOSED,
+    LedgerClientError,
+    LedgerHandle,
+    LedgerManager,
+    LedgerMetadata,
+)
 from broker.managed_ledger.entry_cache import Entry, EntryCache
 from broker.managed_ledger.ledger_list import LedgerInfo, LedgerList, Position
 from broker.managed_ledger.offload_state import OffloadState
 from broker.managed_ledger.reader import READ_MAX_BYTES, EntryReader
 from broker.managed_ledger.rollover import RolloverOp, create_ledger
 from broker.managed_ledger.trim import trim_ledgers
+from broker.managed_ledger.writer import LedgerWriter
 from tiered import Offloader
 
 if TYPE_CHECKING:
     from broker.offload import ManagedLedgerOffloader
 
 log = logging.getLogger(__name__)
-
-# A write that failed is resubmitted to a new ledger at most this many times.
-MAX_ADD_ATTEMPTS = 3
 
 
 @dataclass(frozen=True, slots=True)
@@ -79,16 +82,6 @@ class ManagedLedgerListener:
     fenced: Callable[[], None] = _ignore
 
 
-class _QueuedAdd:
-    __slots__ = ("attempts", "data", "future", "num_messages")
-
-    def __init__(self, data: bytes, num_messages: int, future: asyncio.Future[Position]) -> None:
-        self.data = data
-        self.num_messages = num_messages
-        self.future = future
-        self.attempts = 0
-
-
 class ManagedLedger:
     """The log of one topic. Not thread-safe; every method runs on the broker's event loop."""
 
@@ -107,35 +100,29 @@ class ManagedLedger:
         self.name = name  # tenant/namespace/persistent/topic
         self.config = config
         self._manager = manager
-        self._cache = cache
-        listener = listener or ManagedLedgerListener()
-        self._on_new_entries = listener.new_entries
-        self._on_fenced = listener.fenced
         # E/Qw/Qa for each new ledger, read at creation (a namespace policy can change them);
         # None: the config's.
         self._quorums = quorums
-        self.ledger_list = LedgerList(manager.store, name, self._fence)
+        self.ledger_list = LedgerList(manager.store, name, self.fence)
         self._reader = EntryReader(name, manager, cache, self.ledger_list, offloader)
+        self._writer = LedgerWriter(
+            name,
+            config,
+            self.ledger_list,
+            cache,
+            listener or ManagedLedgerListener(),
+            self._rollover,
+        )
+        # The add path's entry point, bound once (``add_entry`` runs once per entry).
+        self._add = self._writer.add_entry
         self.offload_state = OffloadState(
             name,
             self.ledger_list,
             self._reader,
             offloader,
-            delete_ledger=self._delete_ledger_quietly,
-            rollover_in_progress=lambda: self._rolling,
+            delete_ledger=self.delete_ledger_quietly,
+            rollover_in_progress=lambda: self._writer.rollover,
         )
-        # The ledger open for writing, what was issued to it, the adds waiting for a rollover.
-        self._current: LedgerHandle | None = None
-        self._current_created_ms = 0
-        self._issued_entries = 0
-        self._issued_bytes = 0
-        self._queue: list[_QueuedAdd] = []
-        self._resubmit: list[_QueuedAdd] = []
-        self._rolling: asyncio.Task[None] | None = None
-        self._fenced: BaseException | None = None
-        self._closed = False
-        self.last_confirmed: Position = (-1, -1)
-        self.entries_added = 0
         # The offload scheduler (None: offloading is off); closed first by close().
         self.offload = offload(self) if offload is not None else None
 
@@ -149,7 +136,17 @@ class ManagedLedger:
 
     @property
     def is_fenced(self) -> bool:
-        return self._fenced is not None
+        return self._writer.fenced is not None
+
+    @property
+    def last_confirmed(self) -> Position:
+        """The position of the last confirmed entry; (-1, -1) before any."""
+        return self._writer.last_confirmed
+
+    @property
+    def entries_added(self) -> int:
+        """How many adds were confirmed since this managed ledger was opened."""
+        return self._writer.entries_added
 
     # ---- open / metadata ---------------------------------------------------------------
 
@@ -164,35 +161,47 @@ class ManagedLedger:
             if metadata is not None:
                 last.entries = metadata.last_entry_id + 1
                 last.size_bytes = metadata.length_bytes
-                self._reader.remember(metadata)
+                self.remember_closed(metadata)
         empty = [info for info in ledgers.ledgers if info.entries == 0]
         ledgers.ledgers = [info for info in ledgers.ledgers if info.entries > 0]
-        await create_ledger(self)
+        await create_ledger(self, self._writer)
         for info in empty:
-            await self._delete_ledger_quietly(info.ledger_id)
+            await self.delete_ledger_quietly(info.ledger_id)
         for info in reversed(ledgers.ledgers[:-1]):
-            self.last_confirmed = (info.ledger_id, info.entries - 1)
+            self._writer.last_confirmed = (info.ledger_id, info.entries - 1)
             break
 
     def ledger_info(self, ledger_id: int) -> LedgerInfo | None:
         return self.ledger_list.info(ledger_id)
 
-    def _fence(self, exc: BaseException) -> BaseException:
-        """Record that another owner took over (the first reason wins); returns the reason."""
-        if self._fenced is None:
-            self._fenced = exc
-            log.warning("managed ledger %s fenced: %s", self.name, exc)
-            self._on_fenced()
-        return self._fenced
+    def fence(self, exc: BaseException) -> BaseException:
+        """Record that another owner took over (the first reason wins, the listener hears it
+        once); returns the reason. Every add and list change fails with it from then on."""
+        return self._writer.fence(exc)
 
-    def _write_to(self, handle: LedgerHandle, created_ms: int) -> None:
-        """Make a ledger just recorded in the list the one open for writing."""
-        self._current = handle
-        self._current_created_ms = created_ms
-        self._issued_entries = 0
-        self._issued_bytes = 0
+    async def new_ledger(self) -> LedgerHandle:
+        """Create a ledger for this topic in the bookies, with the namespace's E/Qw/Qa (the
+        config's when there is no namespace policy). It is not in the list yet: see
+        ``rollover.create_ledger``."""
+        cfg = self.config
+        if self._quorums is not None:
+            ensemble_size, write_quorum, ack_quorum = await self._quorums()
+        else:
+            ensemble_size, write_quorum, ack_quorum = (
+                cfg.ensemble_size,
+                cfg.write_quorum,
+                cfg.ack_quorum,
+            )
+        return await self._manager.create_ledger(
+            ensemble_size, write_quorum, ack_quorum, custom={"topic": self.name}
+        )
 
-    async def _delete_ledger_quietly(self, ledger_id: int) -> None:
+    def remember_closed(self, metadata: LedgerMetadata) -> None:
+        """Keep a closed ledger's final metadata for reads (no metadata store round trip)."""
+        self._reader.remember(metadata)
+
+    async def delete_ledger_quietly(self, ledger_id: int) -> None:
+        """Delete a ledger already out of the list from the bookies; a failure is logged."""
         self._reader.forget(ledger_id)
         try:
             await self._manager.delete_ledger(ledger_id)
@@ -200,83 +209,19 @@ class ManagedLedger:
             # The ledger is already out of the list; a leak of bookie space, never of data.
             log.warning("could not delete ledger %d of %s: %s", ledger_id, self.name, exc)
 
-    # ---- writes ------------------------------------------------------------------------
+    def _rollover(self) -> Coroutine[Any, Any, None]:
+        """The coroutine of one rollover, run by the writer as its rollover task."""
+        return RolloverOp(self, self._writer).run()
+
+    # ---- writes (``LedgerWriter``) ---------------------------------------------------------
 
     def add_entry(self, data: bytes, num_messages: int) -> asyncio.Future[Position]:
         """Append one entry; the future resolves to its position once it is durable."""
-        future: asyncio.Future[Position] = asyncio.get_running_loop().create_future()
-        if self._fenced is not None:
-            future.set_exception(self._fenced)
-            return future
-        if self._closed:
-            future.set_exception(ServiceUnavailableError(f"topic {self.name} is closing"))
-            return future
-        op = _QueuedAdd(data, num_messages, future)
-        if self._rolling is not None or self._current is None or self._queue:
-            self._queue.append(op)
-            self._ensure_rollover()
-        else:
-            self._issue(op)
-        return future
-
-    def _issue(self, op: _QueuedAdd) -> None:
-        handle = self._current
-        assert handle is not None
-        op.attempts += 1
-        added = handle.add_entry(op.data)
-        self._issued_entries += 1
-        self._issued_bytes += len(op.data)
-        added.add_done_callback(lambda f: self._on_added(handle, op, f))
-        if self._is_full():
-            self._ensure_rollover()
-
-    def _is_full(self) -> bool:
-        cfg = self.config
-        return (
-            self._issued_entries >= cfg.max_entries_per_ledger
-            or self._issued_bytes >= cfg.max_size_per_ledger_bytes
-            or int(time.time() * 1000) - self._current_created_ms >= cfg.max_ledger_rollover_time_ms
-        )
-
-    def _on_added(self, handle: LedgerHandle, op: _QueuedAdd, added: asyncio.Future[int]) -> None:
-        if added.cancelled() or added.exception() is not None:
-            error = added.exception() if not added.cancelled() else None
-            if op.attempts < MAX_ADD_ATTEMPTS and self._fenced is None and not self._closed:
-                # Resubmit to a new ledger, in order: failures of one handle arrive in entry
-                # order, and they go to the front of the queue ahead of later adds.
-                self._resubmit.append(op)
-                self._ensure_rollover()
-            elif not op.future.done():
-                op.future.set_exception(
-                    ServiceUnavailableError(f"could not write to {self.name}: {error}")
-                )
-            return
-        entry_id = added.result()
-        info = self.ledger_list.ledgers[-1]
-        if info.ledger_id == handle.ledger_id:
-            info.entries = entry_id + 1
-            info.size_bytes += len(op.data)
-        position = (handle.ledger_id, entry_id)
-        self.last_confirmed = position
-        self.entries_added += 1
-        self._cache.put(self.name, Entry(handle.ledger_id, entry_id, op.data, op.num_messages))
-        if not op.future.done():
-            op.future.set_result(position)
-        self._on_new_entries()
-
-    def _ensure_rollover(self) -> None:
-        if self._rolling is None and not self._closed:
-            self._rolling = asyncio.get_running_loop().create_task(RolloverOp(self).run())
+        return self._add(data, num_messages)
 
     def maybe_rollover_by_time(self) -> None:
-        if (
-            self._current is not None
-            and self._rolling is None
-            and self._issued_entries > 0
-            and int(time.time() * 1000) - self._current_created_ms
-            >= self.config.max_ledger_rollover_time_ms
-        ):
-            self._ensure_rollover()
+        """Roll over when the ledger open for writing has entries and reached its maximum age."""
+        self._writer.maybe_rollover_by_time()
 
     # ---- reads and positions (``LedgerList`` and ``EntryReader``) --------------------------
 
@@ -311,42 +256,31 @@ class ManagedLedger:
         self, start: Position, max_entries: int, max_bytes: int = READ_MAX_BYTES
     ) -> list[Entry]:
         """Read up to ``max_entries`` confirmed entries of one ledger from ``start`` on."""
-        return await self._reader.read(start, max_entries, max_bytes, self._current)
+        return await self._reader.read(start, max_entries, max_bytes, self._writer.current)
 
     # ---- trimming and shutdown -----------------------------------------------------------
 
     async def trim(self, slowest_mark_delete: Position | None) -> int:
         """Delete ledgers every durable cursor has fully consumed; returns how many."""
-        if self._rolling is not None:
+        if self._writer.rollover is not None:
             return 0
         return await trim_ledgers(
-            self.ledger_list, self.offload_state, self._delete_ledger_quietly, slowest_mark_delete
+            self.ledger_list, self.offload_state, self.delete_ledger_quietly, slowest_mark_delete
         )
 
     async def close(self) -> None:
-        self._closed = True
+        self._writer.begin_close()
         if self.offload is not None:
             try:
                 await self.offload.close()
             except Exception as exc:
                 log.warning("closing background work of %s: %s", self.name, exc)
         await self._reader.close()
-        if self._rolling is not None:
-            await asyncio.gather(self._rolling, return_exceptions=True)
-        if self._current is not None and not self._current.failed:
-            try:
-                metadata = await self._current.close()
-                info = self.ledger_list.ledgers[-1]
-                info.entries = metadata.last_entry_id + 1
-                info.size_bytes = metadata.length_bytes
-                await self.ledger_list.store()
-            except (BookieError, LedgerClientError, TopicFencedError) as exc:
-                log.warning("closing %s: %s", self.name, exc)
-        self._current = None
+        await self._writer.close()
 
     async def delete(self) -> None:
         await self.close()
         for info in self.ledgers:
-            await self._delete_ledger_quietly(info.ledger_id)
+            await self.delete_ledger_quietly(info.ledger_id)
             await self.offload_state.delete_objects_quietly(info)
         await self.ledger_list.delete()

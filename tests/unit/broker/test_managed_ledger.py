@@ -1,10 +1,14 @@
 """The managed ledger's own protocol, in one process (memory store, memory bookie): rollover
 records a ledger before its first entry, the listener given at construction hears new entries
-and fencing, and a fenced managed ledger refuses adds."""
+and fencing, and a fenced managed ledger refuses adds. Its ``LedgerWriter`` alone: adds that
+queue up behind a rollover go to the next ledgers in order, never more than a ledger takes, and
+failed adds are resubmitted ahead of them."""
 
 from __future__ import annotations
 
+import asyncio
 import json
+import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 
@@ -15,6 +19,9 @@ from broker.errors import TopicFencedError
 from broker.managed_ledger import (
     MANAGED_LEDGERS_PREFIX,
     EntryCache,
+    LedgerInfo,
+    LedgerList,
+    LedgerWriter,
     ManagedLedger,
     ManagedLedgerConfig,
     ManagedLedgerListener,
@@ -130,3 +137,75 @@ async def test_a_takeover_fences_once_and_refuses_adds(env: Env) -> None:
     assert new_heard.fenced == 0
     await old.close()
     await new.close()
+
+
+async def writer_alone(
+    env: Env, heard: Heard, max_entries: int
+) -> tuple[LedgerWriter, list[int], asyncio.Event]:
+    """A writer (``max_entries`` a ledger) whose rollover task is the bare minimum through the
+    writer's rollover methods; returns it, the ids of the ledgers it was given in turn, and an
+    event set whenever a rollover starts."""
+    ledgers = LedgerList(env.store, NAME, lambda exc: exc)
+    await ledgers.load()
+    given: list[int] = []
+    started = asyncio.Event()
+
+    async def rollover() -> None:
+        started.set()
+        old = writer.take_current()
+        if old is not None:
+            await old.close()
+        handle = await env.manager.create_ledger(1, 1, 1)
+        ledgers.ledgers.append(LedgerInfo(handle.ledger_id))
+        given.append(handle.ledger_id)
+        writer.write_to(handle, int(time.time() * 1000))
+        writer.rollover_finished()
+        writer.issue_pending()
+
+    writer = LedgerWriter(
+        NAME,
+        ManagedLedgerConfig(max_entries_per_ledger=max_entries),
+        ledgers,
+        EntryCache(1024 * 1024),
+        heard.listener(),
+        rollover,
+    )
+    return writer, given, started
+
+
+async def test_the_writer_issues_queued_adds_in_order_never_more_than_a_ledger_takes(
+    env: Env,
+) -> None:
+    heard = Heard()
+    writer, given, _ = await writer_alone(env, heard, max_entries=3)
+    # No ledger yet: every add queues up behind the first rollover.
+    futures = [writer.add_entry(b"x%d" % i, 1) for i in range(10)]
+    assert writer.rollover is not None and writer.current is None
+    positions = await asyncio.gather(*futures)
+    assert [p[0] for p in positions] == [given[i // 3] for i in range(10)]
+    assert [p[1] for p in positions] == [i % 3 for i in range(10)]
+    for index, ledger_id in enumerate(given):
+        assert env.bookie.entry_ids(ledger_id) == list(range(min(3, 10 - 3 * index)))
+    assert writer.last_confirmed == positions[-1] and writer.entries_added == 10
+    assert heard.new_entries == 10
+    await writer.close()
+    assert writer.current is None and writer.rollover is None
+
+
+async def test_the_writer_resubmits_failed_adds_ahead_of_queued_ones(env: Env) -> None:
+    heard = Heard()
+    writer, given, started = await writer_alone(env, heard, max_entries=4)
+    first = await writer.add_entry(b"first", 1)
+    started.clear()
+    env.bookie.fail("add", times=None)  # no other bookie: the first ledger's writer fails
+    failed = [writer.add_entry(b"f%d" % i, 1) for i in range(2)]
+    await started.wait()  # the failures reached the writer, which rolls over
+    assert writer.rollover is not None
+    env.bookie.clear_faults()
+    later = [writer.add_entry(b"l%d" % i, 1) for i in range(3)]
+    positions = await asyncio.gather(*failed, *later)
+    assert first == (given[0], 0)
+    # f0, f1, l0, l1 fill the second ledger (4 at most), l2 goes to the third.
+    assert positions == [(given[1], 0), (given[1], 1), (given[1], 2), (given[1], 3), (given[2], 0)]
+    assert env.bookie.entry_ids(given[0]) == [0]
+    await writer.close()
