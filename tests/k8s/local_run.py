@@ -18,9 +18,9 @@ for, and only that:
 * **The cloud's identity.** ``extra_env`` (e.g. moto's ``AWS_*`` variables) is what a pod's
   cloud identity would give; no ``STRATA_*`` variable may be in it.
 
-Start order follows the dependencies (Jobs to completion, then StatefulSets, then
-Deployments), each replica waited for through its own readiness probe (grpc.health.v1 on the
-probe's port), never a fixed sleep. Every process is ended by the PID started here.
+Every pod starts at once, as when an overlay is applied; a Job is waited for until it exits 0,
+every other replica through its own readiness probe (grpc.health.v1 on the probe's port),
+never a fixed sleep. Every process is ended by the PID started here.
 """
 
 from __future__ import annotations
@@ -250,21 +250,20 @@ class LocalDeployment:
                 f"pod {pod.name} not ready: {exc}\n{pod.log_text()[-3000:]}"
             ) from exc
 
-    def _run_job(self, pod: Pod) -> None:
-        self._launch(pod)
+    def _wait_completed(self, pod: Pod) -> None:
         assert pod.process is not None
         code = pod.process.wait(JOB_TIMEOUT_SECONDS)
         assert code == 0, f"job {pod.name} exited {code}\n{pod.log_text()[-3000:]}"
 
     def start(self) -> Self:
+        """Every pod at once, as applying the overlay starts them: no role waits for another
+        before it starts (each waits for the metadata store itself)."""
+        for pod in self.pods:
+            self._launch(pod)
         for pod in self.pods:
             if pod.kind == "Job":
-                self._run_job(pod)
-        for kind in ("StatefulSet", "Deployment"):
-            started = [p for p in self.pods if p.kind == kind]
-            for pod in started:  # every replica at once, as podManagementPolicy Parallel
-                self._launch(pod)
-            for pod in started:
+                self._wait_completed(pod)
+            else:
                 self._wait_ready(pod)
         return self
 

@@ -70,8 +70,7 @@ def check_probes(docs: list[Doc]) -> list[str]:
                         problems.append(f"{where} has no {probe}")
                 elif spec.get("grpc", {}).get("port") != port:
                     problems.append(f"{where} {probe} is not a grpc probe on its port {port}")
-            startup = container.get("startupProbe", {})
-            budget = startup.get("periodSeconds", 10) * startup.get("failureThreshold", 3)
+            budget = _probe_budget_seconds(container.get("startupProbe", {}))
             if role_of(container) == "bookie" and budget < MIN_BOOKIE_STARTUP_SECONDS:
                 problems.append(f"{where} startupProbe allows {budget} s < journal replay")
     return problems
@@ -279,6 +278,39 @@ def check_listening(docs: list[Doc]) -> list[str]:
     return problems
 
 
+def _probe_budget_seconds(probe: Doc) -> int:
+    """How long a failing probe takes to fail for good (Kubernetes' defaults: 10 s, 3)."""
+    budget: int = probe.get("periodSeconds", 10) * probe.get("failureThreshold", 3)
+    return budget + int(probe.get("initialDelaySeconds", 0))
+
+
+def check_lifecycle(docs: list[Doc]) -> list[str]:
+    """A Strata server's pod outlives its graceful stop: terminationGracePeriodSeconds exceeds
+    ``--graceful-shutdown-timeout-seconds`` (else the kubelet's SIGKILL cuts the hand-over);
+    and its startup probe outlasts ``--metadata-store-connect-timeout-seconds`` (else a pod
+    started before etcd is restarted while it rightly waits)."""
+    problems = []
+    for workload, container in strata_containers(docs):
+        environ = environment(container, docs)
+        config, _refusal = role_config(role_of(container), environ, arguments(container, environ))
+        if config is None or workload["kind"] not in SERVING_KINDS:
+            continue
+        where = _where(workload, container)
+        grace = pod_spec(workload).get("terminationGracePeriodSeconds", 30)
+        if grace <= config.graceful_shutdown_timeout_seconds:
+            problems.append(
+                f"{where} is killed after {grace} s, within its graceful shutdown timeout "
+                f"{config.graceful_shutdown_timeout_seconds:g} s"
+            )
+        startup = _probe_budget_seconds(container.get("startupProbe", {}))
+        if startup < config.metadata_store_connect_timeout_seconds:
+            problems.append(
+                f"{where} startupProbe gives up after {startup} s, before its metadata store "
+                f"connect timeout {config.metadata_store_connect_timeout_seconds:g} s"
+            )
+    return problems
+
+
 def check_bookie_identity(docs: list[Doc]) -> list[str]:
     """A bookie advertises its pod's stable DNS name (its id in every ensemble), made of its
     pod name, its StatefulSet's headless Service and its namespace."""
@@ -369,6 +401,7 @@ CHECKS: dict[str, Check] = {
     "headless_services": check_headless_services,
     "strata_options": check_strata_options,
     "listening": check_listening,
+    "lifecycle": check_lifecycle,
     "bookie_identity": check_bookie_identity,
     "bookie_network_policy": check_bookie_network_policy,
     "service_monitors": check_service_monitors,

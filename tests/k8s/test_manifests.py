@@ -318,6 +318,27 @@ PLANTED: list[tuple[str, str, Plant, str]] = [
         "container bookie serves metrics on 9000, not its containerPort metrics",
     ),
     (
+        "lifecycle",
+        "killed during the hand-over",
+        lambda docs: _set(
+            find(docs, "Deployment", "strata-broker")["spec"]["template"]["spec"],
+            "terminationGracePeriodSeconds",
+            30,
+        ),
+        "container broker is killed after 30 s, within its graceful shutdown timeout 45 s",
+    ),
+    (
+        "lifecycle",
+        "restarted while waiting for etcd",
+        lambda docs: _set(
+            find(docs, "ConfigMap", "strata-common")["data"],
+            "STRATA_METADATA_STORE_CONNECT_TIMEOUT_SECONDS",
+            "600",
+        ),
+        "container broker startupProbe gives up after 300 s, before its metadata store connect "
+        "timeout 600 s",
+    ),
+    (
         "bookie_identity",
         "advertises its pod IP",
         lambda docs: _set(_bookie(docs)["env"][-1], "value", "$(POD_NAME)"),
