@@ -12,7 +12,7 @@ import contextlib
 import importlib
 import io
 import tomllib
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import PurePosixPath
 from typing import Any
 
@@ -259,15 +259,23 @@ def check_strata_options(docs: list[Doc]) -> list[str]:
     return problems
 
 
+def _servers(docs: list[Doc]) -> Iterator[tuple[Doc, Doc, Any]]:
+    """(workload, container, config) of every Strata server (broker, bookie) whose role
+    accepts its configuration (``check_strata_options`` reports the others)."""
+    for workload, container in strata_containers(docs):
+        if workload["kind"] not in SERVING_KINDS:
+            continue
+        environ = environment(container, docs)
+        config, _refusal = role_config(role_of(container), environ, arguments(container, environ))
+        if config is not None:
+            yield workload, container, config
+
+
 def check_listening(docs: list[Doc]) -> list[str]:
     """A Strata server listens on every interface of its pod, on the ports its container
     declares: ``grpc`` is its ``--port``, ``metrics`` its ``--metrics-port``."""
     problems = []
-    for workload, container in strata_containers(docs):
-        environ = environment(container, docs)
-        config, _refusal = role_config(role_of(container), environ, arguments(container, environ))
-        if config is None or workload["kind"] not in SERVING_KINDS:
-            continue
+    for workload, container, config in _servers(docs):
         where = _where(workload, container)
         if config.host not in ("0.0.0.0", "::"):
             problems.append(f"{where} listens on {config.host}, not on every interface")
@@ -290,11 +298,7 @@ def check_lifecycle(docs: list[Doc]) -> list[str]:
     and its startup probe outlasts ``--metadata-store-connect-timeout-seconds`` (else a pod
     started before etcd is restarted while it rightly waits)."""
     problems = []
-    for workload, container in strata_containers(docs):
-        environ = environment(container, docs)
-        config, _refusal = role_config(role_of(container), environ, arguments(container, environ))
-        if config is None or workload["kind"] not in SERVING_KINDS:
-            continue
+    for workload, container, config in _servers(docs):
         where = _where(workload, container)
         grace = pod_spec(workload).get("terminationGracePeriodSeconds", 30)
         if grace <= config.graceful_shutdown_timeout_seconds:
