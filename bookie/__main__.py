@@ -17,10 +17,9 @@ import sys
 from collections.abc import Mapping
 from dataclasses import replace
 
-from prometheus_client import start_http_server
-
 from bookie.autorecovery import Autorecovery, start_autorecovery
 from bookie.config import BookieConfig
+from bookie.metrics import LEDGER_CLIENT_METRICS, bookie_collectors
 from bookie.registry import (
     BookieInfo,
     CookieMismatchError,
@@ -33,6 +32,7 @@ from bookie.storage import Bookie
 from strata.config_binding import ConfigBinding
 from strata.metadata import open_metadata_store
 from strata.metadata.registration import RegistrationConflictError
+from strata.metrics import RoleMetrics
 from strata.process import run_server
 
 log = logging.getLogger("strata.bookie")
@@ -57,6 +57,7 @@ async def run_bookie(config: BookieConfig, stop: asyncio.Event) -> int:
     store = None
     bookie = None
     registration = None
+    metrics: RoleMetrics | None = None
     recovery: Autorecovery | None = None
     try:
         store = await open_metadata_store(config.metadata_url)
@@ -68,10 +69,10 @@ async def run_bookie(config: BookieConfig, stop: asyncio.Event) -> int:
             return EXIT_IDENTITY_ERROR
         bookie = await Bookie.open(config.storage)
         await served.attach(bookie)
-        metrics_port = config.metrics_port
-        if metrics_port >= 0:
-            metrics_server, _thread = start_http_server(metrics_port, addr=config.host)
-            metrics_port = metrics_server.server_port
+        metrics = RoleMetrics(
+            config.host, config.metrics_port, [*bookie_collectors(bookie), *LEDGER_CLIENT_METRICS]
+        ).start()
+        metrics_port = metrics.port
         registration = bookie_registration(
             store, BookieInfo(bookie_id, instance_id, metrics_port, now_ms())
         )
@@ -97,6 +98,8 @@ async def run_bookie(config: BookieConfig, stop: asyncio.Event) -> int:
             await recovery.close()
         if registration is not None:
             await registration.close()
+        if metrics is not None:
+            await metrics.close()
         await served.stop(SHUTDOWN_GRACE_SECONDS)
         if bookie is not None:
             await bookie.close()

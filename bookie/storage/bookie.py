@@ -30,11 +30,14 @@ import asyncio
 import fcntl
 import logging
 import os
+import time
 from concurrent.futures import ThreadPoolExecutor
+from functools import partial
 from pathlib import Path
 
 from bookie.api import LedgerEntry, LedgerState
 from bookie.errors import BookieError, BookieIOError, BookieUnavailableError
+from bookie.metrics import ADD_ENTRY_LATENCY_SECONDS, READ_ENTRY_LATENCY_SECONDS
 from bookie.storage.admission import Admission
 from bookie.storage.config import BookieStorageConfig
 from bookie.storage.fencing import Fencing
@@ -213,9 +216,11 @@ class Bookie:
         """
         if self._closing:
             raise BookieUnavailableError("the bookie is shutting down")
-        return self._admission.submit_add(
+        durable = self._admission.submit_add(
             ledger_id, entry_id, last_add_confirmed, payload, master_key, recovery_add
         )
+        durable.add_done_callback(partial(_observe_add, time.monotonic()))
+        return durable
 
     async def add_entry(
         self,
@@ -246,7 +251,12 @@ class Bookie:
         when the first entry is missing and CorruptEntryError when it fails its checks (a
         later corrupt entry ends the read early instead)."""
         self._check_open()
-        return await self._reads.read_entries(ledger_id, first_entry_id, last_entry_id, max_bytes)
+        started = time.monotonic()
+        entries = await self._reads.read_entries(
+            ledger_id, first_entry_id, last_entry_id, max_bytes
+        )
+        READ_ENTRY_LATENCY_SECONDS.observe(time.monotonic() - started)
+        return entries
 
     async def read_last_add_confirmed(
         self, ledger_id: int, previous_last_add_confirmed: int = -1, timeout_ms: int = 0
@@ -299,6 +309,14 @@ class Bookie:
         return total
 
     @property
+    def journal_queue_size(self) -> int:
+        return self._journal.queue_size
+
+    @property
+    def ledgers_count(self) -> int:
+        return len(self._index.ledgers)
+
+    @property
     def journal_fsyncs(self) -> int:
         return self._journal.fsyncs
 
@@ -312,6 +330,10 @@ class Bookie:
 
     def segment_file(self, segment_id: int) -> Path:
         return segment_path(self._journal_dir, segment_id)
+
+
+def _observe_add(started: float, _durable: asyncio.Future[None]) -> None:
+    ADD_ENTRY_LATENCY_SECONDS.observe(time.monotonic() - started)
 
 
 def _lock_directory(data_dir: Path) -> int:

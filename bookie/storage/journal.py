@@ -186,6 +186,11 @@ class Journal:
         return self._slots.fsyncs + self._segments.fsyncs
 
     @property
+    def queue_size(self) -> int:
+        """Records queued or written and not yet durable (BookKeeper's JOURNAL_QUEUE_SIZE)."""
+        return len(self._records) + self._slots.unsynced_records
+
+    @property
     def bytes_preallocated(self) -> int:
         return self._segments.bytes_preallocated
 

@@ -35,6 +35,7 @@ from typing import TYPE_CHECKING
 from bookie.ledger import LedgerHandle, LedgerMetadataConflictError
 from broker.errors import ServiceUnavailableError, TopicFencedError
 from broker.managed_ledger.ledger_list import LedgerInfo
+from broker.metrics import ML_LEDGER_ROLLOVERS
 
 if TYPE_CHECKING:
     from broker.managed_ledger.ledger import ManagedLedger
@@ -118,6 +119,8 @@ class RolloverOp:
             await ledgers.store()
             await ledger._delete_ledger_quietly(empty.ledger_id)
         await create_ledger(ledger)
+        if old is not None:
+            ML_LEDGER_ROLLOVERS.inc()
         if old is not None and ledger.offload is not None:
             ledger.offload.on_ledger_closed()
 
