@@ -78,7 +78,7 @@ def process_registry(collectors: Iterable[Collector]) -> CollectorRegistry:
     histogram and the role's own ``collectors``. Built once per role at start-up."""
     # No ``*_created`` series (as Pulsar's and BookKeeper's exporters): they would double the
     # series count of every counter and histogram for a value no dashboard reads.
-    disable_created_metrics()
+    disable_created_metrics()  # type: ignore[no-untyped-call]
     registry = CollectorRegistry()
     for collector in (
         PROCESS_COLLECTOR,
