@@ -32,12 +32,11 @@ import logging
 import os
 import time
 from concurrent.futures import ThreadPoolExecutor
-from functools import partial
 from pathlib import Path
 
 from bookie.api import LedgerEntry, LedgerState
 from bookie.errors import BookieError, BookieIOError, BookieUnavailableError
-from bookie.metrics import ADD_ENTRY_LATENCY_SECONDS, READ_ENTRY_LATENCY_SECONDS
+from bookie.metrics import READ_ENTRY_LATENCY_SECONDS
 from bookie.storage.admission import Admission
 from bookie.storage.config import BookieStorageConfig
 from bookie.storage.fencing import Fencing
@@ -216,11 +215,9 @@ class Bookie:
         """
         if self._closing:
             raise BookieUnavailableError("the bookie is shutting down")
-        durable = self._admission.submit_add(
+        return self._admission.submit_add(
             ledger_id, entry_id, last_add_confirmed, payload, master_key, recovery_add
         )
-        durable.add_done_callback(partial(_observe_add, time.monotonic()))
-        return durable
 
     async def add_entry(
         self,
@@ -330,10 +327,6 @@ class Bookie:
 
     def segment_file(self, segment_id: int) -> Path:
         return segment_path(self._journal_dir, segment_id)
-
-
-def _observe_add(started: float, _durable: asyncio.Future[None]) -> None:
-    ADD_ENTRY_LATENCY_SECONDS.observe(time.monotonic() - started)
 
 
 def _lock_directory(data_dir: Path) -> int:
