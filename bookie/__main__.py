@@ -19,7 +19,7 @@ from dataclasses import replace
 
 from bookie.autorecovery import Autorecovery, start_autorecovery
 from bookie.config import BookieConfig
-from bookie.metrics import LEDGER_CLIENT_METRICS, bookie_collectors
+from bookie.metrics import LEDGER_CLIENT_METRICS, AutorecoveryCollector, bookie_collectors
 from bookie.registry import (
     BookieInfo,
     CookieMismatchError,
@@ -85,6 +85,7 @@ async def run_bookie(config: BookieConfig, stop: asyncio.Event) -> int:
             recovery = await start_autorecovery(
                 store, bookie_id, config.recovery, config.ledger_client
             )
+            metrics.registry.register(AutorecoveryCollector(recovery))
         # Harnesses and scripts read this line to learn the ports picked for port 0.
         print(
             f"strata bookie ready id={bookie_id} port={served.port} metrics_port={metrics_port} "

@@ -31,6 +31,7 @@ from prometheus_client.registry import Collector
 from strata.metrics import LATENCY_BUCKETS_SECONDS
 
 if TYPE_CHECKING:
+    from bookie.autorecovery import Autorecovery
     from bookie.storage import Bookie
 
 log = logging.getLogger(__name__)
@@ -123,6 +124,41 @@ class BookieCollector(Collector):
         fsyncs = CounterMetricFamily("strata_bookie_journal_syncs", "journal fdatasyncs")
         fsyncs.add_metric([], bookie.journal_fsyncs)
         yield fsyncs
+
+
+class AutorecoveryCollector(Collector):
+    """The autorecovery auditor candidate and worker of a bookie process, read in the
+    scraping thread (ints and a flag)."""
+
+    def __init__(self, recovery: Autorecovery) -> None:
+        self._recovery = recovery
+
+    def describe(self) -> Iterable[Metric]:
+        return []
+
+    def collect(self) -> Iterator[Metric]:
+        recovery = self._recovery
+        yield _gauge(
+            "strata_autorecovery_is_auditor",
+            "1 while this process is the auditor",
+            recovery.is_auditor,
+        )
+        yield _gauge(
+            "strata_autorecovery_under_replicated_ledgers",
+            "ledgers marked under-replicated by this process's last audit (the auditor's)",
+            recovery.under_replicated_ledgers,
+        )
+        for name, documentation, value in (
+            ("strata_autorecovery_audits", "audits run", recovery.audits_run),
+            (
+                "strata_autorecovery_fragments_replicated",
+                "ledger fragments copied to a replacement bookie",
+                recovery.fragments_replicated,
+            ),
+        ):
+            counter = CounterMetricFamily(name, documentation)
+            counter.add_metric([], value)
+            yield counter
 
 
 def _gauge(name: str, documentation: str, value: float) -> GaugeMetricFamily:

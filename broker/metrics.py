@@ -40,6 +40,7 @@ from broker.topic_stats import SubscriptionStats, TopicStats, topic_stats
 from strata.metrics import LATENCY_BUCKETS_SECONDS
 
 if TYPE_CHECKING:
+    from broker.ownership import BundleOwnership
     from broker.topic import Topic
 
 log = logging.getLogger(__name__)
@@ -61,6 +62,20 @@ ML_LEDGER_ROLLOVERS = Counter(
     "managed ledgers that closed their ledger and moved on to a new one",
     registry=None,
 )
+OFFLOAD_BYTES = Counter(
+    "strata_offload_bytes", "bytes of ledgers offloaded to tiered storage", registry=None
+)
+OFFLOAD_ERRORS = Counter("strata_offload_errors", "offload passes that failed", registry=None)
+OFFLOAD_DURATION_SECONDS = Histogram(
+    "strata_offload_duration_seconds",
+    "one ledger's offload: recorded IN_PROGRESS → uploaded, verified and recorded COMPLETE",
+    buckets=(0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0, 900.0),
+    registry=None,
+)
+BUNDLE_UNLOADS = Counter(
+    "strata_bundle_unloads", "bundles this broker stopped serving on request", registry=None
+)
+BUNDLE_SPLITS = Counter("strata_bundle_splits", "bundles this broker split", registry=None)
 
 # A scrape snapshots this many topics per turn of the event loop, so 10,000 topics stall
 # publishing for a few short turns rather than one long one.
@@ -86,17 +101,8 @@ TOPIC_FAMILIES: tuple[tuple[_Family, Callable[[TopicStats], float]], ...] = (
     (_Family("strata_in_messages", "messages published", True), lambda t: t.msg_in_counter),
     (_Family("strata_in_bytes", "bytes published", True), lambda t: t.bytes_in_counter),
     (_Family("strata_out_messages", "messages delivered", True), lambda t: t.msg_out_counter),
-    (_Family("strata_out_bytes", "bytes delivered", True), lambda t: t.bytes_out_counter),
     (_Family("strata_rate_in", "messages published per second", False), lambda t: t.msg_rate_in),
     (_Family("strata_rate_out", "messages delivered per second", False), lambda t: t.msg_rate_out),
-    (
-        _Family("strata_throughput_in", "bytes published per second", False),
-        lambda t: t.msg_throughput_in,
-    ),
-    (
-        _Family("strata_throughput_out", "bytes delivered per second", False),
-        lambda t: t.msg_throughput_out,
-    ),
     (
         _Family(
             "strata_msg_backlog", "entries not yet acknowledged by the slowest subscription", False
@@ -115,10 +121,6 @@ TOPIC_FAMILIES: tuple[tuple[_Family, Callable[[TopicStats], float]], ...] = (
     ),
     (_Family("strata_producers_count", "connected producers", False), lambda t: t.producers_count),
     (_Family("strata_consumers_count", "connected consumers", False), lambda t: t.consumers_count),
-    (
-        _Family("strata_subscriptions_count", "subscriptions", False),
-        lambda t: len(t.subscriptions),
-    ),
 )
 
 # Per subscription: the family and the SubscriptionStats value it exports.
@@ -136,10 +138,6 @@ SUBSCRIPTION_FAMILIES: tuple[tuple[_Family, Callable[[SubscriptionStats], float]
     (
         _Family("strata_subscription_msg_rate_redeliver", "messages redelivered per second", False),
         lambda s: s.msg_rate_redeliver,
-    ),
-    (
-        _Family("strata_subscription_consumers_count", "connected consumers", False),
-        lambda s: s.consumers_count,
     ),
 )
 
@@ -214,6 +212,29 @@ async def snapshot_topics(topics: Mapping[str, Topic]) -> list[TopicStats]:
     return stats
 
 
+class OwnershipCollector(Collector):
+    """A cluster broker's owned bundles and lost sessions, read in the scraping thread (the
+    length of a dict and an int: atomic reads)."""
+
+    def __init__(self, ownership: BundleOwnership) -> None:
+        self._ownership = ownership
+
+    def describe(self) -> Iterable[Metric]:
+        return []
+
+    def collect(self) -> Iterator[Metric]:
+        yield GaugeMetricFamily(
+            "strata_owned_bundles_count",
+            "namespace bundles this broker owns",
+            value=len(self._ownership.owned),
+        )
+        lost = CounterMetricFamily(
+            "strata_ownership_sessions_lost", "metadata-store sessions this broker lost"
+        )
+        lost.add_metric([], self._ownership.lost_sessions)
+        yield lost
+
+
 class BrokerCollector(Collector):
     """The per-topic families of one broker, collected at scrape time.
 
@@ -262,4 +283,9 @@ def broker_collectors(
         PUBLISH_LATENCY_SECONDS,
         ENTRY_SIZE_BYTES,
         ML_LEDGER_ROLLOVERS,
+        OFFLOAD_BYTES,
+        OFFLOAD_ERRORS,
+        OFFLOAD_DURATION_SECONDS,
+        BUNDLE_UNLOADS,
+        BUNDLE_SPLITS,
     ]

@@ -14,7 +14,7 @@ from bookie.metrics import LEDGER_CLIENT_METRICS
 from broker.admin_service import AdminServicer
 from broker.config import MIB
 from broker.messaging_service import MessagingServicer
-from broker.metrics import broker_collectors
+from broker.metrics import OwnershipCollector, broker_collectors
 from broker.service import BrokerService
 from strata.metrics import RoleMetrics
 from strata.v1 import admin_pb2, admin_pb2_grpc, messaging_pb2, messaging_pb2_grpc
@@ -93,4 +93,6 @@ def start_metrics_server(
         asyncio.get_running_loop(),
         topic_level=broker.config.expose_topic_level_metrics,
     )
+    if broker.ownership is not None:
+        collectors.append(OwnershipCollector(broker.ownership))
     return RoleMetrics(host, port, [*collectors, *LEDGER_CLIENT_METRICS, *extra]).start()

@@ -52,7 +52,23 @@ BROKER_SAMPLES = (
     "strata_ml_add_failures_total",
     "strata_ml_ledger_rollovers_total",
     "strata_ml_ensemble_changes_total",
+    "strata_offload_bytes_total",
+    "strata_offload_errors_total",
+    "strata_offload_duration_seconds_count",
+    "strata_bundle_unloads_total",
+    "strata_bundle_splits_total",
     "strata_event_loop_lag_seconds_count",
+)
+CLUSTER_BROKER_SAMPLES = (
+    *BROKER_SAMPLES,
+    "strata_owned_bundles_count",
+    "strata_ownership_sessions_lost_total",
+)
+AUTORECOVERY_SAMPLES = (
+    "strata_autorecovery_is_auditor",
+    "strata_autorecovery_under_replicated_ledgers",
+    "strata_autorecovery_audits_total",
+    "strata_autorecovery_fragments_replicated_total",
 )
 BOOKIE_SAMPLES = (
     "strata_bookie_journal_sync_latency_seconds_count",
@@ -237,7 +253,7 @@ async def test_cluster_bookies_and_broker_serve_their_families(tmp_path: Path) -
         tmp_path / "cluster",
         bookies=2,
         brokers=1,
-        bookie_args=["--metrics-port", "0", "--autorecovery", "false"],
+        bookie_args=["--metrics-port", "0"],
         broker_args=["--metrics-port", "0"],
     ) as cluster:
         topic = "persistent://public/default/cluster-metrics"
@@ -249,7 +265,8 @@ async def test_cluster_bookies_and_broker_serve_their_families(tmp_path: Path) -
         await produce(cluster.service_url, topic, 200, batches=4)
         stats = topic_stats(cluster.broker_address(), topic)
         broker = Scrape(cluster.brokers[0].metrics_port())
-        broker.require(BROKER_SAMPLES)
+        broker.require(CLUSTER_BROKER_SAMPLES)
+        assert broker.value("strata_owned_bundles_count") >= 1
         labels = {"tenant": "public", "namespace": "public/default", "topic": topic}
         assert broker.value("strata_in_messages_total", **labels) == 200
         sub = {"subscription": "sub", **labels}
@@ -259,6 +276,7 @@ async def test_cluster_bookies_and_broker_serve_their_families(tmp_path: Path) -
         for bookie in cluster.bookies:
             scrape = Scrape(bookie.metrics_port())
             scrape.require(BOOKIE_SAMPLES)
+            scrape.require(AUTORECOVERY_SAMPLES)
             # E/Qw/Qa 2/2/2 on two bookies: each holds every entry.
             assert scrape.value("strata_bookie_add_entry_latency_seconds_count") >= 4
             assert scrape.value("strata_bookie_journal_sync_latency_seconds_count") > 0
