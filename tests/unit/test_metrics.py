@@ -9,7 +9,7 @@ import contextlib
 from collections.abc import AsyncIterator
 from pathlib import Path
 
-from prometheus_client import Histogram, generate_latest
+from prometheus_client import REGISTRY, Histogram, generate_latest
 from prometheus_client.core import Metric
 
 from bookie.metrics import BookieCollector, bookie_collectors
@@ -153,6 +153,12 @@ async def test_two_roles_in_one_process_each_have_their_own_registry(tmp_path: P
         assert family in text
     assert "_created" not in text
     assert second.port == -1
+
+
+def test_nothing_is_registered_in_the_global_registry() -> None:
+    """Roles serve registries of their own: importing the metric modules registers nothing."""
+    text = generate_latest(REGISTRY).decode()
+    assert "strata_" not in text
 
 
 def test_a_registry_serves_process_families() -> None:
