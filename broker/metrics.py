@@ -154,28 +154,25 @@ def _namespace_labels(stats: TopicStats) -> tuple[str, str]:
 
 def topic_families(stats: Iterable[TopicStats], *, topic_level: bool) -> list[Metric]:
     """The per-topic families of ``BrokerCollector`` from a snapshot (pure: unit-tested)."""
-    stats = list(stats)
+    # Each topic's label values, made once per scrape rather than once per family.
+    labelled = [(t, (*_namespace_labels(t), str(t.name))) for t in stats]
     topics_count = GaugeMetricFamily(
         "strata_topics_count", "topics loaded on this broker", labels=NAMESPACE_LABELS
     )
-    per_namespace: dict[tuple[str, str], int] = defaultdict(int)
-    for topic in stats:
-        per_namespace[_namespace_labels(topic)] += 1
+    per_namespace: dict[tuple[str, ...], int] = defaultdict(int)
+    for _topic, labels in labelled:
+        per_namespace[labels[:2]] += 1
     for namespace, count in sorted(per_namespace.items()):
         topics_count.add_metric(namespace, count)
     families: list[Metric] = [topics_count]
     for family, value in TOPIC_FAMILIES:
         metric = _family(family, TOPIC_LABELS if topic_level else NAMESPACE_LABELS)
-        _add_rows(
-            metric, (((*_namespace_labels(t), str(t.name)), value(t)) for t in stats), topic_level
-        )
+        _add_rows(metric, ((labels, value(t)) for t, labels in labelled), topic_level)
         families.append(metric)
     for family, sub_value in SUBSCRIPTION_FAMILIES:
         metric = _family(family, SUBSCRIPTION_LABELS if topic_level else NAMESPACE_LABELS)
         sub_rows = (
-            ((*_namespace_labels(t), str(t.name), s.name), sub_value(s))
-            for t in stats
-            for s in t.subscriptions
+            ((*labels, s.name), sub_value(s)) for t, labels in labelled for s in t.subscriptions
         )
         _add_rows(metric, sub_rows, topic_level)
         families.append(metric)
