@@ -33,6 +33,7 @@ from prometheus_client import (
     PLATFORM_COLLECTOR,
     PROCESS_COLLECTOR,
     CollectorRegistry,
+    Counter,
     Histogram,
     disable_created_metrics,
     start_http_server,
@@ -68,6 +69,22 @@ EVENT_LOOP_LAG_SECONDS = Histogram(
     registry=None,
 )
 
+# The etcd driver's requests (``strata.metadata.etcd``): Pulsar's metadata store op latency.
+METADATA_STORE_OP_LATENCY_SECONDS = Histogram(
+    "strata_metadata_store_op_latency_seconds",
+    "one metadata-store request to etcd (retries included): reads and writes",
+    ["operation"],
+    buckets=LATENCY_BUCKETS_SECONDS,
+    registry=None,
+)
+METADATA_STORE_READ_LATENCY_SECONDS = METADATA_STORE_OP_LATENCY_SECONDS.labels(operation="read")
+METADATA_STORE_WRITE_LATENCY_SECONDS = METADATA_STORE_OP_LATENCY_SECONDS.labels(operation="write")
+METADATA_STORE_SESSION_EXPIRATIONS = Counter(
+    "strata_metadata_store_session_expirations",
+    "metadata-store sessions ended because their lease expired or could not be refreshed",
+    registry=None,
+)
+
 # How often the lag monitor wakes: often enough to see a 10 ms stall within a scrape
 # interval, rare enough to cost nothing (10 wake-ups a second).
 EVENT_LOOP_LAG_INTERVAL_SECONDS = 0.1
@@ -85,6 +102,8 @@ def process_registry(collectors: Iterable[Collector]) -> CollectorRegistry:
         PLATFORM_COLLECTOR,
         GC_COLLECTOR,
         EVENT_LOOP_LAG_SECONDS,
+        METADATA_STORE_OP_LATENCY_SECONDS,
+        METADATA_STORE_SESSION_EXPIRATIONS,
         *collectors,
     ):
         registry.register(collector)

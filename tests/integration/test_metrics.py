@@ -63,6 +63,8 @@ CLUSTER_BROKER_SAMPLES = (
     *BROKER_SAMPLES,
     "strata_owned_bundles_count",
     "strata_ownership_sessions_lost_total",
+    "strata_metadata_store_op_latency_seconds_count",
+    "strata_metadata_store_session_expirations_total",
 )
 AUTORECOVERY_SAMPLES = (
     "strata_autorecovery_is_auditor",
@@ -267,6 +269,9 @@ async def test_cluster_bookies_and_broker_serve_their_families(tmp_path: Path) -
         broker = Scrape(cluster.brokers[0].metrics_port())
         broker.require(CLUSTER_BROKER_SAMPLES)
         assert broker.value("strata_owned_bundles_count") >= 1
+        for operation in ("read", "write"):
+            latency = "strata_metadata_store_op_latency_seconds_count"
+            assert broker.value(latency, operation=operation) > 0
         labels = {"tenant": "public", "namespace": "public/default", "topic": topic}
         assert broker.value("strata_in_messages_total", **labels) == 200
         sub = {"subscription": "sub", **labels}
@@ -277,6 +282,7 @@ async def test_cluster_bookies_and_broker_serve_their_families(tmp_path: Path) -
             scrape = Scrape(bookie.metrics_port())
             scrape.require(BOOKIE_SAMPLES)
             scrape.require(AUTORECOVERY_SAMPLES)
+            scrape.require(("strata_metadata_store_op_latency_seconds_count",))
             # E/Qw/Qa 2/2/2 on two bookies: each holds every entry.
             assert scrape.value("strata_bookie_add_entry_latency_seconds_count") >= 4
             assert scrape.value("strata_bookie_journal_sync_latency_seconds_count") > 0
