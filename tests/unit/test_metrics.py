@@ -177,3 +177,18 @@ async def test_the_event_loop_lag_monitor_observes_and_is_cancelled_by_its_owner
     [family] = histogram.collect()
     count = next(s.value for s in family.samples if s.name == "test_lag_seconds_count")
     assert count >= 2
+
+
+async def test_a_topics_outbound_counts_are_its_subscriptions_even_deleted_ones(
+    tmp_path: Path,
+) -> None:
+    async with memory_broker(tmp_path) as broker:
+        topic = await broker.get_topic(TopicName.parse("t"))
+        first = await topic.get_subscription("a", None, start_at_earliest=True)
+        second = await topic.get_subscription("b", None, start_at_earliest=True)
+        first.messages_out, first.bytes_out = 3, 30
+        second.messages_out, second.bytes_out = 4, 40
+        assert topic_stats(topic).msg_out_counter == 7
+        await topic.delete_subscription("a")
+        stats = topic_stats(topic)
+        assert (stats.msg_out_counter, stats.bytes_out_counter) == (7, 70)
