@@ -5,7 +5,15 @@ UNAVAILABLE) while the journal is replayed; the metadata store is opened and the
 cookie checked (a bookie that lost its disk refuses to start, see ``bookie.registry``); the
 bookie opens; health turns SERVING; the bookie registers its ephemeral key under
 ``/bookies/available/``; autorecovery (auditor election and a replication worker) starts
-unless disabled. SIGTERM or SIGINT shuts down in the reverse order.
+unless disabled. The metadata store may be unreachable at start (the roles of a cluster start
+in any order): it is retried with backoff for ``--metadata-store-connect-timeout-seconds``,
+NOT_SERVING meanwhile.
+
+SIGTERM or SIGINT shuts down in the reverse order, gracefully, within
+``--graceful-shutdown-timeout-seconds``: autorecovery stops, the registration goes (no new
+ledger picks this bookie), health turns NOT_SERVING, the bookie takes no more adds (their
+streams end UNAVAILABLE, so writers replace it by an ensemble change) and finishes those in
+flight; then the server stops and the bookie closes.
 """
 
 from __future__ import annotations
@@ -33,11 +41,10 @@ from strata.config_binding import ConfigBinding
 from strata.metadata import open_metadata_store
 from strata.metadata.registration import RegistrationConflictError
 from strata.metrics import RoleMetrics
-from strata.process import run_server
+from strata.process import ShutdownDeadline, run_server
 
 log = logging.getLogger("strata.bookie")
 
-SHUTDOWN_GRACE_SECONDS = 5.0
 EXIT_IDENTITY_ERROR = 3
 
 
@@ -53,6 +60,7 @@ def build_parser(
 
 async def run_bookie(config: BookieConfig, stop: asyncio.Event) -> int:
     served = await start_bookie_server(None, config.host, config.port)
+    deadline = ShutdownDeadline(config.graceful_shutdown_timeout_seconds)
     bookie_id = config.bookie_id(served.port)
     store = None
     bookie = None
@@ -60,7 +68,10 @@ async def run_bookie(config: BookieConfig, stop: asyncio.Event) -> int:
     metrics: RoleMetrics | None = None
     recovery: Autorecovery | None = None
     try:
-        store = await open_metadata_store(config.metadata_url)
+        store = await open_metadata_store(
+            config.metadata_url,
+            connect_timeout_seconds=config.metadata_store_connect_timeout_seconds,
+        )
         try:
             instance_id = await check_cookie(store, config.storage.data_dir, bookie_id)
         except CookieMismatchError as exc:
@@ -93,6 +104,7 @@ async def run_bookie(config: BookieConfig, stop: asyncio.Event) -> int:
             flush=True,
         )
         await stop.wait()
+        deadline.start()
         return 0
     finally:
         if recovery is not None:
@@ -101,7 +113,9 @@ async def run_bookie(config: BookieConfig, stop: asyncio.Event) -> int:
             await registration.close()
         if metrics is not None:
             await metrics.close()
-        await served.stop(SHUTDOWN_GRACE_SECONDS)
+        if not await served.drain(deadline.remaining_s()):
+            log.warning("adds still in flight after the graceful shutdown timeout; stopping")
+        await served.stop(deadline.server_grace_s())
         if bookie is not None:
             await bookie.close()
         if store is not None:
@@ -113,7 +127,7 @@ def main(argv: list[str]) -> int:
     config = binding.build(parser, parser.parse_args(argv))
     storage = replace(config.storage, data_dir=config.storage.data_dir.resolve())
     config = replace(config, storage=storage)
-    return run_server(lambda stop: run_bookie(config, stop))
+    return run_server(lambda stop: run_bookie(config, stop), log_format=config.log_format)
 
 
 if __name__ == "__main__":

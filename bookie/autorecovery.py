@@ -48,6 +48,7 @@ from bookie.registry import (
     BookieRegistry,
 )
 from strata.config_binding import setting
+from strata.logging_setup import log_fields
 from strata.metadata import BadVersionError, MetadataError, MetadataStore, MetadataStoreClosedError
 
 log = logging.getLogger(__name__)
@@ -240,7 +241,12 @@ class Autorecovery:
             existing = await self._store.get(marker_key(metadata.ledger_id))
             if existing is None or existing.value != body.encode():
                 await self._store.put(marker_key(metadata.ledger_id), body.encode())
-                log.info("ledger %d is under-replicated: %s", metadata.ledger_id, body)
+                log.info(
+                    "ledger %d is under-replicated: %s",
+                    metadata.ledger_id,
+                    body,
+                    extra=log_fields(ledger=metadata.ledger_id),
+                )
         for key in await self._store.list_keys(UNDER_REPLICATED_PREFIX):
             if int(key[len(UNDER_REPLICATED_PREFIX) :]) not in marked:
                 await self._store.delete(key)
@@ -345,7 +351,10 @@ class Autorecovery:
                 new = self._replacement(current, first_entry_id, old, available)
                 if new is None:
                     log.warning(
-                        "ledger %d: no bookie to replace %s with; will retry", ledger_id, old
+                        "ledger %d: no bookie to replace %s with; will retry",
+                        ledger_id,
+                        old,
+                        extra=log_fields(ledger=ledger_id),
                     )
                     return copied
                 try:
@@ -358,6 +367,7 @@ class Autorecovery:
                         old,
                         new,
                         exc,
+                        extra=log_fields(ledger=ledger_id),
                     )
                     return copied
                 copied += 1
@@ -368,6 +378,7 @@ class Autorecovery:
                     first_entry_id,
                     old,
                     new,
+                    extra=log_fields(ledger=ledger_id),
                 )
         final = await self._manager.read_metadata(ledger_id)
         if final is None or not await self.under_replicated(final, set(self._registry.available())):

@@ -20,6 +20,8 @@ from bookie.autorecovery import AutorecoveryConfig
 from bookie.ledger import LedgerClientConfig
 from bookie.storage import BookieStorageConfig
 from strata.config_binding import HELP, PREFIX, section, setting
+from strata.logging_setup import LOG_FORMATS
+from strata.process import log_format_setting, metadata_store_connect_timeout_setting
 
 
 @dataclass(frozen=True, slots=True)
@@ -39,6 +41,13 @@ class BookieConfig:
     autorecovery: bool = setting(
         True, "run the autorecovery auditor election and a replication worker in this process"
     )
+    metadata_store_connect_timeout_seconds: float = metadata_store_connect_timeout_setting()
+    graceful_shutdown_timeout_seconds: float = setting(
+        30.0,
+        "on SIGTERM, how long the bookie may take to finish the adds in flight (it takes no "
+        "new ones) before it exits",
+    )
+    log_format: str = log_format_setting()
     recovery: AutorecoveryConfig = section(
         AutorecoveryConfig, "the autorecovery auditor and worker", prefix="autorecovery_"
     )
@@ -53,6 +62,12 @@ class BookieConfig:
             raise ValueError("port must be within 0..65535")
         if not -1 <= self.metrics_port <= 65535:
             raise ValueError("metrics_port must be within 0..65535 (-1 = off)")
+        if not self.metadata_store_connect_timeout_seconds > 0:
+            raise ValueError("metadata_store_connect_timeout_seconds must be positive")
+        if self.graceful_shutdown_timeout_seconds < 0:
+            raise ValueError("graceful_shutdown_timeout_seconds must not be negative")
+        if self.log_format not in LOG_FORMATS:
+            raise ValueError(f"log_format must be one of {', '.join(LOG_FORMATS)}")
 
     def bookie_id(self, port: int) -> str:
         """``ADDRESS:PORT``: the advertised address (else this host's name) and the port."""

@@ -91,12 +91,15 @@ class AddEntriesStream:
 
     Lifecycle: ``responses()`` runs for the whole call; it ends once the client half-closed and
     every admitted add is answered, or when the call is cancelled (the reader task is then
-    cancelled and awaited).
+    cancelled and awaited). ``stop_admitting()`` (the bookie is shutting down) stops the
+    reader: later adds are never admitted, the admitted ones are still answered, and then
+    ``responses()`` ends with ``stopped`` set, for the servicer to end the call UNAVAILABLE.
     """
 
     def __init__(self, bookie: Bookie, max_pending_adds: int) -> None:
         self._bookie = bookie
         self._max_pending_adds = max_pending_adds
+        self.stopped = False
         self._pending = 0
         self._ready: list[bookie_pb2.AddResult] = []
         self._changed = asyncio.Event()
@@ -116,14 +119,19 @@ class AddEntriesStream:
                     batch, self._ready = self._ready, []
                     yield bookie_pb2.AddEntriesResponse(results=batch)
                     continue
+                if self.stopped and self._reading:
+                    await _cancel_and_wait(reader)
                 if not self._reading and self._pending == 0:
                     return
                 self._changed.clear()
                 await self._changed.wait()
         finally:
-            reader.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await reader
+            await _cancel_and_wait(reader)
+
+    def stop_admitting(self) -> None:
+        """Admit no more adds; answer those admitted, then end (see the class docstring)."""
+        self.stopped = True
+        self._changed.set()
 
     async def _read(self, requests: AsyncIterator[bookie_pb2.AddEntriesRequest]) -> None:
         try:
@@ -218,19 +226,38 @@ class AddEntriesStream:
         self._changed.set()
 
 
+async def _cancel_and_wait(task: asyncio.Task[None]) -> None:
+    task.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await task
+
+
 class BookieServicer(bookie_pb2_grpc.BookieServiceServicer):
     """The BookieService handlers over one open ``Bookie`` (which it does not own or close).
 
     Lifecycle: created and registered by ``start_bookie_server``; lives as long as the server.
+    ``drain()`` (a graceful stop) refuses new AddEntries calls and stops every open one from
+    admitting adds; it returns once the adds in flight are answered and those calls ended
+    UNAVAILABLE, so that their writers replace this bookie by an ensemble change.
     """
 
     def __init__(self, bookie: Bookie | None, *, max_pending_adds_per_stream: int = 8192) -> None:
         # None while the process replays its journal: every call is then UNAVAILABLE.
         self._ready: Bookie | None = bookie
         self._max_pending_adds_per_stream = max_pending_adds_per_stream
+        self._add_streams: set[AddEntriesStream] = set()
+        self._draining = False
+        self._drained = asyncio.Event()
+        self._drained.set()
 
     def attach(self, bookie: Bookie) -> None:
         self._ready = bookie
+
+    async def drain(self) -> None:
+        self._draining = True
+        for stream in self._add_streams:
+            stream.stop_admitting()
+        await self._drained.wait()
 
     @property
     def _bookie(self) -> Bookie:
@@ -246,11 +273,24 @@ class BookieServicer(bookie_pb2_grpc.BookieServiceServicer):
     ) -> AsyncIterator[bookie_pb2.AddEntriesResponse]:
         try:
             bookie = self._bookie
+            if self._draining:
+                raise BookieUnavailableError("the bookie is shutting down")
         except BookieUnavailableError as error:
             await _abort(context, error)
         stream = AddEntriesStream(bookie, self._max_pending_adds_per_stream)
-        async for response in stream.responses(request_iterator):
-            yield response
+        self._add_streams.add(stream)
+        self._drained.clear()
+        try:
+            async for response in stream.responses(request_iterator):
+                yield response
+        finally:
+            self._add_streams.discard(stream)
+            if not self._add_streams:
+                self._drained.set()
+        if stream.stopped:
+            # Every add admitted before the stop was answered above; the writer resends the
+            # others to a replacement bookie.
+            await _abort(context, BookieUnavailableError("the bookie is shutting down"))
         if stream.malformed_request is not None:
             # Every add admitted before the bad message was answered above.
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, stream.malformed_request)
@@ -351,6 +391,18 @@ class BookieServer:
         self.failure_watch = asyncio.get_running_loop().create_task(
             report_failure(), name="bookie-health"
         )
+
+    async def drain(self, timeout_s: float) -> bool:
+        """A graceful stop's first step: report NOT_SERVING, take no more adds, and wait (at
+        most ``timeout_s``) until the adds in flight are answered; False if time ran out.
+        Reads are still served until ``stop``."""
+        await self.health.enter_graceful_shutdown()
+        try:
+            async with asyncio.timeout(timeout_s):
+                await self.servicer.drain()
+        except TimeoutError:
+            return False
+        return True
 
     async def stop(self, grace_s: float | None = 1.0) -> None:
         """Report NOT_SERVING, then stop (in-flight calls get ``grace_s``). The bookie itself is

@@ -1,10 +1,16 @@
 """``strata broker``: one stateless broker of a cluster.
 
 It keeps no data of its own: topics, cursors and ledger metadata live in the metadata store
-(``--metadata-url``, etcd), entries on the bookies registered there. Start-up: open the store,
-create tenant ``public`` and namespace ``public/default`` if the cluster is new (what
-``strata initialize-cluster`` does explicitly), follow the live bookies, serve. SIGTERM or
-SIGINT closes topics (their ledgers are closed cleanly) and exits.
+(``--metadata-url``, etcd), entries on the bookies registered there. Start-up: open the store
+(an unreachable one is retried with backoff for ``--metadata-store-connect-timeout-seconds``,
+so the roles of a cluster start in any order; the broker's port answers only once it is
+open), create tenant ``public`` and namespace ``public/default`` if the cluster is new (what
+``strata initialize-cluster`` does explicitly), follow the live bookies, serve.
+
+SIGTERM or SIGINT stops it gracefully, within ``--graceful-shutdown-timeout-seconds``: the
+broker leaves the lookup candidates, then hands its bundles over one at a time (their topics
+close, their ledgers are closed cleanly, their clients look them up again and resend what was
+not receipted on the next owner), then stops serving and exits.
 """
 
 from __future__ import annotations
@@ -15,7 +21,10 @@ import contextlib
 import json
 import logging
 import sys
+import time
 from collections.abc import Mapping
+
+from grpc_health.v1 import health as grpc_health
 
 from bookie.ledger import LedgerManager
 from bookie.registry import BookieClientPool, BookieRegistry, now_ms
@@ -27,12 +36,11 @@ from broker.service import BrokerService
 from strata.config_binding import ConfigBinding
 from strata.metadata import MetadataStore, open_metadata_store
 from strata.metadata.registration import EphemeralRegistration
-from strata.process import run_server
+from strata.process import ShutdownDeadline, run_server
 from tiered import create_offloader
 
 log = logging.getLogger("strata.broker")
 
-SHUTDOWN_GRACE_SECONDS = 5.0
 # Room for the framing around the largest entry in a bookie request.
 BOOKIE_REQUEST_MARGIN_BYTES = 64 * 1024
 
@@ -58,11 +66,40 @@ def broker_registration(store: MetadataStore, broker_id: str) -> EphemeralRegist
     )
 
 
+async def leave_gracefully(
+    broker: BrokerService,
+    registration: EphemeralRegistration,
+    health: grpc_health.aio.HealthServicer,
+    deadline: ShutdownDeadline,
+) -> None:
+    """The first steps of a graceful stop, within ``deadline``: report NOT_SERVING (a
+    Kubernetes Service stops sending clients here), stop being a lookup candidate (so no
+    lookup sends a client back here), then unload every bundle. Whatever is left when the
+    time is up is closed by the rest of the shutdown."""
+    deadline.start()
+    await health.enter_graceful_shutdown()
+    timeout_s = deadline.remaining_s()
+    started = time.monotonic()
+    owned = len(broker.ownership.owned) if broker.ownership is not None else 0
+    log.info("leaving the cluster: handing %d bundles to other brokers", owned)
+    try:
+        async with asyncio.timeout(timeout_s):
+            await registration.close()
+            await broker.leave_cluster()
+    except TimeoutError:
+        log.warning("bundles not all handed over within %.1f s; closing the rest", timeout_s)
+        return
+    log.info("left the cluster in %.2f s", time.monotonic() - started)
+
+
 async def run_broker(config: BrokerConfig, stop: asyncio.Event) -> None:
     """Serve until ``stop``. Everything opened is closed in reverse order (``resources``):
     the broker leaves bundle ownership first, so its clients move to other brokers."""
     async with contextlib.AsyncExitStack() as resources:
-        store = await open_metadata_store(config.metadata_url)
+        store = await open_metadata_store(
+            config.metadata_url,
+            connect_timeout_seconds=config.metadata_store_connect_timeout_seconds,
+        )
         resources.push_async_callback(store.close)
         pool = BookieClientPool(
             max_entry_size_bytes=config.max_message_size_bytes + BOOKIE_REQUEST_MARGIN_BYTES
@@ -87,17 +124,18 @@ async def run_broker(config: BrokerConfig, stop: asyncio.Event) -> None:
             ownership=ownership_config(config),
         )
         resources.push_async_callback(broker.close)
-        resources.push_async_callback(server.stop, SHUTDOWN_GRACE_SECONDS)
+        deadline = ShutdownDeadline(config.graceful_shutdown_timeout_seconds)
+        resources.push_async_callback(lambda: server.stop(deadline.server_grace_s()))
         await broker.initialize_defaults()
         await broker.start()
-        await serve_broker(server, broker)  # UNAVAILABLE for topics until it has joined
+        health = await serve_broker(server, broker)  # UNAVAILABLE for topics until joined
         metrics = start_metrics_server(broker, config.host, config.metrics_port)
         resources.push_async_callback(metrics.close)
         metrics_port = metrics.port
         registration = broker_registration(store, broker_id)
         resources.push_async_callback(registration.close)
         await registration.start()
-        resources.push_async_callback(broker.leave_cluster)
+        resources.push_async_callback(leave_gracefully, broker, registration, health, deadline)
         await broker.join_cluster()
         # Harnesses and scripts read this line to learn the ports picked for port 0.
         print(
@@ -105,6 +143,7 @@ async def run_broker(config: BrokerConfig, stop: asyncio.Event) -> None:
             flush=True,
         )
         await stop.wait()
+        deadline.start()
 
 
 # A cluster broker keeps no data of its own and names itself by its address.
@@ -132,7 +171,7 @@ def main(argv: list[str]) -> int:
         config.offload_config()  # validate the offload options now
     except ValueError as exc:
         parser.error(str(exc))
-    return run_server(lambda stop: run_broker(config, stop))
+    return run_server(lambda stop: run_broker(config, stop), log_format=config.log_format)
 
 
 if __name__ == "__main__":

@@ -20,6 +20,8 @@ from pathlib import Path
 
 from bookie.ledger import LedgerClientConfig
 from strata.config_binding import section, setting
+from strata.logging_setup import LOG_FORMATS
+from strata.process import log_format_setting, metadata_store_connect_timeout_setting
 from tiered.config import DRIVER_FILESYSTEM, DRIVERS, OffloadConfig
 from tiered.format import check_prefix
 
@@ -124,6 +126,13 @@ class BrokerConfig:
     offload_block_cache_size_bytes: int = setting(
         64 * MIB, "cache of blocks read from offloaded ledgers"
     )
+    metadata_store_connect_timeout_seconds: float = metadata_store_connect_timeout_setting()
+    graceful_shutdown_timeout_seconds: float = setting(
+        30.0,
+        "on SIGTERM, how long the broker may take to hand its bundles to other brokers and "
+        "finish in-flight requests before it exits",
+    )
+    log_format: str = log_format_setting()
     ledger_client: LedgerClientConfig = section(
         LedgerClientConfig, "timeouts and limits of the ledger client (writes to bookies)"
     )
@@ -141,6 +150,7 @@ class BrokerConfig:
             "offload_max_threads",
             "offload_retry_timeout_ms",
             "offload_request_timeout_ms",
+            "metadata_store_connect_timeout_seconds",
         )
         for name in positive:
             if getattr(self, name) <= 0:
@@ -156,7 +166,14 @@ class BrokerConfig:
         if self.offload_driver and self.offload_driver not in DRIVERS:
             raise ValueError(f"offload_driver must be one of {', '.join(DRIVERS)} (or empty)")
         check_prefix(self.offload_prefix)
-        for name in ("offload_deletion_lag_ms", "offload_block_cache_size_bytes"):
+        if self.log_format not in LOG_FORMATS:
+            raise ValueError(f"log_format must be one of {', '.join(LOG_FORMATS)}")
+        not_negative = (
+            "offload_deletion_lag_ms",
+            "offload_block_cache_size_bytes",
+            "graceful_shutdown_timeout_seconds",
+        )
+        for name in not_negative:
             if getattr(self, name) < 0:
                 raise ValueError(f"{name} must not be negative")
 

@@ -19,6 +19,7 @@ import time
 
 from broker.loops import OwnedLoops
 from broker.topics import TopicRegistry
+from strata.logging_setup import log_fields
 from strata.naming import TopicName
 
 log = logging.getLogger(__name__)
@@ -60,7 +61,9 @@ class Housekeeping:
             try:
                 await topic.trim()
             except Exception as exc:
-                log.warning("trimming %s failed: %s", topic.name, exc)
+                log.warning(
+                    "trimming %s failed: %s", topic.name, exc, extra=log_fields(topic=topic.name)
+                )
             if topic.ledger.offload is not None:
                 topic.ledger.offload.on_housekeeping()
 

@@ -44,6 +44,7 @@ from bookie.ledger import STATE_CLOSED, LedgerReader
 from broker.managed_ledger import LedgerInfo, ManagedLedger
 from broker.metrics import OFFLOAD_BYTES, OFFLOAD_DURATION_SECONDS, OFFLOAD_ERRORS
 from strata.clock import now_ms
+from strata.logging_setup import log_fields
 from strata.naming import TopicName
 from tiered import OFFLOAD_COMPLETE, OFFLOAD_IN_PROGRESS, OffloadContext, Offloader
 from tiered.format import OffloadKeys
@@ -189,6 +190,7 @@ class LedgerOffloadOp:
                 result.entry_count,
                 result.data_length,
                 keys.data_key,
+                extra=log_fields(topic=ledger.name, ledger=ledger_id),
             )
             return result.data_length
         finally:
@@ -372,7 +374,12 @@ class ManagedLedgerOffloader:
         except asyncio.CancelledError:
             raise
         except Exception as exc:
-            log.warning("offloading %s failed: %s", self._ledger.name, exc)
+            log.warning(
+                "offloading %s failed: %s",
+                self._ledger.name,
+                exc,
+                extra=log_fields(topic=self._ledger.name),
+            )
             self._failed(manual, str(exc) or type(exc).__name__)
             return
         self._failures = 0

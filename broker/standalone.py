@@ -23,12 +23,11 @@ from broker.server import bind_broker_server, serve_broker, start_metrics_server
 from broker.service import BrokerService
 from strata.config_binding import ConfigBinding
 from strata.metadata import open_metadata_store
-from strata.process import run_server
+from strata.process import ShutdownDeadline, run_server
 from tiered import create_offloader
 
 log = logging.getLogger("strata.standalone")
 
-SHUTDOWN_GRACE_SECONDS = 5.0
 # A standalone has its own embedded store and its one bookie: every ledger is written once.
 STANDALONE_FIXED_OPTIONS = {
     "metadata_url": "",
@@ -36,6 +35,8 @@ STANDALONE_FIXED_OPTIONS = {
     "managed_ledger_default_write_quorum": 1,
     "managed_ledger_default_ack_quorum": 1,
 }
+# Its store is embedded: there is nothing to wait for at start.
+STANDALONE_SKIPPED_OPTIONS = ("metadata_store_connect_timeout_seconds",)
 
 
 async def run_standalone(config: BrokerConfig, stop: asyncio.Event) -> None:
@@ -65,7 +66,8 @@ async def run_standalone(config: BrokerConfig, stop: asyncio.Event) -> None:
             config, store, ledgers, offloader=offloader, advertised_address=config.advertised(port)
         )
         resources.push_async_callback(broker.close)
-        resources.push_async_callback(server.stop, SHUTDOWN_GRACE_SECONDS)
+        deadline = ShutdownDeadline(config.graceful_shutdown_timeout_seconds)
+        resources.push_async_callback(lambda: server.stop(deadline.server_grace_s()))
         await broker.initialize_defaults()
         # Listed by `strata admin bookies list` like a cluster's bookies.
         await store.put(
@@ -86,12 +88,15 @@ async def run_standalone(config: BrokerConfig, stop: asyncio.Event) -> None:
             flush=True,
         )
         await stop.wait()
+        deadline.start()
 
 
 def build_parser(
     environ: Mapping[str, str] | None = None,
 ) -> tuple[argparse.ArgumentParser, ConfigBinding[BrokerConfig]]:
-    binding = ConfigBinding(BrokerConfig, fixed=STANDALONE_FIXED_OPTIONS)
+    binding = ConfigBinding(
+        BrokerConfig, fixed=STANDALONE_FIXED_OPTIONS, skip=STANDALONE_SKIPPED_OPTIONS
+    )
     parser = binding.role_parser(
         "strata standalone",
         "Run broker + bookie + embedded metadata store in one process.",
@@ -107,4 +112,4 @@ def main(argv: list[str]) -> int:
         config.offload_config(default_directory=config.data_dir / "offload")  # validate
     except ValueError as exc:
         parser.error(str(exc))
-    return run_server(lambda stop: run_standalone(config, stop))
+    return run_server(lambda stop: run_standalone(config, stop), log_format=config.log_format)

@@ -34,6 +34,7 @@ from broker.managed_ledger import (
 from broker.namespaces import Namespaces
 from broker.offload import ManagedLedgerOffloader
 from broker.topic import Topic
+from strata.logging_setup import log_fields
 from strata.metadata import BadVersionError, MetadataStore
 from strata.naming import NamespaceName, TopicName
 from tiered import Offloader
@@ -164,7 +165,12 @@ class TopicRegistry:
         await topic.ledger.open()
         await topic.load_subscriptions()
         self.topics[str(name)] = topic
-        log.info("loaded topic %s (%d ledgers)", name, len(topic.ledger.ledgers))
+        log.info(
+            "loaded topic %s (%d ledgers)",
+            name,
+            len(topic.ledger.ledgers),
+            extra=log_fields(topic=name),
+        )
         return topic
 
     def _managed_ledger(self, name: TopicName, listener: ManagedLedgerListener) -> ManagedLedger:
@@ -219,7 +225,9 @@ class TopicRegistry:
             try:
                 await topic.close()
             except Exception as exc:
-                log.warning("closing %s failed: %s", topic.name, exc)
+                log.warning(
+                    "closing %s failed: %s", topic.name, exc, extra=log_fields(topic=topic.name)
+                )
             finally:
                 if self._closing.get(key) is closed[key]:
                     del self._closing[key]
@@ -247,5 +255,7 @@ class TopicRegistry:
             try:
                 await topic.close()
             except Exception as exc:
-                log.warning("closing %s failed: %s", topic.name, exc)
+                log.warning(
+                    "closing %s failed: %s", topic.name, exc, extra=log_fields(topic=topic.name)
+                )
         self.topics.clear()

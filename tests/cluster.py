@@ -4,7 +4,8 @@
 everything on free ports, waits for readiness through the gRPC health services and the
 bookie registrations (never by sleeping a fixed time), and offers the fault verbs
 ``kill_bookie(i)``, ``pause_bookie(i)``/``resume_bookie(i)`` (SIGSTOP/SIGCONT),
-``restart_bookie(i)``, ``kill_broker(i)`` and ``restart_broker(i)``. Every process is ended by
+``restart_bookie(i)``, ``kill_broker(i)`` and ``restart_broker(i)``, and the graceful
+``stop_broker(i)`` and ``stop_bookie(i)`` (SIGTERM). Every process is ended by
 the PID this harness started.
 """
 
@@ -68,29 +69,41 @@ class Cluster:
 
     def start(self) -> Self:
         self.etcd.start()
+        self.launch_servers()
+        return self.wait_servers_ready()
+
+    def launch_servers(self) -> None:
+        """Start every bookie and broker process without waiting for them (nor for etcd: they
+        wait for it themselves, ``--metadata-store-connect-timeout-seconds``)."""
         for index in range(self._bookie_count):
             self.add_bookie(index)
-        for bookie in self.bookies:
-            bookie.wait_ready()
         for index in range(self._broker_count):
-            self.brokers.append(
-                ServerProcess(
-                    "broker",
-                    [
-                        "--metadata-url",
-                        self.metadata_url,
-                        "--metrics-port",
-                        "-1",
-                        "--advertised-address",
-                        "127.0.0.1",
-                        *self._broker_args,
-                    ],
-                    self.directory / f"broker-{index}.log",
-                    env=self.env,
-                ).start()
-            )
-        self.wait_bookies_available(self._bookie_count)
+            self.add_broker(index)
+
+    def wait_servers_ready(self, timeout_s: float = READY_TIMEOUT_SECONDS) -> Self:
+        for process in [*self.bookies, *self.brokers]:
+            process.wait_ready(timeout_s)
+        self.wait_bookies_available(self._bookie_count, timeout_s)
         return self
+
+    def add_broker(self, index: int) -> ServerProcess:
+        broker = ServerProcess(
+            "broker",
+            [
+                "--metadata-url",
+                self.metadata_url,
+                "--metrics-port",
+                "-1",
+                "--advertised-address",
+                "127.0.0.1",
+                *self._broker_args,
+            ],
+            self.directory / f"broker-{index}.log",
+            env=self.env,
+        )
+        self.brokers.append(broker)
+        broker.start(wait=False)
+        return broker
 
     def add_bookie(self, index: int) -> ServerProcess:
         bookie = ServerProcess(
@@ -154,6 +167,14 @@ class Cluster:
 
     def restart_broker(self, index: int = 0) -> None:
         self.brokers[index].restart()
+
+    def stop_broker(self, index: int = 0) -> int | None:
+        """SIGTERM: a graceful stop (the broker hands its bundles over); its exit status."""
+        return self.brokers[index].stop()
+
+    def stop_bookie(self, index: int) -> int | None:
+        """SIGTERM: a graceful stop (the bookie finishes its adds in flight); its exit status."""
+        return self.bookies[index].stop()
 
     # ---- observation -------------------------------------------------------------------------
 

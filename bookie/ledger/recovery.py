@@ -49,6 +49,7 @@ from bookie.ledger.metadata import (
 )
 from bookie.ledger.reader import LedgerReader
 from bookie.ledger.writer import LedgerHandle
+from strata.logging_setup import log_fields
 
 if TYPE_CHECKING:
     from bookie.ledger.manager import LedgerManager
@@ -212,6 +213,7 @@ class LedgerRecoveryOp:
                 closed.last_entry_id,
                 fence.max_last_add_confirmed,
                 last - start,
+                extra=log_fields(ledger=self._ledger_id),
             )
             return closed
         except LedgerClientError as exc:

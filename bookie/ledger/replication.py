@@ -28,6 +28,7 @@ from bookie.ledger.errors import (
 )
 from bookie.ledger.metadata import STATE_CLOSED, LedgerMetadata, slot_stores_entry
 from bookie.ledger.reader import LedgerReader
+from strata.logging_setup import log_fields
 
 if TYPE_CHECKING:
     from bookie.ledger.manager import LedgerManager
@@ -109,6 +110,7 @@ class FragmentReplicator:
             self._old,
             self._new,
             copied,
+            extra=log_fields(ledger=self._ledger_id),
         )
         return updated
 

@@ -66,12 +66,18 @@ __all__ = [
 ]
 
 
-async def open_metadata_store(url: str) -> MetadataStore:
+async def open_metadata_store(
+    url: str, *, connect_timeout_seconds: float | None = None
+) -> MetadataStore:
     """Open the metadata store that ``url`` names; see the module docstring for the schemes.
+
+    ``connect_timeout_seconds`` is how long an unreachable etcd is retried (with backoff)
+    before giving up; server roles pass their ``--metadata-store-connect-timeout-seconds``
+    (120 s), so that they may start before etcd. The default is the driver's own bound (10 s).
 
     Raises ValueError for a malformed URL or an unknown scheme, and MetadataError when the
     store cannot be opened (for example, an embedded directory in use by another process, or
-    MetadataStoreUnavailableError when no etcd endpoint answers).
+    MetadataStoreUnavailableError when no etcd endpoint answers in time).
     """
     try:
         parts = urllib.parse.urlsplit(url)
@@ -94,7 +100,9 @@ async def open_metadata_store(url: str) -> MetadataStore:
         return await InMemoryMetadataStore.open()
     if scheme == "etcd":
         # Raises ValueError, naming the URL, for bad hosts, ports, root or options.
-        return await EtcdMetadataStore.open(EtcdSettings.from_url(url))
+        return await EtcdMetadataStore.open(
+            EtcdSettings.from_url(url), connect_timeout_seconds=connect_timeout_seconds
+        )
     raise ValueError(
         f"metadata store URL {url!r} has unknown scheme {parts.scheme!r}; "
         "expected embedded:, memory:// or etcd://"

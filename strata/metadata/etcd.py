@@ -48,7 +48,9 @@ import builtins
 import contextlib
 import ipaddress
 import logging
+import math
 import re
+import time
 import urllib.parse
 import uuid
 from collections.abc import Awaitable, Callable
@@ -61,6 +63,7 @@ from aetcd import rpc
 from aetcd.utils import prefix_range_end
 from tenacity import (
     AsyncRetrying,
+    RetryCallState,
     retry_if_exception,
     stop_after_attempt,
     stop_before_delay,
@@ -112,6 +115,10 @@ CONNECT_RETRY_MAX_SECONDS = 10.0
 CONNECT_RETRY_INITIAL_BACKOFF_S = 0.05
 CONNECT_RETRY_MAX_BACKOFF_S = 1.0
 CONNECT_RETRY_JITTER_S = 0.05
+# Connecting at start may wait much longer (``--metadata-store-connect-timeout-seconds``: the
+# roles of a cluster start in any order); an attempt fails at once while nothing listens, so
+# the attempts are bounded by one per longest backoff, plus the usual budget.
+CONNECT_WAIT_LOG_INTERVAL_S = 10.0
 # Revoking the lease on close is a courtesy (the lease expires anyway), so it waits less.
 CLOSE_REVOKE_MAX_S = 5.0
 
@@ -411,6 +418,7 @@ class _EtcdConnection:
         idempotent: bool,
         max_s: float | None = None,
         max_attempts: int = CONNECT_RETRY_MAX_ATTEMPTS,
+        before_sleep: Callable[[RetryCallState], None] | None = None,
     ) -> _T:
         """Run ``function(client, timeout_s)``, retrying connection failures within the limits.
 
@@ -434,6 +442,7 @@ class _EtcdConnection:
             )
             + wait_random(0, CONNECT_RETRY_JITTER_S),
             retry=retry_if_exception(retriable),
+            before_sleep=before_sleep,
             reraise=True,
         )
         try:
@@ -530,9 +539,31 @@ class _EtcdConnection:
                     raise
         raise AssertionError("unreachable: the last attempt returns or raises")
 
-    async def start(self) -> None:
-        """Check that etcd answers, and learn the current revision for the first watches."""
-        await self.range("connect", rpc.RangeRequest(key=self.etcd_key("/"), keys_only=True))
+    async def start(self, max_s: float | None = None) -> None:
+        """Check that etcd answers, and learn the current revision for the first watches.
+
+        ``max_s`` (default: the settings' ``connect_retry_max_seconds``) is how long an
+        unreachable etcd is retried: a process started before etcd waits up to that long,
+        logging a warning every :data:`CONNECT_WAIT_LOG_INTERVAL_S` while it waits.
+        """
+        if max_s is None:
+            max_s = self.settings.connect_retry_max_seconds
+        request = rpc.RangeRequest(key=self.etcd_key("/"), keys_only=True)
+        waiting = _ConnectWaitLog(self.description, max_s)
+
+        async def send(client: Any, timeout_s: float) -> Any:
+            return await client.kvstub.Range(request, timeout=timeout_s, metadata=client.metadata)
+
+        response = await self.call(
+            "connect",
+            send,
+            idempotent=True,
+            max_s=max_s,
+            max_attempts=connect_max_attempts(max_s),
+            before_sleep=waiting.before_sleep,
+        )
+        self.observe(response.header)
+        waiting.connected()
 
     async def close(self) -> None:
         if self.closed:
@@ -543,6 +574,41 @@ class _EtcdConnection:
         finally:
             if self._retiring:
                 await asyncio.gather(*tuple(self._retiring), return_exceptions=True)
+
+
+def connect_max_attempts(max_s: float) -> int:
+    """The attempts a connect may make within ``max_s``: one per longest backoff, and more."""
+    return CONNECT_RETRY_MAX_ATTEMPTS + math.ceil(max_s / CONNECT_RETRY_MAX_BACKOFF_S)
+
+
+class _ConnectWaitLog:
+    """What a process waiting for etcd at start says: a warning on the first failed attempt
+    and every ``CONNECT_WAIT_LOG_INTERVAL_S`` after, and once it is connected."""
+
+    def __init__(self, description: str, max_s: float) -> None:
+        self._description = description
+        self._max_s = max_s
+        self._started = time.monotonic()
+        self._logged_at: float | None = None
+
+    def before_sleep(self, state: RetryCallState) -> None:
+        now = time.monotonic()
+        if self._logged_at is not None and now - self._logged_at < CONNECT_WAIT_LOG_INTERVAL_S:
+            return
+        self._logged_at = now
+        error = state.outcome.exception() if state.outcome is not None else None
+        _logger.warning(
+            "%s is not reachable yet (%s); retrying for up to %.0f s more",
+            self._description,
+            _describe(error) if error is not None else "no answer",
+            max(0.0, self._max_s - (now - self._started)),
+        )
+
+    def connected(self) -> None:
+        if self._logged_at is not None:
+            _logger.info(
+                "%s reachable after %.1f s", self._description, time.monotonic() - self._started
+            )
 
 
 # --- Sessions -------------------------------------------------------------------------------------
@@ -584,11 +650,14 @@ class EtcdMetadataStore(MetadataStore):
         connection.sessions.append(self)
 
     @classmethod
-    async def open(cls, settings: EtcdSettings) -> EtcdMetadataStore:
-        """Connect to etcd; MetadataStoreUnavailableError if no endpoint answers in time."""
+    async def open(
+        cls, settings: EtcdSettings, *, connect_timeout_seconds: float | None = None
+    ) -> EtcdMetadataStore:
+        """Connect to etcd; MetadataStoreUnavailableError if no endpoint answers within
+        ``connect_timeout_seconds`` (default: the settings' ``connect_retry_max_seconds``)."""
         connection = _EtcdConnection(settings)
         try:
-            await connection.start()
+            await connection.start(connect_timeout_seconds)
         except BaseException:
             await connection.close()
             raise

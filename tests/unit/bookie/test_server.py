@@ -268,3 +268,52 @@ async def test_not_serving_and_unavailable_until_the_bookie_is_attached(tmp_path
         await served.stop(None)
         if bookie is not None:
             await bookie.close()
+
+
+async def test_drain_answers_the_adds_in_flight_and_ends_add_streams_unavailable(
+    served: tuple[Bookie, BookieServer], channel: grpc.aio.Channel
+) -> None:
+    bookie, server = served
+    stub = bookie_pb2_grpc.BookieServiceStub(channel)
+    sent = [_add(i, 7, i, b"d" * 500) for i in range(300)]
+    first_answered = asyncio.Event()
+    never_half_closed = asyncio.Event()
+
+    async def requests() -> AsyncIterator[bookie_pb2.AddEntriesRequest]:
+        for start in range(0, len(sent), 50):
+            yield bookie_pb2.AddEntriesRequest(entries=sent[start : start + 50])
+        await never_half_closed.wait()  # a writer's stream stays open
+
+    call = stub.AddEntries(requests())
+    answered: dict[int, bookie_pb2.AddResult] = {}
+
+    async def read_answers() -> None:
+        async for response in call:
+            for result in response.results:
+                answered[result.request_id] = result
+            first_answered.set()
+
+    reader = asyncio.create_task(read_answers())
+    await first_answered.wait()
+    assert await server.drain(10.0)
+    with pytest.raises(grpc.aio.AioRpcError) as ended:
+        await reader
+    assert ended.value.code() == grpc.StatusCode.UNAVAILABLE
+    assert "shutting down" in (ended.value.details() or "")
+    # Everything admitted was answered, and durably stored; nothing failed.
+    assert answered and all(r.status == bookie_pb2.ADD_STATUS_OK for r in answered.values())
+    stored = await bookie.read_entries(7, 0, len(answered) - 1)
+    assert len(stored) == len(answered) == max(answered) + 1
+    # No new add stream; health says so; reads are still served until the server stops.
+    with pytest.raises(grpc.aio.AioRpcError) as refused:
+        async for _ in stub.AddEntries(iter([bookie_pb2.AddEntriesRequest(entries=[sent[0]])])):
+            pass
+    assert refused.value.code() == grpc.StatusCode.UNAVAILABLE
+    health_stub = health_pb2_grpc.HealthStub(channel)
+    status = await health_stub.Check(health_pb2.HealthCheckRequest(service=""))
+    assert status.status == health_pb2.HealthCheckResponse.NOT_SERVING
+    read = await stub.ReadEntries(
+        bookie_pb2.ReadEntriesRequest(ledger_id=7, first_entry_id=0, last_entry_id=0)
+    )
+    assert read.entries[0].payload == b"d" * 500
+    never_half_closed.set()
