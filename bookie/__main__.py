@@ -25,10 +25,9 @@ import sys
 from collections.abc import Mapping
 from dataclasses import replace
 
-from prometheus_client import start_http_server
-
 from bookie.autorecovery import Autorecovery, start_autorecovery
 from bookie.config import BookieConfig
+from bookie.metrics import LEDGER_CLIENT_METRICS, AutorecoveryCollector, bookie_collectors
 from bookie.registry import (
     BookieInfo,
     CookieMismatchError,
@@ -41,6 +40,7 @@ from bookie.storage import Bookie
 from strata.config_binding import ConfigBinding
 from strata.metadata import open_metadata_store
 from strata.metadata.registration import RegistrationConflictError
+from strata.metrics import RoleMetrics
 from strata.process import ShutdownDeadline, run_server
 
 log = logging.getLogger("strata.bookie")
@@ -65,6 +65,7 @@ async def run_bookie(config: BookieConfig, stop: asyncio.Event) -> int:
     store = None
     bookie = None
     registration = None
+    metrics: RoleMetrics | None = None
     recovery: Autorecovery | None = None
     try:
         store = await open_metadata_store(
@@ -79,10 +80,10 @@ async def run_bookie(config: BookieConfig, stop: asyncio.Event) -> int:
             return EXIT_IDENTITY_ERROR
         bookie = await Bookie.open(config.storage)
         await served.attach(bookie)
-        metrics_port = config.metrics_port
-        if metrics_port >= 0:
-            metrics_server, _thread = start_http_server(metrics_port, addr=config.host)
-            metrics_port = metrics_server.server_port
+        metrics = RoleMetrics(
+            config.host, config.metrics_port, [*bookie_collectors(bookie), *LEDGER_CLIENT_METRICS]
+        ).start()
+        metrics_port = metrics.port
         registration = bookie_registration(
             store, BookieInfo(bookie_id, instance_id, metrics_port, now_ms())
         )
@@ -95,6 +96,7 @@ async def run_bookie(config: BookieConfig, stop: asyncio.Event) -> int:
             recovery = await start_autorecovery(
                 store, bookie_id, config.recovery, config.ledger_client
             )
+            metrics.registry.register(AutorecoveryCollector(recovery))
         # Harnesses and scripts read this line to learn the ports picked for port 0.
         print(
             f"strata bookie ready id={bookie_id} port={served.port} metrics_port={metrics_port} "
@@ -109,6 +111,8 @@ async def run_bookie(config: BookieConfig, stop: asyncio.Event) -> int:
             await recovery.close()
         if registration is not None:
             await registration.close()
+        if metrics is not None:
+            await metrics.close()
         if not await served.drain(deadline.remaining_s()):
             log.warning("adds still in flight after the graceful shutdown timeout; stopping")
         await served.stop(deadline.server_grace_s())

@@ -160,6 +160,7 @@ class Autorecovery:
         self.is_auditor = False
         self.audits_run = 0
         self.fragments_replicated = 0
+        self.under_replicated_ledgers = 0  # marked by this process's last audit
 
     def start(self) -> None:
         loop = asyncio.get_running_loop()
@@ -250,6 +251,7 @@ class Autorecovery:
             if int(key[len(UNDER_REPLICATED_PREFIX) :]) not in marked:
                 await self._store.delete(key)
         self.audits_run += 1
+        self.under_replicated_ledgers = len(marked)
         if marked:
             self._work_due.set()
         return len(marked)

@@ -129,7 +129,9 @@ async def run_broker(config: BrokerConfig, stop: asyncio.Event) -> None:
         await broker.initialize_defaults()
         await broker.start()
         health = await serve_broker(server, broker)  # UNAVAILABLE for topics until joined
-        metrics_port = start_metrics_server(config.host, config.metrics_port)
+        metrics = start_metrics_server(broker, config.host, config.metrics_port)
+        resources.push_async_callback(metrics.close)
+        metrics_port = metrics.port
         registration = broker_registration(store, broker_id)
         resources.push_async_callback(registration.close)
         await registration.start()

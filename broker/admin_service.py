@@ -20,6 +20,7 @@ from broker.ownership import (
     with_boundary,
 )
 from broker.service import BrokerService
+from broker.topic_stats import topic_stats
 from strata.naming import NamespaceName, TopicName, check_name_part, parse_tenant
 from strata.v1 import admin_pb2, admin_pb2_grpc
 
@@ -298,34 +299,34 @@ class AdminServicer(admin_pb2_grpc.AdminServiceServicer):
         name = TopicName.parse(request.name)
         if not await self._broker.topic_exists(name):
             raise NotFoundError(f"topic {name} does not exist")
-        topic = await self._broker.get_topic(name)
-        ledger = topic.ledger
-        stats = admin_pb2.TopicStats(
+        stats = topic_stats(await self._broker.get_topic(name))
+        return admin_pb2.TopicStats(
             name=str(name),
-            msg_rate_in=topic.messages_in.rate(),
-            msg_throughput_in=topic.bytes_in.rate(),
-            msg_in_counter=topic.messages_in.total,
-            bytes_in_counter=topic.bytes_in.total,
-            storage_size=ledger.total_size_bytes,
-            producers_count=len(topic.connected_producers),
-            ledgers_count=len(ledger.ledgers),
-            entries_count=ledger.total_entries,
-        )
-        total_backlog = 0
-        for sub_name, sub in topic.subscriptions.items():
-            backlog = sub.cursor.backlog_entries()
-            total_backlog = max(total_backlog, backlog)
-            md = sub.cursor.mark_delete
-            rp = sub.cursor.read_position
-            stats.subscriptions[sub_name].CopyFrom(
-                admin_pb2.SubscriptionStats(
+            msg_rate_in=stats.msg_rate_in,
+            msg_throughput_in=stats.msg_throughput_in,
+            msg_rate_out=stats.msg_rate_out,
+            msg_throughput_out=stats.msg_throughput_out,
+            msg_in_counter=stats.msg_in_counter,
+            bytes_in_counter=stats.bytes_in_counter,
+            storage_size=stats.storage_size,
+            msg_backlog=stats.msg_backlog,
+            producers_count=stats.producers_count,
+            ledgers_count=stats.ledgers_count,
+            entries_count=stats.entries_count,
+            subscriptions={
+                sub.name: admin_pb2.SubscriptionStats(
                     type=sub.type_name,
-                    msg_backlog=backlog,
-                    unacked_messages=sub.unacked_messages(),
-                    consumers_count=len(sub.consumers),
-                    mark_delete_position=f"{md[0]}:{md[1]}",
-                    read_position=f"{rp[0]}:{rp[1]}",
+                    msg_backlog=sub.msg_backlog,
+                    unacked_messages=sub.unacked_messages,
+                    consumers_count=sub.consumers_count,
+                    mark_delete_position=_position_text(sub.mark_delete_position),
+                    read_position=_position_text(sub.read_position),
                 )
-            )
-        stats.msg_backlog = total_backlog
-        return stats
+                for sub in stats.subscriptions
+            },
+        )
+
+
+def _position_text(position: tuple[int, int]) -> str:
+    """A position as ``ledger:entry``, as Pulsar's stats print it."""
+    return f"{position[0]}:{position[1]}"

@@ -34,6 +34,10 @@ class BrokerConfig:
     host: str = setting("127.0.0.1", "address to listen on")
     port: int = setting(6650, "gRPC port of the broker (0 = pick a free port)")
     metrics_port: int = setting(8080, "Prometheus metrics HTTP port (0 = a free one, -1 = off)")
+    # Pulsar's exposeTopicLevelMetricsInPrometheus: off, the families are summed per namespace.
+    expose_topic_level_metrics: bool = setting(
+        True, "label metrics per topic and subscription (false: per namespace only)"
+    )
     advertised_address: str = setting("", "host name clients dial (default: this host's name)")
     metadata_url: str = setting(
         "", "metadata store of the cluster: etcd://HOST:PORT[,HOST:PORT...]"

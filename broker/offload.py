@@ -42,6 +42,7 @@ from dataclasses import dataclass, replace
 
 from bookie.ledger import STATE_CLOSED, LedgerReader
 from broker.managed_ledger import LedgerInfo, ManagedLedger
+from broker.metrics import OFFLOAD_BYTES, OFFLOAD_DURATION_SECONDS, OFFLOAD_ERRORS
 from strata.clock import now_ms
 from strata.logging_setup import log_fields
 from strata.naming import TopicName
@@ -180,6 +181,8 @@ class LedgerOffloadOp:
             if ledger_id not in await ledger.offload_state.update({ledger_id: complete}):
                 await self._delete_quietly(result.keys)
                 return 0
+            OFFLOAD_BYTES.inc(result.data_length)
+            OFFLOAD_DURATION_SECONDS.observe((self._clock() - context.started_ms) / 1000)
             log.info(
                 "offloaded ledger %d of %s (%d entries, %d bytes) to %s",
                 ledger_id,
@@ -387,6 +390,7 @@ class ManagedLedgerOffloader:
             )
 
     def _failed(self, manual: int | None, error: str) -> None:
+        OFFLOAD_ERRORS.inc()
         self._failures += 1
         backoff = min(
             self._retry_initial_backoff_ms * 2 ** min(self._failures - 1, 20),

@@ -57,6 +57,7 @@ from broker.load_manager import (
     owned_bundle_counts,
 )
 from broker.loops import OwnedLoops
+from broker.metrics import BUNDLE_SPLITS, BUNDLE_UNLOADS
 from broker.namespaces import Namespaces
 from broker.topics import TopicRegistry
 from strata.metadata import (
@@ -358,6 +359,7 @@ class BundleOwnership:
             await self._registry.close_topics(bundle.contains)
             self.owned.pop(key, None)
             await self._session.release(key)
+            BUNDLE_UNLOADS.inc()
             log.info("unloaded bundle %s", bundle)
         finally:
             self._unloading.discard(key)
@@ -431,6 +433,7 @@ class BundleOwnership:
                     await self.forward(late_owner, bundle.key, "unload")
         finally:
             self._unloading.discard(bundle.key)
+        BUNDLE_SPLITS.inc()
         log.info("split bundle %s at 0x%08x", bundle, middle)
         return [Bundle(namespace, bundle.lower, middle), Bundle(namespace, middle, bundle.upper)]
 

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import asyncio
+import time
 from collections import deque
 from typing import TYPE_CHECKING, Any
 
 import grpc
 
 from broker.entry_format import stored_entry_for
+from broker.metrics import PUBLISH_LATENCY_SECONDS
 from broker.stream_driver import run_stream
 from broker.stream_requests import check_open_request, check_publish_batch, check_publish_request
 from strata.v1 import messaging_pb2
@@ -55,8 +57,8 @@ class ProducerStream:
         self._max_message_size_bytes = broker.config.max_message_size_bytes
         self._max_pending_batches = broker.config.max_pending_publish_batches_per_producer
         # Batches appended and not yet receipted, oldest first: (sequence id, message count,
-        # future of the entry's durable position).
-        self._pending: deque[tuple[int, int, asyncio.Future[Position]]] = deque()
+        # future of the entry's durable position, monotonic time its request was read).
+        self._pending: deque[tuple[int, int, asyncio.Future[Position], float]] = deque()
         self._appended = asyncio.Event()  # wakes the writer when a batch joins _pending
         self._room = asyncio.Event()  # wakes the reader when the writer made room in _pending
         self._reading = True
@@ -93,13 +95,14 @@ class ProducerStream:
         pending = self._pending
         while (request := await self._context.read()) is not _EOF:
             check_publish_request(request)
+            received = time.monotonic()
             for batch in request.publish.batches:
                 check_publish_batch(batch, self._max_message_size_bytes)
                 while len(pending) >= self._max_pending_batches:
                     self._room.clear()
                     await self._room.wait()
                 future = topic.publish(stored_entry_for(producer_name, batch), batch.num_messages)
-                pending.append((batch.sequence_id, batch.num_messages, future))
+                pending.append((batch.sequence_id, batch.num_messages, future, received))
                 self._appended.set()
         self._reading = False
         self._appended.set()
@@ -115,9 +118,11 @@ class ProducerStream:
                 continue
             await pending[0][2]  # receipts go in sequence order: the oldest batch first
             receipts = []
+            now = time.monotonic()
             while pending and pending[0][2].done():
-                sequence_id, count, future = pending.popleft()
+                sequence_id, count, future, received = pending.popleft()
                 ledger_id, entry_id = future.result()
+                PUBLISH_LATENCY_SECONDS.observe(now - received)
                 receipts.append(
                     messaging_pb2.SendReceipt(
                         sequence_id=sequence_id,

@@ -3,15 +3,20 @@ metrics endpoint."""
 
 from __future__ import annotations
 
+import asyncio
+
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
-from prometheus_client import start_http_server
+from prometheus_client.registry import Collector
 
+from bookie.metrics import LEDGER_CLIENT_METRICS
 from broker.admin_service import AdminServicer
 from broker.config import MIB
 from broker.messaging_service import MessagingServicer
+from broker.metrics import OwnershipCollector, broker_collectors
 from broker.service import BrokerService
+from strata.metrics import RoleMetrics
 from strata.v1 import admin_pb2, admin_pb2_grpc, messaging_pb2, messaging_pb2_grpc
 
 # Room for the gRPC framing and the batch header around a maximum-size message.
@@ -77,10 +82,17 @@ async def start_broker_server(
     return server, bound, await serve_broker(server, broker)
 
 
-def start_metrics_server(host: str, port: int) -> int:
-    """Serve the Prometheus metrics on ``host:port`` (0: a free port; < 0: not at all);
-    returns the bound port, or ``port`` when there is none."""
-    if port < 0:
-        return port
-    metrics_server, _thread = start_http_server(port, addr=host)
-    return int(metrics_server.server_port)
+def start_metrics_server(
+    broker: BrokerService, host: str, port: int, *extra: Collector
+) -> RoleMetrics:
+    """Serve the broker's metrics on ``host:port`` (0: a free port; < 0: not at all): its
+    topics, its hot-path histograms, its ledger client's and ``extra`` (a standalone's
+    bookie). The caller closes the result."""
+    collectors = broker_collectors(
+        lambda: broker.topics,
+        asyncio.get_running_loop(),
+        topic_level=broker.config.expose_topic_level_metrics,
+    )
+    if broker.ownership is not None:
+        collectors.append(OwnershipCollector(broker.ownership))
+    return RoleMetrics(host, port, [*collectors, *LEDGER_CLIENT_METRICS, *extra]).start()

@@ -15,6 +15,7 @@ from collections.abc import Mapping
 
 from bookie.ledger import LedgerManager
 from bookie.local import LocalBookieClient
+from bookie.metrics import bookie_collectors
 from bookie.registry import BookieInfo, available_key, now_ms
 from bookie.storage import Bookie, BookieStorageConfig
 from broker.config import BrokerConfig
@@ -76,7 +77,11 @@ async def run_standalone(config: BrokerConfig, stop: asyncio.Event) -> None:
         )
         await broker.start()
         await serve_broker(server, broker)
-        metrics_port = start_metrics_server(config.host, config.metrics_port)
+        metrics = start_metrics_server(
+            broker, config.host, config.metrics_port, *bookie_collectors(bookie)
+        )
+        resources.push_async_callback(metrics.close)
+        metrics_port = metrics.port
         # Tests and scripts read this line to learn the ports picked for port 0.
         print(
             f"strata standalone ready port={port} metrics_port={metrics_port} data_dir={data_dir}",

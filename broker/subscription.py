@@ -27,6 +27,7 @@ from dataclasses import dataclass, field
 from broker.cursor import ManagedCursor
 from broker.errors import InvalidRequestError, PreconditionError
 from broker.managed_ledger import Entry, ManagedLedger, Position
+from broker.rates import RateMeter
 from strata.v1 import messaging_pb2
 
 log = logging.getLogger(__name__)
@@ -99,6 +100,7 @@ class Subscription:
         self._task: asyncio.Task[None] | None = None
         self.messages_out = 0
         self.bytes_out = 0
+        self.messages_redelivered = RateMeter()
 
     @property
     def type_name(self) -> str:
@@ -152,6 +154,7 @@ class Subscription:
             if self.cursor.is_acked(position) or position in self._replay_set:
                 continue
             self._replay_set.add(position)
+            self.messages_redelivered.total += count
             heapq.heappush(self._replay, position)
             self.redelivery_counts[position] = self.redelivery_counts.get(position, 0) + 1
 

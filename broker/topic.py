@@ -9,38 +9,17 @@ from __future__ import annotations
 
 import asyncio
 import itertools
-import time
 from collections.abc import Callable
-from dataclasses import dataclass
 from urllib.parse import quote, unquote
 
 from broker.cursor import CURSORS_PREFIX, ManagedCursor
 from broker.errors import PreconditionError
 from broker.managed_ledger import ManagedLedger, ManagedLedgerListener, Position
+from broker.metrics import ENTRY_SIZE_BYTES
+from broker.rates import RateMeter
 from broker.subscription import SUBSCRIPTION_EXCLUSIVE, Subscription
 from strata.metadata import MetadataStore
 from strata.naming import TopicName
-
-
-@dataclass(slots=True)
-class RateMeter:
-    """Counts that become a per-second rate between two reads of ``rate()``."""
-
-    total: int = 0
-    _last_total: int = 0
-    _last_time: float = 0.0
-    _last_rate: float = 0.0
-
-    def rate(self) -> float:
-        now = time.monotonic()
-        elapsed = now - self._last_time
-        if self._last_time == 0.0:
-            self._last_time, self._last_total = now, self.total
-            return 0.0
-        if elapsed >= 1.0:
-            self._last_rate = (self.total - self._last_total) / elapsed
-            self._last_time, self._last_total = now, self.total
-        return self._last_rate
 
 
 class Topic:
@@ -71,8 +50,11 @@ class Topic:
         self._subscription_lock = asyncio.Lock()
         self.messages_in = RateMeter()
         self.bytes_in = RateMeter()
-        self.messages_out = RateMeter()
-        self.bytes_out = RateMeter()
+        # Outbound counts are the subscriptions' (a deleted one's stay counted).
+        self._removed_messages_out = 0
+        self._removed_bytes_out = 0
+        self.messages_out = RateMeter(source=self._messages_out_total)
+        self.bytes_out = RateMeter(source=self._bytes_out_total)
         self._producer_ids = itertools.count()
         # Set when the topic starts closing; its producer and consumer streams then end.
         self.closing = asyncio.Event()
@@ -86,6 +68,12 @@ class Topic:
     def cursor_prefix(self) -> str:
         n = self.name
         return f"{CURSORS_PREFIX}{n.tenant}/{n.namespace}/{n.local_name}/"
+
+    def _messages_out_total(self) -> int:
+        return self._removed_messages_out + sum(s.messages_out for s in self.subscriptions.values())
+
+    def _bytes_out_total(self) -> int:
+        return self._removed_bytes_out + sum(s.bytes_out for s in self.subscriptions.values())
 
     def _on_new_entries(self) -> None:
         for subscription in self.subscriptions.values():
@@ -117,6 +105,7 @@ class Topic:
         """Append one stored entry (a producer batch); the future is its durable position."""
         self.messages_in.total += num_messages
         self.bytes_in.total += len(entry)
+        ENTRY_SIZE_BYTES.observe(len(entry))
         return self.ledger.add_entry(entry, num_messages)
 
     def record_receipt(self, producer_name: str, last_sequence_id: int) -> None:
@@ -151,6 +140,8 @@ class Topic:
     async def delete_subscription(self, name: str) -> None:
         subscription = self.subscriptions.pop(name, None)
         if subscription is not None:
+            self._removed_messages_out += subscription.messages_out
+            self._removed_bytes_out += subscription.bytes_out
             await subscription.close()
             await subscription.cursor.delete()
 

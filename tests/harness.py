@@ -10,6 +10,7 @@ Processes are ended only by the PID this harness started.
 from __future__ import annotations
 
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -80,6 +81,7 @@ class ServerProcess:
         self.process: subprocess.Popen[bytes] | None = None
         self._log: IO[bytes] | None = None
         self._served = False  # once it has served, its port is its identity: never changed
+        self._log_start = 0  # where this run's output starts in the log
 
     @property
     def address(self) -> str:
@@ -93,6 +95,7 @@ class ServerProcess:
         assert not self.running, f"{self.role} {self.address} is already running"
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
         self._log = open(self.log_path, "ab")
+        self._log_start = self._log.tell()
         command = [sys.executable, "-m", "strata", self.role, "--port", str(self.port), *self.args]
         environment = dict(os.environ)
         environment.update(self.env or {})
@@ -161,6 +164,19 @@ class ServerProcess:
     def restart(self) -> ServerProcess:
         self.kill()
         return self.start()
+
+    def metrics_port(self, timeout_s: float = READY_TIMEOUT_SECONDS) -> int:
+        """The metrics port this run reported on its ready line (``metrics_port=N``; -1: off).
+        The line follows readiness by a moment: poll the log for it, bounded."""
+        deadline = time.monotonic() + timeout_s
+        while True:
+            found = re.search(r" ready .*metrics_port=(-?\d+)", self.log_text()[self._log_start :])
+            if found is not None:
+                return int(found.group(1))
+            if time.monotonic() > deadline or not self.running:
+                raise TimeoutError(f"{self.role} {self.address} reported no metrics port")
+            # Poll interval of a log reader, not a wait standing in for a condition.
+            time.sleep(0.05)
 
     def log_text(self) -> str:
         return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""

@@ -38,6 +38,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections import deque
 from dataclasses import replace
 from typing import TYPE_CHECKING
@@ -58,6 +59,12 @@ from bookie.ledger.metadata import (
     merge_ensembles,
     write_set_slots,
 )
+from bookie.metrics import (
+    ML_ADD_FAILURES,
+    ML_ADDS,
+    ML_ENSEMBLE_CHANGES,
+    STORAGE_WRITE_LATENCY_SECONDS,
+)
 
 if TYPE_CHECKING:
     from bookie.ledger.manager import LedgerManager
@@ -72,7 +79,16 @@ class _PendingAdd:
     ``sends`` the in-flight add per position. ``done`` once completed or failed.
     """
 
-    __slots__ = ("acked_slots", "done", "entry_id", "future", "payload", "sends", "slots")
+    __slots__ = (
+        "acked_slots",
+        "done",
+        "entry_id",
+        "future",
+        "payload",
+        "sends",
+        "slots",
+        "started",
+    )
 
     def __init__(
         self, entry_id: int, payload: bytes, slots: list[int], future: asyncio.Future[int]
@@ -84,6 +100,7 @@ class _PendingAdd:
         self.acked_slots: set[int] = set()
         self.sends: dict[int, asyncio.Task[None]] = {}
         self.done = False
+        self.started = time.monotonic()  # for strata_storage_write_latency_seconds
 
 
 class LedgerHandle:
@@ -298,13 +315,19 @@ class LedgerHandle:
             return
         pending = self._pending
         required = self._required_acks
+        completed = 0
+        now = time.monotonic()
         while pending and len(pending[0].acked_slots) >= required:
             op = pending.popleft()
             op.done = True
             self.last_add_confirmed = op.entry_id
             self.length_bytes += len(op.payload)
+            STORAGE_WRITE_LATENCY_SECONDS.observe(now - op.started)
+            completed += 1
             if not op.future.done():
                 op.future.set_result(op.entry_id)
+        if completed:
+            ML_ADDS.inc(completed)
 
     # ---- ensemble change ---------------------------------------------------------------
 
@@ -426,6 +449,7 @@ class LedgerHandle:
         self._fragment_first = first
         self._ensemble = new_ensemble
         self.ensemble_changes += 1
+        ML_ENSEMBLE_CHANGES.inc()
         for slot in failed:
             self._generation[slot] += 1
             del self._failed_slots[slot]
@@ -464,6 +488,8 @@ class LedgerHandle:
         self._failure = error
         if not quiet:
             log.warning("ledger %d writer failed: %s", self.ledger_id, error)
+        if self._pending:
+            ML_ADD_FAILURES.inc(len(self._pending))
         while self._pending:
             op = self._pending.popleft()
             op.done = True

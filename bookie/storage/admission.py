@@ -28,9 +28,11 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from pathlib import Path
 
 from bookie.errors import BadRequestError, LedgerDeletedError, LedgerFencedError
+from bookie.metrics import ADD_ENTRY_LATENCY_SECONDS
 from bookie.storage.config import BookieStorageConfig
 from bookie.storage.index import LedgerIndex, pack_location
 from bookie.storage.journal import Journal, PendingRecord
@@ -127,6 +129,7 @@ class Admission:
         index = self._index
         ledgers = index.ledgers
         written = 0
+        now = time.monotonic()
         for record in records:
             written += record.length
             record_type = record.record_type
@@ -141,6 +144,7 @@ class Admission:
                     if count > 1:
                         pending[entry_id] = count - 1
                     self._cache.put(ledger, entry_id, record.last_add_confirmed, record.payload)
+                    ADD_ENTRY_LATENCY_SECONDS.observe(now - record.queued_at)
                 raised = index.apply_entry(
                     ledger,
                     entry_id,

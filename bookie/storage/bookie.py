@@ -30,11 +30,13 @@ import asyncio
 import fcntl
 import logging
 import os
+import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from bookie.api import LedgerEntry, LedgerState
 from bookie.errors import BookieError, BookieIOError, BookieUnavailableError
+from bookie.metrics import READ_ENTRY_LATENCY_SECONDS
 from bookie.storage.admission import Admission
 from bookie.storage.config import BookieStorageConfig
 from bookie.storage.fencing import Fencing
@@ -246,7 +248,12 @@ class Bookie:
         when the first entry is missing and CorruptEntryError when it fails its checks (a
         later corrupt entry ends the read early instead)."""
         self._check_open()
-        return await self._reads.read_entries(ledger_id, first_entry_id, last_entry_id, max_bytes)
+        started = time.monotonic()
+        entries = await self._reads.read_entries(
+            ledger_id, first_entry_id, last_entry_id, max_bytes
+        )
+        READ_ENTRY_LATENCY_SECONDS.observe(time.monotonic() - started)
+        return entries
 
     async def read_last_add_confirmed(
         self, ledger_id: int, previous_last_add_confirmed: int = -1, timeout_ms: int = 0
@@ -297,6 +304,14 @@ class Bookie:
                     if entry.is_file():
                         total += entry.stat().st_size
         return total
+
+    @property
+    def journal_queue_size(self) -> int:
+        return self._journal.queue_size
+
+    @property
+    def ledgers_count(self) -> int:
+        return len(self._index.ledgers)
 
     @property
     def journal_fsyncs(self) -> int:

@@ -49,6 +49,7 @@ import asyncio
 import contextlib
 import functools
 import logging
+import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -80,6 +81,7 @@ class PendingRecord:
         "length",
         "offset",
         "payload",
+        "queued_at",
         "record_type",
         "segment_id",
     )
@@ -107,6 +109,7 @@ class PendingRecord:
         self.future = future
         # A compaction copy of an existing record (not a client add).
         self.is_copy = is_copy
+        self.queued_at = time.monotonic()  # for strata_bookie_add_entry_latency_seconds
 
 
 class Journal:
@@ -184,6 +187,11 @@ class Journal:
     @property
     def fsyncs(self) -> int:
         return self._slots.fsyncs + self._segments.fsyncs
+
+    @property
+    def queue_size(self) -> int:
+        """Records queued or written and not yet durable (BookKeeper's JOURNAL_QUEUE_SIZE)."""
+        return len(self._records) + self._slots.unsynced_records
 
     @property
     def bytes_preallocated(self) -> int:

@@ -32,6 +32,7 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import TYPE_CHECKING
 
 from bookie.errors import BookieError
+from bookie.metrics import timed_sync
 from bookie.storage.record import SEGMENT_HEADER_SIZE
 from bookie.storage.segment_writer import SegmentWriter
 
@@ -77,6 +78,7 @@ class SyncSlots:
         # Batches written but not yet durable, oldest first; the count of batches written so
         # far, the count the newest fdatasync started for, and the fdatasyncs in flight.
         self.unsynced: deque[list[PendingRecord]] = deque()
+        self.unsynced_records = 0
         self._written_batches = 0
         self._sync_started_for = 0
         self.in_flight: set[asyncio.Future[None]] = set()
@@ -103,6 +105,7 @@ class SyncSlots:
     def written(self, records: list[PendingRecord]) -> bool:
         """A batch was written; False when completing it failed the journal (no fsync)."""
         self.unsynced.append(records)
+        self.unsynced_records += len(records)
         self._written_batches += 1
         if self._fsync:
             self._start_sync()
@@ -117,7 +120,9 @@ class SyncSlots:
             return
         target = self._sync_started_for = self._written_batches
         # The write executor changes the file only at a roll, and rolls wait for no syncs.
-        sync = self._loop.run_in_executor(self._executor, os.fdatasync, self._segments.fd)
+        sync = self._loop.run_in_executor(
+            self._executor, timed_sync, os.fdatasync, self._segments.fd
+        )
         self.in_flight.add(sync)
         sync.add_done_callback(functools.partial(self._on_synced, target))
 
@@ -141,6 +146,7 @@ class SyncSlots:
         False when the index refused one (the journal has then failed)."""
         while self.batches_durable < target:
             records = self.unsynced.popleft()
+            self.unsynced_records -= len(records)
             last = records[-1]
             self.durable_segment_id = last.segment_id
             self.durable_offset = last.offset + last.length
@@ -162,6 +168,7 @@ class SyncSlots:
         for records in self.unsynced:
             fail_records(records, error)
         self.unsynced.clear()
+        self.unsynced_records = 0
 
     async def wait_idle(self) -> None:
         """Wait until no fdatasync runs (their outcome no longer matters)."""

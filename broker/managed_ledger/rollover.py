@@ -39,6 +39,7 @@ from bookie.ledger import LedgerHandle, LedgerMetadataConflictError
 from broker.errors import ServiceUnavailableError, TopicFencedError
 from broker.managed_ledger.ledger_list import LedgerInfo
 from broker.managed_ledger.writer import LedgerWriter
+from broker.metrics import ML_LEDGER_ROLLOVERS
 
 if TYPE_CHECKING:
     from broker.managed_ledger.ledger import ManagedLedger
@@ -112,6 +113,8 @@ class RolloverOp:
             await ledgers.store()
             await ledger.delete_ledger_quietly(empty.ledger_id)
         await create_ledger(ledger, self._writer)
+        if old is not None:
+            ML_LEDGER_ROLLOVERS.inc()
         if old is not None and ledger.offload is not None:
             ledger.offload.on_ledger_closed()
 

@@ -89,6 +89,11 @@ from strata.metadata.base import (
     check_prefix,
     check_value,
 )
+from strata.metrics import (
+    METADATA_STORE_READ_LATENCY_SECONDS,
+    METADATA_STORE_SESSION_EXPIRATIONS,
+    METADATA_STORE_WRITE_LATENCY_SECONDS,
+)
 
 _logger = logging.getLogger(__name__)
 
@@ -484,7 +489,9 @@ class _EtcdConnection:
         async def send(client: Any, timeout_s: float) -> Any:
             return await client.kvstub.Range(request, timeout=timeout_s, metadata=client.metadata)
 
+        started = asyncio.get_running_loop().time()
         response = await self.call(operation, send, idempotent=True)
+        METADATA_STORE_READ_LATENCY_SECONDS.observe(asyncio.get_running_loop().time() - started)
         self.observe(response.header)
         return response
 
@@ -495,7 +502,9 @@ class _EtcdConnection:
             stub_method = getattr(client.kvstub, method)
             return await stub_method(request, timeout=timeout_s, metadata=client.metadata)
 
+        started = asyncio.get_running_loop().time()
         response = await self.call(operation, send, idempotent=False)
+        METADATA_STORE_WRITE_LATENCY_SECONDS.observe(asyncio.get_running_loop().time() - started)
         self.observe(response.header)
         return response
 
@@ -702,6 +711,7 @@ class EtcdMetadataStore(MetadataStore):
         if self._lost_reason is not None or self._closed:
             return
         self._lost_reason = reason
+        METADATA_STORE_SESSION_EXPIRATIONS.inc()
         _logger.warning(
             "%s: session %s ended: %s", self._connection.description, self._session_id, reason
         )
