@@ -13,6 +13,7 @@ import contextlib
 import copy
 import importlib
 import io
+import json
 import re
 import subprocess
 from collections.abc import Iterator, Mapping
@@ -234,6 +235,29 @@ def role_options(role: str) -> RoleOptions:
     else:
         flags = set(_INVOCATION.findall(role_help(role)))
     return RoleOptions(frozenset(flag for flag in flags if flag.startswith("--")))
+
+
+def dashboard_families(docs: list[Doc]) -> set[str]:
+    """The metric families the Grafana dashboard's queries use (``_total``/``_bucket`` off:
+    the names prometheus_client declares)."""
+    dashboard_map = find(docs, "ConfigMap", "strata-grafana-dashboard")
+    dashboard = json.loads(dashboard_map["data"]["strata-dashboard.json"])
+    expressions = [t["expr"] for p in dashboard["panels"] for t in p["targets"]]
+    return {
+        re.sub(r"_(total|bucket)$", "", name)
+        for expr in expressions
+        for name in re.findall(r"\bstrata_\w+", expr)
+    }
+
+
+def declared_families() -> set[str]:
+    """The ``strata_*`` metric names the production code declares."""
+    return {
+        name
+        for package in ("broker", "bookie", "strata", "tiered")
+        for path in (REPOSITORY / package).rglob("*.py")
+        for name in re.findall(r'"(strata_[a-z0-9_]+)"', path.read_text())
+    }
 
 
 def strata_containers(docs: list[Doc]) -> Iterator[tuple[Doc, Doc]]:

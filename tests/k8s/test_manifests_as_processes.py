@@ -10,7 +10,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import re
 import time
+import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -22,7 +24,7 @@ import strata
 from strata.v1 import admin_pb2, admin_pb2_grpc
 from tests.etcd_server import EtcdServer
 from tests.k8s.local_run import LocalDeployment, Pod, StandIn
-from tests.k8s.manifests import environment, find, render
+from tests.k8s.manifests import dashboard_families, environment, find, render
 from tests.moto_server import MotoServer
 
 pytestmark = pytest.mark.integration
@@ -93,6 +95,16 @@ async def round_trip(service_url: str) -> list[bytes]:
         await client.close()
 
 
+def scraped_families(pod: Pod) -> set[str]:
+    """The metric families on the pod's metrics port (prometheus_client's own names)."""
+    url = f"http://{pod.address}:{pod.port('metrics')}/metrics"
+    with urllib.request.urlopen(url, timeout=10) as response:
+        text = response.read().decode()
+    # The text format names a counter's family with its _total suffix.
+    names = re.findall(r"^# TYPE (strata_\w+) ", text, re.MULTILINE)
+    return {name.removesuffix("_total") for name in names}
+
+
 def wait_bookies_available(broker: str, bookies: list[Pod]) -> None:
     """Until every bookie is registered under its advertised name."""
     expected = {f"{pod.address}:{pod.port('grpc')}" for pod in bookies}
@@ -130,3 +142,8 @@ def test_overlay_as_processes_round_trip(
         assert received == [str(index).encode() for index in range(MESSAGES)]
         # The topic's ledger was written on an ensemble of E bookies.
         assert sum(bookie.ledger_count for bookie in list_bookies(addresses[0])) >= quorum[0]
+        # What the ServiceMonitor scrapes (each pod's `metrics` port) serves what the
+        # dashboard graphs.
+        served = set().union(*(scraped_families(pod) for pod in [*bookie_pods, *broker_pods]))
+        missing = dashboard_families(local.docs) - served
+        assert not missing, f"the dashboard graphs families no pod serves: {missing}"
