@@ -2,7 +2,8 @@
 process per replica (``tests/k8s/local_run.py``), then a produce/consume round trip through
 the brokers. Proof that what the manifests say is what the code runs: the options, the ports
 the probes check, the bookies' advertised names, the ledger quorum (production 3/3/2 on 4
-bookies, dev 1/1/1), S3 offload on.
+bookies, dev 1/1/1), S3 offload on, and every family the Grafana dashboard graphs served on
+the pods' metrics ports, which the ServiceMonitor scrapes.
 """
 
 from __future__ import annotations
