@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 from bookie.autorecovery import AutorecoveryConfig
 from bookie.ledger import LedgerClientConfig
 from bookie.storage import BookieStorageConfig
+from strata.auth.config import AuthConfig
 from strata.config_binding import HELP, PREFIX, section, setting
 from strata.logging_setup import LOG_FORMATS
 from strata.process import log_format_setting, metadata_store_connect_timeout_setting
@@ -54,6 +55,7 @@ class BookieConfig:
     ledger_client: LedgerClientConfig = section(
         LedgerClientConfig, "timeouts and limits of autorecovery's ledger client"
     )
+    auth: AuthConfig = section(AuthConfig, "authentication and authorization", prefix="")
 
     def __post_init__(self) -> None:
         if not self.metadata_url:

@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from bookie.ledger import LedgerClientConfig
+from strata.auth.config import AuthConfig
 from strata.config_binding import section, setting
 from strata.logging_setup import LOG_FORMATS
 from strata.process import log_format_setting, metadata_store_connect_timeout_setting
@@ -136,6 +137,7 @@ class BrokerConfig:
     ledger_client: LedgerClientConfig = section(
         LedgerClientConfig, "timeouts and limits of the ledger client (writes to bookies)"
     )
+    auth: AuthConfig = section(AuthConfig, "authentication and authorization", prefix="")
 
     def __post_init__(self) -> None:
         if not 0 <= self.port <= 65535:
