@@ -166,6 +166,11 @@ class Bookie:
     def is_open(self) -> bool:
         return not self._closing
 
+    @property
+    def is_writable(self) -> bool:
+        """Whether adds can succeed: open, and its journal has not failed."""
+        return not self._closing and not self._journal.failed
+
     async def wait_failed(self) -> BookieError:
         """Wait until the journal fails for good (a failed write or fsync): from then on every
         add fails, and the process should report NOT_SERVING so that writers replace it."""
