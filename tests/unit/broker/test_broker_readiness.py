@@ -31,8 +31,7 @@ async def test_not_ready_until_reported_then_not_ready_when_leaving(tmp_path: Pa
     async def statuses() -> list[int]:
         names = ("", *BROKER_SERVICE_NAMES)
         return [
-            (await stub.Check(health_pb2.HealthCheckRequest(service=name))).status
-            for name in names
+            (await stub.Check(health_pb2.HealthCheckRequest(service=name))).status for name in names
         ]
 
     try:
