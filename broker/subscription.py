@@ -19,7 +19,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import heapq
-import itertools
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -91,7 +90,7 @@ class Subscription:
         self.cursor = cursor
         self._ledger = ledger
         self.consumers: list[ConsumerSession] = []
-        self._round_robin = itertools.count()
+        self._rotation = 0  # index in ``consumers`` whose turn is next (Shared)
         self._replay: list[Position] = []  # heap
         self._replay_set: set[Position] = set()
         self._owner: dict[Position, ConsumerSession] = {}
@@ -132,7 +131,10 @@ class Subscription:
 
     def remove_consumer(self, consumer: ConsumerSession) -> None:
         if consumer in self.consumers:
-            self.consumers.remove(consumer)
+            index = self.consumers.index(consumer)
+            del self.consumers[index]
+            if index < self._rotation:
+                self._rotation -= 1  # the same consumer keeps the next turn
         self._replay_positions(list(consumer.pending), consumer)
         self.notify()
 
@@ -203,13 +205,23 @@ class Subscription:
 
     # ---- dispatch ---------------------------------------------------------------------------
 
+    def _any_ready(self) -> bool:
+        return any(c.can_receive() for c in self.consumers)
+
     def _next_consumer(self) -> ConsumerSession | None:
-        ready = [c for c in self.consumers if c.can_receive()]
-        if not ready:
-            return None
+        """The consumer the next entry goes to: Pulsar's round robin over every connected
+        consumer, passing by those that cannot receive now (no permits, too many unacked, a
+        full stream) without losing their turn in the rotation."""
+        consumers = self.consumers
         if self.type == SUBSCRIPTION_EXCLUSIVE:
-            return ready[0]
-        return ready[next(self._round_robin) % len(ready)]
+            return next((c for c in consumers if c.can_receive()), None)
+        count = len(consumers)
+        for step in range(count):
+            index = (self._rotation + step) % count
+            if consumers[index].can_receive():
+                self._rotation = index + 1
+                return consumers[index]
+        return None
 
     async def _dispatch_loop(self) -> None:
         while True:
@@ -228,7 +240,7 @@ class Subscription:
 
     async def _dispatch_round(self) -> bool:
         """Send one round of entries; True if anything was sent (try again at once)."""
-        if self._next_consumer() is None:
+        if not self._any_ready():
             return False
         entries = await self._read_replay()
         if not entries:
