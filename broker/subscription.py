@@ -6,7 +6,13 @@ while it has permits, charging it the entry's message count (a consumer may go b
 negative, as in Pulsar, so that a batch larger than the receiver queue still flows).
 
 - Exclusive: one consumer; a second one is refused.
-- Shared: entries go round-robin to the consumers that have permits.
+- Shared: entries go round-robin over the consumers, passing by those without permits.
+- Failover: one active consumer, the others stand by (``_elect_active``, Pulsar's rule): the
+  first by (priority level, name), or on partition N of a partitioned topic the (N mod k)-th
+  of the k consumers at the best priority level, so that partitions spread over consumers.
+  When another consumer becomes active, the previous one's pending entries go back to the
+  replay set, so the new one receives them first, in order; each consumer is told whether it
+  is active (``ConsumerSession.on_active_change``).
 
 Entries sent and not yet acknowledged are *pending* on their consumer. When the consumer
 closes, or asks for redelivery (a negative ack), its pending entries go to the replay set,
@@ -33,7 +39,12 @@ log = logging.getLogger(__name__)
 
 SUBSCRIPTION_EXCLUSIVE: int = messaging_pb2.SUBSCRIPTION_TYPE_EXCLUSIVE
 SUBSCRIPTION_SHARED: int = messaging_pb2.SUBSCRIPTION_TYPE_SHARED
-TYPE_NAMES: dict[int, str] = {SUBSCRIPTION_EXCLUSIVE: "Exclusive", SUBSCRIPTION_SHARED: "Shared"}
+SUBSCRIPTION_FAILOVER: int = messaging_pb2.SUBSCRIPTION_TYPE_FAILOVER
+TYPE_NAMES: dict[int, str] = {
+    SUBSCRIPTION_EXCLUSIVE: "Exclusive",
+    SUBSCRIPTION_SHARED: "Shared",
+    SUBSCRIPTION_FAILOVER: "Failover",
+}
 
 # The dispatcher reads at most this many entries per round (Pulsar's dispatcherMaxReadBatchSize).
 DISPATCH_MAX_READ_ENTRIES = 100
@@ -70,6 +81,9 @@ class ConsumerSession:
     pending: dict[Position, int] = field(default_factory=dict)  # position → message count
     messages_out: int = 0
     bytes_out: int = 0
+    # Failover: the lower, the sooner chosen active; told of each change of its state.
+    priority_level: int = 0
+    on_active_change: Callable[[bool], None] = lambda _active: None
 
     def can_receive(self) -> bool:
         return (
@@ -83,9 +97,17 @@ class Subscription:
     """A named durable subscription of one topic, with its dispatcher task."""
 
     def __init__(
-        self, name: str, sub_type: int, cursor: ManagedCursor, ledger: ManagedLedger
+        self,
+        name: str,
+        sub_type: int,
+        cursor: ManagedCursor,
+        ledger: ManagedLedger,
+        *,
+        partition_index: int = -1,
     ) -> None:
         self.name = name
+        self.partition_index = partition_index  # of the topic; -1 when not a partition
+        self._active: ConsumerSession | None = None  # Failover
         self.type = sub_type
         self.cursor = cursor
         self._ledger = ledger
@@ -127,6 +149,10 @@ class Subscription:
                 f"({self.consumers[0].name})"
             )
         self.consumers.append(consumer)
+        if self.type == SUBSCRIPTION_FAILOVER:
+            self._elect_active()
+            if consumer is not self._active:
+                consumer.on_active_change(False)
         self.notify()
 
     def remove_consumer(self, consumer: ConsumerSession) -> None:
@@ -136,7 +162,36 @@ class Subscription:
             if index < self._rotation:
                 self._rotation -= 1  # the same consumer keeps the next turn
         self._replay_positions(list(consumer.pending), consumer)
+        if consumer is self._active:
+            self._active = None
+        if self.type == SUBSCRIPTION_FAILOVER:
+            self._elect_active()
         self.notify()
+
+    @property
+    def active_consumer(self) -> ConsumerSession | None:
+        """Failover: the consumer entries go to (None for the other types)."""
+        return self._active
+
+    def _elect_active(self) -> None:
+        """Failover: choose the active consumer (see the module docstring) and, when it
+        changes, hand the previous one's pending entries to the replay set and tell both."""
+        ranked = sorted(self.consumers, key=lambda c: (c.priority_level, c.name))
+        chosen: ConsumerSession | None = None
+        if ranked:
+            best = [c for c in ranked if c.priority_level == ranked[0].priority_level]
+            chosen = (
+                best[self.partition_index % len(best)] if self.partition_index >= 0 else best[0]
+            )
+        previous = self._active
+        if chosen is previous:
+            return
+        self._active = chosen
+        if previous is not None:
+            self._replay_positions(list(previous.pending), previous)
+            previous.on_active_change(False)
+        if chosen is not None:
+            chosen.on_active_change(True)
 
     def add_permits(self, consumer: ConsumerSession, permits: int) -> None:
         consumer.permits += permits
@@ -206,6 +261,8 @@ class Subscription:
     # ---- dispatch ---------------------------------------------------------------------------
 
     def _any_ready(self) -> bool:
+        if self.type == SUBSCRIPTION_FAILOVER:
+            return self._active is not None and self._active.can_receive()
         return any(c.can_receive() for c in self.consumers)
 
     def _next_consumer(self) -> ConsumerSession | None:
@@ -213,6 +270,9 @@ class Subscription:
         consumer, passing by those that cannot receive now (no permits, too many unacked, a
         full stream) without losing their turn in the rotation."""
         consumers = self.consumers
+        if self.type == SUBSCRIPTION_FAILOVER:
+            active = self._active
+            return active if active is not None and active.can_receive() else None
         if self.type == SUBSCRIPTION_EXCLUSIVE:
             return next((c for c in consumers if c.can_receive()), None)
         count = len(consumers)

@@ -172,7 +172,7 @@ def build_parser(environ: Mapping[str, str] | None = None) -> argparse.ArgumentP
         consume,
         "-t",
         "--type",
-        choices=["exclusive", "shared"],
+        choices=["exclusive", "shared", "failover"],
         default="exclusive",
         help="subscription type",
         environ=environ,
@@ -281,7 +281,11 @@ def _consume(args: argparse.Namespace) -> int:
         raise _UsageError("consume needs a subscription: -s/--subscription NAME")
     if args.count < 0 or args.timeout_seconds < 0:
         raise _UsageError("--count and --timeout-seconds must not be negative")
-    consumer_type = ConsumerType.Shared if args.type == "shared" else ConsumerType.Exclusive
+    consumer_type = {
+        "exclusive": ConsumerType.Exclusive,
+        "shared": ConsumerType.Shared,
+        "failover": ConsumerType.Failover,
+    }[args.type]
     position = (
         InitialPosition.Earliest if args.initial_position == "earliest" else InitialPosition.Latest
     )

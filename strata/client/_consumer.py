@@ -47,7 +47,7 @@ import time
 from collections import deque
 from collections.abc import Callable, Iterable, Sequence
 from itertools import repeat
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Protocol
 
 import grpc
 import grpc.aio
@@ -97,6 +97,21 @@ RESEND_CHUNK_IDS = 10_000
 # partition at most this many permits divided by the partition count.
 MAX_TOTAL_RECEIVER_QUEUE_SIZE_ACROSS_PARTITIONS = 50_000
 
+
+class ConsumerEventListener(Protocol):
+    """Told when a consumer of a Failover subscription becomes the active consumer of a
+    partition or a standby (pulsar-client's ``ConsumerEventListener``). ``partition_id`` is
+    the partition's index, -1 on a topic that is not partitioned. Called on the client's
+    event loop; it must not block, and what it raises is logged and ignored."""
+
+    def became_active(self, consumer: AsyncConsumer, partition_id: int) -> None: ...
+
+    def became_inactive(self, consumer: AsyncConsumer, partition_id: int) -> None: ...
+
+
+# Failover priority levels a consumer may ask for (0 = chosen first), as the broker bounds them.
+MAX_PRIORITY_LEVEL = 1000
+
 # Ordered: states at or past _CLOSED refuse work.
 _CONNECTING, _READY, _CLOSED, _FAILED = range(4)
 
@@ -126,6 +141,8 @@ class AsyncConsumer:
         negative_ack_redelivery_delay_ms: int = 60_000,
         ack_group_time_ms: float = DEFAULT_ACK_GROUP_TIME_MS,
         ack_group_max_ids: int = DEFAULT_ACK_GROUP_MAX_IDS,
+        priority_level: int = 0,
+        consumer_event_listener: ConsumerEventListener | None = None,
         on_close: Callable[[AsyncConsumer], None] | None = None,
     ) -> None:
         if not subscription_name:
@@ -136,6 +153,8 @@ class AsyncConsumer:
             raise InvalidArgument("ack grouping and negative-ack settings must be positive")
         if num_partitions < 0:
             raise InvalidArgument("num_partitions must not be negative")
+        if not 0 <= priority_level <= MAX_PRIORITY_LEVEL:
+            raise InvalidArgument(f"priority_level must be within 0..{MAX_PRIORITY_LEVEL}")
         self._pool = pool
         name = TopicName.parse(topic)
         self._topic = str(name)
@@ -147,6 +166,8 @@ class AsyncConsumer:
             int(InitialPosition(initial_position))
         )
         self._consumer_name = consumer_name or ""
+        self._priority_level = priority_level
+        self._event_listener = consumer_event_listener
         self._nack_delay_s = negative_ack_redelivery_delay_ms / 1000
         self._ack_group_time_s = ack_group_time_ms / 1000
         self._ack_group_max_ids = ack_group_max_ids
@@ -654,8 +675,30 @@ class AsyncConsumer:
                 type=self._consumer_type,
                 initial_position=self._initial_position,
                 consumer_name=stream.consumer_name or self._consumer_name,
+                priority_level=self._priority_level,
             )
         )
+
+    def _on_active_change(self, stream: _ConsumerStream, is_active: bool) -> None:
+        """Failover: the broker made this consumer the active one of ``stream``'s partition,
+        or a standby. A standby's messages not yet taken are dropped (the broker gives them
+        to the active consumer) and their permits granted again, as if they were taken."""
+        if not is_active:
+            before = len(self._queue)
+            self._drop_queued(stream)
+            if dropped := before - len(self._queue):
+                stream.use_permits(dropped)
+        listener = self._event_listener
+        if listener is None:
+            return
+        partition_id = TopicName.parse(stream.topic).partition_index
+        try:
+            if is_active:
+                listener.became_active(self, partition_id)
+            else:
+                listener.became_inactive(self, partition_id)
+        except Exception:
+            log.exception("consumer event listener failed")
 
 
 class _ConsumerStream:
@@ -868,6 +911,8 @@ class _ConsumerStream:
                 consumer._on_deliveries(self, response.deliveries.deliveries)
             elif kind == "ack_receipt":
                 self.on_ack_receipt(response.ack_receipt.request_id)
+            elif kind == "active_consumer_change":
+                consumer._on_active_change(self, response.active_consumer_change.is_active)
             else:
                 raise ProtocolError(f"unexpected {kind!r} on an open consume stream")
         raise ServiceUnavailable("the broker ended the consume stream")

@@ -19,7 +19,7 @@ from typing import Any, TypeVar, Unpack
 
 from strata.client._client import AsyncClient
 from strata.client._connection import DEFAULT_SERVICE_URL
-from strata.client._consumer import AsyncConsumer
+from strata.client._consumer import AsyncConsumer, ConsumerEventListener
 from strata.client._enums import ConsumerType, InitialPosition
 from strata.client._errors import (
     AlreadyClosed,
@@ -132,8 +132,11 @@ class Client:
         consumer_name: str | None = None,
         initial_position: InitialPosition = InitialPosition.Latest,
         negative_ack_redelivery_delay_ms: int = 60_000,
+        priority_level: int = 0,
+        consumer_event_listener: ConsumerEventListener | None = None,
     ) -> Consumer:
-        """Subscribe to ``topic``; see ``AsyncClient.subscribe``."""
+        """Subscribe to ``topic``; see ``AsyncClient.subscribe`` (the listener is called on
+        the client's I/O thread, with the ``AsyncConsumer``)."""
         self._check_open()
         consumer = self._io.run(
             self._client.subscribe(
@@ -144,6 +147,8 @@ class Client:
                 consumer_name=consumer_name,
                 initial_position=initial_position,
                 negative_ack_redelivery_delay_ms=negative_ack_redelivery_delay_ms,
+                priority_level=priority_level,
+                consumer_event_listener=consumer_event_listener,
             )
         )
         return Consumer(self._io, consumer, max(1, min(1000, receiver_queue_size // 2)))

@@ -1,0 +1,144 @@
+"""Failover subscriptions on a real standalone (issue 12 item 2): one active consumer chosen by
+priority level and then name, standbys told so, the active one's unacknowledged messages
+handed to the next one in order, partitions spread over the consumers."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+
+import strata
+from tests.harness import Standalone
+from tests.integration.test_partitioned_topics import create_partitioned
+
+pytestmark = pytest.mark.integration
+
+RECEIVE_TIMEOUT_MS = 10_000
+
+
+class Events:
+    """A ConsumerEventListener that records (consumer name, partition, active)."""
+
+    def __init__(self) -> None:
+        self.seen: list[tuple[str, int, bool]] = []
+        self.changed = asyncio.Event()
+
+    def became_active(self, consumer: strata.AsyncConsumer, partition_id: int) -> None:
+        self.seen.append((consumer.consumer_name(), partition_id, True))
+        self.changed.set()
+
+    def became_inactive(self, consumer: strata.AsyncConsumer, partition_id: int) -> None:
+        self.seen.append((consumer.consumer_name(), partition_id, False))
+        self.changed.set()
+
+    def state(self) -> dict[tuple[str, int], bool]:
+        """The last state told to each (consumer, partition)."""
+        return {(name, partition): active for name, partition, active in self.seen}
+
+    async def wait_for(self, expected: dict[tuple[str, int], bool]) -> None:
+        async with asyncio.timeout(10):
+            while any(self.state().get(key) != value for key, value in expected.items()):
+                self.changed.clear()
+                await self.changed.wait()
+
+
+async def subscribe(
+    client: strata.AsyncClient, topic: str, name: str, events: Events, priority: int = 0
+) -> strata.AsyncConsumer:
+    return await client.subscribe(
+        topic,
+        "failover-sub",
+        consumer_type=strata.ConsumerType.Failover,
+        consumer_name=name,
+        initial_position=strata.InitialPosition.Earliest,
+        priority_level=priority,
+        consumer_event_listener=events,
+    )
+
+
+async def send_numbered(client: strata.AsyncClient, topic: str, first: int, count: int) -> None:
+    producer = await client.create_producer(topic, batching_max_messages=10)
+    for i in range(first, first + count):
+        producer.send_nowait(str(i).encode())
+    await producer.flush()
+    await producer.close()
+
+
+async def receive_values(consumer: strata.AsyncConsumer, count: int) -> list[strata.Message]:
+    return [await consumer.receive(timeout_millis=RECEIVE_TIMEOUT_MS) for _ in range(count)]
+
+
+async def test_the_active_consumer_leaves_and_the_standby_continues_in_order(
+    standalone: Standalone,
+) -> None:
+    topic = "failover-handover"
+    events = Events()
+    async with strata.AsyncClient(standalone.address) as client:
+        standby = await subscribe(client, topic, "consumer-b", events)
+        active = await subscribe(client, topic, "consumer-a", events)  # sorts first: takes over
+        await events.wait_for({("consumer-a", -1): True, ("consumer-b", -1): False})
+        await send_numbered(client, topic, 0, 100)
+        first = await receive_values(active, 50)
+        assert [m.data() for m in first] == [str(i).encode() for i in range(50)]
+        for message in first[:40]:
+            active.acknowledge_nowait(message)
+        await active.flush_acknowledgements()
+        with pytest.raises(strata.Timeout):
+            await standby.receive(timeout_millis=300)  # a standby receives nothing
+        await active.close()
+        await events.wait_for({("consumer-b", -1): True})
+        # From the first unacknowledged message, in order, nothing lost.
+        rest = await receive_values(standby, 60)
+        assert [m.data() for m in rest] == [str(i).encode() for i in range(40, 100)]
+        assert all(m.redelivery_count() >= 1 for m in rest[:10])
+        await standby.close()
+
+
+async def test_priority_level_comes_before_the_name(standalone: Standalone) -> None:
+    topic = "failover-priority"
+    events = Events()
+    async with strata.AsyncClient(standalone.address) as client:
+        low = await subscribe(client, topic, "a-low", events, priority=1)
+        high = await subscribe(client, topic, "z-high", events, priority=0)
+        await events.wait_for({("z-high", -1): True, ("a-low", -1): False})
+        await send_numbered(client, topic, 0, 20)
+        assert [m.data() for m in await receive_values(high, 20)] == [
+            str(i).encode() for i in range(20)
+        ]
+        with pytest.raises(strata.Timeout):
+            await low.receive(timeout_millis=300)
+        with pytest.raises(strata.InvalidArgument):
+            await subscribe(client, topic, "bad", events, priority=-1)
+
+
+async def test_partitions_spread_over_the_consumers(standalone: Standalone) -> None:
+    topic = "persistent://public/default/failover-parts"
+    create_partitioned(standalone, topic, 4)
+    events = Events()
+    async with strata.AsyncClient(standalone.address) as client:
+        first = await subscribe(client, topic, "consumer-1", events)
+        second = await subscribe(client, topic, "consumer-2", events)
+        # Partition N goes to the (N mod 2)-th consumer by name.
+        expected = {
+            (name, partition): (partition % 2 == index)
+            for index, name in enumerate(("consumer-1", "consumer-2"))
+            for partition in range(4)
+        }
+        await events.wait_for(expected)
+        producer = await client.create_producer(topic)
+        for i in range(40):
+            producer.send_nowait(str(i).encode(), partition_key=f"k{i}")
+        await producer.flush()
+        partitions: dict[str, set[int]] = {"consumer-1": set(), "consumer-2": set()}
+        got = 0
+        for consumer in (first, second):
+            while True:
+                try:
+                    message = await consumer.receive(timeout_millis=1000)
+                except strata.Timeout:
+                    break
+                partitions[consumer.consumer_name()].add(message.message_id().partition())
+                got += 1
+        assert got == 40
+        assert partitions == {"consumer-1": {0, 2}, "consumer-2": {1, 3}}
