@@ -179,6 +179,13 @@ def build_parser(environ: Mapping[str, str] | None = None) -> argparse.ArgumentP
     )
     add_option(
         consume,
+        "--consumer-name",
+        default="",
+        help="this consumer's name (Failover chooses the active consumer by name)",
+        environ=environ,
+    )
+    add_option(
+        consume,
         "-n",
         "--count",
         type=int,
@@ -301,6 +308,7 @@ def _consume(args: argparse.Namespace) -> int:
             args.subscription,
             consumer_type=consumer_type,
             initial_position=position,
+            consumer_name=args.consumer_name or None,
         )
         try:
             while args.count == 0 or received < args.count:

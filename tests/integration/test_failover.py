@@ -5,11 +5,16 @@ handed to the next one in order, partitions spread over the consumers."""
 from __future__ import annotations
 
 import asyncio
+import subprocess
+import sys
+import time
 
+import grpc
 import pytest
 
 import strata
 from tests.harness import Standalone
+from tests.integration.test_metrics import topic_stats
 from tests.integration.test_partitioned_topics import create_partitioned
 
 pytestmark = pytest.mark.integration
@@ -142,3 +147,84 @@ async def test_partitions_spread_over_the_consumers(standalone: Standalone) -> N
                 got += 1
         assert got == 40
         assert partitions == {"consumer-1": {0, 2}, "consumer-2": {1, 3}}
+
+
+def consumer_process(address: str, topic: str, name: str) -> subprocess.Popen[str]:
+    command = [
+        sys.executable,
+        "-m",
+        "strata",
+        "consume",
+        topic,
+        "-s",
+        "failover-sub",
+        "--type",
+        "failover",
+        "--consumer-name",
+        name,
+        "--initial-position",
+        "earliest",
+        "-n",
+        "0",
+        "--timeout-seconds",
+        "10",  # the standby waits while the active one consumes
+        "--service-url",
+        address,
+    ]
+    return subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+
+
+def wait_for_consumers(address: str, topic: str, count: int) -> None:
+    for _ in range(200):  # at most 20 s
+        try:
+            stats = topic_stats(address, topic)
+        except grpc.RpcError:
+            stats = None
+        if stats is not None and stats.subscriptions["failover-sub"].consumers_count == count:
+            return
+        time.sleep(0.1)
+    raise AssertionError(f"{count} consumers never attached to {topic}")
+
+
+def test_kill_9_of_the_active_consumer_process(standalone: Standalone) -> None:
+    """Issue 12's must-show: the active consumer's process is killed mid-stream; the standby
+    continues from the first unacknowledged message, in order, and nothing is lost."""
+    topic = "persistent://public/default/failover-kill"
+    total = 3000
+    active = consumer_process(standalone.address, topic, "a-active")
+    wait_for_consumers(standalone.address, topic, 1)
+    standby = consumer_process(standalone.address, topic, "b-standby")
+    wait_for_consumers(standalone.address, topic, 2)
+    try:
+        produce = subprocess.Popen(
+            [sys.executable, "-m", "strata", "produce", topic, "--service-url", standalone.address],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            text=True,
+        )
+        assert produce.stdin is not None
+        produce.stdin.write("".join(f"{i}\n" for i in range(total // 2)))
+        produce.stdin.flush()
+        assert active.stdout is not None
+        printed_by_active = [int(active.stdout.readline()) for _ in range(100)]
+        active.kill()  # SIGKILL, mid-stream: its last acks may never reach the broker
+        active.wait(timeout=10)
+        produce.stdin.write("".join(f"{i}\n" for i in range(total // 2, total)))
+        produce.stdin.close()
+        assert produce.wait(timeout=60) == 0
+        out, _ = standby.communicate(timeout=120)
+    finally:
+        for process in (active, standby):
+            if process.poll() is None:
+                process.kill()
+                process.wait(timeout=10)
+            if process.stdout is not None:
+                process.stdout.close()
+    taken_over = [int(line) for line in out.split()]
+    assert printed_by_active == list(range(100))
+    # The standby starts at or before the first message the killed one had not acknowledged
+    # (its last acks may be lost: at least once), then every message, in order.
+    first = taken_over[0]
+    assert first <= 100
+    assert taken_over == list(range(first, total))
