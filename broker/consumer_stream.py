@@ -153,7 +153,9 @@ class ConsumerStream:
         check_ack(ack, subscription.type, subscription.type_name)
         if ack.cumulative:
             mid = ack.message_ids[0]
-            subscription.acknowledge_cumulative((mid.ledger_id, mid.entry_id))
+            subscription.acknowledge_cumulative(
+                (mid.ledger_id, mid.entry_id), mid.batch_index, mid.batch_size
+            )
         else:
             for mid in ack.message_ids:
                 subscription.acknowledge(

@@ -51,6 +51,8 @@ DISPATCH_MAX_READ_ENTRIES = 100
 DISPATCH_MAX_READ_BYTES = 4 * 1024 * 1024
 # Pulsar's maxUnackedMessagesPerConsumer: a consumer this far behind on acks gets nothing more.
 MAX_UNACKED_MESSAGES_PER_CONSUMER = 50_000
+# The largest batch an acknowledgement may name (a bound on the bitsets it builds).
+MAX_BATCH_SIZE = 1_000_000
 # Pause after a failed read before the dispatcher tries again.
 DISPATCH_ERROR_BACKOFF_MS = 200
 
@@ -233,19 +235,26 @@ class Subscription:
         if batch_index < 0:
             completed = self.cursor.ack_entry(position)
         else:
-            if batch_size <= 0 or batch_index >= batch_size or batch_size > 1_000_000:
-                raise InvalidRequestError(
-                    f"acknowledgement of {position[0]}:{position[1]}: batch index "
-                    f"{batch_index} out of range for batch size {batch_size}"
-                )
+            _check_batch_index(position, batch_index, batch_size)
             completed = self.cursor.ack_batch_index(position, batch_index, batch_size)
         if completed or self.cursor.is_acked(position):
             self._forget(position)
 
-    def acknowledge_cumulative(self, position: Position) -> None:
+    def acknowledge_cumulative(
+        self, position: Position, batch_index: int = -1, batch_size: int = 0
+    ) -> None:
+        """Acknowledge every message up to and including this one. Inside a batch (not its
+        last message) that is every entry before it, and the batch's messages up to it."""
         self.check_known(position)
-        self.cursor.ack_cumulative(position)
-        for pos in [p for p in self._owner if p <= position]:
+        if 0 <= batch_index < batch_size - 1:
+            _check_batch_index(position, batch_index, batch_size)
+            through: Position = (position[0], position[1] - 1)
+            self.cursor.ack_cumulative(through)
+            self.cursor.ack_batch_indexes(position, (1 << (batch_index + 1)) - 1, batch_size)
+        else:
+            through = position
+            self.cursor.ack_cumulative(position)
+        for pos in [p for p in self._owner if p <= through or self.cursor.is_acked(p)]:
             self._forget(pos)
 
     def _forget(self, position: Position) -> None:
@@ -373,3 +382,11 @@ class Subscription:
                 await self._task
             self._task = None
         await self.cursor.close()
+
+
+def _check_batch_index(position: Position, batch_index: int, batch_size: int) -> None:
+    if batch_size <= 0 or batch_index >= batch_size or batch_size > MAX_BATCH_SIZE:
+        raise InvalidRequestError(
+            f"acknowledgement of {position[0]}:{position[1]}: batch index "
+            f"{batch_index} out of range for batch size {batch_size}"
+        )

@@ -109,6 +109,12 @@ class ConsumerEventListener(Protocol):
     def became_inactive(self, consumer: AsyncConsumer, partition_id: int) -> None: ...
 
 
+# The subscription types that take cumulative acknowledgements (as the broker's check_ack).
+_CUMULATIVE_TYPES = (
+    messaging_pb2.SUBSCRIPTION_TYPE_EXCLUSIVE,
+    messaging_pb2.SUBSCRIPTION_TYPE_FAILOVER,
+)
+
 # Failover priority levels a consumer may ask for (0 = chosen first), as the broker bounds them.
 MAX_PRIORITY_LEVEL = 1000
 
@@ -308,6 +314,27 @@ class AsyncConsumer:
                 pending_entries = self._ack_entries
         if added:
             self._ack_added(added)
+
+    async def acknowledge_cumulative(self, message: Message | MessageId) -> None:
+        """Acknowledge this message and every earlier one of its topic (of its partition, on
+        a partitioned topic): pulsar-client's ``acknowledge_cumulative``. Exclusive and
+        Failover subscriptions only (``InvalidArgument`` on Shared, as the broker refuses it).
+        Acknowledgements made before it are sent first."""
+        self.acknowledge_cumulative_nowait(message)
+
+    def acknowledge_cumulative_nowait(self, message: Message | MessageId) -> None:
+        """``acknowledge_cumulative`` without the coroutine (the sync wrapper)."""
+        self._check_usable()
+        if self._consumer_type not in _CUMULATIVE_TYPES:
+            name = ConsumerType(self._consumer_type).name
+            raise InvalidArgument(
+                f"cumulative acknowledgement is not allowed on a {name} subscription"
+            )
+        message_id = message.message_id() if isinstance(message, Message) else message
+        self._check_partition(message_id)
+        self._flush_acks()
+        stream = self._stream_of(max(0, message_id.partition()))
+        stream.send_acks([message_id.to_proto()], with_receipt=False, cumulative=True)
 
     def negative_acknowledge(self, message: Message | MessageId) -> None:
         """Ask for redelivery of this message after ``negative_ack_redelivery_delay_ms``."""
@@ -726,7 +753,8 @@ class _ConsumerStream:
         self.outbox: deque[messaging_pb2.ConsumeRequest] = deque()
         self.writer_wakeup = asyncio.Event()
         # Acks sent but not yet covered by a receipt: (ack sequence number, ids).
-        self.unconfirmed: deque[tuple[int, list[messaging_pb2.MessageIdData]]] = deque()
+        # (ack sequence, ids, cumulative): acks sent and not yet covered by a receipt.
+        self.unconfirmed: deque[tuple[int, list[messaging_pb2.MessageIdData], bool]] = deque()
         self.unconfirmed_ids = 0
         self.ack_sequence = 0
         # Receipt requests in flight: request id → ack sequence number it covers.
@@ -754,7 +782,11 @@ class _ConsumerStream:
             self.send(messaging_pb2.ConsumeRequest(flow=messaging_pb2.Flow(permits=permits)))
 
     def send_acks(
-        self, ids: list[messaging_pb2.MessageIdData], *, with_receipt: bool
+        self,
+        ids: list[messaging_pb2.MessageIdData],
+        *,
+        with_receipt: bool,
+        cumulative: bool = False,
     ) -> tuple[int, _ReceiptWaiter] | None:
         """Send ``ids`` in one ``Ack``, remembered until a receipt covers them; with
         ``with_receipt``, ask for one and return (request id, its waiter)."""
@@ -765,7 +797,7 @@ class _ConsumerStream:
             return None
         if ids:
             self.ack_sequence += 1
-            self.unconfirmed.append((self.ack_sequence, ids))
+            self.unconfirmed.append((self.ack_sequence, ids, cumulative))
             self.unconfirmed_ids += len(ids)
             if (
                 not request_id
@@ -775,7 +807,7 @@ class _ConsumerStream:
                 # Ask for a receipt on our own so that the resend memory stays bounded.
                 request_id = self._new_request_id()
             while self.unconfirmed_ids > MAX_RETAINED_ACK_IDS and len(self.unconfirmed) > 1:
-                _, dropped = self.unconfirmed.popleft()
+                _, dropped, _ = self.unconfirmed.popleft()
                 self.unconfirmed_ids -= len(dropped)
                 log.warning(
                     "broker sends no ack receipts; %d acks may be lost on reconnect", len(dropped)
@@ -788,7 +820,7 @@ class _ConsumerStream:
                 self.receipt_waiters[request_id] = waiter
         self.send(
             messaging_pb2.ConsumeRequest(
-                ack=messaging_pb2.Ack(message_ids=ids, request_id=request_id)
+                ack=messaging_pb2.Ack(message_ids=ids, request_id=request_id, cumulative=cumulative)
             )
         )
         return None if waiter is None else (request_id, waiter)
@@ -803,7 +835,7 @@ class _ConsumerStream:
         if mark is None:
             return  # a receipt from before a reconnect, already re-requested
         while self.unconfirmed and self.unconfirmed[0][0] <= mark:
-            _, ids = self.unconfirmed.popleft()
+            _, ids, _ = self.unconfirmed.popleft()
             self.unconfirmed_ids -= len(ids)
         # Receipts come in order, so this one covers every earlier request too.
         for earlier in [r for r, m in self.receipt_marks.items() if m <= mark and r < request_id]:
@@ -873,11 +905,14 @@ class _ConsumerStream:
         # Acks the old stream may have lost go again (acks are idempotent), then the
         # outstanding receipt requests, so their waiters hear from this stream; all before
         # the first Flow, so that the broker does not redeliver what they acknowledge.
-        for _, ids in self.unconfirmed:
+        for _, ids, cumulative in self.unconfirmed:
             for start in range(0, len(ids), RESEND_CHUNK_IDS):
                 self.outbox.append(
                     messaging_pb2.ConsumeRequest(
-                        ack=messaging_pb2.Ack(message_ids=ids[start : start + RESEND_CHUNK_IDS])
+                        ack=messaging_pb2.Ack(
+                            message_ids=ids[start : start + RESEND_CHUNK_IDS],
+                            cumulative=cumulative,
+                        )
                     )
                 )
         for request_id in sorted(self.receipt_marks):

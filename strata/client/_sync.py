@@ -388,6 +388,12 @@ class Consumer:
         """Acknowledge a message; sent grouped with others within a few ms."""
         self._queue_ack(False, message)
 
+    def acknowledge_cumulative(self, message: Message | MessageId) -> None:
+        """Acknowledge this message and every earlier one; see
+        ``AsyncConsumer.acknowledge_cumulative``."""
+        self._check_open()
+        self._io.run(self._consumer.acknowledge_cumulative(message))
+
     def negative_acknowledge(self, message: Message | MessageId) -> None:
         """Have the message redelivered after ``negative_ack_redelivery_delay_ms``."""
         self._queue_ack(True, message)

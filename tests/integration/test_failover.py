@@ -228,3 +228,49 @@ def test_kill_9_of_the_active_consumer_process(standalone: Standalone) -> None:
     first = taken_over[0]
     assert first <= 100
     assert taken_over == list(range(first, total))
+
+
+@pytest.mark.parametrize(
+    "consumer_type", [strata.ConsumerType.Exclusive, strata.ConsumerType.Failover]
+)
+async def test_a_cumulative_ack_inside_a_batch_keeps_the_rest_of_it(
+    standalone: Standalone, consumer_type: strata.ConsumerType
+) -> None:
+    topic = f"cumulative-{consumer_type.name}"
+    async with strata.AsyncClient(standalone.address) as client:
+
+        async def open_consumer() -> strata.AsyncConsumer:
+            return await client.subscribe(
+                topic,
+                "cumulative-sub",
+                consumer_type=consumer_type,
+                initial_position=strata.InitialPosition.Earliest,
+            )
+
+        consumer = await open_consumer()
+        await send_numbered(client, topic, 0, 100)  # batches of 10
+        received = await receive_values(consumer, 35)
+        assert received[34].message_id().batch_index() == 4
+        await consumer.acknowledge_cumulative(received[34])
+        await consumer.flush_acknowledgements()
+        await consumer.close()
+        consumer = await open_consumer()
+        rest = await receive_values(consumer, 65)
+        assert [m.data() for m in rest] == [str(i).encode() for i in range(35, 100)]
+        await consumer.acknowledge_cumulative(rest[-1])
+        await consumer.close()
+        consumer = await open_consumer()
+        with pytest.raises(strata.Timeout):
+            await consumer.receive(timeout_millis=300)
+        await consumer.close()
+
+
+async def test_a_cumulative_ack_is_refused_on_a_shared_subscription(
+    standalone: Standalone,
+) -> None:
+    async with strata.AsyncClient(standalone.address) as client:
+        consumer = await client.subscribe(
+            "cumulative-shared", "s", consumer_type=strata.ConsumerType.Shared
+        )
+        with pytest.raises(strata.InvalidArgument, match="not allowed on a Shared subscription"):
+            await consumer.acknowledge_cumulative(strata.MessageId(1, 0))
