@@ -179,13 +179,15 @@ class AsyncClient:
         negative_ack_redelivery_delay_ms: int = 60_000,
         priority_level: int = 0,
         consumer_event_listener: ConsumerEventListener | None = None,
+        unacked_messages_timeout_ms: int | None = None,
     ) -> AsyncConsumer:
         """Subscribe to ``topic``; returns once the broker accepted the consumer.
 
         ``ConsumerType.Failover``: one consumer of the subscription receives (per partition),
         the others stand by; ``priority_level`` (0 first) and then the consumer name choose
         it, and ``consumer_event_listener`` is told when this consumer becomes active or a
-        standby.
+        standby. ``unacked_messages_timeout_ms`` (None: off; at least 1,000): a message taken
+        and not acknowledged within it is redelivered (its whole entry, to any consumer).
 
         On a partitioned topic the consumer subscribes to every partition and merges them
         (each partition's stream has ``receiver_queue_size`` permits, 50,000 at most over
@@ -207,6 +209,7 @@ class AsyncClient:
             negative_ack_redelivery_delay_ms=negative_ack_redelivery_delay_ms,
             priority_level=priority_level,
             consumer_event_listener=consumer_event_listener,
+            unacked_messages_timeout_ms=unacked_messages_timeout_ms,
             on_close=self._consumers.discard,
         )
         await consumer._start()

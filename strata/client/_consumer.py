@@ -115,6 +115,9 @@ _CUMULATIVE_TYPES = (
     messaging_pb2.SUBSCRIPTION_TYPE_FAILOVER,
 )
 
+# The shortest ack timeout (Pulsar's Java client's minimum, 1 s).
+MIN_ACK_TIMEOUT_MS = 1000
+
 # Failover priority levels a consumer may ask for (0 = chosen first), as the broker bounds them.
 MAX_PRIORITY_LEVEL = 1000
 
@@ -149,6 +152,7 @@ class AsyncConsumer:
         ack_group_max_ids: int = DEFAULT_ACK_GROUP_MAX_IDS,
         priority_level: int = 0,
         consumer_event_listener: ConsumerEventListener | None = None,
+        unacked_messages_timeout_ms: int | None = None,
         on_close: Callable[[AsyncConsumer], None] | None = None,
     ) -> None:
         if not subscription_name:
@@ -159,6 +163,12 @@ class AsyncConsumer:
             raise InvalidArgument("ack grouping and negative-ack settings must be positive")
         if num_partitions < 0:
             raise InvalidArgument("num_partitions must not be negative")
+        if unacked_messages_timeout_ms is not None and (
+            unacked_messages_timeout_ms < MIN_ACK_TIMEOUT_MS
+        ):
+            raise InvalidArgument(
+                f"unacked_messages_timeout_ms must be at least {MIN_ACK_TIMEOUT_MS} (or None: off)"
+            )
         if not 0 <= priority_level <= MAX_PRIORITY_LEVEL:
             raise InvalidArgument(f"priority_level must be within 0..{MAX_PRIORITY_LEVEL}")
         self._pool = pool
@@ -175,6 +185,7 @@ class AsyncConsumer:
         self._priority_level = priority_level
         self._event_listener = consumer_event_listener
         self._nack_delay_s = negative_ack_redelivery_delay_ms / 1000
+        self._ack_timeout_s = (unacked_messages_timeout_ms or 0) / 1000
         self._ack_group_time_s = ack_group_time_ms / 1000
         self._ack_group_max_ids = ack_group_max_ids
         self._on_close = on_close
@@ -218,6 +229,11 @@ class AsyncConsumer:
         self._nacks: deque[tuple[float, messaging_pb2.MessageIdData]] = deque()
         self._nack_timer: asyncio.TimerHandle | None = None
 
+        # Ack timeout: entries taken by the application, in the order taken, with the time
+        # they are due; at most as many as the broker lets this consumer hold unacknowledged.
+        self._timed_entries: deque[tuple[float, EntryInfo]] = deque()
+        self._ack_timeout_timer: asyncio.TimerHandle | None = None
+
     # ----------------------------------------------------------------- public API
 
     def topic(self) -> str:
@@ -247,6 +263,8 @@ class AsyncConsumer:
             self._streams[0].use_permits(1)
         else:
             self._streams[message._entry.partition].use_permits(1)
+        if self._ack_timeout_s:
+            self._start_ack_timeouts((message,))
         return message
 
     async def receive_many(
@@ -270,7 +288,57 @@ class AsyncConsumer:
             self._streams[0].use_permits(count)
         else:
             self._use_partition_permits(messages)
+        if self._ack_timeout_s:
+            self._start_ack_timeouts(messages)
         return messages
+
+    def _start_ack_timeouts(self, messages: Iterable[Message]) -> None:
+        """Ack timeout (pulsar-client's ``unacked_messages_timeout_ms``): the entries of
+        ``messages`` are redelivered unless acknowledged within the timeout."""
+        due = time.monotonic() + self._ack_timeout_s
+        timed = self._timed_entries
+        for message in messages:
+            entry = message._entry
+            if not entry.timed:
+                entry.timed = True
+                timed.append((due, entry))
+        if timed and self._ack_timeout_timer is None:
+            self._ack_timeout_timer = self._loop.call_later(
+                max(0.0, timed[0][0] - time.monotonic()), self._redeliver_timed_out
+            )
+
+    def _redeliver_timed_out(self) -> None:
+        """Ask for the redelivery of the entries whose ack timeout passed with messages of
+        them unacknowledged (the acks made so far are sent first, so the broker skips them)."""
+        self._ack_timeout_timer = None
+        now = time.monotonic()
+        timed = self._timed_entries
+        due: list[list[messaging_pb2.MessageIdData]] = [[] for _ in self._streams]
+        while timed and timed[0][0] <= now + 0.001:
+            entry = timed.popleft()[1]
+            entry.timed = False
+            if entry.remaining > 0:
+                due[0 if self._single else entry.partition].append(
+                    messaging_pb2.MessageIdData(
+                        ledger_id=entry.ledger_id,
+                        entry_id=entry.entry_id,
+                        batch_index=-1,
+                        partition=entry.partition,
+                    )
+                )
+        if any(due):
+            self._flush_acks()
+            for stream, stream_ids in zip(self._streams, due, strict=True):
+                if stream_ids:
+                    stream.send(
+                        messaging_pb2.ConsumeRequest(
+                            redeliver=messaging_pb2.RedeliverUnacknowledged(message_ids=stream_ids)
+                        )
+                    )
+        if timed:
+            self._ack_timeout_timer = self._loop.call_later(
+                max(0.0, timed[0][0] - now), self._redeliver_timed_out
+            )
 
     async def acknowledge(self, message: Message | MessageId) -> None:
         """Acknowledge one message; it is sent grouped with others within a few ms."""
@@ -439,11 +507,13 @@ class AsyncConsumer:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
         self._tasks.clear()
-        for timer in (self._ack_timer, self._nack_timer):
+        for timer in (self._ack_timer, self._nack_timer, self._ack_timeout_timer):
             if timer is not None:
                 timer.cancel()
         self._ack_timer = None
         self._nack_timer = None
+        self._ack_timeout_timer = None
+        self._timed_entries.clear()
 
     def _on_task_done(self, task: asyncio.Task[None]) -> None:
         if task.cancelled():

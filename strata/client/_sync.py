@@ -134,6 +134,7 @@ class Client:
         negative_ack_redelivery_delay_ms: int = 60_000,
         priority_level: int = 0,
         consumer_event_listener: ConsumerEventListener | None = None,
+        unacked_messages_timeout_ms: int | None = None,
     ) -> Consumer:
         """Subscribe to ``topic``; see ``AsyncClient.subscribe`` (the listener is called on
         the client's I/O thread, with the ``AsyncConsumer``)."""
@@ -149,6 +150,7 @@ class Client:
                 negative_ack_redelivery_delay_ms=negative_ack_redelivery_delay_ms,
                 priority_level=priority_level,
                 consumer_event_listener=consumer_event_listener,
+                unacked_messages_timeout_ms=unacked_messages_timeout_ms,
             )
         )
         return Consumer(self._io, consumer, max(1, min(1000, receiver_queue_size // 2)))

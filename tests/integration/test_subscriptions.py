@@ -1,6 +1,7 @@
-"""Failover subscriptions on a real standalone (issue 12 item 2): one active consumer chosen by
+"""Subscriptions on a real standalone (issue 12). Failover (item 2): one active consumer chosen by
 priority level and then name, standbys told so, the active one's unacknowledged messages
-handed to the next one in order, partitions spread over the consumers."""
+handed to the next one in order, partitions spread over the consumers. Acknowledgements
+(item 4): cumulative acks (inside a batch too), the ack timeout."""
 
 from __future__ import annotations
 
@@ -274,3 +275,32 @@ async def test_a_cumulative_ack_is_refused_on_a_shared_subscription(
         )
         with pytest.raises(strata.InvalidArgument, match="not allowed on a Shared subscription"):
             await consumer.acknowledge_cumulative(strata.MessageId(1, 0))
+
+
+async def test_messages_not_acknowledged_within_the_ack_timeout_come_again(
+    standalone: Standalone,
+) -> None:
+    topic = "ack-timeout"
+    async with strata.AsyncClient(standalone.address) as client:
+        consumer = await client.subscribe(
+            topic,
+            "timeout-sub",
+            consumer_type=strata.ConsumerType.Shared,
+            initial_position=strata.InitialPosition.Earliest,
+            unacked_messages_timeout_ms=1000,
+        )
+        await send_numbered(client, topic, 0, 10)  # one batch
+        first = await receive_values(consumer, 10)
+        for message in first[:5]:
+            consumer.acknowledge_nowait(message)
+        # Within about a second the five unacknowledged ones come back (the acknowledged
+        # ones do not), marked as redelivered; acknowledged, they do not come again.
+        again = await receive_values(consumer, 5)
+        assert [m.data() for m in again] == [str(i).encode() for i in range(5, 10)]
+        assert all(m.redelivery_count() == 1 for m in again)
+        for message in again:
+            consumer.acknowledge_nowait(message)
+        with pytest.raises(strata.Timeout):
+            await consumer.receive(timeout_millis=2000)
+        with pytest.raises(strata.InvalidArgument, match="at least 1000"):
+            await client.subscribe(topic, "bad", unacked_messages_timeout_ms=10)
