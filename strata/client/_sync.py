@@ -20,6 +20,7 @@ from typing import Any, TypeVar, Unpack
 from strata.client._client import AsyncClient
 from strata.client._connection import DEFAULT_SERVICE_URL
 from strata.client._consumer import AsyncConsumer, ConsumerEventListener
+from strata.client._dead_letter import ConsumerDeadLetterPolicy
 from strata.client._enums import ConsumerType, InitialPosition
 from strata.client._errors import (
     AlreadyClosed,
@@ -135,6 +136,7 @@ class Client:
         priority_level: int = 0,
         consumer_event_listener: ConsumerEventListener | None = None,
         unacked_messages_timeout_ms: int | None = None,
+        dead_letter_policy: ConsumerDeadLetterPolicy | None = None,
     ) -> Consumer:
         """Subscribe to ``topic``; see ``AsyncClient.subscribe`` (the listener is called on
         the client's I/O thread, with the ``AsyncConsumer``)."""
@@ -151,6 +153,7 @@ class Client:
                 priority_level=priority_level,
                 consumer_event_listener=consumer_event_listener,
                 unacked_messages_timeout_ms=unacked_messages_timeout_ms,
+                dead_letter_policy=dead_letter_policy,
             )
         )
         return Consumer(self._io, consumer, max(1, min(1000, receiver_queue_size // 2)))

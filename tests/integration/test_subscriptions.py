@@ -304,3 +304,56 @@ async def test_messages_not_acknowledged_within_the_ack_timeout_come_again(
             await consumer.receive(timeout_millis=2000)
         with pytest.raises(strata.InvalidArgument, match="at least 1000"):
             await client.subscribe(topic, "bad", unacked_messages_timeout_ms=10)
+
+
+async def test_a_message_nacked_past_the_limit_moves_to_the_dead_letter_topic(
+    standalone: Standalone,
+) -> None:
+    """Issue 12's must-show: a consumer that nacks every message with max_redeliver_count=3
+    sees each message exactly 4 times; then it is in the dead-letter topic exactly once."""
+    topic = "persistent://public/default/dlq-source"
+    count = 20
+    async with strata.AsyncClient(standalone.address) as client:
+        consumer = await client.subscribe(
+            topic,
+            "work",
+            consumer_type=strata.ConsumerType.Shared,
+            initial_position=strata.InitialPosition.Earliest,
+            negative_ack_redelivery_delay_ms=50,
+            dead_letter_policy=strata.ConsumerDeadLetterPolicy(
+                max_redeliver_count=3, initial_subscription_name="dlq-sub"
+            ),
+        )
+        producer = await client.create_producer(topic)
+        for i in range(count):
+            producer.send_nowait(str(i).encode(), properties={"n": str(i)}, partition_key=f"k{i}")
+        await producer.flush()
+        deliveries: dict[bytes, list[int]] = {}
+        while sum(len(d) for d in deliveries.values()) < 4 * count:
+            message = await consumer.receive(timeout_millis=RECEIVE_TIMEOUT_MS)
+            deliveries.setdefault(message.data(), []).append(message.redelivery_count())
+            consumer.negative_acknowledge(message)
+        assert deliveries == {str(i).encode(): [0, 1, 2, 3] for i in range(count)}
+        with pytest.raises(strata.Timeout):
+            await consumer.receive(timeout_millis=1000)
+        await consumer.close()  # finishes the moves, acknowledges them on the source
+        dead = await client.subscribe(
+            f"{topic}-work-DLQ", "dlq-sub", initial_position=strata.InitialPosition.Earliest
+        )
+        moved = []
+        for _ in range(count):
+            message = await dead.receive(timeout_millis=RECEIVE_TIMEOUT_MS)
+            moved.append(message)
+            dead.acknowledge_nowait(message)
+        with pytest.raises(strata.Timeout):
+            await dead.receive(timeout_millis=500)
+        assert sorted(int(m.data()) for m in moved) == list(range(count))
+        for message in moved:
+            properties = message.properties()
+            assert properties["n"] == message.data().decode()
+            assert properties["REAL_TOPIC"] == topic
+            assert properties["ORIGIN_MESSAGE_ID"]
+            assert message.partition_key() == f"k{message.data().decode()}"
+        again = await client.subscribe(topic, "work", consumer_type=strata.ConsumerType.Shared)
+        with pytest.raises(strata.Timeout):
+            await again.receive(timeout_millis=500)  # acknowledged on the source
