@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import datetime
 import threading
 from collections import deque
 from collections.abc import Callable, Coroutine, Mapping
@@ -239,10 +240,18 @@ class Producer:
         properties: Mapping[str, str] | None = None,
         partition_key: str | None = None,
         event_timestamp: int | None = None,
+        *,
+        deliver_at: datetime.datetime | None = None,
+        deliver_after: datetime.timedelta | None = None,
     ) -> MessageId:
-        """Publish one message; return its id once the broker has it durably."""
+        """Publish one message; return its id once the broker has it durably (see
+        ``AsyncProducer.send_async`` for ``deliver_at``/``deliver_after``)."""
         self._take_space()
-        return self._io.run(self._send(content, properties, partition_key, event_timestamp))
+        return self._io.run(
+            self._send(
+                content, properties, partition_key, event_timestamp, deliver_at, deliver_after
+            )
+        )
 
     async def _send(
         self,
@@ -250,11 +259,18 @@ class Producer:
         properties: Mapping[str, str] | None,
         partition_key: str | None,
         event_timestamp: int | None,
+        deliver_at: datetime.datetime | None = None,
+        deliver_after: datetime.timedelta | None = None,
     ) -> MessageId:
         self._drain()  # messages queued by send_async go first
         try:
             future = await self._producer.send_async(
-                content, properties, partition_key, event_timestamp
+                content,
+                properties,
+                partition_key,
+                event_timestamp,
+                deliver_at=deliver_at,
+                deliver_after=deliver_after,
             )
         except BaseException:
             self._space.release()
