@@ -8,7 +8,8 @@ from typing import TYPE_CHECKING, Any
 
 import grpc
 
-from broker.errors import InvalidRequestError
+from broker.errors import InvalidRequestError, ResourceLimitError
+from broker.managed_ledger import ManagedLedger, Position
 from broker.stream_driver import run_stream
 from broker.stream_requests import check_ack, check_flow, check_subscribe_request
 from broker.subscription import ConsumerSession, Subscription
@@ -93,9 +94,20 @@ class ConsumerStream:
             return
         request = check_subscribe_request(first)
         topic = await self._broker.get_topic(request.topic)
-        subscription = await topic.get_subscription(
-            request.subscription, request.type, start_at_earliest=request.start_at_earliest
-        )
+        if first.subscribe.non_durable:
+            start = first.subscribe.start_message_id
+            subscription = await topic.create_reader_subscription(
+                request.subscription,
+                start_mark_delete(
+                    topic.ledger,
+                    start,
+                    inclusive=first.subscribe.start_message_id_inclusive or start.batch_index >= 0,
+                ),
+            )
+        else:
+            subscription = await topic.get_subscription(
+                request.subscription, request.type, start_at_earliest=request.start_at_earliest
+            )
         consumer_name = request.consumer_name or f"{request.subscription}-{id(self._outbound):x}"
         session = ConsumerSession(
             consumer_name,
@@ -123,6 +135,7 @@ class ConsumerStream:
         finally:
             subscription.remove_consumer(session)
             await self._cancel_receipts()
+            await topic.release_reader_subscription(subscription)
 
     # ---- reader -------------------------------------------------------------------------
 
@@ -138,14 +151,54 @@ class ConsumerStream:
                 ids = request.redeliver.message_ids
                 positions = [(m.ledger_id, m.entry_id) for m in ids] if ids else None
                 subscription.redeliver(session, positions)
+            elif kind == "seek":
+                await self._seek(request.seek, subscription)
+            elif kind == "get_last_message_id":
+                last = subscription.cursor_ledger_last()
+                self._respond_now(
+                    messaging_pb2.ConsumeResponse(
+                        last_message_id=messaging_pb2.LastMessageId(
+                            request_id=request.get_last_message_id.request_id,
+                            message_id=_id_data(last),
+                        )
+                    )
+                )
             else:
                 raise InvalidRequestError(
-                    "after 'subscribe', a Consume stream carries flow, ack or redeliver"
+                    "after 'subscribe', a Consume stream carries flow, ack, redeliver, seek or "
+                    "get_last_message_id"
                 )
         # Half-closed by the client: let pending ack receipts go out first.
         if self._receipt_tasks:
             await asyncio.wait(self._receipt_tasks, timeout=RECEIPTS_DRAIN_TIMEOUT_SECONDS)
         await self._outbound.put(None)
+
+    async def _seek(self, seek: messaging_pb2.Seek, subscription: Subscription) -> None:
+        """Reset the subscription (see ``Subscription.reset_to``), then answer seek_done in
+        the same step: every delivery queued before it is from before the seek."""
+        target = seek.WhichOneof("target")
+        if target == "publish_time_ms":
+            mark_delete = await subscription.position_before_publish_time(seek.publish_time_ms)
+        elif target == "message_id":
+            mark_delete = start_mark_delete(subscription.ledger, seek.message_id, inclusive=True)
+        else:
+            raise InvalidRequestError("seek needs a message_id or a publish_time_ms")
+        subscription.reset_to(mark_delete)
+        self._respond_now(
+            messaging_pb2.ConsumeResponse(
+                seek_done=messaging_pb2.SeekDone(request_id=seek.request_id)
+            )
+        )
+
+    def _respond_now(self, response: messaging_pb2.ConsumeResponse) -> None:
+        """Queue a control response without waiting (it has room reserved: see
+        ``OUTBOUND_QUEUE_SIZE``)."""
+        try:
+            self._outbound.put_nowait(response)
+        except asyncio.QueueFull:
+            raise ResourceLimitError(
+                "too many responses wait for this consumer; read them before asking more"
+            ) from None
 
     def _acknowledge(
         self, ack: messaging_pb2.Ack, subscription: Subscription, session: ConsumerSession
@@ -225,3 +278,35 @@ class ConsumerStream:
                 # by: it may have entries for it.
                 subscription.notify()
             await self._context.write(response)
+
+
+# The wire's earliest and latest ids (Python's -1 and 2^63-1 as uint64, as the SDK sends).
+EARLIEST_ID = (1 << 64) - 1
+LATEST_ID = (1 << 63) - 1
+
+
+def start_mark_delete(
+    ledger: ManagedLedger, message_id: messaging_pb2.MessageIdData, *, inclusive: bool
+) -> Position:
+    """The mark-delete position that makes ``message_id`` (or the entry after it) the next
+    one read; earliest and latest as ``Subscribe.start_message_id`` says."""
+    if message_id.ledger_id == EARLIEST_ID:
+        return (-1, -1)
+    if message_id.ledger_id == LATEST_ID:
+        last = ledger.last_confirmed
+        if last[0] < 0:
+            first = ledger.first_position()
+            return (first[0], first[1] - 1)
+        return last
+    position = (message_id.ledger_id, message_id.entry_id)
+    return (position[0], position[1] - 1) if inclusive else position
+
+
+def _id_data(position: Position) -> messaging_pb2.MessageIdData:
+    if position[0] < 0:
+        return messaging_pb2.MessageIdData(
+            ledger_id=EARLIEST_ID, entry_id=EARLIEST_ID, batch_index=-1, partition=-1
+        )
+    return messaging_pb2.MessageIdData(
+        ledger_id=position[0], entry_id=position[1], batch_index=-1, partition=-1
+    )

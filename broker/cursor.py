@@ -41,7 +41,8 @@ def _to_ranges(positions: set[Position]) -> list[list[int]]:
 
 
 class ManagedCursor:
-    """One durable subscription's position in one managed ledger."""
+    """One subscription's position in one managed ledger: durable (persisted in the metadata
+    store), or, for a reader, ``durable=False``: in memory only, gone with its subscription."""
 
     def __init__(
         self,
@@ -51,8 +52,11 @@ class ManagedCursor:
         store: MetadataStore,
         persist_interval_ms: int,
         max_persisted_ranges: int,
+        *,
+        durable: bool = True,
     ) -> None:
         self.name = name
+        self.durable = durable
         self.key = key
         self._ledger = ledger
         self._store = store
@@ -114,6 +118,24 @@ class ManagedCursor:
         self.rewind()
         self._task = asyncio.get_running_loop().create_task(self._persist_loop())
         return created
+
+    def start_non_durable(self, mark_delete: Position) -> None:
+        """A reader's cursor: start after ``mark_delete`` (clamped to what the log holds)."""
+        assert not self.durable
+        first = self._ledger.first_position()
+        self.mark_delete = max(mark_delete, (first[0], first[1] - 1))
+        self._advance_mark_delete()
+        self.rewind()
+
+    def reset(self, mark_delete: Position) -> None:
+        """Seek: forget every acknowledgement and continue after ``mark_delete`` (clamped to
+        what the log holds); persisted like an acknowledgement."""
+        first = self._ledger.first_position()
+        self.mark_delete = max(mark_delete, (first[0], first[1] - 1))
+        self.individually_acked.clear()
+        self.partially_acked.clear()
+        self.rewind()
+        self._mark_dirty()
 
     def rewind(self) -> None:
         """Restart reading at the first entry after the mark-delete position."""
@@ -199,6 +221,8 @@ class ManagedCursor:
         return json.dumps(body).encode()
 
     def _mark_dirty(self) -> None:
+        if not self.durable:
+            return
         self._dirty_generation += 1
         self._dirty.set()
 
@@ -268,4 +292,5 @@ class ManagedCursor:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
             self._task = None
-        await self._store.delete(self.key)
+        if self.durable:
+            await self._store.delete(self.key)

@@ -31,6 +31,11 @@ def num_messages_of(data: bytes) -> int:
     return header_of(data)[0]
 
 
+def publish_time_of(data: bytes) -> int:
+    """The producer's publish time of a stored entry (ms since the epoch)."""
+    return messaging_pb2.StoredEntry.FromString(data).publish_time_ms
+
+
 def header_of(data: bytes) -> tuple[int, int]:
     """The message count and the delayed-delivery time (0 = at once) of a stored entry: a
     catch-up read's only decode."""

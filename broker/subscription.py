@@ -31,6 +31,7 @@ from dataclasses import dataclass, field
 
 from broker.cursor import ManagedCursor
 from broker.delayed_delivery import DelayedDeliveryTracker
+from broker.entry_format import publish_time_of
 from broker.errors import InvalidRequestError, PreconditionError
 from broker.managed_ledger import Entry, ManagedLedger, Position
 from broker.rates import RateMeter
@@ -130,6 +131,9 @@ class Subscription:
         # dispatcher when the first of them falls due (owned here, cancelled by close()).
         self.delayed = DelayedDeliveryTracker()
         self._delay_timer: asyncio.TimerHandle | None = None
+        # Raised by every seek: a dispatch round that awaited a read across one drops what it
+        # read (it belongs to the position before the seek).
+        self._epoch = 0
 
     @property
     def type_name(self) -> str:
@@ -318,6 +322,68 @@ class Subscription:
                 await asyncio.sleep(DISPATCH_ERROR_BACKOFF_MS / 1000)
                 self._wakeup.set()
 
+    # ---- seek -----------------------------------------------------------------------------
+
+    @property
+    def ledger(self) -> ManagedLedger:
+        return self._ledger
+
+    def cursor_ledger_last(self) -> Position:
+        """The topic's last stored entry ((-1, -1) when none)."""
+        return self._ledger.last_confirmed
+
+    def reset_to(self, mark_delete: Position) -> None:
+        """Seek: continue after ``mark_delete``, forgetting every acknowledgement after it
+        and what the consumer has not acknowledged (Pulsar's seek / reset-cursor). Only a
+        subscription with at most one consumer may seek: other consumers would keep, and
+        acknowledge, messages from before it."""
+        if len(self.consumers) > 1:
+            raise PreconditionError(
+                f"subscription {self.name!r} has {len(self.consumers)} consumers; only a "
+                "subscription's single consumer may seek"
+            )
+        for consumer in self.consumers:
+            consumer.pending.clear()
+            consumer.unacked_messages = 0
+        self._owner.clear()
+        self._replay.clear()
+        self._replay_set.clear()
+        self.redelivery_counts.clear()
+        self.delayed = DelayedDeliveryTracker()
+        if self._delay_timer is not None:
+            self._delay_timer.cancel()
+            self._delay_timer = None
+        self._epoch += 1
+        self.cursor.reset(mark_delete)
+        self.notify()
+
+    async def position_before_publish_time(self, publish_time_ms: int) -> Position:
+        """The position before the first entry published at or after ``publish_time_ms``
+        (a binary search over the log, one entry read per step)."""
+        ledgers = [(info.ledger_id, info.entries) for info in self._ledger.ledgers if info.entries]
+        total = sum(count for _, count in ledgers)
+
+        def position_at(index: int) -> Position:
+            for ledger_id, count in ledgers:
+                if index < count:
+                    return (ledger_id, index)
+                index -= count
+            raise IndexError(index)
+
+        low, high = 0, total  # the answer's index is in [low, high]
+        while low < high:
+            middle = (low + high) // 2
+            entry = await self._ledger.read_entry(position_at(middle))
+            published = publish_time_of(entry.data) if entry is not None else 0
+            if published >= publish_time_ms:
+                high = middle
+            else:
+                low = middle + 1
+        if low >= total:
+            return self._ledger.last_confirmed
+        found = position_at(low)
+        return (found[0], found[1] - 1)
+
     def _replay_now(self, positions: list[Position]) -> None:
         """Serve these first, without counting a redelivery (they were never delivered)."""
         for position in positions:
@@ -353,13 +419,16 @@ class Subscription:
         now = now_ms()
         if self.delayed:
             self._replay_now(self.delayed.pop_due(now))
+        epoch = self._epoch
         entries = await self._read_replay()
-        if not entries and not self.delayed.is_full:
+        if not entries and not self.delayed.is_full and epoch == self._epoch:
             entries = await self._ledger.read_entries(
                 self.cursor.read_position, DISPATCH_MAX_READ_ENTRIES, DISPATCH_MAX_READ_BYTES
             )
-            if entries:
+            if entries and epoch == self._epoch:
                 self.cursor.read_position = self._ledger.next_position(entries[-1].position)
+        if epoch != self._epoch:
+            return True  # a seek came in meanwhile: read again from its position
         if not entries:
             return False
         batches: dict[int, tuple[ConsumerSession, list[messaging_pb2.Delivery]]] = {}

@@ -13,7 +13,7 @@ from collections.abc import Callable
 from urllib.parse import quote, unquote
 
 from broker.cursor import CURSORS_PREFIX, ManagedCursor
-from broker.errors import PreconditionError
+from broker.errors import AlreadyExistsError, PreconditionError
 from broker.managed_ledger import ManagedLedger, ManagedLedgerListener, Position
 from broker.metrics import ENTRY_SIZE_BYTES
 from broker.rates import RateMeter
@@ -142,6 +142,39 @@ class Topic:
             subscription.start()
             self.subscriptions[name] = subscription
             return subscription
+
+    async def create_reader_subscription(self, name: str, mark_delete: Position) -> Subscription:
+        """A reader's non-durable subscription, reading after ``mark_delete``: in memory
+        only, removed when its consumer leaves (``release_reader_subscription``)."""
+        async with self._subscription_lock:
+            if name in self.subscriptions:
+                raise AlreadyExistsError(f"subscription {name!r} already exists on {self.name}")
+            cursor = ManagedCursor(
+                name,
+                "",
+                self.ledger,
+                self._store,
+                self._cursor_persist_interval_ms,
+                self._cursor_max_persisted_ranges,
+                durable=False,
+            )
+            cursor.start_non_durable(mark_delete)
+            subscription = Subscription(
+                name,
+                SUBSCRIPTION_EXCLUSIVE,
+                cursor,
+                self.ledger,
+                partition_index=self.name.partition_index,
+            )
+            subscription.start()
+            self.subscriptions[name] = subscription
+            return subscription
+
+    async def release_reader_subscription(self, subscription: Subscription) -> None:
+        """Remove a reader's subscription once its consumer has left."""
+        if not subscription.cursor.durable and not subscription.consumers:
+            if self.subscriptions.get(subscription.name) is subscription:
+                await self.delete_subscription(subscription.name)
 
     async def delete_subscription(self, name: str) -> None:
         subscription = self.subscriptions.pop(name, None)

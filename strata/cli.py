@@ -221,6 +221,40 @@ def build_parser(environ: Mapping[str, str] | None = None) -> argparse.ArgumentP
     )
     consume.set_defaults(handler=_consume)
 
+    read = commands.add_parser(
+        "read",
+        parents=[common],
+        help="print messages from a position, leaving no subscription behind",
+        description="Print each message as one line with a reader (a non-durable "
+        "subscription): nothing is acknowledged and nothing is left behind.",
+    )
+    read.add_argument("topic", metavar="TOPIC")
+    add_option(
+        read,
+        "--start-message-id",
+        default="earliest",
+        help="earliest, latest, or LEDGER:ENTRY[:BATCH_INDEX] (read from the message after it)",
+        environ=environ,
+    )
+    add_option(
+        read,
+        "-n",
+        "--count",
+        type=int,
+        default=0,
+        help="stop after this many messages, 0 = no limit",
+        environ=environ,
+    )
+    add_option(
+        read,
+        "--timeout-seconds",
+        type=float,
+        default=1.0,
+        help="stop after this long without a message, 0 = wait forever",
+        environ=environ,
+    )
+    read.set_defaults(handler=_read)
+
     from strata.admin_cli import add_admin_parser
 
     add_admin_parser(commands, common, environ)
@@ -297,6 +331,47 @@ def _produce(args: argparse.Namespace) -> int:
 
 
 # ----------------------------------------------------------------------- consume
+
+
+def parse_message_id(text: str) -> MessageId:
+    """``earliest``, ``latest`` or ``LEDGER:ENTRY[:BATCH_INDEX]``."""
+    if text == "earliest":
+        return MessageId.earliest
+    if text == "latest":
+        return MessageId.latest
+    parts = text.split(":")
+    if len(parts) not in (2, 3) or not all(p.isdigit() for p in parts[:2]):
+        raise _UsageError(
+            f"--start-message-id must be earliest, latest or LEDGER:ENTRY[:BATCH_INDEX], "
+            f"got {text[:50]!r}"
+        )
+    batch_index = int(parts[2]) if len(parts) == 3 and parts[2].lstrip("-").isdigit() else -1
+    return MessageId(int(parts[0]), int(parts[1]), batch_index)
+
+
+def _read(args: argparse.Namespace) -> int:
+    if args.count < 0 or args.timeout_seconds < 0:
+        raise _UsageError("--count and --timeout-seconds must not be negative")
+    start = parse_message_id(args.start_message_id)
+    timeout_ms = int(args.timeout_seconds * 1000) or None
+    read = 0
+    with Client(
+        args.service_url, operation_timeout_seconds=args.operation_timeout_seconds
+    ) as client:
+        reader = client.create_reader(args.topic, start)
+        try:
+            while args.count == 0 or read < args.count:
+                try:
+                    message = reader.read_next(timeout_millis=timeout_ms)
+                except Timeout:
+                    break
+                print(message.data().decode("utf-8", errors="replace"), flush=True)
+                read += 1
+        except KeyboardInterrupt:
+            pass
+        reader.close()
+    print(f"read {read} messages from {args.topic}", file=sys.stderr)
+    return 0
 
 
 def _consume(args: argparse.Namespace) -> int:

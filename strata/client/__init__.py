@@ -61,7 +61,8 @@ from strata.client._errors import (
 )
 from strata.client._message import Message, MessageId
 from strata.client._producer import AsyncProducer
-from strata.client._sync import Client, Consumer, Producer
+from strata.client._reader import AsyncReader
+from strata.client._sync import Client, Consumer, Producer, Reader
 
 __all__ = [
     "Aborted",
@@ -70,6 +71,7 @@ __all__ = [
     "AsyncClient",
     "AsyncConsumer",
     "AsyncProducer",
+    "AsyncReader",
     "AuthenticationError",
     "AuthorizationError",
     "Cancelled",
@@ -96,6 +98,7 @@ __all__ = [
     "ProducerBusy",
     "ProducerQueueIsFull",
     "ProtocolError",
+    "Reader",
     "ResourceExhausted",
     "Result",
     "ServiceUnavailable",

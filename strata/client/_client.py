@@ -27,9 +27,11 @@ from strata.client._consumer import AsyncConsumer, ConsumerEventListener
 from strata.client._dead_letter import ConsumerDeadLetterPolicy
 from strata.client._enums import ConsumerType, InitialPosition
 from strata.client._errors import AlreadyClosed, InvalidArgument, InvalidTopicName
+from strata.client._message import MessageId
 from strata.client._options import ProducerKeywords, ProducerOptions, producer_options
 from strata.client._partitioned import PartitionedProducer
 from strata.client._producer import AsyncProducer, TopicProducer
+from strata.client._reader import AsyncReader, reader_subscription_name
 from strata.naming import InvalidNameError, TopicName
 
 # gRPC pings an open connection at most this often; brokers permit it.
@@ -219,6 +221,38 @@ class AsyncClient:
         await consumer._start()
         self._consumers.add(consumer)
         return consumer
+
+    async def create_reader(
+        self,
+        topic: str,
+        start_message_id: MessageId,
+        start_message_id_inclusive: bool = False,
+        reader_name: str | None = None,
+        receiver_queue_size: int = 1000,
+    ) -> AsyncReader:
+        """A reader of ``topic`` from ``start_message_id`` (``MessageId.earliest``,
+        ``MessageId.latest`` or an id), on a non-durable subscription: nothing is left behind
+        when it closes. Not for partitioned topics: read each partition (``t-partition-N``)."""
+        name = _check_topic(topic)
+        if not isinstance(start_message_id, MessageId):
+            raise InvalidArgument("start_message_id must be a MessageId")
+        pool = self._get_pool()
+        if await self._partitions_of(name):
+            raise InvalidArgument(
+                f"{name} is partitioned: create a reader per partition ({name}-partition-N)"
+            )
+        consumer = AsyncConsumer(
+            pool,
+            str(name),
+            reader_subscription_name(reader_name),
+            consumer_type=ConsumerType.Exclusive,
+            receiver_queue_size=receiver_queue_size,
+            reader_start=(start_message_id, start_message_id_inclusive),
+            on_close=self._consumers.discard,
+        )
+        await consumer._start()
+        self._consumers.add(consumer)
+        return AsyncReader(consumer, start_message_id, start_message_id_inclusive)
 
     async def close(self) -> None:
         """Close every producer and consumer of this client, then the channels. Idempotent."""

@@ -155,6 +155,7 @@ class AsyncConsumer:
         consumer_event_listener: ConsumerEventListener | None = None,
         unacked_messages_timeout_ms: int | None = None,
         dead_letter_policy: ConsumerDeadLetterPolicy | None = None,
+        reader_start: tuple[MessageId, bool] | None = None,
         on_close: Callable[[AsyncConsumer], None] | None = None,
     ) -> None:
         if not subscription_name:
@@ -185,6 +186,9 @@ class AsyncConsumer:
         )
         self._consumer_name = consumer_name or ""
         self._priority_level = priority_level
+        # A reader's consumer: a non-durable subscription starting at (id, inclusive); kept
+        # at the last message taken, so that a reconnect goes on from there.
+        self._reader_start = reader_start
         self._event_listener = consumer_event_listener
         self._nack_delay_s = negative_ack_redelivery_delay_ms / 1000
         self._ack_timeout_s = (unacked_messages_timeout_ms or 0) / 1000
@@ -795,8 +799,65 @@ class AsyncConsumer:
                 initial_position=self._initial_position,
                 consumer_name=stream.consumer_name or self._consumer_name,
                 priority_level=self._priority_level,
+                non_durable=self._reader_start is not None,
+                start_message_id=(
+                    self._reader_start[0].to_proto() if self._reader_start is not None else None
+                ),
+                start_message_id_inclusive=(
+                    self._reader_start[1] if self._reader_start is not None else False
+                ),
             )
         )
+
+    async def seek(self, target: MessageId | int) -> None:
+        """Reset the subscription (pulsar-client's ``seek``): to a message id (it is the next
+        received; ``MessageId.earliest``/``latest``), or to a publish time in ms since the epoch
+        (the first message published at or after it). Messages received before are dropped and
+        acknowledgements after the point forgotten. Only a subscription's single consumer may
+        seek (``FailedPrecondition`` otherwise)."""
+        self._check_usable()
+        self._flush_acks()  # acks made before the seek go before it
+        if isinstance(target, MessageId):
+            streams = [self._stream_of(max(0, target.partition()))]
+            seek = messaging_pb2.Seek(message_id=target.to_proto())
+        elif isinstance(target, int):
+            streams = list(self._streams)
+            seek = messaging_pb2.Seek(publish_time_ms=target)
+        else:
+            raise TypeError(f"cannot seek to {type(target).__name__}")
+        for stream in streams:
+            request_id = stream._new_request_id()
+            seek.request_id = request_id
+            await stream.control(messaging_pb2.ConsumeRequest(seek=seek), request_id)
+        if self._reader_start is not None and isinstance(target, MessageId):
+            self._reader_start = (target, True)
+
+    async def get_last_message_id(self) -> MessageId:
+        """The id of the topic's last stored entry (``MessageId.earliest`` when it has none);
+        not for partitioned topics."""
+        self._check_usable()
+        if not self._single:
+            raise InvalidArgument("get_last_message_id needs a topic that is not partitioned")
+        stream = self._streams[0]
+        request_id = stream._new_request_id()
+        response = await stream.control(
+            messaging_pb2.ConsumeRequest(
+                get_last_message_id=messaging_pb2.GetLastMessageId(request_id=request_id)
+            ),
+            request_id,
+        )
+        return MessageId.from_proto(response.last_message_id.message_id)
+
+    def _on_seek_done(self, stream: _ConsumerStream) -> None:
+        """The broker reset the subscription: what ``stream`` received before is stale. Its
+        permits are granted again, its unconfirmed acks forgotten (applied before the reset,
+        and never to be resent after it)."""
+        before = len(self._queue)
+        self._drop_queued(stream)
+        if dropped := before - len(self._queue):
+            stream.use_permits(dropped)
+        stream.unconfirmed.clear()
+        stream.unconfirmed_ids = 0
 
     async def _create_subscription(self, topic: str, subscription: str) -> None:
         """Create ``subscription`` on ``topic`` at its earliest message (a dead-letter topic's
@@ -858,7 +919,6 @@ class _ConsumerStream:
         # Requests for the writer, in order.
         self.outbox: deque[messaging_pb2.ConsumeRequest] = deque()
         self.writer_wakeup = asyncio.Event()
-        # Acks sent but not yet covered by a receipt: (ack sequence number, ids).
         # (ack sequence, ids, cumulative): acks sent and not yet covered by a receipt.
         self.unconfirmed: deque[tuple[int, list[messaging_pb2.MessageIdData], bool]] = deque()
         self.unconfirmed_ids = 0
@@ -866,6 +926,8 @@ class _ConsumerStream:
         # Receipt requests in flight: request id → ack sequence number it covers.
         self.receipt_marks: dict[int, int] = {}
         self.receipt_waiters: dict[int, _ReceiptWaiter] = {}
+        # Seek and last-message-id requests in flight: request id → the answer's future.
+        self.control_waiters: dict[int, asyncio.Future[messaging_pb2.ConsumeResponse]] = {}
         self.next_request_id = 1
         self.reconnector = Reconnector(
             consumer._pool,
@@ -958,6 +1020,32 @@ class _ConsumerStream:
         for waiter in self.receipt_waiters.values():
             if not waiter.done():
                 waiter.set_result(error)
+        for control in self.control_waiters.values():
+            if not control.done():
+                control.set_exception(error)
+        self.control_waiters.clear()
+
+    async def control(
+        self, request: messaging_pb2.ConsumeRequest, request_id: int
+    ) -> messaging_pb2.ConsumeResponse:
+        """Send a seek or last-message-id request and wait for its answer (bounded by the
+        operation timeout)."""
+        waiter: asyncio.Future[messaging_pb2.ConsumeResponse] = self.consumer._loop.create_future()
+        self.control_waiters[request_id] = waiter
+        self.send(request)
+        timeout_s = self.consumer._pool.operation_timeout_s
+        try:
+            async with asyncio.timeout(timeout_s):
+                return await waiter
+        except TimeoutError:
+            raise Timeout(f"no answer from the broker within {timeout_s:g} s") from None
+        finally:
+            self.control_waiters.pop(request_id, None)
+
+    def on_control(self, request_id: int, response: messaging_pb2.ConsumeResponse) -> None:
+        waiter = self.control_waiters.get(request_id)
+        if waiter is not None and not waiter.done():
+            waiter.set_result(response)
 
     async def half_close(self) -> None:
         """Tell the broker we are done (bounded); the task is cancelled right after."""
@@ -1054,6 +1142,11 @@ class _ConsumerStream:
                 self.on_ack_receipt(response.ack_receipt.request_id)
             elif kind == "active_consumer_change":
                 consumer._on_active_change(self, response.active_consumer_change.is_active)
+            elif kind == "seek_done":
+                consumer._on_seek_done(self)
+                self.on_control(response.seek_done.request_id, response)
+            elif kind == "last_message_id":
+                self.on_control(response.last_message_id.request_id, response)
             else:
                 raise ProtocolError(f"unexpected {kind!r} on an open consume stream")
         raise ServiceUnavailable("the broker ended the consume stream")

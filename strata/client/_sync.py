@@ -33,6 +33,7 @@ from strata.client._errors import (
 from strata.client._message import Message, MessageId
 from strata.client._options import ProducerKeywords, producer_options
 from strata.client._producer import AsyncProducer, SendCallback
+from strata.client._reader import AsyncReader
 
 _T = TypeVar("_T")
 
@@ -158,6 +159,27 @@ class Client:
             )
         )
         return Consumer(self._io, consumer, max(1, min(1000, receiver_queue_size // 2)))
+
+    def create_reader(
+        self,
+        topic: str,
+        start_message_id: MessageId,
+        start_message_id_inclusive: bool = False,
+        reader_name: str | None = None,
+        receiver_queue_size: int = 1000,
+    ) -> Reader:
+        """A reader of ``topic``; see ``AsyncClient.create_reader``."""
+        self._check_open()
+        reader = self._io.run(
+            self._client.create_reader(
+                topic,
+                start_message_id,
+                start_message_id_inclusive=start_message_id_inclusive,
+                reader_name=reader_name,
+                receiver_queue_size=receiver_queue_size,
+            )
+        )
+        return Reader(self._io, reader)
 
     def get_topic_partitions(self, topic: str) -> list[str]:
         """The partitions of ``topic``, or ``[topic]``; see ``AsyncClient.get_topic_partitions``."""
@@ -409,6 +431,13 @@ class Consumer:
         """Acknowledge a message; sent grouped with others within a few ms."""
         self._queue_ack(False, message)
 
+    def seek(self, target: MessageId | int) -> None:
+        """Reset the subscription to a message id or a publish time in ms; see
+        ``AsyncConsumer.seek``. Messages buffered here are dropped."""
+        self._check_open()
+        self._buffer.clear()
+        self._io.run(self._consumer.seek(target))
+
     def acknowledge_cumulative(self, message: Message | MessageId) -> None:
         """Acknowledge this message and every earlier one; see
         ``AsyncConsumer.acknowledge_cumulative``."""
@@ -469,3 +498,39 @@ class Consumer:
         except StrataException:
             # Closed or failed: the broker redelivers what was not acknowledged.
             inbox.clear()
+
+
+class Reader:
+    """The blocking reader. Made by ``Client.create_reader``; see ``AsyncReader``."""
+
+    def __init__(self, io: _LoopThread, reader: AsyncReader) -> None:
+        self._io = io
+        self._reader = reader
+        self._closed = False
+
+    def topic(self) -> str:
+        return self._reader.topic()
+
+    def read_next(self, timeout_millis: int | None = None) -> Message:
+        """The next message; raises ``Timeout`` after ``timeout_millis`` (None: forever)."""
+        self._check_open()
+        return self._io.run(self._reader.read_next(timeout_millis))
+
+    def has_message_available(self) -> bool:
+        self._check_open()
+        return self._io.run(self._reader.has_message_available())
+
+    def seek(self, target: MessageId | int) -> None:
+        """To a message id or a publish time in ms; see ``AsyncConsumer.seek``."""
+        self._check_open()
+        self._io.run(self._reader.seek(target))
+
+    def close(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        self._io.run(self._reader.close())
+
+    def _check_open(self) -> None:
+        if self._closed:
+            raise AlreadyClosed("the reader was closed")

@@ -188,3 +188,20 @@ def test_produce_delayed_and_consume_shared(standalone: Standalone) -> None:
     refused = cli(standalone, "produce", "cli-delayed", "-m", "x", "--deliver-after-ms", "-1")
     assert refused.returncode == 2
     assert "--deliver-after-ms must not be negative" in refused.stderr
+
+
+def test_read_from_a_position_leaves_no_subscription(standalone: Standalone) -> None:
+    produced = cli(standalone, "produce", "cli-read", stdin="".join(f"m{i}\n" for i in range(5)))
+    assert produced.returncode == 0, produced.stderr
+    everything = cli(standalone, "read", "cli-read", "--start-message-id", "earliest")
+    assert everything.returncode == 0, everything.stderr
+    assert everything.stdout.splitlines() == [f"m{i}" for i in range(5)]
+    two = cli(standalone, "read", "cli-read", "-n", "2")
+    assert two.stdout.splitlines() == ["m0", "m1"]
+    latest = cli(standalone, "read", "cli-read", "--start-message-id", "latest")
+    assert latest.returncode == 0 and latest.stdout == ""
+    bad = cli(standalone, "read", "cli-read", "--start-message-id", "../x")
+    assert bad.returncode == 2 and "--start-message-id must be" in bad.stderr
+    stats = cli(standalone, "admin", "topics", "stats", "cli-read")
+    assert stats.returncode == 0, stats.stderr
+    assert json.loads(stats.stdout).get("subscriptions", {}) == {}
