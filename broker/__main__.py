@@ -33,6 +33,7 @@ from broker.load_manager import BROKERS_AVAILABLE_PREFIX
 from broker.ownership import OwnershipConfig
 from broker.server import bind_broker_server, serve_broker, start_metrics_server
 from broker.service import BrokerService
+from strata.auth.server import check_auth_keys, server_interceptors
 from strata.config_binding import ConfigBinding
 from strata.metadata import MetadataStore, open_metadata_store
 from strata.metadata.registration import EphemeralRegistration
@@ -113,7 +114,12 @@ async def run_broker(config: BrokerConfig, stop: asyncio.Event) -> None:
         if offloader is not None:
             resources.push_async_callback(offloader.close)
         # Bound before the broker is built: the port gives the broker its advertised address.
-        server, port = bind_broker_server(config.host, config.port, config.max_message_size_bytes)
+        server, port = bind_broker_server(
+            config.host,
+            config.port,
+            config.max_message_size_bytes,
+            server_interceptors(config.auth, listen_host=config.host, role="broker"),
+        )
         broker_id = config.advertised(port)
         broker = BrokerService(
             config,
@@ -165,6 +171,7 @@ def build_parser(
 def main(argv: list[str]) -> int:
     parser, binding = build_parser()
     config = binding.build(parser, parser.parse_args(argv))
+    check_auth_keys(parser, config.auth)
     if not config.metadata_url:
         parser.error("--metadata-url is required (etcd://HOST:PORT)")
     try:
