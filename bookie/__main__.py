@@ -37,6 +37,7 @@ from bookie.registry import (
 )
 from bookie.server import start_bookie_server
 from bookie.storage import Bookie
+from strata.auth.credentials import server_client_token_source
 from strata.auth.server import check_auth_keys, server_interceptors
 from strata.config_binding import ConfigBinding
 from strata.metadata import open_metadata_store
@@ -98,7 +99,11 @@ async def run_bookie(config: BookieConfig, stop: asyncio.Event) -> int:
             return EXIT_IDENTITY_ERROR
         if config.autorecovery:
             recovery = await start_autorecovery(
-                store, bookie_id, config.recovery, config.ledger_client
+                store,
+                bookie_id,
+                config.recovery,
+                config.ledger_client,
+                token=server_client_token_source(config.auth),
             )
             metrics.registry.register(AutorecoveryCollector(recovery))
         # Harnesses and scripts read this line to learn the ports picked for port 0.

@@ -33,6 +33,7 @@ from broker.load_manager import BROKERS_AVAILABLE_PREFIX
 from broker.ownership import OwnershipConfig
 from broker.server import bind_broker_server, serve_broker, start_metrics_server
 from broker.service import BrokerService
+from strata.auth.credentials import server_client_token_source
 from strata.auth.server import check_auth_keys, server_interceptors
 from strata.config_binding import ConfigBinding
 from strata.metadata import MetadataStore, open_metadata_store
@@ -103,7 +104,8 @@ async def run_broker(config: BrokerConfig, stop: asyncio.Event) -> None:
         )
         resources.push_async_callback(store.close)
         pool = BookieClientPool(
-            max_entry_size_bytes=config.max_message_size_bytes + BOOKIE_REQUEST_MARGIN_BYTES
+            max_entry_size_bytes=config.max_message_size_bytes + BOOKIE_REQUEST_MARGIN_BYTES,
+            token=server_client_token_source(config.auth),
         )
         resources.push_async_callback(pool.close)
         registry = BookieRegistry(store)

@@ -32,6 +32,7 @@ import grpc
 from grpc_health.v1 import health
 
 from strata.auth.config import AuthConfig
+from strata.auth.credentials import CredentialsError, server_client_token_source
 from strata.auth.principal import acting_as
 from strata.auth.tokens import (
     KeyLoadError,
@@ -230,8 +231,12 @@ def server_interceptors(
 
 
 def check_auth_keys(parser: argparse.ArgumentParser, config: AuthConfig) -> None:
-    """At start-up: a key that cannot be loaded is a usage error naming its option."""
+    """At start-up: a key or a client token that cannot be loaded is a usage error naming
+    its option."""
     try:
         verifier_for(config)
+        server_client_token_source(config)
     except KeyLoadError as exc:
         parser.error(str(exc))
+    except CredentialsError as exc:
+        parser.error(f"--broker-client-auth-token-file: {exc}")

@@ -27,6 +27,7 @@ Errors are ``StrataException`` subclasses, mapped from gRPC statuses in one tabl
 (``strata.client._errors.STATUS_TO_EXCEPTION``).
 """
 
+from strata.client._auth import AuthenticationToken
 from strata.client._client import AsyncClient
 from strata.client._consumer import AsyncConsumer
 from strata.client._enums import CompressionType, ConsumerType, InitialPosition
@@ -70,6 +71,7 @@ __all__ = [
     "AsyncConsumer",
     "AsyncProducer",
     "AuthenticationError",
+    "AuthenticationToken",
     "AuthorizationError",
     "Cancelled",
     "Client",
