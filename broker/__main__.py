@@ -53,6 +53,7 @@ def ownership_config(config: BrokerConfig) -> OwnershipConfig:
         load_shedding_interval_ms=config.load_shedding_interval_ms,
         load_shedding_threshold_percent=config.load_shedding_threshold_percent,
         max_topics_per_bundle=config.max_topics_per_bundle,
+        forward_token=server_client_token_source(config.auth),
     )
 
 
