@@ -95,25 +95,37 @@ def _with_token(details: Any, source: TokenSource) -> _CallDetails:
     )
 
 
-class _AioTokenInterceptor(
-    grpc.aio.UnaryUnaryClientInterceptor,
-    grpc.aio.UnaryStreamClientInterceptor,
-    grpc.aio.StreamUnaryClientInterceptor,
-    grpc.aio.StreamStreamClientInterceptor,
-):
+# A grpc.aio channel files each interceptor under the first call kind it implements (an
+# if/elif chain), so each kind has its own class.
+class _AioUnaryUnary(grpc.aio.UnaryUnaryClientInterceptor):
     def __init__(self, source: TokenSource) -> None:
         self._source = source
 
     async def intercept_unary_unary(self, continuation: Any, details: Any, request: Any) -> Any:
         return await continuation(_with_token(details, self._source), request)
 
+
+class _AioUnaryStream(grpc.aio.UnaryStreamClientInterceptor):
+    def __init__(self, source: TokenSource) -> None:
+        self._source = source
+
     async def intercept_unary_stream(self, continuation: Any, details: Any, request: Any) -> Any:
         return await continuation(_with_token(details, self._source), request)
+
+
+class _AioStreamUnary(grpc.aio.StreamUnaryClientInterceptor):
+    def __init__(self, source: TokenSource) -> None:
+        self._source = source
 
     async def intercept_stream_unary(
         self, continuation: Any, details: Any, request_iterator: Any
     ) -> Any:
         return await continuation(_with_token(details, self._source), request_iterator)
+
+
+class _AioStreamStream(grpc.aio.StreamStreamClientInterceptor):
+    def __init__(self, source: TokenSource) -> None:
+        self._source = source
 
     async def intercept_stream_stream(
         self, continuation: Any, details: Any, request_iterator: Any
@@ -123,7 +135,14 @@ class _AioTokenInterceptor(
 
 def aio_interceptors(source: TokenSource | None) -> list[grpc.aio.ClientInterceptor]:
     """The interceptors of a ``grpc.aio`` channel presenting ``source`` (none without)."""
-    return [] if source is None else [_AioTokenInterceptor(source)]
+    if source is None:
+        return []
+    return [
+        _AioUnaryUnary(source),
+        _AioUnaryStream(source),
+        _AioStreamUnary(source),
+        _AioStreamStream(source),
+    ]
 
 
 class _SyncCallDetails(NamedTuple):
