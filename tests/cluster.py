@@ -45,7 +45,7 @@ class Cluster:
         self.directory = directory
         # Presented on the harness's own admin calls when the brokers require a token.
         self.admin_metadata = (
-            None if admin_token is None else [("authorization", f"Bearer {admin_token}")]
+            None if admin_token is None else (("authorization", f"Bearer {admin_token}"),)
         )
         self.etcd = EtcdServer(directory / "etcd")
         self.env = dict(env or {})
