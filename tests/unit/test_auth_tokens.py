@@ -5,6 +5,8 @@ tokens it did not make (``alg: none``, the key-confusion HS256 token, garbage)."
 from __future__ import annotations
 
 import base64
+import hashlib
+import hmac
 import json
 import time
 from pathlib import Path
@@ -153,9 +155,6 @@ def test_hs256_signed_with_the_public_key_is_a_wrong_algorithm(
     pem = public_pem(rsa_key)
     header = base64.urlsafe_b64encode(b'{"alg":"HS256","typ":"JWT"}').rstrip(b"=")
     payload = base64.urlsafe_b64encode(b'{"sub":"admin"}').rstrip(b"=")
-    import hashlib
-    import hmac
-
     signing_input = header + b"." + payload
     signature = base64.urlsafe_b64encode(
         hmac.new(pem, signing_input, hashlib.sha256).digest()
@@ -186,9 +185,6 @@ def test_missing_subject(claims: dict[str, Any]) -> None:
         # PyJWT refuses to encode a non-string sub; build the token by hand.
         header = base64.urlsafe_b64encode(b'{"alg":"HS256","typ":"JWT"}').rstrip(b"=")
         body = base64.urlsafe_b64encode(json.dumps(claims).encode()).rstrip(b"=")
-        import hashlib
-        import hmac
-
         signature = base64.urlsafe_b64encode(
             hmac.new(SECRET, header + b"." + body, hashlib.sha256).digest()
         ).rstrip(b"=")
