@@ -215,7 +215,7 @@ def build_parser(environ: Mapping[str, str] | None = None) -> argparse.ArgumentP
 
     add_admin_parser(commands, common, environ)
     add_perf_parsers(commands, common, environ)
-    add_tokens_parser(commands)
+    add_tokens_parser(commands, environ)
     return parser
 
 

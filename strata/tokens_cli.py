@@ -169,45 +169,78 @@ def _validate(args: argparse.Namespace) -> None:
     print(f"valid: subject {principal.role}, expires {expiry}")
 
 
-def _token_arguments(parser: argparse.ArgumentParser) -> None:
+def _token_arguments(parser: argparse.ArgumentParser, environ: Mapping[str, str] | None) -> None:
     parser.add_argument("token", nargs="?", metavar="TOKEN", help="the token (else -f or -i)")
-    parser.add_argument("-f", "--token-file", help="read the token from this file")
-    parser.add_argument("-i", "--stdin", action="store_true", help="read the token from stdin")
+    add_option(parser, "-f", "--token-file", help="read the token from this file", environ=environ)
+    add_option(
+        parser,
+        "-i",
+        "--stdin",
+        action="store_true",
+        help="read the token from stdin",
+        environ=environ,
+    )
 
 
-def add_tokens_parser(commands: Any) -> None:
+def add_tokens_parser(commands: Any, environ: Mapping[str, str] | None = None) -> None:
     tokens = commands.add_parser(
         "tokens", help="create and check authentication tokens (pulsar's tokens verbs)"
     )
     verbs = tokens.add_subparsers(dest="tokens_verb", metavar="VERB", required=True)
 
     secret = verbs.add_parser("create-secret-key", help="a new HS256 secret key")
-    secret.add_argument("-o", "--output", help="write it (raw bytes) here, else print base64")
+    add_option(
+        secret,
+        "-o",
+        "--output",
+        help="write it (raw bytes) here, else print base64",
+        environ=environ,
+    )
     secret.set_defaults(handler=_run, tokens_handler=_create_secret_key)
 
     pair = verbs.add_parser("create-key-pair", help="a new RS256 or ES256 key pair (PEM)")
-    pair.add_argument("--output-private-key", required=True, metavar="FILE")
-    pair.add_argument("--output-public-key", required=True, metavar="FILE")
-    pair.add_argument("-a", "--algorithm", choices=("RS256", "ES256"), default="RS256")
+    add_option(pair, "--output-private-key", required=True, metavar="FILE", environ=environ)
+    add_option(pair, "--output-public-key", required=True, metavar="FILE", environ=environ)
+    add_option(
+        pair, "-a", "--algorithm", choices=("RS256", "ES256"), default="RS256", environ=environ
+    )
     pair.set_defaults(handler=_run, tokens_handler=_create_key_pair)
 
     create = verbs.add_parser("create", help="a new token, printed on stdout")
-    create.add_argument("--secret-key", help="HS256 key: file:PATH or env:VARIABLE")
-    create.add_argument("--private-key", help="RS256/ES256 private key: file:PATH or env:VAR")
-    create.add_argument("-s", "--subject", required=True, help="the role the token names")
-    create.add_argument("-e", "--expiry-time", help="e.g. 30m, 1h, 7d, 1y (default: never)")
-    create.add_argument("--audience", help="the aud claim (for brokers that require one)")
+    add_option(create, "--secret-key", help="HS256 key: file:PATH or env:VARIABLE", environ=environ)
+    add_option(
+        create,
+        "--private-key",
+        help="RS256/ES256 private key: file:PATH or env:VAR",
+        environ=environ,
+    )
+    add_option(
+        create, "-s", "--subject", required=True, help="the role the token names", environ=environ
+    )
+    add_option(
+        create, "-e", "--expiry-time", help="e.g. 30m, 1h, 7d, 1y (default: never)", environ=environ
+    )
+    add_option(
+        create, "--audience", help="the aud claim (for brokers that require one)", environ=environ
+    )
     create.set_defaults(handler=_run, tokens_handler=_create)
 
     show = verbs.add_parser("show", help="print a token's claims (not verified)")
-    _token_arguments(show)
+    _token_arguments(show, environ)
     show.set_defaults(handler=_run, tokens_handler=_show)
 
     validate = verbs.add_parser("validate", help="verify a token; exit 1 with the reason")
-    _token_arguments(validate)
-    validate.add_argument("--secret-key", help="HS256 key: file:PATH or env:VARIABLE")
-    validate.add_argument("--public-key", help="RS256/ES256 public key: file:PATH or env:VAR")
-    validate.add_argument("--audience", help="the audience the token must name")
+    _token_arguments(validate, environ)
+    add_option(
+        validate, "--secret-key", help="HS256 key: file:PATH or env:VARIABLE", environ=environ
+    )
+    add_option(
+        validate,
+        "--public-key",
+        help="RS256/ES256 public key: file:PATH or env:VAR",
+        environ=environ,
+    )
+    add_option(validate, "--audience", help="the audience the token must name", environ=environ)
     validate.set_defaults(handler=_run, tokens_handler=_validate)
 
 
