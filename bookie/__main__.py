@@ -24,6 +24,7 @@ import logging
 import sys
 from collections.abc import Mapping
 from dataclasses import replace
+from pathlib import Path
 
 from bookie.autorecovery import Autorecovery, start_autorecovery
 from bookie.config import BookieConfig
@@ -78,7 +79,14 @@ async def run_bookie(config: BookieConfig, stop: asyncio.Event) -> int:
             connect_timeout_seconds=config.metadata_store_connect_timeout_seconds,
         )
         try:
-            instance_id = await check_cookie(store, config.storage.data_dir, bookie_id)
+            instance_id = await check_cookie(
+                store,
+                config.storage.data_dir,
+                bookie_id,
+                journal_dir=(
+                    config.storage.journal_path if config.storage.journal_is_separate else None
+                ),
+            )
         except CookieMismatchError as exc:
             log.error("refusing to start: %s", exc)
             print(f"error: {exc}", file=sys.stderr, flush=True)
@@ -135,7 +143,13 @@ def main(argv: list[str]) -> int:
     parser, binding = build_parser()
     config = binding.build(parser, parser.parse_args(argv))
     check_auth_keys(parser, config.auth)
-    storage = replace(config.storage, data_dir=config.storage.data_dir.resolve())
+    storage = replace(
+        config.storage,
+        data_dir=config.storage.data_dir.resolve(),
+        journal_dir=str(Path(config.storage.journal_dir).resolve())
+        if config.storage.journal_dir
+        else "",
+    )
     config = replace(config, storage=storage)
     return run_server(lambda stop: run_bookie(config, stop), log_format=config.log_format)
 

@@ -5,7 +5,8 @@
   ``strata_bookie_journal_sync_latency_seconds`` (one group-commit fdatasync, timed in the
   sync thread), ``strata_bookie_add_entry_latency_seconds`` (add admitted → durable and
   indexed) and ``strata_bookie_read_entry_latency_seconds`` (one read request).
-  ``BookieCollector`` reads the rest at scrape time from a ``Bookie``: journal queue size,
+  ``BookieCollector`` reads the rest at scrape time from a ``Bookie``: writable or not
+  (``strata_bookie_server_status``, BookKeeper's ``SERVER_STATUS``), journal queue size,
   ledgers, bytes on disk, corrupt records detected, journal fdatasyncs.
 * The ledger client (``bookie.ledger.writer``), in every process that writes ledgers (the
   broker, and a bookie's autorecovery worker): ``strata_storage_write_latency_seconds`` (an
@@ -102,6 +103,13 @@ class BookieCollector(Collector):
 
     def collect(self) -> Iterator[Metric]:
         bookie = self._bookie
+        # BookKeeper's bookie_SERVER_STATUS: 1 writable, 0 not (closing, or its journal failed
+        # for good, when it also reports NOT_SERVING).
+        yield _gauge(
+            "strata_bookie_server_status",
+            "1 while the bookie takes adds, 0 once it is closing or its journal failed",
+            int(bookie.is_writable),
+        )
         yield _gauge(
             "strata_bookie_journal_queue_size",
             "journal records queued or written and not yet durable",

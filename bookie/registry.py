@@ -119,9 +119,58 @@ def _has_data(data_dir: Path) -> bool:
     return data_dir.exists() and any(child.name != COOKIE_FILE_NAME for child in data_dir.iterdir())
 
 
-async def check_cookie(store: MetadataStore, data_dir: Path, bookie_id: str) -> str:
+async def check_cookie(
+    store: MetadataStore, data_dir: Path, bookie_id: str, *, journal_dir: Path | None = None
+) -> str:
     """Verify (or, on a first start, create) this bookie's instance cookie; returns the
-    instance id. Raises ``CookieMismatchError`` with the operator's remedy otherwise."""
+    instance id. Raises ``CookieMismatchError`` with the operator's remedy otherwise. A
+    journal directory outside ``data_dir`` (a volume of its own) carries a copy of the cookie,
+    as each BookKeeper directory does: a journal volume that was replaced or mounted from
+    another bookie is refused instead of served as this instance's entries."""
+    instance_id, created = await _check_data_dir_cookie(store, data_dir, bookie_id)
+    if journal_dir is not None:
+        await asyncio.to_thread(
+            _check_journal_cookie, journal_dir, bookie_id, instance_id, created=created
+        )
+    return instance_id
+
+
+def _check_journal_cookie(
+    journal_dir: Path, bookie_id: str, instance_id: str, *, created: bool
+) -> None:
+    local = _read_local_cookie(journal_dir)
+    if local is None:
+        if _has_journal_data(journal_dir):
+            raise CookieMismatchError(
+                f"journal directory {journal_dir} holds journal segments but no cookie; it was "
+                f"not written by bookie {bookie_id}"
+            )
+        if not created:
+            raise CookieMismatchError(
+                f"journal directory {journal_dir} has no cookie but {bookie_id} is an existing "
+                f"instance ({instance_id}): the journal volume was replaced or is the wrong one, "
+                "and its entries are not here. Mount the right volume, or let autorecovery "
+                "re-replicate the bookie's ledgers, decommission it and start it afresh"
+            )
+        _write_local_cookie(journal_dir, {"bookie_id": bookie_id, "instance_id": instance_id})
+        return
+    if local["bookie_id"] != bookie_id or local["instance_id"] != instance_id:
+        raise CookieMismatchError(
+            f"journal directory {journal_dir} belongs to instance {local['instance_id']} of "
+            f"bookie {local['bookie_id']}, not instance {instance_id} of {bookie_id}"
+        )
+
+
+def _has_journal_data(journal_dir: Path) -> bool:
+    return journal_dir.exists() and any(
+        child.name not in (COOKIE_FILE_NAME, "LOCK") for child in journal_dir.iterdir()
+    )
+
+
+async def _check_data_dir_cookie(
+    store: MetadataStore, data_dir: Path, bookie_id: str
+) -> tuple[str, bool]:
+    """The instance id in ``data_dir``'s cookie, and whether this start created it."""
     local = await asyncio.to_thread(_read_local_cookie, data_dir)
     has_data = await asyncio.to_thread(_has_data, data_dir)
     record = await store.get(cookie_key(bookie_id))
@@ -147,7 +196,7 @@ async def check_cookie(store: MetadataStore, data_dir: Path, bookie_id: str) -> 
                 f"another bookie registered the id {bookie_id} at the same time"
             ) from exc
         log.info("bookie %s: new instance %s", bookie_id, cookie["instance_id"])
-        return cookie["instance_id"]
+        return cookie["instance_id"], True
     if stored is None:
         assert local is not None
         if local["bookie_id"] != bookie_id:
@@ -162,7 +211,7 @@ async def check_cookie(store: MetadataStore, data_dir: Path, bookie_id: str) -> 
         await store.put(
             cookie_key(bookie_id), json.dumps(local, sort_keys=True).encode(), expected_version=0
         )
-        return local["instance_id"]
+        return local["instance_id"], False
     if local is None:
         raise CookieMismatchError(
             f"bookie {bookie_id} was registered before (instance {stored['instance_id']}) but "
@@ -176,7 +225,7 @@ async def check_cookie(store: MetadataStore, data_dir: Path, bookie_id: str) -> 
             f"{local['instance_id']} of {local['bookie_id']}, the metadata store has instance "
             f"{stored['instance_id']}"
         )
-    return local["instance_id"]
+    return local["instance_id"], False
 
 
 def bookie_registration(store: MetadataStore, info: BookieInfo) -> EphemeralRegistration:

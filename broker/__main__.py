@@ -31,7 +31,7 @@ from bookie.registry import BookieClientPool, BookieRegistry, now_ms
 from broker.config import BrokerConfig
 from broker.load_manager import BROKERS_AVAILABLE_PREFIX
 from broker.ownership import OwnershipConfig
-from broker.server import bind_broker_server, serve_broker, start_metrics_server
+from broker.server import bind_broker_server, report_ready, serve_broker, start_metrics_server
 from broker.service import BrokerService
 from strata.auth.credentials import server_client_token_source
 from strata.auth.server import check_auth_keys, server_interceptors
@@ -137,7 +137,9 @@ async def run_broker(config: BrokerConfig, stop: asyncio.Event) -> None:
         resources.push_async_callback(lambda: server.stop(deadline.server_grace_s()))
         await broker.initialize_defaults()
         await broker.start()
-        health = await serve_broker(server, broker)  # UNAVAILABLE for topics until joined
+        # NOT_SERVING until joined: a readiness probe keeps the Service from sending clients
+        # to a broker that cannot own a topic yet (its topic calls answer UNAVAILABLE).
+        health = await serve_broker(server, broker, ready=False)
         metrics = start_metrics_server(broker, config.host, config.metrics_port)
         resources.push_async_callback(metrics.close)
         metrics_port = metrics.port
@@ -146,6 +148,7 @@ async def run_broker(config: BrokerConfig, stop: asyncio.Event) -> None:
         await registration.start()
         resources.push_async_callback(leave_gracefully, broker, registration, health, deadline)
         await broker.join_cluster()
+        await report_ready(health)
         # Harnesses and scripts read this line to learn the ports picked for port 0.
         print(
             f"strata broker ready id={broker_id} port={port} metrics_port={metrics_port}",

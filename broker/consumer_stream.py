@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 from typing import TYPE_CHECKING, Any
 
 import grpc
@@ -15,6 +16,8 @@ from strata.v1 import messaging_pb2
 
 if TYPE_CHECKING:
     from broker.service import BrokerService
+
+log = logging.getLogger(__name__)
 
 _EOF: Any = grpc.aio.EOF
 
@@ -29,7 +32,12 @@ MAX_PENDING_ACK_RECEIPTS = 1000
 # only when fewer than MAX_QUEUED_DELIVERIES responses wait (checked by the dispatcher in the
 # same step, without an await between), receipts and the end marker wait for room: the queue
 # never overflows. The receipts' share keeps deliveries from waiting behind them.
-OUTBOUND_QUEUE_SIZE = MAX_QUEUED_DELIVERIES + MAX_PENDING_ACK_RECEIPTS + 1
+# Failover state changes (``active_consumer_change``) have room of their own; a change beyond
+# it, while the client reads nothing, is dropped (the client sees the state of the next one).
+MAX_QUEUED_ACTIVE_CHANGES = 8
+OUTBOUND_QUEUE_SIZE = (
+    MAX_QUEUED_DELIVERIES + MAX_PENDING_ACK_RECEIPTS + MAX_QUEUED_ACTIVE_CHANGES + 1
+)
 # After the client half-closes, how long pending ack receipts may take before the stream ends.
 RECEIPTS_DRAIN_TIMEOUT_SECONDS = 10
 
@@ -37,13 +45,15 @@ RECEIPTS_DRAIN_TIMEOUT_SECONDS = 10
 class ConsumerStream:
     """One consumer's Consume stream: permits and acknowledgements in, entries out.
 
-    1. The client sends ``subscribe``: topic, subscription name, type (Exclusive or Shared),
-       initial position and a consumer name ("" to get one), checked by
+    1. The client sends ``subscribe``: topic, subscription name, type (Exclusive, Shared or
+       Failover, with a priority level), initial position and a consumer name ("" to get
+       one), checked by
        ``check_subscribe_request`` (else INVALID_ARGUMENT). The broker loads the topic
        (another broker's topic: FAILED_PRECONDITION naming the owner), opens the durable
        subscription (a new one starts at the earliest or the latest entry) and attaches the
        consumer: a second consumer of an Exclusive subscription, or a type change while
-       consumers are attached, is FAILED_PRECONDITION. It answers ``subscribed``.
+       consumers are attached, is FAILED_PRECONDITION. It answers ``subscribed``; on a
+       Failover subscription ``active_consumer_change`` follows, and again on each change.
     2. Then, in any order, the client sends:
        - ``flow``: more permits, counted in messages (at most ``MAX_PERMITS_PER_CONSUMER``
          held). The subscription's dispatcher sends whole entries as ``deliveries`` while the
@@ -87,7 +97,13 @@ class ConsumerStream:
             request.subscription, request.type, start_at_earliest=request.start_at_earliest
         )
         consumer_name = request.consumer_name or f"{request.subscription}-{id(self._outbound):x}"
-        session = ConsumerSession(consumer_name, self._send_deliveries, self._writable)
+        session = ConsumerSession(
+            consumer_name,
+            self._send_deliveries,
+            self._writable,
+            priority_level=request.priority_level,
+            on_active_change=self._send_active_change,
+        )
         subscription.add_consumer(session, request.type)
         try:
             await self._context.write(
@@ -137,7 +153,9 @@ class ConsumerStream:
         check_ack(ack, subscription.type, subscription.type_name)
         if ack.cumulative:
             mid = ack.message_ids[0]
-            subscription.acknowledge_cumulative((mid.ledger_id, mid.entry_id))
+            subscription.acknowledge_cumulative(
+                (mid.ledger_id, mid.entry_id), mid.batch_index, mid.batch_size
+            )
         else:
             for mid in ack.message_ids:
                 subscription.acknowledge(
@@ -186,6 +204,16 @@ class ConsumerStream:
                 deliveries=messaging_pb2.Deliveries(deliveries=deliveries)
             )
         )
+
+    def _send_active_change(self, is_active: bool) -> None:
+        try:
+            self._outbound.put_nowait(
+                messaging_pb2.ConsumeResponse(
+                    active_consumer_change=messaging_pb2.ActiveConsumerChange(is_active=is_active)
+                )
+            )
+        except asyncio.QueueFull:
+            log.debug("consumer stream full: active=%s not sent", is_active)
 
     async def _write_responses(self, subscription: Subscription) -> None:
         outbound = self._outbound

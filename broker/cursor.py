@@ -144,10 +144,15 @@ class ManagedCursor:
 
         Returns True when this completed the entry.
         """
+        return self.ack_batch_indexes(position, 1 << index, batch_size)
+
+    def ack_batch_indexes(self, position: Position, mask: int, batch_size: int) -> bool:
+        """Acknowledge the messages of a batch whose bits ``mask`` sets; the entry is
+        acknowledged once all are. Returns True when this completed the entry."""
         if self.is_acked(position):
             return False
         size, bits = self.partially_acked.get(position, (batch_size, 0))
-        bits |= 1 << index
+        bits |= mask
         if bits == (1 << size) - 1:
             return self.ack_entry(position)
         self.partially_acked[position] = (size, bits)

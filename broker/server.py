@@ -23,6 +23,10 @@ from strata.v1 import admin_pb2, admin_pb2_grpc, messaging_pb2, messaging_pb2_gr
 # Room for the gRPC framing and the batch header around a maximum-size message.
 GRPC_MESSAGE_OVERHEAD_BYTES = 1 * MIB
 MAX_CONCURRENT_STREAMS = 1000
+BROKER_SERVICE_NAMES = (
+    messaging_pb2.DESCRIPTOR.services_by_name["MessagingService"].full_name,
+    admin_pb2.DESCRIPTOR.services_by_name["AdminService"].full_name,
+)
 
 
 def server_options(max_message_size_bytes: int) -> list[tuple[str, int]]:
@@ -59,24 +63,33 @@ def bind_broker_server(
     return server, bound
 
 
-async def serve_broker(server: grpc.aio.Server, broker: BrokerService) -> health.aio.HealthServicer:
+async def serve_broker(
+    server: grpc.aio.Server, broker: BrokerService, *, ready: bool = True
+) -> health.aio.HealthServicer:
     """Add the broker's services (messaging, admin, health, reflection) to a bound server and
-    start serving; returns the health servicer."""
+    start serving; returns the health servicer. ``ready=False`` starts it NOT_SERVING (a
+    cluster broker until it has joined the cluster); ``report_ready`` turns it SERVING."""
     messaging_pb2_grpc.add_MessagingServiceServicer_to_server(MessagingServicer(broker), server)
     admin_pb2_grpc.add_AdminServiceServicer_to_server(AdminServicer(broker), server)
     health_servicer = health.aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
-    service_names = (
-        messaging_pb2.DESCRIPTOR.services_by_name["MessagingService"].full_name,
-        admin_pb2.DESCRIPTOR.services_by_name["AdminService"].full_name,
-        health.SERVICE_NAME,
-        reflection.SERVICE_NAME,
-    )
+    service_names = (*BROKER_SERVICE_NAMES, health.SERVICE_NAME, reflection.SERVICE_NAME)
     reflection.enable_server_reflection(service_names, server)
     await server.start()
-    for name in ("", *service_names[:2]):
-        await health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
+    await report_ready(health_servicer, ready=ready)
     return health_servicer
+
+
+async def report_ready(health_servicer: health.aio.HealthServicer, *, ready: bool = True) -> None:
+    """SERVING (or NOT_SERVING) for the whole server and for each of the broker's services:
+    what readiness probes and load balancers read."""
+    status = (
+        health_pb2.HealthCheckResponse.SERVING
+        if ready
+        else health_pb2.HealthCheckResponse.NOT_SERVING
+    )
+    for name in ("", *BROKER_SERVICE_NAMES):
+        await health_servicer.set(name, status)
 
 
 async def start_broker_server(

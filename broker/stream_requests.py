@@ -12,13 +12,14 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from broker.errors import InvalidRequestError, MessageTooLargeError
-from broker.subscription import SUBSCRIPTION_EXCLUSIVE, SUBSCRIPTION_SHARED
+from broker.subscription import SUBSCRIPTION_EXCLUSIVE, SUBSCRIPTION_FAILOVER, SUBSCRIPTION_SHARED
 from strata.naming import TopicName
 from strata.v1 import messaging_pb2
 
 # A consumer may hold at most this many permits (Pulsar caps receiver queues similarly).
 MAX_PERMITS_PER_CONSUMER = 1_000_000
 MAX_SUBSCRIPTION_NAME_LENGTH = 255
+MAX_PRIORITY_LEVEL = 1000
 
 
 @dataclass(frozen=True, slots=True)
@@ -35,9 +36,10 @@ class SubscribeRequest:
 
     topic: TopicName
     subscription: str
-    type: int  # SUBSCRIPTION_EXCLUSIVE or SUBSCRIPTION_SHARED
+    type: int  # SUBSCRIPTION_EXCLUSIVE, SUBSCRIPTION_SHARED or SUBSCRIPTION_FAILOVER
     consumer_name: str  # "" lets the broker choose one
     start_at_earliest: bool
+    priority_level: int = 0
 
 
 def check_open_request(request: object) -> OpenRequest:
@@ -68,9 +70,14 @@ def check_subscribe_request(request: object) -> SubscribeRequest:
     topic = TopicName.parse(subscribe.topic)
     check_subscription_name(subscribe.subscription)
     sub_type = subscribe.type or SUBSCRIPTION_EXCLUSIVE
-    if sub_type not in (SUBSCRIPTION_EXCLUSIVE, SUBSCRIPTION_SHARED):
+    if sub_type not in (SUBSCRIPTION_EXCLUSIVE, SUBSCRIPTION_SHARED, SUBSCRIPTION_FAILOVER):
         raise InvalidRequestError(
-            f"subscription type {sub_type} is not supported yet (Exclusive and Shared are)"
+            f"subscription type {sub_type} is not supported yet "
+            "(Exclusive, Shared and Failover are)"
+        )
+    if not 0 <= subscribe.priority_level <= MAX_PRIORITY_LEVEL:
+        raise InvalidRequestError(
+            f"priority_level must be within 0..{MAX_PRIORITY_LEVEL}, got {subscribe.priority_level}"
         )
     return SubscribeRequest(
         topic=topic,
@@ -78,6 +85,7 @@ def check_subscribe_request(request: object) -> SubscribeRequest:
         type=sub_type,
         consumer_name=subscribe.consumer_name,
         start_at_earliest=subscribe.initial_position == messaging_pb2.INITIAL_POSITION_EARLIEST,
+        priority_level=subscribe.priority_level,
     )
 
 
@@ -98,11 +106,11 @@ def check_flow(flow: messaging_pb2.Flow, permits_held: int) -> None:
 
 
 def check_ack(ack: messaging_pb2.Ack, subscription_type: int, type_name: str) -> None:
-    """A cumulative acknowledgement needs an Exclusive subscription and exactly one id.
-    (Whether each id names an entry of the topic is the subscription's check.)"""
+    """A cumulative acknowledgement needs an Exclusive or Failover subscription and exactly
+    one id. (Whether each id names an entry of the topic is the subscription's check.)"""
     if not ack.cumulative:
         return
-    if subscription_type != SUBSCRIPTION_EXCLUSIVE:
+    if subscription_type not in (SUBSCRIPTION_EXCLUSIVE, SUBSCRIPTION_FAILOVER):
         raise InvalidRequestError(
             f"cumulative acknowledgement is not allowed on a {type_name} subscription"
         )

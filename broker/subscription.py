@@ -6,7 +6,13 @@ while it has permits, charging it the entry's message count (a consumer may go b
 negative, as in Pulsar, so that a batch larger than the receiver queue still flows).
 
 - Exclusive: one consumer; a second one is refused.
-- Shared: entries go round-robin to the consumers that have permits.
+- Shared: entries go round-robin over the consumers, passing by those without permits.
+- Failover: one active consumer, the others stand by (``_elect_active``, Pulsar's rule): the
+  first by (priority level, name), or on partition N of a partitioned topic the (N mod k)-th
+  of the k consumers at the best priority level, so that partitions spread over consumers.
+  When another consumer becomes active, the previous one's pending entries go back to the
+  replay set, so the new one receives them first, in order; each consumer is told whether it
+  is active (``ConsumerSession.on_active_change``).
 
 Entries sent and not yet acknowledged are *pending* on their consumer. When the consumer
 closes, or asks for redelivery (a negative ack), its pending entries go to the replay set,
@@ -19,7 +25,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import heapq
-import itertools
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -34,13 +39,20 @@ log = logging.getLogger(__name__)
 
 SUBSCRIPTION_EXCLUSIVE: int = messaging_pb2.SUBSCRIPTION_TYPE_EXCLUSIVE
 SUBSCRIPTION_SHARED: int = messaging_pb2.SUBSCRIPTION_TYPE_SHARED
-TYPE_NAMES: dict[int, str] = {SUBSCRIPTION_EXCLUSIVE: "Exclusive", SUBSCRIPTION_SHARED: "Shared"}
+SUBSCRIPTION_FAILOVER: int = messaging_pb2.SUBSCRIPTION_TYPE_FAILOVER
+TYPE_NAMES: dict[int, str] = {
+    SUBSCRIPTION_EXCLUSIVE: "Exclusive",
+    SUBSCRIPTION_SHARED: "Shared",
+    SUBSCRIPTION_FAILOVER: "Failover",
+}
 
 # The dispatcher reads at most this many entries per round (Pulsar's dispatcherMaxReadBatchSize).
 DISPATCH_MAX_READ_ENTRIES = 100
 DISPATCH_MAX_READ_BYTES = 4 * 1024 * 1024
 # Pulsar's maxUnackedMessagesPerConsumer: a consumer this far behind on acks gets nothing more.
 MAX_UNACKED_MESSAGES_PER_CONSUMER = 50_000
+# The largest batch an acknowledgement may name (a bound on the bitsets it builds).
+MAX_BATCH_SIZE = 1_000_000
 # Pause after a failed read before the dispatcher tries again.
 DISPATCH_ERROR_BACKOFF_MS = 200
 
@@ -71,6 +83,9 @@ class ConsumerSession:
     pending: dict[Position, int] = field(default_factory=dict)  # position → message count
     messages_out: int = 0
     bytes_out: int = 0
+    # Failover: the lower, the sooner chosen active; told of each change of its state.
+    priority_level: int = 0
+    on_active_change: Callable[[bool], None] = lambda _active: None
 
     def can_receive(self) -> bool:
         return (
@@ -84,14 +99,22 @@ class Subscription:
     """A named durable subscription of one topic, with its dispatcher task."""
 
     def __init__(
-        self, name: str, sub_type: int, cursor: ManagedCursor, ledger: ManagedLedger
+        self,
+        name: str,
+        sub_type: int,
+        cursor: ManagedCursor,
+        ledger: ManagedLedger,
+        *,
+        partition_index: int = -1,
     ) -> None:
         self.name = name
+        self.partition_index = partition_index  # of the topic; -1 when not a partition
+        self._active: ConsumerSession | None = None  # Failover
         self.type = sub_type
         self.cursor = cursor
         self._ledger = ledger
         self.consumers: list[ConsumerSession] = []
-        self._round_robin = itertools.count()
+        self._rotation = 0  # index in ``consumers`` whose turn is next (Shared)
         self._replay: list[Position] = []  # heap
         self._replay_set: set[Position] = set()
         self._owner: dict[Position, ConsumerSession] = {}
@@ -128,13 +151,49 @@ class Subscription:
                 f"({self.consumers[0].name})"
             )
         self.consumers.append(consumer)
+        if self.type == SUBSCRIPTION_FAILOVER:
+            self._elect_active()
+            if consumer is not self._active:
+                consumer.on_active_change(False)
         self.notify()
 
     def remove_consumer(self, consumer: ConsumerSession) -> None:
         if consumer in self.consumers:
-            self.consumers.remove(consumer)
+            index = self.consumers.index(consumer)
+            del self.consumers[index]
+            if index < self._rotation:
+                self._rotation -= 1  # the same consumer keeps the next turn
         self._replay_positions(list(consumer.pending), consumer)
+        if consumer is self._active:
+            self._active = None
+        if self.type == SUBSCRIPTION_FAILOVER:
+            self._elect_active()
         self.notify()
+
+    @property
+    def active_consumer(self) -> ConsumerSession | None:
+        """Failover: the consumer entries go to (None for the other types)."""
+        return self._active
+
+    def _elect_active(self) -> None:
+        """Failover: choose the active consumer (see the module docstring) and, when it
+        changes, hand the previous one's pending entries to the replay set and tell both."""
+        ranked = sorted(self.consumers, key=lambda c: (c.priority_level, c.name))
+        chosen: ConsumerSession | None = None
+        if ranked:
+            best = [c for c in ranked if c.priority_level == ranked[0].priority_level]
+            chosen = (
+                best[self.partition_index % len(best)] if self.partition_index >= 0 else best[0]
+            )
+        previous = self._active
+        if chosen is previous:
+            return
+        self._active = chosen
+        if previous is not None:
+            self._replay_positions(list(previous.pending), previous)
+            previous.on_active_change(False)
+        if chosen is not None:
+            chosen.on_active_change(True)
 
     def add_permits(self, consumer: ConsumerSession, permits: int) -> None:
         consumer.permits += permits
@@ -176,19 +235,26 @@ class Subscription:
         if batch_index < 0:
             completed = self.cursor.ack_entry(position)
         else:
-            if batch_size <= 0 or batch_index >= batch_size or batch_size > 1_000_000:
-                raise InvalidRequestError(
-                    f"acknowledgement of {position[0]}:{position[1]}: batch index "
-                    f"{batch_index} out of range for batch size {batch_size}"
-                )
+            _check_batch_index(position, batch_index, batch_size)
             completed = self.cursor.ack_batch_index(position, batch_index, batch_size)
         if completed or self.cursor.is_acked(position):
             self._forget(position)
 
-    def acknowledge_cumulative(self, position: Position) -> None:
+    def acknowledge_cumulative(
+        self, position: Position, batch_index: int = -1, batch_size: int = 0
+    ) -> None:
+        """Acknowledge every message up to and including this one. Inside a batch (not its
+        last message) that is every entry before it, and the batch's messages up to it."""
         self.check_known(position)
-        self.cursor.ack_cumulative(position)
-        for pos in [p for p in self._owner if p <= position]:
+        if 0 <= batch_index < batch_size - 1:
+            _check_batch_index(position, batch_index, batch_size)
+            through: Position = (position[0], position[1] - 1)
+            self.cursor.ack_cumulative(through)
+            self.cursor.ack_batch_indexes(position, (1 << (batch_index + 1)) - 1, batch_size)
+        else:
+            through = position
+            self.cursor.ack_cumulative(position)
+        for pos in [p for p in self._owner if p <= through or self.cursor.is_acked(p)]:
             self._forget(pos)
 
     def _forget(self, position: Position) -> None:
@@ -203,13 +269,28 @@ class Subscription:
 
     # ---- dispatch ---------------------------------------------------------------------------
 
+    def _any_ready(self) -> bool:
+        if self.type == SUBSCRIPTION_FAILOVER:
+            return self._active is not None and self._active.can_receive()
+        return any(c.can_receive() for c in self.consumers)
+
     def _next_consumer(self) -> ConsumerSession | None:
-        ready = [c for c in self.consumers if c.can_receive()]
-        if not ready:
-            return None
+        """The consumer the next entry goes to: Pulsar's round robin over every connected
+        consumer, passing by those that cannot receive now (no permits, too many unacked, a
+        full stream) without losing their turn in the rotation."""
+        consumers = self.consumers
+        if self.type == SUBSCRIPTION_FAILOVER:
+            active = self._active
+            return active if active is not None and active.can_receive() else None
         if self.type == SUBSCRIPTION_EXCLUSIVE:
-            return ready[0]
-        return ready[next(self._round_robin) % len(ready)]
+            return next((c for c in consumers if c.can_receive()), None)
+        count = len(consumers)
+        for step in range(count):
+            index = (self._rotation + step) % count
+            if consumers[index].can_receive():
+                self._rotation = index + 1
+                return consumers[index]
+        return None
 
     async def _dispatch_loop(self) -> None:
         while True:
@@ -228,7 +309,7 @@ class Subscription:
 
     async def _dispatch_round(self) -> bool:
         """Send one round of entries; True if anything was sent (try again at once)."""
-        if self._next_consumer() is None:
+        if not self._any_ready():
             return False
         entries = await self._read_replay()
         if not entries:
@@ -301,3 +382,11 @@ class Subscription:
                 await self._task
             self._task = None
         await self.cursor.close()
+
+
+def _check_batch_index(position: Position, batch_index: int, batch_size: int) -> None:
+    if batch_size <= 0 or batch_index >= batch_size or batch_size > MAX_BATCH_SIZE:
+        raise InvalidRequestError(
+            f"acknowledgement of {position[0]}:{position[1]}: batch index "
+            f"{batch_index} out of range for batch size {batch_size}"
+        )

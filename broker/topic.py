@@ -131,7 +131,11 @@ class Topic:
             )
             await cursor.load_or_create(start_at_earliest)
             subscription = Subscription(
-                name, sub_type or SUBSCRIPTION_EXCLUSIVE, cursor, self.ledger
+                name,
+                sub_type or SUBSCRIPTION_EXCLUSIVE,
+                cursor,
+                self.ledger,
+                partition_index=self.name.partition_index,
             )
             subscription.start()
             self.subscriptions[name] = subscription

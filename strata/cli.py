@@ -179,9 +179,16 @@ def build_parser(environ: Mapping[str, str] | None = None) -> argparse.ArgumentP
         consume,
         "-t",
         "--type",
-        choices=["exclusive", "shared"],
+        choices=["exclusive", "shared", "failover"],
         default="exclusive",
         help="subscription type",
+        environ=environ,
+    )
+    add_option(
+        consume,
+        "--consumer-name",
+        default="",
+        help="this consumer's name (Failover chooses the active consumer by name)",
         environ=environ,
     )
     add_option(
@@ -291,7 +298,11 @@ def _consume(args: argparse.Namespace) -> int:
         raise _UsageError("consume needs a subscription: -s/--subscription NAME")
     if args.count < 0 or args.timeout_seconds < 0:
         raise _UsageError("--count and --timeout-seconds must not be negative")
-    consumer_type = ConsumerType.Shared if args.type == "shared" else ConsumerType.Exclusive
+    consumer_type = {
+        "exclusive": ConsumerType.Exclusive,
+        "shared": ConsumerType.Shared,
+        "failover": ConsumerType.Failover,
+    }[args.type]
     position = (
         InitialPosition.Earliest if args.initial_position == "earliest" else InitialPosition.Latest
     )
@@ -309,6 +320,7 @@ def _consume(args: argparse.Namespace) -> int:
             args.subscription,
             consumer_type=consumer_type,
             initial_position=position,
+            consumer_name=args.consumer_name or None,
         )
         try:
             while args.count == 0 or received < args.count:

@@ -167,6 +167,8 @@ class _Meter:
     # latency measured from the schedule instead of the send call (delay + latency).
     delay: _Series = field(default_factory=_Series)
     scheduled: _Series = field(default_factory=_Series)
+    # Connect, look up and create the producers (the topic's load on the broker included).
+    setup_ms: float | None = None
 
     def fold(self) -> None:
         """Record the pending latencies into the interval histogram."""
@@ -205,6 +207,8 @@ class _Meter:
             else 0.0,
             "errors": self.errors,
         }
+        if self.setup_ms is not None:
+            result["setup_ms"] = self.setup_ms
         for prefix, series, names in (
             ("publish_delay", self.delay, (("p50", 50.0), ("p99", 99.0), ("max", 100.0))),
             ("from_schedule", self.scheduled, (("p50", 50.0), ("p99", 99.0), ("p999", 99.9))),
@@ -329,6 +333,7 @@ def _chunk_callback(
 
 async def _perf_produce(args: argparse.Namespace, meter: _Meter) -> None:
     compression = CompressionType[args.compression.upper()]
+    started = time.monotonic()
     async with AsyncClient(
         args.service_url,
         args.operation_timeout_seconds,
@@ -345,6 +350,7 @@ async def _perf_produce(args: argparse.Namespace, meter: _Meter) -> None:
             )
             for _ in range(args.producers)
         ]
+        meter.setup_ms = round((time.monotonic() - started) * 1000, 3)
         shares = [args.messages // args.producers] * args.producers
         for index in range(args.messages % args.producers):
             shares[index] += 1

@@ -65,6 +65,7 @@ from bookie.metrics import (
     ML_ENSEMBLE_CHANGES,
     STORAGE_WRITE_LATENCY_SECONDS,
 )
+from strata.logging_setup import log_fields
 
 if TYPE_CHECKING:
     from bookie.ledger.manager import LedgerManager
@@ -341,7 +342,11 @@ class LedgerHandle:
             # fragment would only add a bookie to the ledger. The missing copy is left to
             # autorecovery, like any write error beyond the ack quorum (BP-31).
             log.warning(
-                "ledger %d: bookie %s failed while closing: %s", self.ledger_id, address, exc
+                "ledger %d: bookie %s failed while closing: %s",
+                self.ledger_id,
+                address,
+                exc,
+                extra=log_fields(ledger=self.ledger_id),
             )
             return
         if slot not in self._failed_slots:
@@ -351,6 +356,7 @@ class LedgerHandle:
                 address,
                 slot,
                 exc,
+                extra=log_fields(ledger=self.ledger_id),
             )
             self._failed_slots[slot] = address
             self._excluded.add(address)
@@ -400,6 +406,7 @@ class LedgerHandle:
             metadata.ack_quorum,
             sorted(self._failed_slots.values()),
             exc,
+            extra=log_fields(ledger=self.ledger_id),
         )
         self._given_up = given_up
         self._failed_slots.clear()
@@ -440,6 +447,7 @@ class LedgerHandle:
             first,
             self._ensemble,
             new_ensemble,
+            extra=log_fields(ledger=ledger_id),
         )
         updated = await self._manager.update_metadata(ours, mutate)
         if self._failure is not None:
@@ -487,7 +495,12 @@ class LedgerHandle:
             error.__cause__ = cause
         self._failure = error
         if not quiet:
-            log.warning("ledger %d writer failed: %s", self.ledger_id, error)
+            log.warning(
+                "ledger %d writer failed: %s",
+                self.ledger_id,
+                error,
+                extra=log_fields(ledger=self.ledger_id),
+            )
         if self._pending:
             ML_ADD_FAILURES.inc(len(self._pending))
         while self._pending:

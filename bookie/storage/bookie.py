@@ -55,7 +55,7 @@ _log = logging.getLogger(__name__)
 class Bookie:
     """One bookie's durable store of ledger entries.
 
-    Lifecycle: ``bookie = await Bookie.open(config)`` locks ``config.data_dir``, rebuilds the
+    Lifecycle: ``bookie = await Bookie.open(config)`` locks its directories, rebuilds the
     index (newest checkpoint + journal replay, torn tail truncated), starts a new journal segment
     and three owned tasks: the journal writer (owned by the journal), the periodic checkpoint
     and the periodic garbage collection (owned by ``Checkpointer`` and ``GarbageCollector``).
@@ -69,17 +69,19 @@ class Bookie:
     NoSuchLedgerError; of a deleted ledger, LedgerDeletedError.
     """
 
-    def __init__(self, config: BookieStorageConfig, replayed: RecoveryResult, lock_fd: int) -> None:
+    def __init__(
+        self, config: BookieStorageConfig, replayed: RecoveryResult, lock_fds: list[int]
+    ) -> None:
         self.config = config
         self.stats = BookieStats(
             records_replayed_at_open=replayed.records_replayed,
             corrupt_records_at_open=replayed.corrupt_records,
             torn_tail_bytes_truncated=replayed.torn_tail_bytes,
         )
-        self._journal_dir = config.data_dir / "journal"
+        self._journal_dir = config.journal_path
         self._index_dir = config.data_dir / "index"
         self._index = index = replayed.index
-        self._lock_fd = lock_fd
+        self._lock_fds = lock_fds
         self._closing = False
         # Checkpoint writes, compaction scans and segment removal: one at a time, off the loop.
         self._maintenance_executor = ThreadPoolExecutor(
@@ -110,17 +112,25 @@ class Bookie:
     @classmethod
     async def open(cls, config: BookieStorageConfig) -> Bookie:
         """Open (or create) the bookie in ``config.data_dir``; see the class docstring."""
-        journal_dir = config.data_dir / "journal"
+        journal_dir = config.journal_path
         index_dir = config.data_dir / "index"
         for directory in (config.data_dir, journal_dir, index_dir):
             directory.mkdir(parents=True, exist_ok=True)
-        lock_fd = _lock_directory(config.data_dir)
+        locked = [config.data_dir, journal_dir] if config.journal_is_separate else [config.data_dir]
+        lock_fds: list[int] = []
+        try:
+            for directory in locked:
+                lock_fds.append(_lock_directory(directory))
+        except BaseException:
+            for fd in lock_fds:
+                os.close(fd)
+            raise
         bookie: Bookie | None = None
         started = False
         try:
             replay = JournalReplay(journal_dir, index_dir, fsync=config.fsync)
             result = await asyncio.to_thread(replay.run)
-            bookie = cls(config, result, lock_fd)
+            bookie = cls(config, result, lock_fds)
             await bookie._admission.start()
             started = True
             if (
@@ -139,7 +149,8 @@ class Bookie:
                     await bookie._journal.close()
                 bookie._reads.close()
                 bookie._maintenance_executor.shutdown(wait=True)
-            os.close(lock_fd)
+            for fd in lock_fds:
+                os.close(fd)
             raise
         _log.info(
             "bookie opened at %s: %d ledgers, %d records replayed, %d corrupt, %d torn bytes",
@@ -154,6 +165,11 @@ class Bookie:
     @property
     def is_open(self) -> bool:
         return not self._closing
+
+    @property
+    def is_writable(self) -> bool:
+        """Whether adds can succeed: open, and its journal has not failed."""
+        return not self._closing and not self._journal.failed
 
     async def wait_failed(self) -> BookieError:
         """Wait until the journal fails for good (a failed write or fsync): from then on every
@@ -177,7 +193,8 @@ class Bookie:
         finally:
             self._reads.close()
             self._maintenance_executor.shutdown(wait=True)
-            os.close(self._lock_fd)
+            for fd in self._lock_fds:
+                os.close(fd)
         _log.info("bookie at %s closed", self.config.data_dir)
 
     def _check_open(self) -> Journal:

@@ -27,9 +27,15 @@ DEFAULT_MAX_ENTRY_SIZE_BYTES = 8 * MIB
 
 @dataclass(frozen=True, slots=True)
 class BookieStorageConfig:
-    """How one bookie stores ledgers in ``data_dir`` (``journal/`` and ``index/`` below it)."""
+    """How one bookie stores ledgers: the index (and the instance cookie) in ``data_dir``,
+    the journal segments (which hold the entries) in ``journal_dir``, by default
+    ``data_dir/journal``. A separate journal directory lets the journal have a volume of its
+    own, as BookKeeper's ``journalDirectory`` beside its ``ledgerDirectories``."""
 
-    data_dir: Path = field(metadata={HELP: "directory of the journal and the index"})
+    data_dir: Path = field(metadata={HELP: "directory of the index and the instance cookie"})
+    journal_dir: str = setting(
+        "", "directory of the journal segments, which hold the entries (empty: DATA_DIR/journal)"
+    )
     journal_segment_size_bytes: int = setting(
         64 * MIB, "the journal rolls to a new segment file once the current one would exceed this"
     )
@@ -87,6 +93,10 @@ class BookieStorageConfig:
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "data_dir", Path(self.data_dir))
+        if self.journal_dir and Path(self.journal_dir).resolve() == self.data_dir.resolve():
+            raise ValueError(
+                "journal_dir must not be data_dir itself (leave it empty for DATA_DIR/journal)"
+            )
         if not 4096 <= self.journal_segment_size_bytes <= MAX_SEGMENT_SIZE_BYTES:
             raise ValueError(
                 f"journal_segment_size_bytes must be in [4096, {MAX_SEGMENT_SIZE_BYTES}], "
@@ -125,3 +135,13 @@ class BookieStorageConfig:
             raise ValueError(
                 f"compaction_live_ratio must be in [0, 1), got {self.compaction_live_ratio}"
             )
+
+    @property
+    def journal_path(self) -> Path:
+        """Where the journal segments live."""
+        return Path(self.journal_dir) if self.journal_dir else self.data_dir / "journal"
+
+    @property
+    def journal_is_separate(self) -> bool:
+        """Whether the journal has a directory (a volume) outside ``data_dir``."""
+        return bool(self.journal_dir)

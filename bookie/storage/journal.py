@@ -208,6 +208,11 @@ class Journal:
     def has_room(self) -> bool:
         return self._buffered_bytes < self._group_commit_max_bytes
 
+    @property
+    def failed(self) -> bool:
+        """Whether the journal failed for good (every add fails from then on)."""
+        return self._failed.is_set()
+
     async def wait_failed(self) -> BookieError:
         """Wait until the journal fails for good; returns the error it fails writes with."""
         await self._failed.wait()

@@ -46,6 +46,7 @@ from broker.managed_ledger.reader import READ_MAX_BYTES, EntryReader
 from broker.managed_ledger.rollover import RolloverOp, create_ledger
 from broker.managed_ledger.trim import trim_ledgers
 from broker.managed_ledger.writer import LedgerWriter
+from strata.logging_setup import log_fields
 from tiered import Offloader
 
 if TYPE_CHECKING:
@@ -207,7 +208,13 @@ class ManagedLedger:
             await self._manager.delete_ledger(ledger_id)
         except (BookieError, LedgerClientError, OSError) as exc:
             # The ledger is already out of the list; a leak of bookie space, never of data.
-            log.warning("could not delete ledger %d of %s: %s", ledger_id, self.name, exc)
+            log.warning(
+                "could not delete ledger %d of %s: %s",
+                ledger_id,
+                self.name,
+                exc,
+                extra=log_fields(topic=self.name, ledger=ledger_id),
+            )
 
     def _rollover(self) -> Coroutine[Any, Any, None]:
         """The coroutine of one rollover, run by the writer as its rollover task."""
@@ -274,7 +281,12 @@ class ManagedLedger:
             try:
                 await self.offload.close()
             except Exception as exc:
-                log.warning("closing background work of %s: %s", self.name, exc)
+                log.warning(
+                    "closing background work of %s: %s",
+                    self.name,
+                    exc,
+                    extra=log_fields(topic=self.name),
+                )
         await self._reader.close()
         await self._writer.close()
 

@@ -17,6 +17,7 @@ from collections.abc import Awaitable, Callable, Mapping
 
 from broker.managed_ledger.ledger_list import LedgerInfo, LedgerList
 from broker.managed_ledger.reader import EntryReader
+from strata.logging_setup import log_fields
 from tiered import OffloadContext, Offloader, TieredError
 from tiered.format import OffloadKeys
 
@@ -92,5 +93,9 @@ class OffloadState:
         except (TieredError, ValueError) as exc:
             # Out of the list already: a leak of object storage the sweep may clean up.
             log.warning(
-                "could not delete offloaded ledger %d of %s: %s", info.ledger_id, self._name, exc
+                "could not delete offloaded ledger %d of %s: %s",
+                info.ledger_id,
+                self._name,
+                exc,
+                extra=log_fields(topic=self._name, ledger=info.ledger_id),
             )

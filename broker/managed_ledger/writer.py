@@ -39,6 +39,7 @@ from bookie.ledger import LedgerClientError, LedgerHandle
 from broker.errors import ServiceUnavailableError, TopicFencedError
 from broker.managed_ledger.entry_cache import Entry, EntryCache
 from broker.managed_ledger.ledger_list import LedgerList, Position
+from strata.logging_setup import log_fields
 
 if TYPE_CHECKING:
     from broker.managed_ledger.ledger import ManagedLedgerConfig, ManagedLedgerListener
@@ -115,7 +116,9 @@ class LedgerWriter:
         wins); returns the reason."""
         if self._fenced is None:
             self._fenced = exc
-            log.warning("managed ledger %s fenced: %s", self._name, exc)
+            log.warning(
+                "managed ledger %s fenced: %s", self._name, exc, extra=log_fields(topic=self._name)
+            )
             self._on_fenced()
         return self._fenced
 
@@ -267,5 +270,5 @@ class LedgerWriter:
                 info.size_bytes = metadata.length_bytes
                 await self._list.store()
             except (BookieError, LedgerClientError, TopicFencedError) as exc:
-                log.warning("closing %s: %s", self._name, exc)
+                log.warning("closing %s: %s", self._name, exc, extra=log_fields(topic=self._name))
         self._current = None

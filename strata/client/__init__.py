@@ -29,7 +29,7 @@ Errors are ``StrataException`` subclasses, mapped from gRPC statuses in one tabl
 
 from strata.client._auth import AuthenticationToken
 from strata.client._client import AsyncClient
-from strata.client._consumer import AsyncConsumer
+from strata.client._consumer import AsyncConsumer, ConsumerEventListener
 from strata.client._enums import CompressionType, ConsumerType, InitialPosition
 from strata.client._errors import (
     Aborted,
@@ -78,6 +78,7 @@ __all__ = [
     "CompressionType",
     "Consumer",
     "ConsumerBusy",
+    "ConsumerEventListener",
     "ConsumerType",
     "DataLoss",
     "FailedPrecondition",

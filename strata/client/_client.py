@@ -24,7 +24,7 @@ from strata.client._connection import (
     parse_service_urls,
     retry_until,
 )
-from strata.client._consumer import AsyncConsumer
+from strata.client._consumer import AsyncConsumer, ConsumerEventListener
 from strata.client._enums import ConsumerType, InitialPosition
 from strata.client._errors import AlreadyClosed, InvalidArgument, InvalidTopicName
 from strata.client._options import ProducerKeywords, ProducerOptions, producer_options
@@ -186,8 +186,17 @@ class AsyncClient:
         consumer_name: str | None = None,
         initial_position: InitialPosition = InitialPosition.Latest,
         negative_ack_redelivery_delay_ms: int = 60_000,
+        priority_level: int = 0,
+        consumer_event_listener: ConsumerEventListener | None = None,
+        unacked_messages_timeout_ms: int | None = None,
     ) -> AsyncConsumer:
         """Subscribe to ``topic``; returns once the broker accepted the consumer.
+
+        ``ConsumerType.Failover``: one consumer of the subscription receives (per partition),
+        the others stand by; ``priority_level`` (0 first) and then the consumer name choose
+        it, and ``consumer_event_listener`` is told when this consumer becomes active or a
+        standby. ``unacked_messages_timeout_ms`` (None: off; at least 1,000): a message taken
+        and not acknowledged within it is redelivered (its whole entry, to any consumer).
 
         On a partitioned topic the consumer subscribes to every partition and merges them
         (each partition's stream has ``receiver_queue_size`` permits, 50,000 at most over
@@ -207,6 +216,9 @@ class AsyncClient:
             receiver_queue_size=receiver_queue_size,
             consumer_name=consumer_name,
             negative_ack_redelivery_delay_ms=negative_ack_redelivery_delay_ms,
+            priority_level=priority_level,
+            consumer_event_listener=consumer_event_listener,
+            unacked_messages_timeout_ms=unacked_messages_timeout_ms,
             on_close=self._consumers.discard,
         )
         await consumer._start()

@@ -47,7 +47,7 @@ import time
 from collections import deque
 from collections.abc import Callable, Iterable, Sequence
 from itertools import repeat
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Protocol
 
 import grpc
 import grpc.aio
@@ -97,6 +97,30 @@ RESEND_CHUNK_IDS = 10_000
 # partition at most this many permits divided by the partition count.
 MAX_TOTAL_RECEIVER_QUEUE_SIZE_ACROSS_PARTITIONS = 50_000
 
+
+class ConsumerEventListener(Protocol):
+    """Told when a consumer of a Failover subscription becomes the active consumer of a
+    partition or a standby (pulsar-client's ``ConsumerEventListener``). ``partition_id`` is
+    the partition's index, -1 on a topic that is not partitioned. Called on the client's
+    event loop; it must not block, and what it raises is logged and ignored."""
+
+    def became_active(self, consumer: AsyncConsumer, partition_id: int) -> None: ...
+
+    def became_inactive(self, consumer: AsyncConsumer, partition_id: int) -> None: ...
+
+
+# The subscription types that take cumulative acknowledgements (as the broker's check_ack).
+_CUMULATIVE_TYPES = (
+    messaging_pb2.SUBSCRIPTION_TYPE_EXCLUSIVE,
+    messaging_pb2.SUBSCRIPTION_TYPE_FAILOVER,
+)
+
+# The shortest ack timeout (Pulsar's Java client's minimum, 1 s).
+MIN_ACK_TIMEOUT_MS = 1000
+
+# Failover priority levels a consumer may ask for (0 = chosen first), as the broker bounds them.
+MAX_PRIORITY_LEVEL = 1000
+
 # Ordered: states at or past _CLOSED refuse work.
 _CONNECTING, _READY, _CLOSED, _FAILED = range(4)
 
@@ -126,6 +150,9 @@ class AsyncConsumer:
         negative_ack_redelivery_delay_ms: int = 60_000,
         ack_group_time_ms: float = DEFAULT_ACK_GROUP_TIME_MS,
         ack_group_max_ids: int = DEFAULT_ACK_GROUP_MAX_IDS,
+        priority_level: int = 0,
+        consumer_event_listener: ConsumerEventListener | None = None,
+        unacked_messages_timeout_ms: int | None = None,
         on_close: Callable[[AsyncConsumer], None] | None = None,
     ) -> None:
         if not subscription_name:
@@ -136,6 +163,14 @@ class AsyncConsumer:
             raise InvalidArgument("ack grouping and negative-ack settings must be positive")
         if num_partitions < 0:
             raise InvalidArgument("num_partitions must not be negative")
+        if unacked_messages_timeout_ms is not None and (
+            unacked_messages_timeout_ms < MIN_ACK_TIMEOUT_MS
+        ):
+            raise InvalidArgument(
+                f"unacked_messages_timeout_ms must be at least {MIN_ACK_TIMEOUT_MS} (or None: off)"
+            )
+        if not 0 <= priority_level <= MAX_PRIORITY_LEVEL:
+            raise InvalidArgument(f"priority_level must be within 0..{MAX_PRIORITY_LEVEL}")
         self._pool = pool
         name = TopicName.parse(topic)
         self._topic = str(name)
@@ -147,7 +182,10 @@ class AsyncConsumer:
             int(InitialPosition(initial_position))
         )
         self._consumer_name = consumer_name or ""
+        self._priority_level = priority_level
+        self._event_listener = consumer_event_listener
         self._nack_delay_s = negative_ack_redelivery_delay_ms / 1000
+        self._ack_timeout_s = (unacked_messages_timeout_ms or 0) / 1000
         self._ack_group_time_s = ack_group_time_ms / 1000
         self._ack_group_max_ids = ack_group_max_ids
         self._on_close = on_close
@@ -191,6 +229,11 @@ class AsyncConsumer:
         self._nacks: deque[tuple[float, messaging_pb2.MessageIdData]] = deque()
         self._nack_timer: asyncio.TimerHandle | None = None
 
+        # Ack timeout: entries taken by the application, in the order taken, with the time
+        # they are due; at most as many as the broker lets this consumer hold unacknowledged.
+        self._timed_entries: deque[tuple[float, EntryInfo]] = deque()
+        self._ack_timeout_timer: asyncio.TimerHandle | None = None
+
     # ----------------------------------------------------------------- public API
 
     def topic(self) -> str:
@@ -220,6 +263,8 @@ class AsyncConsumer:
             self._streams[0].use_permits(1)
         else:
             self._streams[message._entry.partition].use_permits(1)
+        if self._ack_timeout_s:
+            self._start_ack_timeouts((message,))
         return message
 
     async def receive_many(
@@ -243,7 +288,57 @@ class AsyncConsumer:
             self._streams[0].use_permits(count)
         else:
             self._use_partition_permits(messages)
+        if self._ack_timeout_s:
+            self._start_ack_timeouts(messages)
         return messages
+
+    def _start_ack_timeouts(self, messages: Iterable[Message]) -> None:
+        """Ack timeout (pulsar-client's ``unacked_messages_timeout_ms``): the entries of
+        ``messages`` are redelivered unless acknowledged within the timeout."""
+        due = time.monotonic() + self._ack_timeout_s
+        timed = self._timed_entries
+        for message in messages:
+            entry = message._entry
+            if not entry.timed:
+                entry.timed = True
+                timed.append((due, entry))
+        if timed and self._ack_timeout_timer is None:
+            self._ack_timeout_timer = self._loop.call_later(
+                max(0.0, timed[0][0] - time.monotonic()), self._redeliver_timed_out
+            )
+
+    def _redeliver_timed_out(self) -> None:
+        """Ask for the redelivery of the entries whose ack timeout passed with messages of
+        them unacknowledged (the acks made so far are sent first, so the broker skips them)."""
+        self._ack_timeout_timer = None
+        now = time.monotonic()
+        timed = self._timed_entries
+        due: list[list[messaging_pb2.MessageIdData]] = [[] for _ in self._streams]
+        while timed and timed[0][0] <= now + 0.001:
+            entry = timed.popleft()[1]
+            entry.timed = False
+            if entry.remaining > 0:
+                due[0 if self._single else entry.partition].append(
+                    messaging_pb2.MessageIdData(
+                        ledger_id=entry.ledger_id,
+                        entry_id=entry.entry_id,
+                        batch_index=-1,
+                        partition=entry.partition,
+                    )
+                )
+        if any(due):
+            self._flush_acks()
+            for stream, stream_ids in zip(self._streams, due, strict=True):
+                if stream_ids:
+                    stream.send(
+                        messaging_pb2.ConsumeRequest(
+                            redeliver=messaging_pb2.RedeliverUnacknowledged(message_ids=stream_ids)
+                        )
+                    )
+        if timed:
+            self._ack_timeout_timer = self._loop.call_later(
+                max(0.0, timed[0][0] - now), self._redeliver_timed_out
+            )
 
     async def acknowledge(self, message: Message | MessageId) -> None:
         """Acknowledge one message; it is sent grouped with others within a few ms."""
@@ -287,6 +382,27 @@ class AsyncConsumer:
                 pending_entries = self._ack_entries
         if added:
             self._ack_added(added)
+
+    async def acknowledge_cumulative(self, message: Message | MessageId) -> None:
+        """Acknowledge this message and every earlier one of its topic (of its partition, on
+        a partitioned topic): pulsar-client's ``acknowledge_cumulative``. Exclusive and
+        Failover subscriptions only (``InvalidArgument`` on Shared, as the broker refuses it).
+        Acknowledgements made before it are sent first."""
+        self.acknowledge_cumulative_nowait(message)
+
+    def acknowledge_cumulative_nowait(self, message: Message | MessageId) -> None:
+        """``acknowledge_cumulative`` without the coroutine (the sync wrapper)."""
+        self._check_usable()
+        if self._consumer_type not in _CUMULATIVE_TYPES:
+            name = ConsumerType(self._consumer_type).name
+            raise InvalidArgument(
+                f"cumulative acknowledgement is not allowed on a {name} subscription"
+            )
+        message_id = message.message_id() if isinstance(message, Message) else message
+        self._check_partition(message_id)
+        self._flush_acks()
+        stream = self._stream_of(max(0, message_id.partition()))
+        stream.send_acks([message_id.to_proto()], with_receipt=False, cumulative=True)
 
     def negative_acknowledge(self, message: Message | MessageId) -> None:
         """Ask for redelivery of this message after ``negative_ack_redelivery_delay_ms``."""
@@ -391,11 +507,13 @@ class AsyncConsumer:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
         self._tasks.clear()
-        for timer in (self._ack_timer, self._nack_timer):
+        for timer in (self._ack_timer, self._nack_timer, self._ack_timeout_timer):
             if timer is not None:
                 timer.cancel()
         self._ack_timer = None
         self._nack_timer = None
+        self._ack_timeout_timer = None
+        self._timed_entries.clear()
 
     def _on_task_done(self, task: asyncio.Task[None]) -> None:
         if task.cancelled():
@@ -654,8 +772,30 @@ class AsyncConsumer:
                 type=self._consumer_type,
                 initial_position=self._initial_position,
                 consumer_name=stream.consumer_name or self._consumer_name,
+                priority_level=self._priority_level,
             )
         )
+
+    def _on_active_change(self, stream: _ConsumerStream, is_active: bool) -> None:
+        """Failover: the broker made this consumer the active one of ``stream``'s partition,
+        or a standby. A standby's messages not yet taken are dropped (the broker gives them
+        to the active consumer) and their permits granted again, as if they were taken."""
+        if not is_active:
+            before = len(self._queue)
+            self._drop_queued(stream)
+            if dropped := before - len(self._queue):
+                stream.use_permits(dropped)
+        listener = self._event_listener
+        if listener is None:
+            return
+        partition_id = TopicName.parse(stream.topic).partition_index
+        try:
+            if is_active:
+                listener.became_active(self, partition_id)
+            else:
+                listener.became_inactive(self, partition_id)
+        except Exception:
+            log.exception("consumer event listener failed")
 
 
 class _ConsumerStream:
@@ -683,7 +823,8 @@ class _ConsumerStream:
         self.outbox: deque[messaging_pb2.ConsumeRequest] = deque()
         self.writer_wakeup = asyncio.Event()
         # Acks sent but not yet covered by a receipt: (ack sequence number, ids).
-        self.unconfirmed: deque[tuple[int, list[messaging_pb2.MessageIdData]]] = deque()
+        # (ack sequence, ids, cumulative): acks sent and not yet covered by a receipt.
+        self.unconfirmed: deque[tuple[int, list[messaging_pb2.MessageIdData], bool]] = deque()
         self.unconfirmed_ids = 0
         self.ack_sequence = 0
         # Receipt requests in flight: request id → ack sequence number it covers.
@@ -711,7 +852,11 @@ class _ConsumerStream:
             self.send(messaging_pb2.ConsumeRequest(flow=messaging_pb2.Flow(permits=permits)))
 
     def send_acks(
-        self, ids: list[messaging_pb2.MessageIdData], *, with_receipt: bool
+        self,
+        ids: list[messaging_pb2.MessageIdData],
+        *,
+        with_receipt: bool,
+        cumulative: bool = False,
     ) -> tuple[int, _ReceiptWaiter] | None:
         """Send ``ids`` in one ``Ack``, remembered until a receipt covers them; with
         ``with_receipt``, ask for one and return (request id, its waiter)."""
@@ -722,7 +867,7 @@ class _ConsumerStream:
             return None
         if ids:
             self.ack_sequence += 1
-            self.unconfirmed.append((self.ack_sequence, ids))
+            self.unconfirmed.append((self.ack_sequence, ids, cumulative))
             self.unconfirmed_ids += len(ids)
             if (
                 not request_id
@@ -732,7 +877,7 @@ class _ConsumerStream:
                 # Ask for a receipt on our own so that the resend memory stays bounded.
                 request_id = self._new_request_id()
             while self.unconfirmed_ids > MAX_RETAINED_ACK_IDS and len(self.unconfirmed) > 1:
-                _, dropped = self.unconfirmed.popleft()
+                _, dropped, _ = self.unconfirmed.popleft()
                 self.unconfirmed_ids -= len(dropped)
                 log.warning(
                     "broker sends no ack receipts; %d acks may be lost on reconnect", len(dropped)
@@ -745,7 +890,7 @@ class _ConsumerStream:
                 self.receipt_waiters[request_id] = waiter
         self.send(
             messaging_pb2.ConsumeRequest(
-                ack=messaging_pb2.Ack(message_ids=ids, request_id=request_id)
+                ack=messaging_pb2.Ack(message_ids=ids, request_id=request_id, cumulative=cumulative)
             )
         )
         return None if waiter is None else (request_id, waiter)
@@ -760,7 +905,7 @@ class _ConsumerStream:
         if mark is None:
             return  # a receipt from before a reconnect, already re-requested
         while self.unconfirmed and self.unconfirmed[0][0] <= mark:
-            _, ids = self.unconfirmed.popleft()
+            _, ids, _ = self.unconfirmed.popleft()
             self.unconfirmed_ids -= len(ids)
         # Receipts come in order, so this one covers every earlier request too.
         for earlier in [r for r, m in self.receipt_marks.items() if m <= mark and r < request_id]:
@@ -830,11 +975,14 @@ class _ConsumerStream:
         # Acks the old stream may have lost go again (acks are idempotent), then the
         # outstanding receipt requests, so their waiters hear from this stream; all before
         # the first Flow, so that the broker does not redeliver what they acknowledge.
-        for _, ids in self.unconfirmed:
+        for _, ids, cumulative in self.unconfirmed:
             for start in range(0, len(ids), RESEND_CHUNK_IDS):
                 self.outbox.append(
                     messaging_pb2.ConsumeRequest(
-                        ack=messaging_pb2.Ack(message_ids=ids[start : start + RESEND_CHUNK_IDS])
+                        ack=messaging_pb2.Ack(
+                            message_ids=ids[start : start + RESEND_CHUNK_IDS],
+                            cumulative=cumulative,
+                        )
                     )
                 )
         for request_id in sorted(self.receipt_marks):
@@ -868,6 +1016,8 @@ class _ConsumerStream:
                 consumer._on_deliveries(self, response.deliveries.deliveries)
             elif kind == "ack_receipt":
                 self.on_ack_receipt(response.ack_receipt.request_id)
+            elif kind == "active_consumer_change":
+                consumer._on_active_change(self, response.active_consumer_change.is_active)
             else:
                 raise ProtocolError(f"unexpected {kind!r} on an open consume stream")
         raise ServiceUnavailable("the broker ended the consume stream")

@@ -179,6 +179,7 @@ class EntryInfo:
         "publish_time_ms",
         "redelivery_count",
         "remaining",
+        "timed",
         "topic",
     )
 
@@ -206,6 +207,8 @@ class EntryInfo:
         # Indexes acknowledged since the last ack flush; owned by the consumer's ack tracker.
         self.pending_indexes: list[int] = []
         self.in_pending = False
+        # True once the consumer's ack-timeout tracker holds this entry.
+        self.timed = False
 
 
 class Message:

@@ -20,7 +20,7 @@ from typing import Any, TypeVar, Unpack
 from strata.client._auth import AuthenticationToken
 from strata.client._client import AsyncClient
 from strata.client._connection import DEFAULT_SERVICE_URL
-from strata.client._consumer import AsyncConsumer
+from strata.client._consumer import AsyncConsumer, ConsumerEventListener
 from strata.client._enums import ConsumerType, InitialPosition
 from strata.client._errors import (
     AlreadyClosed,
@@ -134,8 +134,12 @@ class Client:
         consumer_name: str | None = None,
         initial_position: InitialPosition = InitialPosition.Latest,
         negative_ack_redelivery_delay_ms: int = 60_000,
+        priority_level: int = 0,
+        consumer_event_listener: ConsumerEventListener | None = None,
+        unacked_messages_timeout_ms: int | None = None,
     ) -> Consumer:
-        """Subscribe to ``topic``; see ``AsyncClient.subscribe``."""
+        """Subscribe to ``topic``; see ``AsyncClient.subscribe`` (the listener is called on
+        the client's I/O thread, with the ``AsyncConsumer``)."""
         self._check_open()
         consumer = self._io.run(
             self._client.subscribe(
@@ -146,6 +150,9 @@ class Client:
                 consumer_name=consumer_name,
                 initial_position=initial_position,
                 negative_ack_redelivery_delay_ms=negative_ack_redelivery_delay_ms,
+                priority_level=priority_level,
+                consumer_event_listener=consumer_event_listener,
+                unacked_messages_timeout_ms=unacked_messages_timeout_ms,
             )
         )
         return Consumer(self._io, consumer, max(1, min(1000, receiver_queue_size // 2)))
@@ -384,6 +391,12 @@ class Consumer:
     def acknowledge(self, message: Message | MessageId) -> None:
         """Acknowledge a message; sent grouped with others within a few ms."""
         self._queue_ack(False, message)
+
+    def acknowledge_cumulative(self, message: Message | MessageId) -> None:
+        """Acknowledge this message and every earlier one; see
+        ``AsyncConsumer.acknowledge_cumulative``."""
+        self._check_open()
+        self._io.run(self._consumer.acknowledge_cumulative(message))
 
     def negative_acknowledge(self, message: Message | MessageId) -> None:
         """Have the message redelivered after ``negative_ack_redelivery_delay_ms``."""

@@ -19,10 +19,13 @@ import abc
 import asyncio
 import builtins
 import contextlib
+import time
 import uuid
 from collections.abc import Callable, Iterator
 from concurrent.futures import Executor
 from typing import TypeVar, TypeVarTuple
+
+from prometheus_client import Histogram
 
 from strata.metadata.base import (
     DEFAULT_MAX_PENDING_EVENTS,
@@ -39,6 +42,8 @@ from strata.metadata.base import (
     check_prefix,
     check_value,
 )
+from strata.metrics import METADATA_STORE_READ_LATENCY_SECONDS as READ_LATENCY
+from strata.metrics import METADATA_STORE_WRITE_LATENCY_SECONDS as WRITE_LATENCY
 
 _T = TypeVar("_T")
 _Ts = TypeVarTuple("_Ts")
@@ -316,10 +321,19 @@ class LocalMetadataStore(MetadataStore):
                 f"{self._backend.description}: session {self._session_id} is closed"
             )
 
+    async def _timed(self, histogram: Histogram, function: Callable[[*_Ts], _T], *args: *_Ts) -> _T:
+        """``function(*args)`` on the backend, its duration observed as the etcd driver's
+        requests are (``strata_metadata_store_op_latency_seconds``)."""
+        started = time.monotonic()
+        try:
+            return await self._backend.call(function, *args)
+        finally:
+            histogram.observe(time.monotonic() - started)
+
     async def get(self, key: str) -> Record | None:
         check_key(key)
         self._check_open()
-        return await self._backend.call(self._backend.engine.get, key)
+        return await self._timed(READ_LATENCY, self._backend.engine.get, key)
 
     async def put(
         self,
@@ -334,25 +348,25 @@ class LocalMetadataStore(MetadataStore):
         check_expected_version(expected_version)
         self._check_open()
         session = self._session_id if ephemeral else None
-        return await self._backend.call(
-            self._backend.engine.put, key, value, expected_version, session
+        return await self._timed(
+            WRITE_LATENCY, self._backend.engine.put, key, value, expected_version, session
         )
 
     async def delete(self, key: str, *, expected_version: int | None = None) -> bool:
         check_key(key)
         check_expected_version(expected_version)
         self._check_open()
-        return await self._backend.call(self._backend.engine.delete, key, expected_version)
+        return await self._timed(WRITE_LATENCY, self._backend.engine.delete, key, expected_version)
 
     async def list(self, prefix: str) -> builtins.list[Record]:
         check_prefix(prefix)
         self._check_open()
-        return await self._backend.call(self._backend.engine.list, prefix)
+        return await self._timed(READ_LATENCY, self._backend.engine.list, prefix)
 
     async def list_keys(self, prefix: str) -> builtins.list[str]:
         check_prefix(prefix)
         self._check_open()
-        return await self._backend.call(self._backend.engine.list_keys, prefix)
+        return await self._timed(READ_LATENCY, self._backend.engine.list_keys, prefix)
 
     def watch(self, prefix: str, *, max_pending_events: int = DEFAULT_MAX_PENDING_EVENTS) -> Watch:
         check_prefix(prefix)

@@ -7,7 +7,12 @@ For 100-byte and 1 KiB messages it measures, in one run on one machine:
   p50/p99 (send call → receive), as pulsar-perf and the OpenMessaging Benchmark measure them,
   and the publish delay p99 (how late the paced send calls were against their schedule) and
   the publish p99 measured from the schedule instead of the send call.
-Each case runs ``--repeats`` times against a fresh standalone and the median is reported.
+Each case runs ``--repeats`` times against a fresh deployment and the median is reported.
+Before it measures, a warm-up run loads the topic and creates the subscription; the time its
+producer took to connect, look up and load the topic (``topic_load_ms``) is reported on its
+own. The latency cases run twice: on a fresh process, and after a burst of
+``--burst-messages`` (200,000) at full speed, consumed (``after_burst``), because a fresh
+process hides what a burst leaves behind.
 Results go to stdout as a table and to ``data/bench/results.json``.
 """
 
@@ -72,28 +77,57 @@ def deployment(kind: str, tmp: Path) -> Iterator[str]:
         yield cluster.broker_address()
 
 
-def run_case(kind: str, size: int, messages: int, rate: int) -> dict[str, Any]:
+WARMUP_MESSAGES = 2_000
+BURST_MESSAGES = 200_000
+
+
+def produce_and_consume(
+    address: str, topic: str, size: int, messages: int, rate: int
+) -> dict[str, Any]:
+    """One perf run on ``topic``: a consumer on subscription ``bench`` (created at earliest by
+    the first run, resumed by later ones) and a producer together."""
+    consumer = perf(
+        "consume",
+        address,
+        topic,
+        "-s",
+        "bench",
+        "--messages",
+        str(messages),
+        "--initial-position",
+        "earliest",
+    )
+    producer_args = ["--size", str(size), "--messages", str(messages)]
+    if rate:
+        producer_args += ["--rate", str(rate)]
+    producer = perf("produce", address, topic, *producer_args)
+    produced = last_json(producer)
+    consumed = last_json(consumer)
+    return {"produce": produced, "consume": consumed}
+
+
+def run_case(
+    kind: str,
+    size: int,
+    messages: int,
+    rate: int,
+    *,
+    after_burst: bool = False,
+    burst_messages: int = BURST_MESSAGES,
+) -> dict[str, Any]:
+    """A fresh deployment; a warm-up run loads the topic and creates the subscription (the
+    time its producer took to connect and load the topic is reported on its own); with
+    ``after_burst``, a burst of ``burst_messages`` at full speed, consumed, comes before the
+    measured run, which then shows what a burst leaves behind."""
     with tempfile.TemporaryDirectory(prefix="strata-bench-") as tmp:
         with deployment(kind, Path(tmp)) as address:
             topic = f"bench-{size}-{rate}"
-            consumer = perf(
-                "consume",
-                address,
-                topic,
-                "-s",
-                "bench",
-                "--messages",
-                str(messages),
-                "--initial-position",
-                "earliest",
-            )
-            producer_args = ["--size", str(size), "--messages", str(messages)]
-            if rate:
-                producer_args += ["--rate", str(rate)]
-            producer = perf("produce", address, topic, *producer_args)
-            produced = last_json(producer)
-            consumed = last_json(consumer)
-    return {"produce": produced, "consume": consumed}
+            warmup = produce_and_consume(address, topic, size, WARMUP_MESSAGES, 0)
+            if after_burst:
+                produce_and_consume(address, topic, size, burst_messages, 0)
+            result = produce_and_consume(address, topic, size, messages, rate)
+    result["topic_load_ms"] = warmup["produce"]["setup_ms"]
+    return result
 
 
 def main() -> int:
@@ -101,6 +135,7 @@ def main() -> int:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--throughput-messages", type=int, default=300_000)
     parser.add_argument("--latency-seconds", type=int, default=12)
+    parser.add_argument("--burst-messages", type=int, default=BURST_MESSAGES)
     parser.add_argument(
         "--deployments",
         default="standalone",
@@ -108,33 +143,46 @@ def main() -> int:
     )
     args = parser.parse_args()
     rows = []
-    for size in (100, 1024):
-        for rate in (0, 5000):
-            messages = args.throughput_messages if rate == 0 else rate * args.latency_seconds
-            # Interleaved repeats, so that both deployments see the same machine noise.
-            runs_by_kind: dict[str, list[dict[str, Any]]] = {}
-            for _ in range(args.repeats):
-                for kind in args.deployments.split(","):
-                    runs_by_kind.setdefault(kind, []).append(run_case(kind, size, messages, rate))
-            for kind, runs in runs_by_kind.items():
-                row = {
-                    "deployment": kind,
-                    "size_bytes": size,
-                    "rate": rate or "max",
-                    "e2e_msg_per_s": statistics.median(r["consume"]["msg_per_s"] for r in runs),
-                    "e2e_mb_per_s": statistics.median(r["consume"]["mb_per_s"] for r in runs),
-                    "publish_msg_per_s": statistics.median(r["produce"]["msg_per_s"] for r in runs),
-                    "publish_p50_ms": statistics.median(r["produce"]["p50_ms"] for r in runs),
-                    "publish_p99_ms": statistics.median(r["produce"]["p99_ms"] for r in runs),
-                    "publish_p999_ms": statistics.median(r["produce"]["p999_ms"] for r in runs),
-                    "e2e_p50_ms": statistics.median(r["consume"]["p50_ms"] for r in runs),
-                    "e2e_p99_ms": statistics.median(r["consume"]["p99_ms"] for r in runs),
-                }
-                if rate:
-                    for key in ("publish_delay_p99_ms", "from_schedule_p99_ms"):
-                        row[key] = statistics.median(r["produce"][key] for r in runs)
-                rows.append(row)
-                print(json.dumps(row), flush=True)
+    cases = [(size, rate, False) for size in (100, 1024) for rate in (0, 5000)]
+    # The latency cases again after a burst: a fresh process hides what a burst leaves behind.
+    cases += [(size, 5000, True) for size in (100, 1024)]
+    for size, rate, after_burst in cases:
+        messages = args.throughput_messages if rate == 0 else rate * args.latency_seconds
+        # Interleaved repeats, so that both deployments see the same machine noise.
+        runs_by_kind: dict[str, list[dict[str, Any]]] = {}
+        for _ in range(args.repeats):
+            for kind in args.deployments.split(","):
+                runs_by_kind.setdefault(kind, []).append(
+                    run_case(
+                        kind,
+                        size,
+                        messages,
+                        rate,
+                        after_burst=after_burst,
+                        burst_messages=args.burst_messages,
+                    )
+                )
+        for kind, runs in runs_by_kind.items():
+            row = {
+                "deployment": kind,
+                "size_bytes": size,
+                "rate": rate or "max",
+                "after_burst": after_burst,
+                "topic_load_ms": statistics.median(r["topic_load_ms"] for r in runs),
+                "e2e_msg_per_s": statistics.median(r["consume"]["msg_per_s"] for r in runs),
+                "e2e_mb_per_s": statistics.median(r["consume"]["mb_per_s"] for r in runs),
+                "publish_msg_per_s": statistics.median(r["produce"]["msg_per_s"] for r in runs),
+                "publish_p50_ms": statistics.median(r["produce"]["p50_ms"] for r in runs),
+                "publish_p99_ms": statistics.median(r["produce"]["p99_ms"] for r in runs),
+                "publish_p999_ms": statistics.median(r["produce"]["p999_ms"] for r in runs),
+                "e2e_p50_ms": statistics.median(r["consume"]["p50_ms"] for r in runs),
+                "e2e_p99_ms": statistics.median(r["consume"]["p99_ms"] for r in runs),
+            }
+            if rate:
+                for key in ("publish_delay_p99_ms", "from_schedule_p99_ms"):
+                    row[key] = statistics.median(r["produce"][key] for r in runs)
+            rows.append(row)
+            print(json.dumps(row), flush=True)
     out = Path("data/bench")
     out.mkdir(parents=True, exist_ok=True)
     (out / "results.json").write_text(json.dumps(rows, indent=2))

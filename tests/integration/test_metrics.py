@@ -75,6 +75,7 @@ AUTORECOVERY_SAMPLES = (
 BOOKIE_SAMPLES = (
     "strata_bookie_journal_sync_latency_seconds_count",
     "strata_bookie_journal_queue_size",
+    "strata_bookie_server_status",
     "strata_bookie_add_entry_latency_seconds_count",
     "strata_bookie_read_entry_latency_seconds_count",
     "strata_bookie_ledgers_count",
@@ -191,6 +192,10 @@ async def test_standalone_topic_and_storage_families_move_with_traffic(
         )
         scrape.require(BROKER_SAMPLES)
         scrape.require(BOOKIE_SAMPLES)
+        # The embedded metadata store is timed as etcd is (cursors, ledgers, topic loads).
+        for operation in ("read", "write"):
+            count = "strata_metadata_store_op_latency_seconds_count"
+            assert scrape.value(count, operation=operation) > 0
         stats = topic_stats(standalone.address, topic)
         assert scrape.value("strata_in_messages_total", **labels) == 400 == stats.msg_in_counter
         assert scrape.value("strata_in_bytes_total", **labels) == stats.bytes_in_counter
@@ -287,5 +292,6 @@ async def test_cluster_bookies_and_broker_serve_their_families(tmp_path: Path) -
             assert scrape.value("strata_bookie_add_entry_latency_seconds_count") >= 4
             assert scrape.value("strata_bookie_journal_sync_latency_seconds_count") > 0
             assert scrape.value("strata_bookie_ledgers_count") >= 1
+            assert scrape.value("strata_bookie_server_status") == 1
             assert scrape.value("strata_bookie_storage_size_bytes") > 0
             assert scrape.value("strata_bookie_corrupt_entries_total") == 0

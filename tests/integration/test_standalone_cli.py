@@ -122,6 +122,7 @@ def test_perf_produce_and_consume_report_latencies(standalone: Standalone) -> No
     publish = json.loads(produced.stdout.splitlines()[-1])
     assert publish["messages"] == 2000 and publish["errors"] == 0
     assert 0 < publish["p50_ms"] <= publish["p99_ms"] <= publish["max_ms"]
+    assert publish["setup_ms"] > 0
     # Paced: how late the send calls were is reported apart, and measured from the schedule
     # every message's latency is at least its latency from the send call.
     assert 0 <= publish["publish_delay_p50_ms"] <= publish["publish_delay_max_ms"]

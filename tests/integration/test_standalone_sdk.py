@@ -153,3 +153,69 @@ async def test_bad_input_is_refused_and_the_server_stays_up(standalone: Standalo
         await producer.close()
     finally:
         await client.close()
+
+
+FAIR_REPETITIONS = 20
+FAIR_BATCH = 1000
+
+
+async def _drain(consumer: strata.AsyncConsumer, counts: list[int], index: int) -> None:
+    """Receive and acknowledge until cancelled (the SDK grants new permits as it goes)."""
+    while True:
+        try:
+            messages = await consumer.receive_many(FAIR_BATCH, timeout_millis=50)
+        except strata.Timeout:
+            continue
+        counts[index] += len(messages)
+        consumer.acknowledge_many(messages)
+
+
+async def test_shared_dispatch_takes_turns_over_every_consumer(standalone: Standalone) -> None:
+    """Issue 12's trial: three Shared consumers, three batches of 1,000 messages: each consumer
+    gets one batch, every time. The first consumer acknowledges at once and so has permits
+    again when the third batch comes; the second and third wait. A rotation over the consumers
+    that have permits *now* gives the third batch to the first consumer again (the defect:
+    splits 2000/1000/0); Pulsar's rotation over every consumer gives it to the third."""
+    client = strata.AsyncClient(standalone.address)
+    try:
+        splits = []
+        for repetition in range(FAIR_REPETITIONS):
+            topic = f"fair-{repetition}"
+            consumers = [
+                await client.subscribe(
+                    topic,
+                    "shared-sub",
+                    consumer_type=strata.ConsumerType.Shared,
+                    receiver_queue_size=FAIR_BATCH,
+                )
+                for _ in range(3)
+            ]
+            producer = await client.create_producer(
+                topic,
+                batching_max_messages=FAIR_BATCH,
+                batching_max_publish_delay_ms=1000,
+                max_pending_messages=FAIR_BATCH,
+            )
+            await asyncio.sleep(0.2)  # the consumers' Flow permits reach the broker
+            received = [0, 0, 0]
+            eager = asyncio.ensure_future(_drain(consumers[0], received, 0))
+            for batch in range(3):
+                for i in range(FAIR_BATCH):
+                    producer.send_nowait(f"{batch}:{i}".encode())
+                await producer.flush()
+                await asyncio.sleep(0.2)  # dispatched, and the first consumer's permits back
+            late = [asyncio.ensure_future(_drain(consumers[i], received, i)) for i in (1, 2)]
+            for _ in range(600):  # at most 30 s
+                if sum(received) >= 3 * FAIR_BATCH:
+                    break
+                await asyncio.sleep(0.05)
+            for task in (eager, *late):
+                task.cancel()
+            await asyncio.gather(eager, *late, return_exceptions=True)
+            splits.append(received)
+            await producer.close()
+            for consumer in consumers:
+                await consumer.close()
+        assert splits == [[FAIR_BATCH] * 3] * FAIR_REPETITIONS, splits
+    finally:
+        await client.close()

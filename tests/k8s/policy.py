@@ -109,7 +109,7 @@ def check_non_root(docs: list[Doc]) -> list[str]:
 
 def check_read_only_root(docs: list[Doc]) -> list[str]:
     """Root filesystems are read-only; a Strata process writes only to mounted volumes: its
-    data directory and /tmp."""
+    data directory, a bookie's journal directory and /tmp."""
     problems = []
     for workload in of_kind(docs, *WORKLOAD_KINDS):
         for container in containers(workload):
@@ -120,9 +120,10 @@ def check_read_only_root(docs: list[Doc]) -> list[str]:
                 continue
             mounts = [PurePosixPath(m["mountPath"]) for m in container.get("volumeMounts", [])]
             written = ["/tmp"]
-            data_dir = environment(container, docs).get("STRATA_DATA_DIR")
-            if data_dir:
-                written.append(data_dir)
+            env = environment(container, docs)
+            written += [
+                env[name] for name in ("STRATA_DATA_DIR", "STRATA_JOURNAL_DIR") if env.get(name)
+            ]
             for path in map(PurePosixPath, written):
                 if not any(path == mount or mount in path.parents for mount in mounts):
                     problems.append(f"{where} writes {path}, which is on no volume")
@@ -333,42 +334,62 @@ def check_bookie_identity(docs: list[Doc]) -> list[str]:
     return problems
 
 
-def check_bookie_network_policy(docs: list[Doc]) -> list[str]:
-    """A NetworkPolicy selects the bookies, and only broker and bookie pods may reach a
-    bookie's gRPC port."""
+# Who may reach which named port of which workload; None: any pod (clients, the scraper).
+# A port not named here must not be reachable at all.
+NETWORK_PEERS: dict[str, dict[str, frozenset[str] | None]] = {
+    "strata-bookie": {"grpc": frozenset({"broker", "bookie"}), "metrics": None},
+    "strata-etcd": {
+        "client": frozenset({"broker", "bookie", "initialize-cluster"}),
+        "peer": frozenset({"etcd"}),
+        "metrics": None,
+    },
+    "strata-broker": {"grpc": None, "metrics": None},
+}
+
+
+def check_network_policies(docs: list[Doc]) -> list[str]:
+    """NetworkPolicies select the bookies, etcd and the brokers, and let in only the peers
+    ``NETWORK_PEERS`` names: only brokers and bookies reach a bookie's gRPC port, only Strata's
+    processes etcd's client port, only etcd members its peer port."""
     problems = []
-    bookies = [w for w in of_kind(docs, "StatefulSet") if w["metadata"]["name"] == "strata-bookie"]
-    for bookie in bookies:
-        labels = pod_labels(bookie)
-        grpc_ports = {
-            p["containerPort"]
-            for c in containers(bookie)
+    for workload in of_kind(docs, *WORKLOAD_KINDS):
+        rules = NETWORK_PEERS.get(workload["metadata"]["name"])
+        if rules is None:
+            continue
+        labels = pod_labels(workload)
+        ports = {
+            p["containerPort"]: p.get("name", "")
+            for c in containers(workload)
             for p in c.get("ports", [])
-            if p.get("name") == "grpc"
         }
         policies = [
             p for p in of_kind(docs, "NetworkPolicy") if selects(p["spec"]["podSelector"], labels)
         ]
         if not policies:
-            problems.append(f"{name_of(bookie)} has no NetworkPolicy")
-        allowed = {"broker", "bookie"}
+            problems.append(f"{name_of(workload)} has no NetworkPolicy")
         for policy in policies:
             for rule in policy["spec"].get("ingress", []):
-                rule_ports = {p.get("port") for p in rule.get("ports", [])} or {None}
-                if not (rule_ports & ({None} | grpc_ports)):
-                    continue
-                peers = rule.get("from")
-                if not peers:
-                    problems.append(f"{name_of(policy)} lets any pod reach the bookies' gRPC port")
-                    continue
-                for peer in peers:
-                    component = (
-                        peer.get("podSelector", {})
-                        .get("matchLabels", {})
-                        .get("app.kubernetes.io/component")
-                    )
-                    if component not in allowed or set(peer) != {"podSelector"}:
-                        problems.append(f"{name_of(policy)} lets {peer} reach the bookies")
+                opened = {p.get("port") for p in rule.get("ports", [])} or set(ports)
+                for port in opened:
+                    name = ports.get(port, str(port)) if isinstance(port, int) else str(port)
+                    if name not in rules:
+                        problems.append(f"{name_of(policy)} opens port {port}, which is not served")
+                        continue
+                    allowed = rules[name]
+                    peers = rule.get("from")
+                    if allowed is None:
+                        continue
+                    if not peers:
+                        problems.append(f"{name_of(policy)} lets any pod reach port {name}")
+                        continue
+                    for peer in peers:
+                        component = (
+                            peer.get("podSelector", {})
+                            .get("matchLabels", {})
+                            .get("app.kubernetes.io/component")
+                        )
+                        if component not in allowed or set(peer) != {"podSelector"}:
+                            problems.append(f"{name_of(policy)} lets {peer} reach port {name}")
     return problems
 
 
@@ -407,6 +428,6 @@ CHECKS: dict[str, Check] = {
     "listening": check_listening,
     "lifecycle": check_lifecycle,
     "bookie_identity": check_bookie_identity,
-    "bookie_network_policy": check_bookie_network_policy,
+    "network_policies": check_network_policies,
     "service_monitors": check_service_monitors,
 }

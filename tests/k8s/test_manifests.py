@@ -133,6 +133,10 @@ def _set(target: Doc, key: str, value: object) -> None:
     target[key] = value
 
 
+def _drop_mount(container: Doc, name: str) -> None:
+    container["volumeMounts"] = [m for m in container["volumeMounts"] if m["name"] != name]
+
+
 Plant = Callable[[list[Doc]], None]
 PLANTED: list[tuple[str, str, Plant, str]] = [
     (
@@ -180,8 +184,14 @@ PLANTED: list[tuple[str, str, Plant, str]] = [
     (
         "read_only_root",
         "data directory on no volume",
-        lambda docs: _set(_bookie(docs), "volumeMounts", _bookie(docs)["volumeMounts"][1:]),
+        lambda docs: _drop_mount(_bookie(docs), "ledgers"),
         "container bookie writes /var/lib/strata/bookie, which is on no volume",
+    ),
+    (
+        "read_only_root",
+        "journal directory on no volume",
+        lambda docs: _drop_mount(_bookie(docs), "journal"),
+        "container bookie writes /var/lib/strata/journal, which is on no volume",
     ),
     (
         "images_pinned",
@@ -314,12 +324,33 @@ PLANTED: list[tuple[str, str, Plant, str]] = [
         "pod-7.strata-bookie.strata.svc.cluster.local",
     ),
     (
-        "bookie_network_policy",
+        "network_policies",
         "any namespace reaches the bookies",
         lambda docs: find(docs, "NetworkPolicy", "strata-bookie")["spec"]["ingress"][0][
             "from"
         ].append({"namespaceSelector": {}}),
-        "NetworkPolicy/strata-bookie lets {'namespaceSelector': {}} reach the bookies",
+        "NetworkPolicy/strata-bookie lets {'namespaceSelector': {}} reach port grpc",
+    ),
+    (
+        "network_policies",
+        "a client pod reaches etcd",
+        lambda docs: find(docs, "NetworkPolicy", "strata-etcd")["spec"]["ingress"][0][
+            "from"
+        ].append({"podSelector": {"matchLabels": {"app.kubernetes.io/component": "client"}}}),
+        "NetworkPolicy/strata-etcd lets {'podSelector': {'matchLabels': "
+        "{'app.kubernetes.io/component': 'client'}}} reach port client",
+    ),
+    (
+        "network_policies",
+        "etcd peer port open to all",
+        lambda docs: find(docs, "NetworkPolicy", "strata-etcd")["spec"]["ingress"][1].pop("from"),
+        "NetworkPolicy/strata-etcd lets any pod reach port peer",
+    ),
+    (
+        "network_policies",
+        "no policy for the brokers",
+        lambda docs: docs.remove(find(docs, "NetworkPolicy", "strata-broker")),
+        "Deployment/strata-broker has no NetworkPolicy",
     ),
     (
         "service_monitors",

@@ -123,6 +123,9 @@ async def test_the_bookie_collector_reads_its_bookie(tmp_path: Path) -> None:
         await add_range(bookie, 1, 0, 9)
         await add_range(bookie, 2, 0, 0)
         values = samples(list(BookieCollector(bookie).collect()))
+        collector = BookieCollector(bookie)
+    assert values[("strata_bookie_server_status", ())] == 1
+    assert samples(list(collector.collect()))[("strata_bookie_server_status", ())] == 0
     assert values[("strata_bookie_ledgers_count", ())] == 2
     assert values[("strata_bookie_journal_queue_size", ())] == 0
     assert values[("strata_bookie_storage_size_bytes", ())] > 0

@@ -132,3 +132,40 @@ async def test_describe_and_decommission(store: MetadataStore, tmp_path: Path) -
     assert await store.get(cookie_key(BOOKIE)) is None
     with pytest.raises(KeyError):
         await decommission_bookie(store, BOOKIE)
+
+
+async def test_a_separate_journal_directory_carries_the_cookie(
+    store: MetadataStore, tmp_path: Path
+) -> None:
+    journal = tmp_path / "journal-volume"
+    instance = await check_cookie(store, tmp_path / "b", BOOKIE, journal_dir=journal)
+    assert json.loads((journal / COOKIE_FILE_NAME).read_bytes())["instance_id"] == instance
+    (journal / "0000000001.seg").write_bytes(b"x")
+    assert await check_cookie(store, tmp_path / "b", BOOKIE, journal_dir=journal) == instance
+
+
+async def test_a_replaced_journal_volume_is_refused(store: MetadataStore, tmp_path: Path) -> None:
+    journal = tmp_path / "journal-volume"
+    await check_cookie(store, tmp_path / "b", BOOKIE, journal_dir=journal)
+    (journal / COOKIE_FILE_NAME).unlink()  # an empty volume in place of the old one
+    with pytest.raises(CookieMismatchError, match="journal volume was replaced"):
+        await check_cookie(store, tmp_path / "b", BOOKIE, journal_dir=journal)
+
+
+async def test_another_bookies_journal_volume_is_refused(
+    store: MetadataStore, tmp_path: Path
+) -> None:
+    await check_cookie(store, tmp_path / "a", "127.0.0.1:1", journal_dir=tmp_path / "ja")
+    await check_cookie(store, tmp_path / "b", BOOKIE, journal_dir=tmp_path / "jb")
+    with pytest.raises(CookieMismatchError, match="belongs to instance"):
+        await check_cookie(store, tmp_path / "b", BOOKIE, journal_dir=tmp_path / "ja")
+
+
+async def test_journal_segments_without_a_cookie_are_refused(
+    store: MetadataStore, tmp_path: Path
+) -> None:
+    journal = tmp_path / "journal-volume"
+    journal.mkdir()
+    (journal / "0000000001.seg").write_bytes(b"x")
+    with pytest.raises(CookieMismatchError, match="holds journal segments but no cookie"):
+        await check_cookie(store, tmp_path / "b", BOOKIE, journal_dir=journal)

@@ -295,3 +295,25 @@ def test_config_from_arguments_and_environment(tmp_path: Path) -> None:
     assert config.journal_segment_size_bytes == 8192
     assert config.fsync is False
     assert config.max_entry_size_bytes == 8 * 1024 * 1024
+
+
+async def test_a_separate_journal_directory_holds_the_segments(tmp_path: Path) -> None:
+    journal = tmp_path / "journal-volume"
+    config = make_config(tmp_path, journal_dir=str(journal), read_cache_max_entries=0)
+    async with opened(config, checkpoint=False) as bookie:
+        await add_range(bookie, 1, 0, 9)
+        assert bookie.segment_file(bookie.segment_ids()[0]).parent == journal
+    assert not (config.data_dir / "journal").exists()
+    assert (config.data_dir / "index").is_dir()
+    # Reopened without a checkpoint: the entries come back from the journal volume.
+    async with opened(config) as bookie:
+        assert bookie.stats.records_replayed_at_open >= 10
+        entries = await bookie.read_entries(1, 0, 9)
+        assert [e.payload for e in entries] == [payload_for(1, i) for i in range(10)]
+        with pytest.raises(BookieIOError, match="in use"):
+            await Bookie.open(make_config(tmp_path / "other", journal_dir=str(journal)))
+
+
+def test_the_journal_directory_must_not_be_the_data_directory(tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match="journal_dir must not be data_dir"):
+        make_config(tmp_path, journal_dir=str(tmp_path / "bookie"))

@@ -24,7 +24,7 @@ from broker.stream_requests import (
     check_subscribe_request,
     check_subscription_name,
 )
-from broker.subscription import SUBSCRIPTION_EXCLUSIVE, SUBSCRIPTION_SHARED
+from broker.subscription import SUBSCRIPTION_EXCLUSIVE, SUBSCRIPTION_FAILOVER, SUBSCRIPTION_SHARED
 from strata.naming import InvalidNameError, TopicName
 from strata.v1 import messaging_pb2 as pb
 
@@ -146,15 +146,25 @@ def test_a_consume_stream_must_subscribe_first(first: object) -> None:
         check_subscribe_request(first)
 
 
-@pytest.mark.parametrize(
-    "sub_type", [pb.SUBSCRIPTION_TYPE_FAILOVER, pb.SUBSCRIPTION_TYPE_KEY_SHARED]
-)
-def test_reserved_subscription_types_are_refused(sub_type: int) -> None:
+def test_key_shared_is_refused_until_it_is_served() -> None:
+    sub_type = pb.SUBSCRIPTION_TYPE_KEY_SHARED
     with pytest.raises(
         InvalidRequestError,
-        match=rf"^subscription type {sub_type} is not supported yet \(Exclusive and Shared are\)$",
+        match=rf"^subscription type {sub_type} is not supported yet "
+        r"\(Exclusive, Shared and Failover are\)$",
     ):
         check_subscribe_request(subscribe_request(type=sub_type))
+
+
+def test_failover_takes_a_priority_level_within_bounds() -> None:
+    failover = pb.SUBSCRIPTION_TYPE_FAILOVER
+    request = subscribe_request(type=failover)
+    request.subscribe.priority_level = 7
+    assert check_subscribe_request(request).priority_level == 7
+    for level in (-1, 1001):
+        request.subscribe.priority_level = level
+        with pytest.raises(InvalidRequestError, match=r"^priority_level must be within 0\.\.1000"):
+            check_subscribe_request(request)
 
 
 def test_the_topic_name_is_checked_before_the_subscription() -> None:
@@ -228,6 +238,10 @@ def test_a_cumulative_ack_carries_one_id_on_an_exclusive_subscription() -> None:
             InvalidRequestError, match=r"^a cumulative acknowledgement carries exactly one id$"
         ):
             check_ack(ack(*ids, cumulative=True), SUBSCRIPTION_EXCLUSIVE, "Exclusive")
+
+
+def test_a_cumulative_ack_is_taken_on_a_failover_subscription() -> None:
+    check_ack(ack(5, cumulative=True), SUBSCRIPTION_FAILOVER, "Failover")
 
 
 def test_a_cumulative_ack_is_refused_on_a_shared_subscription() -> None:
