@@ -37,7 +37,7 @@ from strata.auth.tokens import (
     unverified_claims,
 )
 from strata.client import AuthenticationToken
-from strata.options import add_option
+from strata.options import add_option, env_name
 
 RSA_KEY_BITS = 2048
 OWNER_ONLY_MODE = 0o600
@@ -65,14 +65,30 @@ def add_credential_options(
         help="file holding the token to present (read at each connection)",
         environ=environ,
     )
+    # What the variables said, so that a flag can win over the other variable.
+    environ = os.environ if environ is None else environ
+    parser.set_defaults(
+        auth_token_environment=environ.get(env_name("--auth-token")),
+        auth_token_file_environment=environ.get(env_name("--auth-token-file")),
+    )
 
 
 def client_authentication(args: argparse.Namespace) -> AuthenticationToken | None:
     """The ``AuthenticationToken`` named by a client command's options (None: none)."""
-    try:
-        source = token_source(
-            getattr(args, "auth_token", None) or "", getattr(args, "auth_token_file", None) or ""
+    token = getattr(args, "auth_token", None) or ""
+    token_file_path = getattr(args, "auth_token_file", None) or ""
+    # A flag wins over a variable: --auth-token-file beats STRATA_AUTH_TOKEN and the reverse.
+    if token and token_file_path:
+        token_from_environment = token == getattr(args, "auth_token_environment", None)
+        file_from_environment = token_file_path == getattr(
+            args, "auth_token_file_environment", None
         )
+        if token_from_environment and not file_from_environment:
+            token = ""
+        elif file_from_environment and not token_from_environment:
+            token_file_path = ""
+    try:
+        source = token_source(token, token_file_path)
     except CredentialsError as exc:
         raise TokensCommandError(str(exc)) from None
     return None if source is None else AuthenticationToken(source)
