@@ -221,6 +221,14 @@ def server_interceptors(
             )
         return []
     superusers = config.superusers if superusers_only and config.authorization_enabled else None
+    _log.info(
+        "token authentication on (%s%s)%s",
+        verifier.algorithm,
+        f", audience {config.auth_token_audience}" if config.auth_token_audience else "",
+        "" if superusers is None else f"; superuser roles only: {sorted(superusers)}",
+    )
+    if superusers is not None and not superusers:
+        _log.warning("authorization is on but --superuser-roles is empty: every call is refused")
     return [
         AuthenticationInterceptor(
             verifier,

@@ -369,7 +369,11 @@ def test_cli_with_auth_token_file_and_environment(server: AuthServer, tmp_path: 
     refused = run_cli("produce", *url, "cli-auth", "-m", "x")
     assert refused.returncode == 1
     assert "authentication token missing" in refused.stderr
-    for result in (produced, listed, consumed, refused):
+    admin_refused = run_cli("admin", "tenants", "list", *url, "--auth-token", "garbage")
+    assert admin_refused.returncode == 1
+    assert "UNAUTHENTICATED" in admin_refused.stderr and "malformed" in admin_refused.stderr
+    assert "Traceback" not in admin_refused.stderr
+    for result in (produced, listed, consumed, refused, admin_refused):
         assert token not in result.stdout + result.stderr
 
 
