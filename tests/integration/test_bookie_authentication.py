@@ -1,5 +1,5 @@
-"""The storage tier is not a public door (issue 11, item 4): a cluster (etcd, two bookies, one
-broker) with authentication on everywhere and authorization on the bookies. The broker
+"""The storage tier is not a public door (issue 11, item 4): a cluster (etcd, two bookies, two
+brokers) with authentication on everywhere and authorization on the bookies. The broker
 presents a superuser token to the bookies, so produce and consume work; a client holding a
 valid token of an ordinary role, calling the bookie API directly, is refused
 PERMISSION_DENIED on every ledger operation, and without a token UNAUTHENTICATED. Health
@@ -22,6 +22,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 import strata
 from strata.storage.v1 import bookie_pb2, bookie_pb2_grpc
+from strata.v1 import admin_pb2, admin_pb2_grpc, messaging_pb2, messaging_pb2_grpc
 from tests.cluster import Cluster
 
 pytestmark = pytest.mark.integration
@@ -72,7 +73,7 @@ def secured(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SecuredCluster
     cluster = Cluster(
         root,
         bookies=2,
-        brokers=1,
+        brokers=2,
         bookie_args=[
             "--journal-fsync",
             "false",
@@ -217,6 +218,35 @@ def test_no_process_logs_a_token(secured: SecuredCluster) -> None:
         signature = token.rsplit(".", 1)[-1]
         for log in logs:
             assert signature not in log
+
+
+def test_a_broker_forwards_an_unload_to_the_owner_with_its_token(secured: SecuredCluster) -> None:
+    """Broker to broker: an unload asked of the broker that does not own the topic's bundle is
+    forwarded to the owner, which requires a token too; the forwarding broker presents its
+    own (``--broker-client-auth-token-file``)."""
+    app = bearer(secured.app_token)
+    first = secured.cluster.broker_address(0)
+    with grpc.insecure_channel(first) as channel:
+        answer = messaging_pb2_grpc.MessagingServiceStub(channel).Lookup(
+            messaging_pb2.LookupRequest(topic=TOPIC, authoritative=False),
+            metadata=app,
+            timeout=10,
+        )
+    owner = answer.broker_address
+    brokers = [secured.cluster.broker_address(i) for i in range(2)]
+    assert owner in brokers
+    other = next(address for address in brokers if address != owner)
+    with grpc.insecure_channel(other) as channel:
+        admin_pb2_grpc.AdminServiceStub(channel).UnloadNamespace(
+            admin_pb2.UnloadNamespaceRequest(name="tenants/public/namespaces/default"),
+            metadata=app,
+            timeout=30,
+        )
+    # The owner let go of the bundle: the topic is served again after a fresh lookup.
+    with strata.Client(
+        secured.cluster.service_url, authentication=strata.AuthenticationToken(secured.app_token)
+    ) as client:
+        client.create_producer(TOPIC).send(b"after the unload")
 
 
 def test_a_missing_broker_token_file_is_a_usage_error(tmp_path: Path) -> None:
