@@ -319,6 +319,7 @@ class AdminServicer(admin_pb2_grpc.AdminServiceServicer):
                     msg_backlog=sub.msg_backlog,
                     unacked_messages=sub.unacked_messages,
                     consumers_count=sub.consumers_count,
+                    msg_delayed=sub.msg_delayed,
                     mark_delete_position=_position_text(sub.mark_delete_position),
                     read_position=_position_text(sub.read_position),
                 )

@@ -1,8 +1,9 @@
 """The stored-entry format: the header the broker wraps once around a producer's batch.
 
 Pure functions, no I/O: the produce path encodes with ``stored_entry_for()``, catch-up reads
-decode only the message count with ``num_messages_of()``, and the tests' fake brokers build
-their entries with the same function, so the SDK is tested against the bytes a broker stores.
+decode only the message count and the delivery time with ``header_of()``, and the tests' fake
+brokers build their entries with the same function, so the SDK is tested against the bytes a
+broker stores.
 The consumer SDK decodes the whole header (``strata.client._batch``).
 """
 
@@ -21,9 +22,17 @@ def stored_entry_for(producer_name: str, batch: messaging_pb2.ProducerBatch) -> 
         uncompressed_size=batch.uncompressed_size,
         publish_time_ms=batch.publish_time_ms,
         payload=batch.payload,
+        deliver_at_time_ms=batch.deliver_at_time_ms,
     ).SerializeToString()
 
 
 def num_messages_of(data: bytes) -> int:
-    """Read the message count from a stored entry's header (a catch-up read's only decode)."""
-    return messaging_pb2.StoredEntry.FromString(data).num_messages or 1
+    """Read the message count from a stored entry's header."""
+    return header_of(data)[0]
+
+
+def header_of(data: bytes) -> tuple[int, int]:
+    """The message count and the delayed-delivery time (0 = at once) of a stored entry: a
+    catch-up read's only decode."""
+    entry = messaging_pb2.StoredEntry.FromString(data)
+    return entry.num_messages or 1, entry.deliver_at_time_ms

@@ -101,7 +101,11 @@ class ProducerStream:
                 while len(pending) >= self._max_pending_batches:
                     self._room.clear()
                     await self._room.wait()
-                future = topic.publish(stored_entry_for(producer_name, batch), batch.num_messages)
+                future = topic.publish(
+                    stored_entry_for(producer_name, batch),
+                    batch.num_messages,
+                    batch.deliver_at_time_ms,
+                )
                 pending.append((batch.sequence_id, batch.num_messages, future, received))
                 self._appended.set()
         self._reading = False

@@ -20,6 +20,8 @@ from strata.v1 import messaging_pb2
 MAX_PERMITS_PER_CONSUMER = 1_000_000
 MAX_SUBSCRIPTION_NAME_LENGTH = 255
 MAX_PRIORITY_LEVEL = 1000
+# Delayed delivery: times up to the year 2100 (ms since the epoch).
+MAX_DELIVER_AT_TIME_MS = 4_102_444_800_000
 
 
 @dataclass(frozen=True, slots=True)
@@ -56,6 +58,11 @@ def check_publish_request(request: messaging_pb2.ProduceRequest) -> None:
 def check_publish_batch(batch: messaging_pb2.ProducerBatch, max_size_bytes: int) -> None:
     if batch.num_messages <= 0:
         raise InvalidRequestError(f"batch {batch.sequence_id} has no messages (num_messages=0)")
+    if not 0 <= batch.deliver_at_time_ms <= MAX_DELIVER_AT_TIME_MS:
+        raise InvalidRequestError(
+            f"batch {batch.sequence_id}: deliver_at_time_ms must be within "
+            f"0..{MAX_DELIVER_AT_TIME_MS} (ms since the epoch; 0 = at once)"
+        )
     if len(batch.payload) > max_size_bytes:
         raise MessageTooLargeError(
             f"batch {batch.sequence_id} is {len(batch.payload)} bytes; "

@@ -30,9 +30,11 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from broker.cursor import ManagedCursor
+from broker.delayed_delivery import DelayedDeliveryTracker
 from broker.errors import InvalidRequestError, PreconditionError
 from broker.managed_ledger import Entry, ManagedLedger, Position
 from broker.rates import RateMeter
+from strata.clock import now_ms
 from strata.v1 import messaging_pb2
 
 log = logging.getLogger(__name__)
@@ -124,6 +126,10 @@ class Subscription:
         self.messages_out = 0
         self.bytes_out = 0
         self.messages_redelivered = RateMeter()
+        # Shared: entries held back until their delivery time, and the timer that wakes the
+        # dispatcher when the first of them falls due (owned here, cancelled by close()).
+        self.delayed = DelayedDeliveryTracker()
+        self._delay_timer: asyncio.TimerHandle | None = None
 
     @property
     def type_name(self) -> str:
@@ -145,6 +151,9 @@ class Subscription:
                     f"consumers; cannot attach a {TYPE_NAMES.get(sub_type, '?')} consumer"
                 )
             self.type = sub_type
+            if sub_type != SUBSCRIPTION_SHARED:
+                # Delayed delivery is a Shared feature: the others get held entries at once.
+                self._replay_now(self.delayed.pop_all())
         if self.type == SUBSCRIPTION_EXCLUSIVE and self.consumers:
             raise PreconditionError(
                 f"exclusive subscription {self.name!r} already has a consumer "
@@ -300,6 +309,8 @@ class Subscription:
                 # Yield between rounds so producers and acks are served too.
                 while await self._dispatch_round():  # noqa: ASYNC110
                     await asyncio.sleep(0)
+                if self.delayed and self._delay_timer is None:
+                    self._schedule_delayed()
             except asyncio.CancelledError:
                 raise
             except Exception as exc:  # a read failed: retry later, never give up the loop
@@ -307,12 +318,43 @@ class Subscription:
                 await asyncio.sleep(DISPATCH_ERROR_BACKOFF_MS / 1000)
                 self._wakeup.set()
 
+    def _replay_now(self, positions: list[Position]) -> None:
+        """Serve these first, without counting a redelivery (they were never delivered)."""
+        for position in positions:
+            if position not in self._replay_set:
+                self._replay_set.add(position)
+                heapq.heappush(self._replay, position)
+
+    def _hold_back(self, entry: Entry, now: int) -> bool:
+        """Delayed delivery (Shared only): keep an entry whose time has not come."""
+        if entry.deliver_at_ms <= now or self.type != SUBSCRIPTION_SHARED:
+            return False
+        self.delayed.add(entry.position, entry.deliver_at_ms)
+        return True
+
+    def _schedule_delayed(self) -> None:
+        """Wake the dispatcher when the first held-back entry falls due."""
+        due_ms = self.delayed.next_due_ms()
+        if self._delay_timer is not None:
+            self._delay_timer.cancel()
+            self._delay_timer = None
+        if due_ms is not None:
+            delay_s = max(0.0, (due_ms - now_ms()) / 1000)
+            self._delay_timer = asyncio.get_running_loop().call_later(delay_s, self._on_delay_timer)
+
+    def _on_delay_timer(self) -> None:
+        self._delay_timer = None
+        self.notify()
+
     async def _dispatch_round(self) -> bool:
         """Send one round of entries; True if anything was sent (try again at once)."""
         if not self._any_ready():
             return False
+        now = now_ms()
+        if self.delayed:
+            self._replay_now(self.delayed.pop_due(now))
         entries = await self._read_replay()
-        if not entries:
+        if not entries and not self.delayed.is_full:
             entries = await self._ledger.read_entries(
                 self.cursor.read_position, DISPATCH_MAX_READ_ENTRIES, DISPATCH_MAX_READ_BYTES
             )
@@ -322,9 +364,13 @@ class Subscription:
             return False
         batches: dict[int, tuple[ConsumerSession, list[messaging_pb2.Delivery]]] = {}
         leftover: list[Position] = []
+        held = False
         for entry in entries:
             position = entry.position
             if self.cursor.is_acked(position) or position in self._owner:
+                continue
+            if self._hold_back(entry, now):
+                held = True
                 continue
             consumer = self._next_consumer()
             if consumer is None:
@@ -356,7 +402,10 @@ class Subscription:
                 heapq.heappush(self._replay, position)
         for consumer, deliveries in batches.values():
             consumer.send(deliveries)
-        return bool(batches)
+        if held:
+            self._schedule_delayed()  # the new entries may fall due before the timer
+        # Entries held back count as progress: read on past them.
+        return bool(batches) or held
 
     async def _read_replay(self) -> list[Entry]:
         entries: list[Entry] = []
@@ -376,6 +425,9 @@ class Subscription:
         return sum(c.unacked_messages for c in self.consumers)
 
     async def close(self) -> None:
+        if self._delay_timer is not None:
+            self._delay_timer.cancel()
+            self._delay_timer = None
         if self._task is not None:
             self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError):

@@ -101,12 +101,14 @@ class Topic:
     def remove_producer(self, name: str) -> None:
         self.connected_producers.discard(name)
 
-    def publish(self, entry: bytes, num_messages: int) -> asyncio.Future[Position]:
+    def publish(
+        self, entry: bytes, num_messages: int, deliver_at_ms: int = 0
+    ) -> asyncio.Future[Position]:
         """Append one stored entry (a producer batch); the future is its durable position."""
         self.messages_in.total += num_messages
         self.bytes_in.total += len(entry)
         ENTRY_SIZE_BYTES.observe(len(entry))
-        return self.ledger.add_entry(entry, num_messages)
+        return self.ledger.add_entry(entry, num_messages, deliver_at_ms)
 
     def record_receipt(self, producer_name: str, last_sequence_id: int) -> None:
         """The producer was receipted up to ``last_sequence_id``: a reconnect resumes after it."""

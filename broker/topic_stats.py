@@ -27,6 +27,7 @@ class SubscriptionStats:
     msg_rate_redeliver: float
     mark_delete_position: Position
     read_position: Position
+    msg_delayed: int = 0  # entries held back by delayed delivery
 
 
 @dataclass(frozen=True, slots=True)
@@ -61,6 +62,7 @@ def subscription_stats(topic: Topic) -> tuple[SubscriptionStats, ...]:
             msg_backlog=sub.cursor.backlog_entries(),
             unacked_messages=sub.unacked_messages(),
             consumers_count=len(sub.consumers),
+            msg_delayed=len(sub.delayed),
             msg_rate_redeliver=sub.messages_redelivered.rate(),
             mark_delete_position=sub.cursor.mark_delete,
             read_position=sub.cursor.read_position,

@@ -15,6 +15,7 @@ traceback), 2 bad usage, 130 interrupted where the interruption loses work.
 from __future__ import annotations
 
 import argparse
+import datetime
 import importlib
 import itertools
 import logging
@@ -156,6 +157,15 @@ def build_parser(environ: Mapping[str, str] | None = None) -> argparse.ArgumentP
         help="send each message as its own batch",
         environ=environ,
     )
+    add_option(
+        produce,
+        "--deliver-after-ms",
+        type=int,
+        default=0,
+        help="delayed delivery: Shared subscriptions get each message this much later "
+        "(each is sent and receipted on its own)",
+        environ=environ,
+    )
     produce.set_defaults(handler=_produce)
 
     consume = commands.add_parser(
@@ -247,6 +257,9 @@ def _produce(args: argparse.Namespace) -> int:
         payloads = _lines(sys.stdin.buffer)
     if args.rate < 0:
         raise _UsageError("--rate must not be negative")
+    if args.deliver_after_ms < 0:
+        raise _UsageError("--deliver-after-ms must not be negative")
+    delay = datetime.timedelta(milliseconds=args.deliver_after_ms)
     failures: list[Result] = []
 
     def on_receipt(result: Result, message_id: MessageId | None) -> None:
@@ -271,7 +284,10 @@ def _produce(args: argparse.Namespace) -> int:
             allowed = pacer.wait_sync() if pacer is not None else 1000
             chunk = list(itertools.islice(iterator, allowed))
             for payload in chunk:
-                producer.send_async(payload, on_receipt, partition_key=args.key)
+                if delay:
+                    producer.send(payload, partition_key=args.key, deliver_after=delay)
+                else:
+                    producer.send_async(payload, on_receipt, partition_key=args.key)
             sent += len(chunk)
             if pacer is not None:
                 pacer.sent(len(chunk))

@@ -413,6 +413,8 @@ async def _perf_consume(args: argparse.Namespace, meter: _Meter) -> None:
         InitialPosition.Earliest if args.initial_position == "earliest" else InitialPosition.Latest
     )
     consumer_type = ConsumerType.Shared if args.consumers > 1 else ConsumerType.Exclusive
+    if args.type:
+        consumer_type = ConsumerType[args.type.capitalize()]
     idle_timeout_ms = int(args.timeout_seconds * 1000) or None
     async with AsyncClient(
         args.service_url,
@@ -566,7 +568,15 @@ def add_perf_parsers(
         "--consumers",
         type=int,
         default=1,
-        help="consumers (Shared subscription when more than one)",
+        help="consumers (Shared subscription when more than one, unless --type says)",
+        environ=environ,
+    )
+    add_option(
+        consume,
+        "--type",
+        choices=["exclusive", "shared", "failover"],
+        default="",
+        help="subscription type (default: exclusive for one consumer, else shared)",
         environ=environ,
     )
     add_option(

@@ -10,12 +10,14 @@ from broker.managed_ledger.ledger_list import Position
 
 @dataclass(frozen=True, slots=True)
 class Entry:
-    """One entry as the dispatcher handles it: its position, stored bytes and message count."""
+    """One entry as the dispatcher handles it: its position, stored bytes, message count and
+    delayed-delivery time (ms since the epoch, 0 = at once)."""
 
     ledger_id: int
     entry_id: int
     data: bytes
     num_messages: int
+    deliver_at_ms: int = 0
 
     @property
     def position(self) -> Position:

@@ -222,9 +222,11 @@ class ManagedLedger:
 
     # ---- writes (``LedgerWriter``) ---------------------------------------------------------
 
-    def add_entry(self, data: bytes, num_messages: int) -> asyncio.Future[Position]:
+    def add_entry(
+        self, data: bytes, num_messages: int, deliver_at_ms: int = 0
+    ) -> asyncio.Future[Position]:
         """Append one entry; the future resolves to its position once it is durable."""
-        return self._add(data, num_messages)
+        return self._add(data, num_messages, deliver_at_ms)
 
     def maybe_rollover_by_time(self) -> None:
         """Roll over when the ledger open for writing has entries and reached its maximum age."""

@@ -21,7 +21,7 @@ from bookie.ledger import (
     LedgerMetadata,
     LedgerReader,
 )
-from broker.entry_format import num_messages_of
+from broker.entry_format import header_of
 from broker.errors import CorruptDataError, ServiceUnavailableError
 from broker.managed_ledger.entry_cache import Entry, EntryCache
 from broker.managed_ledger.ledger_list import LedgerInfo, LedgerList, Position
@@ -104,7 +104,7 @@ class EntryReader:
                         continue  # deleted from the bookies meanwhile: read the offloaded copy
                     raise
             for item in stored:
-                entry = Entry(ledger_id, item.entry_id, item.payload, num_messages_of(item.payload))
+                entry = Entry(ledger_id, item.entry_id, item.payload, *header_of(item.payload))
                 result.append(entry)
                 size += len(item.payload)
                 next_id = item.entry_id + 1

@@ -51,11 +51,18 @@ MAX_ADD_ATTEMPTS = 3
 
 
 class _QueuedAdd:
-    __slots__ = ("attempts", "data", "future", "num_messages")
+    __slots__ = ("attempts", "data", "deliver_at_ms", "future", "num_messages")
 
-    def __init__(self, data: bytes, num_messages: int, future: asyncio.Future[Position]) -> None:
+    def __init__(
+        self,
+        data: bytes,
+        num_messages: int,
+        future: asyncio.Future[Position],
+        deliver_at_ms: int = 0,
+    ) -> None:
         self.data = data
         self.num_messages = num_messages
+        self.deliver_at_ms = deliver_at_ms
         self.future = future
         self.attempts = 0
 
@@ -124,7 +131,9 @@ class LedgerWriter:
 
     # ---- the add path ------------------------------------------------------------------
 
-    def add_entry(self, data: bytes, num_messages: int) -> asyncio.Future[Position]:
+    def add_entry(
+        self, data: bytes, num_messages: int, deliver_at_ms: int = 0
+    ) -> asyncio.Future[Position]:
         """Append one entry; the future resolves to its position once it is durable."""
         future: asyncio.Future[Position] = asyncio.get_running_loop().create_future()
         if self._fenced is not None:
@@ -133,7 +142,7 @@ class LedgerWriter:
         if self._closed:
             future.set_exception(ServiceUnavailableError(f"topic {self._name} is closing"))
             return future
-        op = _QueuedAdd(data, num_messages, future)
+        op = _QueuedAdd(data, num_messages, future, deliver_at_ms)
         if self._rolling is not None or self._current is None or self._queue:
             self._queue.append(op)
             self._ensure_rollover()
@@ -181,7 +190,10 @@ class LedgerWriter:
         position = (handle.ledger_id, entry_id)
         self.last_confirmed = position
         self.entries_added += 1
-        self._cache.put(self._name, Entry(handle.ledger_id, entry_id, op.data, op.num_messages))
+        self._cache.put(
+            self._name,
+            Entry(handle.ledger_id, entry_id, op.data, op.num_messages, op.deliver_at_ms),
+        )
         if not op.future.done():
             op.future.set_result(position)
         self._on_new_entries()

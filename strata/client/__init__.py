@@ -30,6 +30,7 @@ Errors are ``StrataException`` subclasses, mapped from gRPC statuses in one tabl
 from strata.client._auth import AuthenticationToken
 from strata.client._client import AsyncClient
 from strata.client._consumer import AsyncConsumer, ConsumerEventListener
+from strata.client._dead_letter import ConsumerDeadLetterPolicy
 from strata.client._enums import CompressionType, ConsumerType, InitialPosition
 from strata.client._errors import (
     Aborted,
@@ -78,6 +79,7 @@ __all__ = [
     "CompressionType",
     "Consumer",
     "ConsumerBusy",
+    "ConsumerDeadLetterPolicy",
     "ConsumerEventListener",
     "ConsumerType",
     "DataLoss",

@@ -25,6 +25,7 @@ from strata.client._connection import (
     retry_until,
 )
 from strata.client._consumer import AsyncConsumer, ConsumerEventListener
+from strata.client._dead_letter import ConsumerDeadLetterPolicy
 from strata.client._enums import ConsumerType, InitialPosition
 from strata.client._errors import AlreadyClosed, InvalidArgument, InvalidTopicName
 from strata.client._options import ProducerKeywords, ProducerOptions, producer_options
@@ -189,6 +190,7 @@ class AsyncClient:
         priority_level: int = 0,
         consumer_event_listener: ConsumerEventListener | None = None,
         unacked_messages_timeout_ms: int | None = None,
+        dead_letter_policy: ConsumerDeadLetterPolicy | None = None,
     ) -> AsyncConsumer:
         """Subscribe to ``topic``; returns once the broker accepted the consumer.
 
@@ -197,6 +199,7 @@ class AsyncClient:
         it, and ``consumer_event_listener`` is told when this consumer becomes active or a
         standby. ``unacked_messages_timeout_ms`` (None: off; at least 1,000): a message taken
         and not acknowledged within it is redelivered (its whole entry, to any consumer).
+        ``dead_letter_policy``: see ``ConsumerDeadLetterPolicy``.
 
         On a partitioned topic the consumer subscribes to every partition and merges them
         (each partition's stream has ``receiver_queue_size`` permits, 50,000 at most over
@@ -219,6 +222,7 @@ class AsyncClient:
             priority_level=priority_level,
             consumer_event_listener=consumer_event_listener,
             unacked_messages_timeout_ms=unacked_messages_timeout_ms,
+            dead_letter_policy=dead_letter_policy,
             on_close=self._consumers.discard,
         )
         await consumer._start()

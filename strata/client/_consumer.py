@@ -59,6 +59,7 @@ from strata.client._connection import (
     run_until_first_error,
     write_request,
 )
+from strata.client._dead_letter import ConsumerDeadLetterPolicy, DeadLetterMover
 from strata.client._enums import ConsumerType, InitialPosition
 from strata.client._errors import (
     AlreadyClosed,
@@ -153,6 +154,7 @@ class AsyncConsumer:
         priority_level: int = 0,
         consumer_event_listener: ConsumerEventListener | None = None,
         unacked_messages_timeout_ms: int | None = None,
+        dead_letter_policy: ConsumerDeadLetterPolicy | None = None,
         on_close: Callable[[AsyncConsumer], None] | None = None,
     ) -> None:
         if not subscription_name:
@@ -186,6 +188,18 @@ class AsyncConsumer:
         self._event_listener = consumer_event_listener
         self._nack_delay_s = negative_ack_redelivery_delay_ms / 1000
         self._ack_timeout_s = (unacked_messages_timeout_ms or 0) / 1000
+        self._dead_letters = (
+            None
+            if dead_letter_policy is None
+            else DeadLetterMover(
+                pool,
+                self._topic,
+                subscription_name,
+                dead_letter_policy,
+                self.acknowledge_nowait,
+                self._create_subscription,
+            )
+        )
         self._ack_group_time_s = ack_group_time_ms / 1000
         self._ack_group_max_ids = ack_group_max_ids
         self._on_close = on_close
@@ -405,8 +419,14 @@ class AsyncConsumer:
         stream.send_acks([message_id.to_proto()], with_receipt=False, cumulative=True)
 
     def negative_acknowledge(self, message: Message | MessageId) -> None:
-        """Ask for redelivery of this message after ``negative_ack_redelivery_delay_ms``."""
+        """Ask for redelivery of this message after ``negative_ack_redelivery_delay_ms``; with
+        a dead-letter policy, a message redelivered ``max_redeliver_count`` times already goes
+        to the dead-letter topic instead (and is then acknowledged here)."""
         self._check_usable()
+        movers = self._dead_letters
+        if movers is not None and isinstance(message, Message) and movers.wants(message):
+            movers.submit(message)
+            return
         message_id = message.message_id() if isinstance(message, Message) else message
         self._check_partition(message_id)
         self._nacks.append((time.monotonic() + self._nack_delay_s, message_id.to_proto()))
@@ -446,6 +466,8 @@ class AsyncConsumer:
             return
         # The state stays READY while the final acks go out; this flag makes close() once.
         self._close_started = True
+        if self._dead_letters is not None:
+            await self._dead_letters.close()  # its acknowledgements go out below
         if self._state == _READY and (
             self._ack_count or any(stream.unconfirmed for stream in self._streams)
         ):
@@ -775,6 +797,20 @@ class AsyncConsumer:
                 priority_level=self._priority_level,
             )
         )
+
+    async def _create_subscription(self, topic: str, subscription: str) -> None:
+        """Create ``subscription`` on ``topic`` at its earliest message (a dead-letter topic's
+        initial subscription) by subscribing once."""
+        consumer = AsyncConsumer(
+            self._pool,
+            topic,
+            subscription,
+            consumer_type=ConsumerType.Shared,
+            initial_position=InitialPosition.Earliest,
+            receiver_queue_size=1,
+        )
+        await consumer._start()
+        await consumer.close()
 
     def _on_active_change(self, stream: _ConsumerStream, is_active: bool) -> None:
         """Failover: the broker made this consumer the active one of ``stream``'s partition,

@@ -15,6 +15,7 @@ sync wrapper's semaphore does.
 from __future__ import annotations
 
 import asyncio
+import datetime
 from collections import deque
 from collections.abc import Callable, Mapping
 from dataclasses import replace
@@ -109,12 +110,22 @@ class PartitionedProducer(AsyncProducer):
         properties: Mapping[str, str] | None = None,
         partition_key: str | None = None,
         event_timestamp: int | None = None,
+        *,
+        deliver_at: datetime.datetime | None = None,
+        deliver_after: datetime.timedelta | None = None,
     ) -> asyncio.Future[MessageId]:
         if self._pending_messages >= self._max_pending_messages and self._block_if_queue_full:
             await self.wait_for_space()
         self._check_room()
         producer = self._partitions[self.partition_for(content, partition_key)]
-        future = await producer.send_async(content, properties, partition_key, event_timestamp)
+        future = await producer.send_async(
+            content,
+            properties,
+            partition_key,
+            event_timestamp,
+            deliver_at=deliver_at,
+            deliver_after=deliver_after,
+        )
         self._pending_messages += 1
         return future
 

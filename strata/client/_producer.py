@@ -42,6 +42,7 @@ from __future__ import annotations
 import abc
 import asyncio
 import contextlib
+import datetime
 import logging
 import time
 from collections import deque
@@ -62,6 +63,7 @@ from strata.client._enums import CompressionType
 from strata.client._errors import (
     AlreadyClosed,
     InternalError,
+    InvalidArgument,
     MessageTooBig,
     ProducerBusy,
     ProducerQueueIsFull,
@@ -197,9 +199,19 @@ class AsyncProducer(abc.ABC):
         properties: Mapping[str, str] | None = None,
         partition_key: str | None = None,
         event_timestamp: int | None = None,
+        *,
+        deliver_at: datetime.datetime | None = None,
+        deliver_after: datetime.timedelta | None = None,
     ) -> MessageId:
         """Publish one message and return its id once the broker has it durably."""
-        future = await self.send_async(content, properties, partition_key, event_timestamp)
+        future = await self.send_async(
+            content,
+            properties,
+            partition_key,
+            event_timestamp,
+            deliver_at=deliver_at,
+            deliver_after=deliver_after,
+        )
         return await future
 
     @abc.abstractmethod
@@ -209,12 +221,19 @@ class AsyncProducer(abc.ABC):
         properties: Mapping[str, str] | None = None,
         partition_key: str | None = None,
         event_timestamp: int | None = None,
+        *,
+        deliver_at: datetime.datetime | None = None,
+        deliver_after: datetime.timedelta | None = None,
     ) -> asyncio.Future[MessageId]:
         """Queue one message; returns the future of its id (aiokafka's shape).
 
         Waits for room when ``max_pending_messages`` are pending and ``block_if_queue_full``
         is set, else raises ``ProducerQueueIsFull``. ``fut = await producer.send_async(b"x")``
         then ``await fut`` when the id is needed.
+
+        Delayed delivery (pulsar-client's ``deliver_at``/``deliver_after``): a Shared
+        subscription delivers the message not before that time (Exclusive and Failover ones
+        at once, as Pulsar). Such a message is sent as a batch of its own.
         """
 
     @abc.abstractmethod
@@ -300,6 +319,7 @@ class TopicProducer(AsyncProducer):
         self._batch_waiters: list[tuple[int, _Waiter]] | None = None
         # A Handle (call_soon) while the window has room, else a TimerHandle (the delay).
         self._batch_timer: asyncio.Handle | None = None
+        self._batch_deliver_at_ms = 0  # delayed delivery of the open batch (0 = at once)
 
         # Sealed batches awaiting receipts, in sequence order; _unsent is the suffix of
         # _pending not yet written on the current stream.
@@ -349,12 +369,28 @@ class TopicProducer(AsyncProducer):
         properties: Mapping[str, str] | None = None,
         partition_key: str | None = None,
         event_timestamp: int | None = None,
+        *,
+        deliver_at: datetime.datetime | None = None,
+        deliver_after: datetime.timedelta | None = None,
     ) -> asyncio.Future[MessageId]:
         metadata = make_metadata(properties, partition_key, event_timestamp)
+        deliver_at_ms = delivery_time_ms(deliver_at, deliver_after)
         if self._pending_messages >= self._max_pending_messages and self._block_if_queue_full:
             await self.wait_for_space()
         future: asyncio.Future[MessageId] = asyncio.get_running_loop().create_future()
-        self._enqueue(content, metadata, future)
+        if deliver_at_ms:
+            # A batch of its own: the broker holds back whole entries.
+            if self._batch is not None:
+                self._seal()
+            self._batch_deliver_at_ms = deliver_at_ms  # taken by the next _seal()
+            try:
+                self._enqueue(content, metadata, future)
+                if self._batch is not None:
+                    self._seal()
+            finally:
+                self._batch_deliver_at_ms = 0
+        else:
+            self._enqueue(content, metadata, future)
         return future
 
     def send_nowait(
@@ -579,7 +615,9 @@ class TopicProducer(AsyncProducer):
             uncompressed_size=uncompressed_size,
             publish_time_ms=time.time_ns() // 1_000_000,
             payload=payload,
+            deliver_at_time_ms=self._batch_deliver_at_ms,
         )
+        self._batch_deliver_at_ms = 0
         deadline = time.monotonic() + self._send_timeout_s if self._send_timeout_s else float("inf")
         pending = _PendingBatch(request, waiters, deadline)
         self._pending.append(pending)
@@ -803,3 +841,19 @@ class TopicProducer(AsyncProducer):
             else:
                 wait_s = self._send_timeout_s
             await asyncio.sleep(wait_s)
+
+
+def delivery_time_ms(
+    deliver_at: datetime.datetime | None, deliver_after: datetime.timedelta | None
+) -> int:
+    """Delayed delivery's time in ms since the epoch (0: at once) from pulsar-client's
+    ``deliver_at`` (a naive datetime is local time) or ``deliver_after``."""
+    if deliver_at is not None and deliver_after is not None:
+        raise InvalidArgument("give deliver_at or deliver_after, not both")
+    if deliver_at is not None:
+        return max(1, int(deliver_at.timestamp() * 1000))
+    if deliver_after is not None:
+        if deliver_after < datetime.timedelta(0):
+            raise InvalidArgument("deliver_after must not be negative")
+        return time.time_ns() // 1_000_000 + int(deliver_after.total_seconds() * 1000)
+    return 0

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import datetime
 import threading
 from collections import deque
 from collections.abc import Callable, Coroutine, Mapping
@@ -21,6 +22,7 @@ from strata.client._auth import AuthenticationToken
 from strata.client._client import AsyncClient
 from strata.client._connection import DEFAULT_SERVICE_URL
 from strata.client._consumer import AsyncConsumer, ConsumerEventListener
+from strata.client._dead_letter import ConsumerDeadLetterPolicy
 from strata.client._enums import ConsumerType, InitialPosition
 from strata.client._errors import (
     AlreadyClosed,
@@ -137,6 +139,7 @@ class Client:
         priority_level: int = 0,
         consumer_event_listener: ConsumerEventListener | None = None,
         unacked_messages_timeout_ms: int | None = None,
+        dead_letter_policy: ConsumerDeadLetterPolicy | None = None,
     ) -> Consumer:
         """Subscribe to ``topic``; see ``AsyncClient.subscribe`` (the listener is called on
         the client's I/O thread, with the ``AsyncConsumer``)."""
@@ -153,6 +156,7 @@ class Client:
                 priority_level=priority_level,
                 consumer_event_listener=consumer_event_listener,
                 unacked_messages_timeout_ms=unacked_messages_timeout_ms,
+                dead_letter_policy=dead_letter_policy,
             )
         )
         return Consumer(self._io, consumer, max(1, min(1000, receiver_queue_size // 2)))
@@ -238,10 +242,18 @@ class Producer:
         properties: Mapping[str, str] | None = None,
         partition_key: str | None = None,
         event_timestamp: int | None = None,
+        *,
+        deliver_at: datetime.datetime | None = None,
+        deliver_after: datetime.timedelta | None = None,
     ) -> MessageId:
-        """Publish one message; return its id once the broker has it durably."""
+        """Publish one message; return its id once the broker has it durably (see
+        ``AsyncProducer.send_async`` for ``deliver_at``/``deliver_after``)."""
         self._take_space()
-        return self._io.run(self._send(content, properties, partition_key, event_timestamp))
+        return self._io.run(
+            self._send(
+                content, properties, partition_key, event_timestamp, deliver_at, deliver_after
+            )
+        )
 
     async def _send(
         self,
@@ -249,11 +261,18 @@ class Producer:
         properties: Mapping[str, str] | None,
         partition_key: str | None,
         event_timestamp: int | None,
+        deliver_at: datetime.datetime | None = None,
+        deliver_after: datetime.timedelta | None = None,
     ) -> MessageId:
         self._drain()  # messages queued by send_async go first
         try:
             future = await self._producer.send_async(
-                content, properties, partition_key, event_timestamp
+                content,
+                properties,
+                partition_key,
+                event_timestamp,
+                deliver_at=deliver_at,
+                deliver_after=deliver_after,
             )
         except BaseException:
             self._space.release()

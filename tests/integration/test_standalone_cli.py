@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+import time
 
 import pytest
 
@@ -146,3 +147,44 @@ def test_perf_produce_and_consume_report_latencies(standalone: Standalone) -> No
     # Consumed after the fact: end-to-end latency includes the wait since the send call.
     assert 0 < received["p50_ms"] <= received["max_ms"]
     assert "publish_delay_p99_ms" not in received
+
+
+def test_produce_delayed_and_consume_shared(standalone: Standalone) -> None:
+    subscribed = cli(
+        standalone,
+        "consume",
+        "cli-delayed",
+        "-s",
+        "sub",
+        "--type",
+        "shared",
+        "-n",
+        "0",
+        "--timeout-seconds",
+        "0.5",
+    )
+    assert subscribed.returncode == 0, subscribed.stderr  # the subscription exists now
+    started = time.monotonic()
+    produced = cli(
+        standalone, "produce", "cli-delayed", "-m", "later", "-n", "3", "--deliver-after-ms", "1500"
+    )
+    assert produced.returncode == 0, produced.stderr
+    consumed = cli(
+        standalone,
+        "consume",
+        "cli-delayed",
+        "-s",
+        "sub",
+        "--type",
+        "shared",
+        "-n",
+        "3",
+        "--timeout-seconds",
+        "20",
+    )
+    assert consumed.returncode == 0, consumed.stderr
+    assert consumed.stdout.splitlines() == ["later"] * 3
+    assert time.monotonic() - started >= 1.5
+    refused = cli(standalone, "produce", "cli-delayed", "-m", "x", "--deliver-after-ms", "-1")
+    assert refused.returncode == 2
+    assert "--deliver-after-ms must not be negative" in refused.stderr

@@ -6,9 +6,12 @@ handed to the next one in order, partitions spread over the consumers. Acknowled
 from __future__ import annotations
 
 import asyncio
+import datetime
+import random
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import grpc
 import pytest
@@ -304,3 +307,157 @@ async def test_messages_not_acknowledged_within_the_ack_timeout_come_again(
             await consumer.receive(timeout_millis=2000)
         with pytest.raises(strata.InvalidArgument, match="at least 1000"):
             await client.subscribe(topic, "bad", unacked_messages_timeout_ms=10)
+
+
+async def test_a_message_nacked_past_the_limit_moves_to_the_dead_letter_topic(
+    standalone: Standalone,
+) -> None:
+    """Issue 12's must-show: a consumer that nacks every message with max_redeliver_count=3
+    sees each message exactly 4 times; then it is in the dead-letter topic exactly once."""
+    topic = "persistent://public/default/dlq-source"
+    count = 20
+    async with strata.AsyncClient(standalone.address) as client:
+        consumer = await client.subscribe(
+            topic,
+            "work",
+            consumer_type=strata.ConsumerType.Shared,
+            initial_position=strata.InitialPosition.Earliest,
+            negative_ack_redelivery_delay_ms=50,
+            dead_letter_policy=strata.ConsumerDeadLetterPolicy(
+                max_redeliver_count=3, initial_subscription_name="dlq-sub"
+            ),
+        )
+        producer = await client.create_producer(topic)
+        for i in range(count):
+            producer.send_nowait(str(i).encode(), properties={"n": str(i)}, partition_key=f"k{i}")
+        await producer.flush()
+        deliveries: dict[bytes, list[int]] = {}
+        while sum(len(d) for d in deliveries.values()) < 4 * count:
+            message = await consumer.receive(timeout_millis=RECEIVE_TIMEOUT_MS)
+            deliveries.setdefault(message.data(), []).append(message.redelivery_count())
+            consumer.negative_acknowledge(message)
+        assert deliveries == {str(i).encode(): [0, 1, 2, 3] for i in range(count)}
+        with pytest.raises(strata.Timeout):
+            await consumer.receive(timeout_millis=1000)
+        await consumer.close()  # finishes the moves, acknowledges them on the source
+        dead = await client.subscribe(
+            f"{topic}-work-DLQ", "dlq-sub", initial_position=strata.InitialPosition.Earliest
+        )
+        moved = []
+        for _ in range(count):
+            message = await dead.receive(timeout_millis=RECEIVE_TIMEOUT_MS)
+            moved.append(message)
+            dead.acknowledge_nowait(message)
+        with pytest.raises(strata.Timeout):
+            await dead.receive(timeout_millis=500)
+        assert sorted(int(m.data()) for m in moved) == list(range(count))
+        for message in moved:
+            properties = message.properties()
+            assert properties["n"] == message.data().decode()
+            assert properties["REAL_TOPIC"] == topic
+            assert properties["ORIGIN_MESSAGE_ID"]
+            assert message.partition_key() == f"k{message.data().decode()}"
+        again = await client.subscribe(topic, "work", consumer_type=strata.ConsumerType.Shared)
+        with pytest.raises(strata.Timeout):
+            await again.receive(timeout_millis=500)  # acknowledged on the source
+
+
+async def test_delayed_messages_come_on_time_on_shared_and_at_once_on_exclusive(
+    standalone: Standalone,
+) -> None:
+    topic = "delayed"
+    async with strata.AsyncClient(standalone.address) as client:
+        shared = await client.subscribe(
+            topic, "shared-sub", consumer_type=strata.ConsumerType.Shared
+        )
+        exclusive = await client.subscribe(topic, "exclusive-sub")
+        producer = await client.create_producer(topic)
+        sent_ms = time.time() * 1000
+        await producer.send(b"late", deliver_after=datetime.timedelta(seconds=2))
+        await producer.send(b"now")
+        # Exclusive: both at once, in order (Pulsar ignores the delay there).
+        assert [m.data() for m in await receive_values(exclusive, 2)] == [b"late", b"now"]
+        # Shared: the undelayed one first; the delayed one not before its time.
+        first = await shared.receive(timeout_millis=RECEIVE_TIMEOUT_MS)
+        assert first.data() == b"now"
+        stats = topic_stats(standalone.address, f"persistent://public/default/{topic}")
+        assert stats.subscriptions["shared-sub"].msg_delayed == 1
+        second = await shared.receive(timeout_millis=RECEIVE_TIMEOUT_MS)
+        assert second.data() == b"late"
+        assert time.time() * 1000 >= sent_ms + 2000
+        shared.acknowledge_nowait(first)
+        shared.acknowledge_nowait(second)
+        with pytest.raises(strata.InvalidArgument, match="not both"):
+            await producer.send(
+                b"x",
+                deliver_after=datetime.timedelta(seconds=1),
+                deliver_at=datetime.datetime.now(),
+            )
+
+
+async def test_delayed_messages_survive_a_kill_9_and_are_never_early(tmp_path: Path) -> None:
+    server = Standalone(tmp_path / "data").start()
+    topic = "delayed-restart"
+    try:
+        async with strata.AsyncClient(server.address) as client:
+            shared = await client.subscribe(topic, "s", consumer_type=strata.ConsumerType.Shared)
+            producer = await client.create_producer(topic)
+            due_ms = int(time.time() * 1000) + 4000
+            when = datetime.datetime.fromtimestamp(due_ms / 1000)
+            for i in range(20):
+                await producer.send(str(i).encode(), deliver_at=when)
+            await shared.close()
+        server.restart()  # kill -9, then the same port and data: the tracker is rebuilt
+        async with strata.AsyncClient(server.address) as client:
+            shared = await client.subscribe(topic, "s", consumer_type=strata.ConsumerType.Shared)
+            got = []
+            for _ in range(20):
+                message = await shared.receive(timeout_millis=RECEIVE_TIMEOUT_MS)
+                assert time.time() * 1000 >= due_ms  # never early
+                got.append(int(message.data()))
+                shared.acknowledge_nowait(message)
+            assert sorted(got) == list(range(20))
+    finally:
+        server.stop()
+
+
+async def test_ten_thousand_random_delays_none_early(standalone: Standalone) -> None:
+    """Issue 12's must-show: 10,000 messages with random delays of 0-5 s on a Shared
+    subscription: none early; the lateness percentiles are printed for the notes."""
+    topic = "delayed-random"
+    count = 10_000
+    rng = random.Random(12)
+    async with strata.AsyncClient(standalone.address) as client:
+        shared = await client.subscribe(
+            topic,
+            "s",
+            consumer_type=strata.ConsumerType.Shared,
+            receiver_queue_size=1000,
+        )
+        producer = await client.create_producer(topic, max_pending_messages=count)
+        due: dict[bytes, float] = {}
+        futures = []
+        for i in range(count):
+            delay = datetime.timedelta(milliseconds=rng.randint(0, 5000))
+            key = str(i).encode()
+            due[key] = time.time() * 1000 + delay.total_seconds() * 1000
+            futures.append(await producer.send_async(key, deliver_after=delay))
+        await asyncio.gather(*futures)
+        stored_ms = time.time() * 1000  # every message is stored from here on
+        lateness = []
+        after_stored = []
+        for _ in range(count):
+            message = await shared.receive(timeout_millis=RECEIVE_TIMEOUT_MS)
+            late_ms = time.time() * 1000 - due[message.data()]
+            assert late_ms >= -2, f"message {message.data()!r} {-late_ms:.0f} ms early"
+            lateness.append(late_ms)
+            if due[message.data()] >= stored_ms:
+                after_stored.append(late_ms)
+            shared.acknowledge_nowait(message)
+        for name, values in (("all", lateness), ("due after all were stored", after_stored)):
+            values.sort()
+            n = len(values)
+            print(
+                f"delayed delivery, {name} ({n}): lateness p50 {values[n // 2]:.0f} ms, "
+                f"p99 {values[int(n * 0.99)]:.0f} ms, max {values[-1]:.0f} ms"
+            )

@@ -38,7 +38,9 @@ class StandInTopic:
     def remove_producer(self, name: str) -> None:
         self.connected.discard(name)
 
-    def publish(self, entry: bytes, num_messages: int) -> asyncio.Future[tuple[int, int]]:
+    def publish(
+        self, entry: bytes, num_messages: int, deliver_at_ms: int = 0
+    ) -> asyncio.Future[tuple[int, int]]:
         self.appends.append(asyncio.get_running_loop().create_future())
         return self.appends[-1]
 
