@@ -55,8 +55,16 @@ REFUSAL_REASONS = (
     MISSING_SUBJECT,
 )
 
-_DURATION = re.compile(r"^(\d+)([smhdy]?)$")
-_DURATION_SECONDS = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400, "y": 365 * 86400}
+_DURATION = re.compile(r"^(\d+)([smhdwy]?)$")
+_DURATION_SECONDS = {
+    "": 1,
+    "s": 1,
+    "m": 60,
+    "h": 3600,
+    "d": 86400,
+    "w": 7 * 86400,
+    "y": 365 * 86400,
+}
 
 
 class TokenRefused(Exception):
@@ -145,10 +153,11 @@ def load_private_key(data: bytes, what: str = "private key") -> tuple[Any, str]:
 
 
 def parse_duration_s(text: str) -> int:
-    """``30``, ``30s``, ``10m``, ``1h``, ``7d``, ``1y`` (Pulsar's --expiry-time) in seconds."""
+    """``30``, ``30s``, ``10m``, ``1h``, ``7d``, ``2w``, ``1y`` (Pulsar's --expiry-time, its
+    RelativeTimeUtil units) in seconds."""
     match = _DURATION.match(text.strip())
     if match is None or int(match.group(1)) <= 0:
-        raise ValueError(f"invalid duration {text!r} (e.g. 30s, 10m, 1h, 7d, 1y)")
+        raise ValueError(f"invalid duration {text!r} (e.g. 30s, 10m, 1h, 7d, 2w, 1y)")
     return int(match.group(1)) * _DURATION_SECONDS[match.group(2)]
 
 

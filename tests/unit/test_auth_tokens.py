@@ -250,13 +250,14 @@ def test_create_token_round_trip(rsa_key: rsa.RSAPrivateKey) -> None:
 
 
 @pytest.mark.parametrize(
-    ("text", "seconds"), [("30", 30), ("30s", 30), ("10m", 600), ("1h", 3600), ("2d", 172800)]
+    ("text", "seconds"),
+    [("30", 30), ("30s", 30), ("10m", 600), ("1h", 3600), ("2d", 172800), ("1w", 604800)],
 )
 def test_durations(text: str, seconds: int) -> None:
     assert parse_duration_s(text) == seconds
 
 
-@pytest.mark.parametrize("text", ["", "0", "-1h", "1w", "h", "1.5h"])
+@pytest.mark.parametrize("text", ["", "0", "-1h", "1x", "h", "1.5h", "1 h"])
 def test_bad_durations(text: str) -> None:
     with pytest.raises(ValueError):
         parse_duration_s(text)

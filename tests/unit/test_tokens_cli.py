@@ -59,7 +59,7 @@ def test_usage_errors_of_the_verbs(tmp_path: Path, capsys: pytest.CaptureFixture
     assert code == 1 and "shorter than 32 bytes" in err
     (tmp_path / "k").write_bytes(b"k" * 32)
     code, _, err = run(
-        capsys, "tokens", "create", "--secret-key", f"file:{tmp_path}/k", "-s", "a", "-e", "1w"
+        capsys, "tokens", "create", "--secret-key", f"file:{tmp_path}/k", "-s", "a", "-e", "1x"
     )
     assert code == 1 and "--expiry-time" in err
     code, _, err = run(capsys, "tokens", "show", "not-a-token")
