@@ -25,6 +25,7 @@ import asyncio
 import inspect
 import ipaddress
 import logging
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Collection
 from typing import Any, TypeAlias
 
@@ -66,6 +67,33 @@ def _metadata_value(metadata: Any, key: str) -> str | None:
     return None
 
 
+# Refused calls are summed up in one warning at most this often (a client retrying with a bad
+# token must not flood the log), and at most this many distinct reasons are counted.
+REFUSAL_LOG_INTERVAL_S = 10.0
+MAX_REFUSAL_REASONS_COUNTED = 32
+
+
+class RefusalLog:
+    """Counts refused calls by reason; at most every ``REFUSAL_LOG_INTERVAL_S`` the next
+    refusal logs one warning with the counts since the last one (never a token)."""
+
+    def __init__(self, interval_s: float = REFUSAL_LOG_INTERVAL_S) -> None:
+        self._interval_s = interval_s
+        self._counts: dict[str, int] = {}
+        self._last_logged = -interval_s  # the first refusal is logged at once
+
+    def record(self, reason: str, now: float | None = None) -> None:
+        if reason in self._counts or len(self._counts) < MAX_REFUSAL_REASONS_COUNTED:
+            self._counts[reason] = self._counts.get(reason, 0) + 1
+        now = time.monotonic() if now is None else now
+        if now - self._last_logged < self._interval_s:
+            return
+        summary = ", ".join(f"{count} {reason}" for reason, count in sorted(self._counts.items()))
+        _log.warning("refused calls since the last report: %s", summary)
+        self._counts.clear()
+        self._last_logged = now
+
+
 class AuthenticationInterceptor(grpc.aio.ServerInterceptor):
     """Verifies each call's bearer token (see the module docstring)."""
 
@@ -80,6 +108,7 @@ class AuthenticationInterceptor(grpc.aio.ServerInterceptor):
         self._verifier = verifier
         self._refresh_check_s = refresh_check_s
         self._superusers_only = None if superusers_only is None else frozenset(superusers_only)
+        self._refusals = RefusalLog()
 
     async def intercept_service(
         self,
@@ -97,15 +126,29 @@ class AuthenticationInterceptor(grpc.aio.ServerInterceptor):
             )
         except TokenRefused as refusal:
             _log.debug("refused %s: %s", method, refusal)
+            self._refusals.record(refusal.reason)
             return _refusing(handler, grpc.StatusCode.UNAUTHENTICATED, str(refusal))
         if self._superusers_only is not None and principal.role not in self._superusers_only:
             message = (
-                f"role {principal.role!r} may not call {method.rpartition('/')[2]}: "
+                f"role {shown_role(principal.role)} may not call {method.rpartition('/')[2]}: "
                 "this server serves superuser roles only"
             )
-            _log.debug("refused %s to role %r", method, principal.role)
+            _log.debug("refused %s to role %s", method, shown_role(principal.role))
+            self._refusals.record(f"role {shown_role(principal.role)} not a superuser")
             return _refusing(handler, grpc.StatusCode.PERMISSION_DENIED, message)
         return _as_principal(handler, principal, self._refresh_check_s)
+
+
+# A role is quoted in messages and logs up to this many characters (a token may hold a long
+# sub; a message must stay short).
+MAX_ROLE_SHOWN_CHARS = 128
+
+
+def shown_role(role: str) -> str:
+    """``'role'`` for messages and logs, cut at ``MAX_ROLE_SHOWN_CHARS``."""
+    if len(role) <= MAX_ROLE_SHOWN_CHARS:
+        return repr(role)
+    return repr(role[:MAX_ROLE_SHOWN_CHARS]) + "..."
 
 
 def _refusing(handler: _Handler, code: grpc.StatusCode, message: str) -> _Handler:
@@ -181,7 +224,9 @@ async def _until_expired(
             if principal.expired():
                 task.cancel()
                 await asyncio.gather(task, return_exceptions=True)
-                _log.info("ended a stream of role %r: its token expired", principal.role)
+                _log.info(
+                    "ended a stream of role %s: its token expired", shown_role(principal.role)
+                )
                 await _abort_expired(context)
     finally:
         if not task.done():

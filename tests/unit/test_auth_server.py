@@ -19,7 +19,7 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from strata.auth.config import AuthConfig
 from strata.auth.credentials import TokenSource, aio_interceptors
 from strata.auth.principal import current_role
-from strata.auth.server import AuthenticationInterceptor, server_interceptors
+from strata.auth.server import AuthenticationInterceptor, RefusalLog, server_interceptors
 from strata.auth.tokens import TokenVerifier
 
 SECRET = b"k" * 32
@@ -189,3 +189,17 @@ def test_server_interceptors_off_warns_beyond_loopback(caplog: pytest.LogCapture
         assert not caplog.records
         assert server_interceptors(AuthConfig(), listen_host="0.0.0.0", role="broker") == []
     assert "authentication is off" in caplog.text and "0.0.0.0" in caplog.text
+
+
+def test_refusals_are_summed_up_at_most_every_interval(caplog: pytest.LogCaptureFixture) -> None:
+    log = RefusalLog(interval_s=10)
+    with caplog.at_level(logging.WARNING, "strata.auth.server"):
+        log.record("expired", now=100.0)  # the first is reported at once
+        for second in range(1, 10):
+            log.record("expired", now=100.0 + second)
+            log.record("wrong signature", now=100.0 + second)
+        assert len(caplog.records) == 1
+        log.record("expired", now=110.5)
+    assert len(caplog.records) == 2
+    assert "1 expired" in caplog.records[0].getMessage()
+    assert "10 expired, 9 wrong signature" in caplog.records[1].getMessage()
