@@ -441,3 +441,45 @@ def test_no_token_appears_in_the_server_log(server: AuthServer) -> None:
         assert token not in log
         # Nor the signature alone (the part that makes a token usable).
         assert token.rsplit(".", 1)[-1] not in log or len(token.rsplit(".", 1)[-1]) < 8
+
+
+def test_an_rs256_broker_refuses_the_key_confusion_token(tmp_path: Path) -> None:
+    """The attack aimed at public-key servers: HS256 signed with the public key's PEM bytes as
+    the HMAC secret, and ``alg: none``. Both are "wrong algorithm"; the real RS256 token works."""
+    private, public = tmp_path / "private.pem", tmp_path / "public.pem"
+    made = run_cli(
+        "tokens",
+        "create-key-pair",
+        "--output-private-key",
+        str(private),
+        "--output-public-key",
+        str(public),
+    )
+    assert made.returncode == 0, made.stderr
+    created = run_cli("tokens", "create", "--private-key", f"file:{private}", "-s", "admin")
+    assert created.returncode == 0, created.stderr
+    good = created.stdout.strip()
+    standalone = Standalone(
+        tmp_path / "data",
+        "--authentication-enabled",
+        "true",
+        "--auth-token-public-key",
+        f"file:{public}",
+    ).start()
+    try:
+        server = AuthServer(standalone, public, b"", [])
+        assert lookup(server, bearer(good)).result == messaging_pb2.LookupResponse.CONNECT
+        confused = hs256_with_key(public.read_bytes(), b'{"sub":"admin"}')
+        unsigned = jwt.encode({"sub": "admin"}, None, algorithm="none")  # type: ignore[arg-type]
+        for token in (confused, unsigned):
+            with pytest.raises(grpc.RpcError) as caught:
+                lookup(server, bearer(token))
+            error: Any = caught.value
+            assert error.code() is grpc.StatusCode.UNAUTHENTICATED
+            assert error.details().startswith("authentication token wrong algorithm")
+    finally:
+        standalone.stop()
+    log = standalone.log_text()
+    assert "token authentication on (RS256)" in log
+    for token in (good, confused, unsigned):
+        assert token.rsplit(".", 1)[-1] not in log or not token.rsplit(".", 1)[-1]
