@@ -12,7 +12,7 @@ GEN_STAMP := strata/v1/.generated
 DATA_DIR ?= ./data/standalone
 PYTEST_ARGS ?=
 
-.PHONY: install proto run test test-k8s test-unit test-integration test-faults lint fmt bench bench-cluster bench-offload clean
+.PHONY: install proto run test test-k8s test-unit test-integration test-faults lint fmt bench bench-cluster bench-auth bench-offload clean
 
 install: $(STAMP) $(GEN_STAMP)
 
@@ -78,6 +78,9 @@ bench: install
 
 bench-cluster: install
 	$(PY) -m tests.bench.run_bench --deployments standalone,cluster
+
+bench-auth: install
+	$(PY) -m tests.bench.run_bench --deployments standalone,standalone-auth
 
 bench-offload: install
 	$(PY) -m tests.bench.run_offload_bench

@@ -38,6 +38,8 @@ from bookie.registry import (
 )
 from bookie.server import start_bookie_server
 from bookie.storage import Bookie
+from strata.auth.credentials import server_client_token_source
+from strata.auth.server import check_auth_keys, server_interceptors
 from strata.config_binding import ConfigBinding
 from strata.metadata import open_metadata_store
 from strata.metadata.registration import RegistrationConflictError
@@ -60,7 +62,10 @@ def build_parser(
 
 
 async def run_bookie(config: BookieConfig, stop: asyncio.Event) -> int:
-    served = await start_bookie_server(None, config.host, config.port)
+    interceptors = server_interceptors(
+        config.auth, listen_host=config.host, role="bookie", superusers_only=True
+    )
+    served = await start_bookie_server(None, config.host, config.port, interceptors=interceptors)
     deadline = ShutdownDeadline(config.graceful_shutdown_timeout_seconds)
     bookie_id = config.bookie_id(served.port)
     store = None
@@ -102,7 +107,11 @@ async def run_bookie(config: BookieConfig, stop: asyncio.Event) -> int:
             return EXIT_IDENTITY_ERROR
         if config.autorecovery:
             recovery = await start_autorecovery(
-                store, bookie_id, config.recovery, config.ledger_client
+                store,
+                bookie_id,
+                config.recovery,
+                config.ledger_client,
+                token=server_client_token_source(config.auth),
             )
             metrics.registry.register(AutorecoveryCollector(recovery))
         # Harnesses and scripts read this line to learn the ports picked for port 0.
@@ -133,6 +142,7 @@ async def run_bookie(config: BookieConfig, stop: asyncio.Event) -> int:
 def main(argv: list[str]) -> int:
     parser, binding = build_parser()
     config = binding.build(parser, parser.parse_args(argv))
+    check_auth_keys(parser, config.auth)
     storage = replace(
         config.storage,
         data_dir=config.storage.data_dir.resolve(),

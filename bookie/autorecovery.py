@@ -47,6 +47,7 @@ from bookie.registry import (
     BookieClientPool,
     BookieRegistry,
 )
+from strata.auth.credentials import TokenSource
 from strata.config_binding import setting
 from strata.logging_setup import log_fields
 from strata.metadata import BadVersionError, MetadataError, MetadataStore, MetadataStoreClosedError
@@ -406,13 +407,14 @@ async def start_autorecovery(
     bookie_id: str,
     config: AutorecoveryConfig | None = None,
     ledger_config: LedgerClientConfig | None = None,
+    token: TokenSource | None = None,
 ) -> Autorecovery:
     """Start the auditor candidate and a worker for a bookie process; the returned object owns
     its registry, bookie clients and tasks."""
     config = config or AutorecoveryConfig()
     registry = BookieRegistry(store)
     await registry.start()
-    pool = BookieClientPool(max_entry_size_bytes=config.max_entry_size_bytes)
+    pool = BookieClientPool(max_entry_size_bytes=config.max_entry_size_bytes, token=token)
     manager = LedgerManager(store, registry.available, pool.get, ledger_config)
     recovery = Autorecovery(store, bookie_id, registry, manager, config, owned=(registry, pool))
     recovery.start()

@@ -18,6 +18,7 @@ import grpc
 from bookie.api import LedgerEntry, LedgerState
 from bookie.errors import BadRequestError, BookieError, BookieUnavailableError
 from bookie.status_map import ERROR_REASON_KEY, error_for_add_status, error_for_status
+from strata.auth.credentials import TokenSource, aio_interceptors
 from strata.storage.v1 import bookie_pb2, bookie_pb2_grpc
 
 _log = logging.getLogger(__name__)
@@ -169,6 +170,7 @@ class GrpcBookieClient:
         max_entry_size_bytes: int = 8 * _MIB,
         max_request_bytes: int = 1 * _MIB,
         max_pending_adds: int = 10_000,
+        token: TokenSource | None = None,
     ) -> None:
         self._address = address
         self._request_timeout_s = request_timeout_ms / 1000
@@ -185,6 +187,8 @@ class GrpcBookieClient:
                 ("grpc.keepalive_timeout_ms", 10_000),
                 ("grpc.keepalive_permit_without_calls", 1),
             ],
+            # The credentials a broker or autorecovery presents (--broker-client-auth-token).
+            interceptors=aio_interceptors(token),
         )
         self._stub = bookie_pb2_grpc.BookieServiceStub(self._channel)
         self._stream: AddStream | None = None

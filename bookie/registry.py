@@ -37,6 +37,7 @@ from bookie.errors import CookieMismatchError as CookieMismatchError
 from bookie.errors import DecommissionRefusedError as DecommissionRefusedError
 from bookie.grpc_client import GrpcBookieClient
 from bookie.ledger import LEDGERS_PREFIX, LedgerMetadata
+from strata.auth.credentials import TokenSource
 from strata.clock import now_ms as now_ms  # re-exported for the entry points
 from strata.metadata import (
     BadVersionError,
@@ -320,15 +321,16 @@ class BookieRegistry:
 class BookieClientPool:
     """One ``GrpcBookieClient`` per bookie id, created on first use; owns and closes them."""
 
-    def __init__(self, *, max_entry_size_bytes: int) -> None:
+    def __init__(self, *, max_entry_size_bytes: int, token: TokenSource | None = None) -> None:
         self._clients: dict[str, GrpcBookieClient] = {}
         self._max_entry_size_bytes = max_entry_size_bytes
+        self._token = token
 
     def get(self, bookie_id: str) -> BookieClient:
         client = self._clients.get(bookie_id)
         if client is None:
             client = self._clients[bookie_id] = GrpcBookieClient(
-                bookie_id, max_entry_size_bytes=self._max_entry_size_bytes
+                bookie_id, max_entry_size_bytes=self._max_entry_size_bytes, token=self._token
             )
         return client
 

@@ -11,7 +11,7 @@ import asyncio
 import contextlib
 import functools
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
 from typing import Any, NoReturn
 
@@ -427,6 +427,7 @@ async def start_bookie_server(
     *,
     max_pending_adds_per_stream: int = 8192,
     max_entry_size_bytes: int = DEFAULT_MAX_ENTRY_SIZE_BYTES,
+    interceptors: Sequence[grpc.aio.ServerInterceptor] = (),
 ) -> BookieServer:
     """Serve ``bookie`` on ``host:port`` (0: any free port) with health and reflection.
 
@@ -434,7 +435,9 @@ async def start_bookie_server(
     ``attach`` hands it the opened bookie (a bookie process replaying its journal)."""
     if bookie is not None:
         max_entry_size_bytes = bookie.config.max_entry_size_bytes
-    server = grpc.aio.server(options=server_options(max_entry_size_bytes))
+    server = grpc.aio.server(
+        options=server_options(max_entry_size_bytes), interceptors=interceptors
+    )
     servicer = BookieServicer(bookie, max_pending_adds_per_stream=max_pending_adds_per_stream)
     bookie_pb2_grpc.add_BookieServiceServicer_to_server(servicer, server)
     health_servicer = health.aio.HealthServicer()

@@ -33,6 +33,8 @@ from broker.load_manager import BROKERS_AVAILABLE_PREFIX
 from broker.ownership import OwnershipConfig
 from broker.server import bind_broker_server, report_ready, serve_broker, start_metrics_server
 from broker.service import BrokerService
+from strata.auth.credentials import server_client_token_source
+from strata.auth.server import check_auth_keys, server_interceptors
 from strata.config_binding import ConfigBinding
 from strata.metadata import MetadataStore, open_metadata_store
 from strata.metadata.registration import EphemeralRegistration
@@ -51,6 +53,7 @@ def ownership_config(config: BrokerConfig) -> OwnershipConfig:
         load_shedding_interval_ms=config.load_shedding_interval_ms,
         load_shedding_threshold_percent=config.load_shedding_threshold_percent,
         max_topics_per_bundle=config.max_topics_per_bundle,
+        forward_token=server_client_token_source(config.auth),
     )
 
 
@@ -102,7 +105,8 @@ async def run_broker(config: BrokerConfig, stop: asyncio.Event) -> None:
         )
         resources.push_async_callback(store.close)
         pool = BookieClientPool(
-            max_entry_size_bytes=config.max_message_size_bytes + BOOKIE_REQUEST_MARGIN_BYTES
+            max_entry_size_bytes=config.max_message_size_bytes + BOOKIE_REQUEST_MARGIN_BYTES,
+            token=server_client_token_source(config.auth),
         )
         resources.push_async_callback(pool.close)
         registry = BookieRegistry(store)
@@ -113,7 +117,12 @@ async def run_broker(config: BrokerConfig, stop: asyncio.Event) -> None:
         if offloader is not None:
             resources.push_async_callback(offloader.close)
         # Bound before the broker is built: the port gives the broker its advertised address.
-        server, port = bind_broker_server(config.host, config.port, config.max_message_size_bytes)
+        server, port = bind_broker_server(
+            config.host,
+            config.port,
+            config.max_message_size_bytes,
+            server_interceptors(config.auth, listen_host=config.host, role="broker"),
+        )
         broker_id = config.advertised(port)
         broker = BrokerService(
             config,
@@ -168,6 +177,7 @@ def build_parser(
 def main(argv: list[str]) -> int:
     parser, binding = build_parser()
     config = binding.build(parser, parser.parse_args(argv))
+    check_auth_keys(parser, config.auth)
     if not config.metadata_url:
         parser.error("--metadata-url is required (etcd://HOST:PORT)")
     try:

@@ -60,6 +60,7 @@ from broker.loops import OwnedLoops
 from broker.metrics import BUNDLE_SPLITS, BUNDLE_UNLOADS
 from broker.namespaces import Namespaces
 from broker.topics import TopicRegistry
+from strata.auth.credentials import TokenSource, aio_interceptors
 from strata.metadata import (
     BadVersionError,
     MetadataError,
@@ -101,6 +102,8 @@ class OwnershipConfig:
     max_topics_per_bundle: int = 1_000
     # Bound of one broker-to-broker admin call (unload or split on the owner).
     forward_timeout_ms: int = 30_000
+    # The credentials presented to the owner (--broker-client-auth-token[-file]).
+    forward_token: TokenSource | None = None
 
 
 # Forward an admin operation on a bundle to its owner: (owner address, bundle key, operation).
@@ -228,7 +231,13 @@ class BundleOwnership:
         return self._session.current
 
     async def _forward_over_grpc(self, owner: str, key: str, operation: str) -> None:
-        await forward_to_owner(owner, key, operation, self.config.forward_timeout_ms / 1000)
+        await forward_to_owner(
+            owner,
+            key,
+            operation,
+            self.config.forward_timeout_ms / 1000,
+            token=self.config.forward_token,
+        )
 
     async def _on_session_lost(self) -> None:
         """The lease expired: another broker may own our bundles by now. Give every one of
@@ -438,11 +447,13 @@ class BundleOwnership:
         return [Bundle(namespace, bundle.lower, middle), Bundle(namespace, middle, bundle.upper)]
 
 
-async def forward_to_owner(owner: str, key: str, operation: str, timeout_s: float) -> None:
+async def forward_to_owner(
+    owner: str, key: str, operation: str, timeout_s: float, token: TokenSource | None = None
+) -> None:
     """Ask the broker at ``owner`` to ``"unload"`` or ``"split"`` a bundle it owns."""
     namespace, name = split_bundle_key(key)
     metadata = ((FORWARDED_HEADER, "1"),)
-    async with grpc.aio.insecure_channel(owner) as channel:
+    async with grpc.aio.insecure_channel(owner, interceptors=aio_interceptors(token)) as channel:
         stub = admin_pb2_grpc.AdminServiceStub(channel)
         if operation == "unload":
             await stub.UnloadNamespace(

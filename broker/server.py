@@ -4,6 +4,7 @@ metrics endpoint."""
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Sequence
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
@@ -44,12 +45,17 @@ def server_options(max_message_size_bytes: int) -> list[tuple[str, int]]:
 
 
 def bind_broker_server(
-    host: str, port: int, max_message_size_bytes: int
+    host: str,
+    port: int,
+    max_message_size_bytes: int,
+    interceptors: Sequence[grpc.aio.ServerInterceptor] = (),
 ) -> tuple[grpc.aio.Server, int]:
     """A gRPC server bound to ``host:port`` (0: a free port), not serving yet; returns it and
     the bound port. The process role binds first so that it knows the broker's advertised
     address before it builds the broker."""
-    server = grpc.aio.server(options=server_options(max_message_size_bytes))
+    server = grpc.aio.server(
+        options=server_options(max_message_size_bytes), interceptors=interceptors
+    )
     try:
         bound = server.add_insecure_port(f"{host}:{port}")
     except RuntimeError as exc:

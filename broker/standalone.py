@@ -21,6 +21,7 @@ from bookie.storage import Bookie, BookieStorageConfig
 from broker.config import BrokerConfig
 from broker.server import bind_broker_server, serve_broker, start_metrics_server
 from broker.service import BrokerService
+from strata.auth.server import check_auth_keys, server_interceptors
 from strata.config_binding import ConfigBinding
 from strata.metadata import open_metadata_store
 from strata.process import ShutdownDeadline, run_server
@@ -61,7 +62,12 @@ async def run_standalone(config: BrokerConfig, stop: asyncio.Event) -> None:
         if offloader is not None:
             resources.push_async_callback(offloader.close)
         # Bound before the broker is built: the port gives the broker its advertised address.
-        server, port = bind_broker_server(config.host, config.port, config.max_message_size_bytes)
+        server, port = bind_broker_server(
+            config.host,
+            config.port,
+            config.max_message_size_bytes,
+            server_interceptors(config.auth, listen_host=config.host, role="standalone"),
+        )
         broker = BrokerService(
             config, store, ledgers, offloader=offloader, advertised_address=config.advertised(port)
         )
@@ -108,6 +114,7 @@ def build_parser(
 def main(argv: list[str]) -> int:
     parser, binding = build_parser()
     config = binding.build(parser, parser.parse_args(argv))
+    check_auth_keys(parser, config.auth)
     try:
         config.offload_config(default_directory=config.data_dir / "offload")  # validate
     except ValueError as exc:

@@ -20,11 +20,13 @@ import grpc
 from google.protobuf import json_format
 from google.protobuf.message import Message as ProtoMessage
 
+from strata.auth.credentials import intercept_sync_channel
 from strata.client import AsyncClient
 from strata.client._connection import sync_channel_to_any
 from strata.client._errors import TOPIC_NOT_OWNED_REASON, error_info_of
 from strata.naming import NamespaceName, TopicName, parse_tenant
 from strata.options import add_option
+from strata.tokens_cli import client_authentication
 from strata.v1 import admin_pb2, admin_pb2_grpc
 
 # A list of more pages than this is a server bug (a token that never ends), not data.
@@ -65,7 +67,11 @@ class _Admin:
 
     def __init__(self, args: argparse.Namespace) -> None:
         # Any broker answers admin calls: the first of the service URL that is up.
-        self.channel = sync_channel_to_any(args.service_url, args.operation_timeout_seconds)
+        authentication = client_authentication(args)
+        self.channel = intercept_sync_channel(
+            sync_channel_to_any(args.service_url, args.operation_timeout_seconds),
+            None if authentication is None else authentication.token,
+        )
         self.stub = admin_pb2_grpc.AdminServiceStub(self.channel)
         self.timeout_s: float = args.operation_timeout_seconds
 
@@ -386,7 +392,11 @@ def _topics_stats(admin: _Admin, args: argparse.Namespace) -> None:
 def _topics_lookup(admin: _Admin, args: argparse.Namespace) -> None:
     # The SDK's lookup (service URL fallback, redirects); its errors print as the CLI's do.
     async def lookup() -> str:
-        async with AsyncClient(args.service_url, args.operation_timeout_seconds) as client:
+        async with AsyncClient(
+            args.service_url,
+            args.operation_timeout_seconds,
+            authentication=client_authentication(args),
+        ) as client:
             return await client.lookup_topic(args.topic)
 
     print(asyncio.run(lookup()))
@@ -394,7 +404,11 @@ def _topics_lookup(admin: _Admin, args: argparse.Namespace) -> None:
 
 def _topics_partitioned_lookup(admin: _Admin, args: argparse.Namespace) -> None:
     async def lookup() -> list[tuple[str, str]]:
-        async with AsyncClient(args.service_url, args.operation_timeout_seconds) as client:
+        async with AsyncClient(
+            args.service_url,
+            args.operation_timeout_seconds,
+            authentication=client_authentication(args),
+        ) as client:
             partitions = await client.get_topic_partitions(args.topic)
             owners = await asyncio.gather(*(client.lookup_topic(p) for p in partitions))
             return list(zip(partitions, owners, strict=True))

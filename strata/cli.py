@@ -39,6 +39,12 @@ from strata.client import (
 from strata.naming import InvalidNameError
 from strata.options import add_option
 from strata.perf import Pacer, add_perf_parsers
+from strata.tokens_cli import (
+    TokensCommandError,
+    add_credential_options,
+    add_tokens_parser,
+    client_authentication,
+)
 
 DEFAULT_SERVICE_URL = "localhost:6650"
 # strata consume takes (and prints) at most this many messages at a time.
@@ -96,6 +102,7 @@ def _common_client_options(
         help="limit for connecting, creating producers and consumers, and admin calls",
         environ=environ,
     )
+    add_credential_options(parser, environ)
 
 
 def build_parser(environ: Mapping[str, str] | None = None) -> argparse.ArgumentParser:
@@ -259,6 +266,7 @@ def build_parser(environ: Mapping[str, str] | None = None) -> argparse.ArgumentP
 
     add_admin_parser(commands, common, environ)
     add_perf_parsers(commands, common, environ)
+    add_tokens_parser(commands, environ)
     return parser
 
 
@@ -295,7 +303,9 @@ def _produce(args: argparse.Namespace) -> int:
     started = time.monotonic()
     sent = 0
     with Client(
-        args.service_url, operation_timeout_seconds=args.operation_timeout_seconds
+        args.service_url,
+        operation_timeout_seconds=args.operation_timeout_seconds,
+        authentication=client_authentication(args),
     ) as client:
         producer = client.create_producer(
             args.topic,
@@ -392,7 +402,9 @@ def _consume(args: argparse.Namespace) -> int:
     received = 0
     started = time.monotonic()
     with Client(
-        args.service_url, operation_timeout_seconds=args.operation_timeout_seconds
+        args.service_url,
+        operation_timeout_seconds=args.operation_timeout_seconds,
+        authentication=client_authentication(args),
     ) as client:
         consumer = client.subscribe(
             args.topic,
@@ -460,6 +472,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         return handler(args)
     except _UsageError as exc:
         parser.error(str(exc))
+    except TokensCommandError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
     except StrataException as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1

@@ -61,6 +61,7 @@ from strata.client import (
     Timeout,
 )
 from strata.options import add_option
+from strata.tokens_cli import client_authentication
 
 TIMESTAMP_BYTES = 8
 _TIMESTAMP = struct.Struct(">Q")
@@ -333,7 +334,11 @@ def _chunk_callback(
 async def _perf_produce(args: argparse.Namespace, meter: _Meter) -> None:
     compression = CompressionType[args.compression.upper()]
     started = time.monotonic()
-    async with AsyncClient(args.service_url, args.operation_timeout_seconds) as client:
+    async with AsyncClient(
+        args.service_url,
+        args.operation_timeout_seconds,
+        authentication=client_authentication(args),
+    ) as client:
         producers = [
             await client.create_producer(
                 args.topic,
@@ -411,7 +416,11 @@ async def _perf_consume(args: argparse.Namespace, meter: _Meter) -> None:
     if args.type:
         consumer_type = ConsumerType[args.type.capitalize()]
     idle_timeout_ms = int(args.timeout_seconds * 1000) or None
-    async with AsyncClient(args.service_url, args.operation_timeout_seconds) as client:
+    async with AsyncClient(
+        args.service_url,
+        args.operation_timeout_seconds,
+        authentication=client_authentication(args),
+    ) as client:
         consumers = [
             await client.subscribe(
                 args.topic,

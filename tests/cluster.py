@@ -40,8 +40,13 @@ class Cluster:
         bookie_args: list[str] | None = None,
         broker_args: list[str] | None = None,
         env: dict[str, str] | None = None,
+        admin_token: str | None = None,
     ) -> None:
         self.directory = directory
+        # Presented on the harness's own admin calls when the brokers require a token.
+        self.admin_metadata = (
+            None if admin_token is None else (("authorization", f"Bearer {admin_token}"),)
+        )
         self.etcd = EtcdServer(directory / "etcd")
         self.env = dict(env or {})
         self.bookies: list[ServerProcess] = []
@@ -182,7 +187,7 @@ class Cluster:
         with grpc.insecure_channel(self.broker_address(broker)) as channel:
             stub = admin_pb2_grpc.AdminServiceStub(channel)
             response: admin_pb2.ListBookiesResponse = stub.ListBookies(
-                admin_pb2.ListBookiesRequest(), timeout=10
+                admin_pb2.ListBookiesRequest(), timeout=10, metadata=self.admin_metadata
             )
             return response
 

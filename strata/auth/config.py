@@ -29,6 +29,9 @@ class AuthConfig:
         "", "RS256/ES256 public key to verify tokens: file:PATH or env:VARIABLE"
     )
     auth_token_audience: str = setting("", "the audience (aud) a token must name (empty: any)")
+    authentication_refresh_check_seconds: float = setting(
+        60.0, "how often open streams are checked for an expired token (closed if so)"
+    )
     broker_client_auth_token: str = setting(
         "", "token this process presents to brokers and bookies it calls", secret=True
     )
@@ -37,6 +40,8 @@ class AuthConfig:
     )
 
     def __post_init__(self) -> None:
+        if not self.authentication_refresh_check_seconds > 0:
+            raise ValueError("authentication_refresh_check_seconds must be > 0")
         if self.authorization_enabled and not self.authentication_enabled:
             raise ValueError("authorization_enabled needs authentication_enabled")
         if self.auth_token_secret_key and self.auth_token_public_key:

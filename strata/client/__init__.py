@@ -27,6 +27,7 @@ Errors are ``StrataException`` subclasses, mapped from gRPC statuses in one tabl
 (``strata.client._errors.STATUS_TO_EXCEPTION``).
 """
 
+from strata.client._auth import AuthenticationToken
 from strata.client._client import AsyncClient
 from strata.client._consumer import AsyncConsumer, ConsumerEventListener
 from strata.client._dead_letter import ConsumerDeadLetterPolicy
@@ -73,6 +74,7 @@ __all__ = [
     "AsyncProducer",
     "AsyncReader",
     "AuthenticationError",
+    "AuthenticationToken",
     "AuthorizationError",
     "Cancelled",
     "Client",

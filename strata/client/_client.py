@@ -17,6 +17,7 @@ from collections.abc import Callable
 from types import TracebackType
 from typing import Unpack
 
+from strata.client._auth import AuthenticationToken
 from strata.client._connection import (
     DEFAULT_SERVICE_URL,
     ConnectionPool,
@@ -55,6 +56,7 @@ class AsyncClient:
     and consumers, lookups, ack receipts and closing. ``keep_alive_interval_seconds`` is how
     often open connections are pinged (pulsar-client's name and default): a broker that
     stops answering (paused, cut off) is left within about that time plus 10 s.
+    ``authentication`` (an ``AuthenticationToken``) is presented on every call.
 
     Lifecycle: ``create_producer``/``subscribe`` as often as needed, then ``close``, which
     closes every producer (flushing it) and consumer still open, then the channel. Also an
@@ -66,6 +68,7 @@ class AsyncClient:
         service_url: str = DEFAULT_SERVICE_URL,
         operation_timeout_seconds: float = 30,
         keep_alive_interval_seconds: float = 30,
+        authentication: AuthenticationToken | None = None,
     ) -> None:
         if operation_timeout_seconds <= 0:
             raise InvalidArgument("operation_timeout_seconds must be positive")
@@ -74,6 +77,9 @@ class AsyncClient:
                 f"keep_alive_interval_seconds must be within {MIN_KEEP_ALIVE_INTERVAL_S}..3600"
             )
         self._keepalive_time_ms = int(keep_alive_interval_seconds * 1000)
+        if authentication is not None and not isinstance(authentication, AuthenticationToken):
+            raise InvalidArgument("authentication must be a strata.AuthenticationToken")
+        self._authentication = authentication
         self._targets = parse_service_urls(service_url)
         self._operation_timeout_s = float(operation_timeout_seconds)
         self._pool: ConnectionPool | None = None
@@ -96,7 +102,10 @@ class AsyncClient:
             raise AlreadyClosed("the client was closed")
         if self._pool is None:
             self._pool = ConnectionPool(
-                self._targets, self._operation_timeout_s, keepalive_time_ms=self._keepalive_time_ms
+                self._targets,
+                self._operation_timeout_s,
+                keepalive_time_ms=self._keepalive_time_ms,
+                token=None if self._authentication is None else self._authentication.token,
             )
         return self._pool
 

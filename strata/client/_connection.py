@@ -31,7 +31,9 @@ from tenacity import (
     wait_exponential_jitter,
 )
 
+from strata.auth.credentials import TokenSource, aio_interceptors
 from strata.client._errors import (
+    AuthenticationError,
     InternalError,
     InvalidArgument,
     ProtocolError,
@@ -162,10 +164,17 @@ class BrokerChannel:
 
     __slots__ = ("address", "channel", "messaging", "users")
 
-    def __init__(self, address: str, keepalive_time_ms: int = KEEPALIVE_TIME_MS) -> None:
+    def __init__(
+        self,
+        address: str,
+        keepalive_time_ms: int = KEEPALIVE_TIME_MS,
+        token: TokenSource | None = None,
+    ) -> None:
         self.address = address
         self.channel = grpc.aio.insecure_channel(
-            address, options=channel_options(keepalive_time_ms)
+            address,
+            options=channel_options(keepalive_time_ms),
+            interceptors=aio_interceptors(token),
         )
         self.messaging = messaging_pb2_grpc.MessagingServiceStub(self.channel)
         self.users = 0
@@ -188,8 +197,10 @@ class ConnectionPool:
         operation_timeout_s: float,
         max_broker_channels: int = MAX_BROKER_CHANNELS,
         keepalive_time_ms: int = KEEPALIVE_TIME_MS,
+        token: TokenSource | None = None,
     ) -> None:
         assert service_targets, "a service URL names at least one broker"
+        self._token = token
         assert max_broker_channels >= 1
         self.service_targets = service_targets
         self.operation_timeout_s = operation_timeout_s
@@ -212,7 +223,7 @@ class ConnectionPool:
         broker = self._channels.pop(address, None)
         if broker is None:
             await self._make_room()
-            broker = BrokerChannel(address, self._keepalive_time_ms)
+            broker = BrokerChannel(address, self._keepalive_time_ms, self._token)
         self._channels[address] = broker
         broker.users += 1
         return broker
@@ -405,6 +416,13 @@ class Reconnector:
         if self._opened_in_attempt and isinstance(error, InternalError) and error.code is not None:
             return ServiceUnavailable(
                 f"the stream broke: {error}", code=error.code, details=error.details
+            )
+        # A broker ends an open stream whose token expired (Pulsar's refresh check): the
+        # reconnect presents the token source's current token, and is refused if that one
+        # is no better.
+        if self._opened_in_attempt and isinstance(error, AuthenticationError):
+            return ServiceUnavailable(
+                f"the broker closed the stream: {error}", code=error.code, details=error.details
             )
         return error
 

@@ -18,6 +18,7 @@ from collections.abc import Callable, Coroutine, Mapping
 from types import TracebackType
 from typing import Any, TypeVar, Unpack
 
+from strata.client._auth import AuthenticationToken
 from strata.client._client import AsyncClient
 from strata.client._connection import DEFAULT_SERVICE_URL
 from strata.client._consumer import AsyncConsumer, ConsumerEventListener
@@ -110,10 +111,11 @@ class Client:
         service_url: str = DEFAULT_SERVICE_URL,
         operation_timeout_seconds: float = 30,
         keep_alive_interval_seconds: float = 30,
+        authentication: AuthenticationToken | None = None,
     ) -> None:
         # Validates the URL in the caller's thread, before any thread starts.
         self._client = AsyncClient(
-            service_url, operation_timeout_seconds, keep_alive_interval_seconds
+            service_url, operation_timeout_seconds, keep_alive_interval_seconds, authentication
         )
         self._io = _LoopThread()
         self._closed = False

@@ -21,6 +21,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
+import os
 import statistics
 import subprocess
 import sys
@@ -31,6 +32,7 @@ from typing import Any
 
 import grpc
 
+from strata.auth.tokens import create_token
 from strata.v1 import admin_pb2, admin_pb2_grpc
 from tests.cluster import Cluster
 from tests.harness import Standalone
@@ -40,7 +42,37 @@ PERF_TIMEOUT_SECONDS = 300
 
 def perf(kind: str, address: str, topic: str, *args: str) -> subprocess.Popen[str]:
     command = [sys.executable, "-m", "strata", "perf", kind, topic, "--service-url", address, *args]
-    return subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+    # The token of a deployment with authentication on, if this address is one (never argv).
+    env = {**os.environ, **_CLIENT_ENV.get(address, {})}
+    return subprocess.Popen(
+        command, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, env=env
+    )
+
+
+# Environment of the perf clients per service address (a deployment with authentication).
+_CLIENT_ENV: dict[str, dict[str, str]] = {}
+
+
+@contextlib.contextmanager
+def authenticated_standalone(tmp: Path) -> Iterator[str]:
+    """A standalone with token authentication on; perf presents a token (STRATA_AUTH_TOKEN),
+    so the cost measured is the authentication's per connection and per call."""
+    secret = tmp / "secret.key"
+    secret.write_bytes(os.urandom(32))
+    token = create_token(secret.read_bytes(), "HS256", "bench")
+    server = Standalone(
+        tmp / "data",
+        "--authentication-enabled",
+        "true",
+        "--auth-token-secret-key",
+        f"file:{secret}",
+    ).start()
+    _CLIENT_ENV[server.address] = {"STRATA_AUTH_TOKEN": token}
+    try:
+        yield server.address
+    finally:
+        _CLIENT_ENV.pop(server.address, None)
+        server.stop()
 
 
 def last_json(process: subprocess.Popen[str]) -> dict[str, Any]:
@@ -54,6 +86,10 @@ def last_json(process: subprocess.Popen[str]) -> dict[str, Any]:
 @contextlib.contextmanager
 def deployment(kind: str, tmp: Path) -> Iterator[str]:
     """Start a fresh deployment and yield its service address."""
+    if kind == "standalone-auth":
+        with authenticated_standalone(tmp) as address:
+            yield address
+        return
     if kind == "standalone":
         server = Standalone(tmp / "data").start()
         try:
@@ -139,7 +175,8 @@ def main() -> int:
     parser.add_argument(
         "--deployments",
         default="standalone",
-        help="comma-separated: standalone, cluster (3 bookies, 3/3/2)",
+        help="comma-separated: standalone, standalone-auth (token authentication on), "
+        "cluster (3 bookies, 3/3/2)",
     )
     args = parser.parse_args()
     rows = []
