@@ -2,10 +2,11 @@
 
 A thin servicer. Produce and Consume each run one stream object (``ProducerStream``,
 ``ConsumerStream``) whose docstring tells its part in the protocol; their requests are
-checked by the pure validators of ``broker.stream_requests``. Lookup and
-GetPartitionedTopicMetadata answer from ``BrokerService``. Every method leaves through the
-broker's one error edge (``broker.edge``, shared with the admin service): a domain error
-becomes its status, anything unexpected is logged once and answered INTERNAL.
+checked by the pure validators of ``broker.stream_requests``. Lookup,
+GetPartitionedTopicMetadata and GetTopicsOfNamespace answer from ``BrokerService``. Every
+method leaves through the broker's one error edge (``broker.edge``, shared with the admin
+service): a domain error becomes its status, anything unexpected is logged once and
+answered INTERNAL.
 """
 
 from __future__ import annotations
@@ -16,10 +17,14 @@ import grpc
 
 from broker.consumer_stream import ConsumerStream
 from broker.edge import edge
+from broker.errors import ResourceLimitError
 from broker.producer_stream import ProducerStream
 from broker.service import BrokerService
-from strata.naming import TopicName
+from strata.naming import NamespaceName, TopicName
 from strata.v1 import messaging_pb2, messaging_pb2_grpc
+
+# GetTopicsOfNamespace lists at most this many names (a bound on the response's size).
+MAX_TOPICS_LISTED = 10_000
 
 
 class MessagingServicer(messaging_pb2_grpc.MessagingServiceServicer):
@@ -54,6 +59,20 @@ class MessagingServicer(messaging_pb2_grpc.MessagingServiceServicer):
         return messaging_pb2.LookupResponse(
             result=result, broker_address=address, authoritative=authoritative
         )
+
+    @edge
+    async def GetTopicsOfNamespace(
+        self,
+        request: messaging_pb2.GetTopicsOfNamespaceRequest,
+        context: grpc.aio.ServicerContext[Any, Any],
+    ) -> messaging_pb2.GetTopicsOfNamespaceResponse:
+        namespace = NamespaceName.parse(request.namespace)
+        topics = sorted(await self._broker.list_topics(namespace))
+        if len(topics) > MAX_TOPICS_LISTED:
+            raise ResourceLimitError(
+                f"{namespace} has {len(topics)} topics; at most {MAX_TOPICS_LISTED} are listed"
+            )
+        return messaging_pb2.GetTopicsOfNamespaceResponse(topics=topics)
 
     @edge
     async def GetPartitionedTopicMetadata(

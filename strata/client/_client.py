@@ -13,9 +13,10 @@ looks up the broker that serves its topic (or partition) and opens there.
 from __future__ import annotations
 
 import asyncio
+import re
 from collections.abc import Callable
 from types import TracebackType
-from typing import Unpack
+from typing import Any, Unpack, overload
 
 from strata.client._auth import AuthenticationToken
 from strata.client._connection import (
@@ -29,6 +30,10 @@ from strata.client._dead_letter import ConsumerDeadLetterPolicy
 from strata.client._enums import ConsumerType, InitialPosition
 from strata.client._errors import AlreadyClosed, InvalidArgument, InvalidTopicName
 from strata.client._message import MessageId
+from strata.client._multi_topics import (
+    DEFAULT_PATTERN_AUTO_DISCOVERY_PERIOD_S,
+    MultiTopicsConsumer,
+)
 from strata.client._options import ProducerKeywords, ProducerOptions, producer_options
 from strata.client._partitioned import PartitionedProducer
 from strata.client._producer import AsyncProducer, TopicProducer
@@ -85,6 +90,7 @@ class AsyncClient:
         self._pool: ConnectionPool | None = None
         self._producers: set[AsyncProducer] = set()
         self._consumers: set[AsyncConsumer] = set()
+        self._multi_consumers: set[MultiTopicsConsumer] = set()
         self._closed = False
 
     @property
@@ -180,9 +186,23 @@ class AsyncClient:
         self._producers.add(producer)
         return producer
 
+    @overload
+    async def subscribe(
+        self, topic: str, subscription_name: str, *args: Any, **kwargs: Any
+    ) -> AsyncConsumer: ...
+
+    @overload
     async def subscribe(
         self,
-        topic: str,
+        topic: list[str] | tuple[str, ...] | re.Pattern[str],
+        subscription_name: str,
+        *args: Any,
+        **kwargs: Any,
+    ) -> MultiTopicsConsumer: ...
+
+    async def subscribe(
+        self,
+        topic: str | list[str] | tuple[str, ...] | re.Pattern[str],
         subscription_name: str,
         consumer_type: ConsumerType = ConsumerType.Exclusive,
         receiver_queue_size: int = 1000,
@@ -193,8 +213,14 @@ class AsyncClient:
         consumer_event_listener: ConsumerEventListener | None = None,
         unacked_messages_timeout_ms: int | None = None,
         dead_letter_policy: ConsumerDeadLetterPolicy | None = None,
-    ) -> AsyncConsumer:
+        pattern_auto_discovery_period_s: float = DEFAULT_PATTERN_AUTO_DISCOVERY_PERIOD_S,
+    ) -> AsyncConsumer | MultiTopicsConsumer:
         """Subscribe to ``topic``; returns once the broker accepted the consumer.
+
+        ``topic`` may also be a list of topics or a compiled regular expression over full
+        topic names of one namespace (``re.compile("persistent://public/default/orders-.*")``),
+        as in pulsar-client: the result is then a ``MultiTopicsConsumer`` over them, and a
+        pattern's topics are listed again every ``pattern_auto_discovery_period_s``.
 
         ``ConsumerType.Failover``: one consumer of the subscription receives (per partition),
         the others stand by; ``priority_level`` (0 first) and then the consumer name choose
@@ -208,6 +234,59 @@ class AsyncClient:
         all partitions). Raises ``ConsumerBusy`` when an exclusive subscription already has
         a consumer.
         """
+
+        async def subscribe_one(name: str) -> AsyncConsumer:
+            return await self._subscribe_one(
+                name,
+                subscription_name,
+                consumer_type=consumer_type,
+                receiver_queue_size=receiver_queue_size,
+                consumer_name=consumer_name,
+                initial_position=initial_position,
+                negative_ack_redelivery_delay_ms=negative_ack_redelivery_delay_ms,
+                priority_level=priority_level,
+                consumer_event_listener=consumer_event_listener,
+                unacked_messages_timeout_ms=unacked_messages_timeout_ms,
+                dead_letter_policy=dead_letter_policy,
+            )
+
+        if isinstance(topic, str):
+            return await subscribe_one(topic)
+        if isinstance(topic, re.Pattern):
+            topics: list[str] = []
+            pattern: re.Pattern[str] | None = topic
+        elif isinstance(topic, (list, tuple)) and topic and all(isinstance(t, str) for t in topic):
+            topics, pattern = list(topic), None
+        else:
+            raise InvalidArgument("topic must be a name, a non-empty list of names or a pattern")
+        multi = MultiTopicsConsumer(
+            self._get_pool(),
+            subscription_name,
+            subscribe_one,
+            topics=topics,
+            pattern=pattern,
+            receiver_queue_size=receiver_queue_size,
+            pattern_auto_discovery_period_s=pattern_auto_discovery_period_s,
+        )
+        await multi._start()
+        self._multi_consumers.add(multi)
+        return multi
+
+    async def _subscribe_one(
+        self,
+        topic: str,
+        subscription_name: str,
+        consumer_type: ConsumerType = ConsumerType.Exclusive,
+        receiver_queue_size: int = 1000,
+        consumer_name: str | None = None,
+        initial_position: InitialPosition = InitialPosition.Latest,
+        negative_ack_redelivery_delay_ms: int = 60_000,
+        priority_level: int = 0,
+        consumer_event_listener: ConsumerEventListener | None = None,
+        unacked_messages_timeout_ms: int | None = None,
+        dead_letter_policy: ConsumerDeadLetterPolicy | None = None,
+    ) -> AsyncConsumer:
+        """One topic's consumer (see ``subscribe``)."""
         name = _check_topic(topic)
         pool = self._get_pool()
         partitions = await self._partitions_of(name)
@@ -268,6 +347,9 @@ class AsyncClient:
         if self._closed:
             return
         self._closed = True
+        await asyncio.gather(
+            *(multi.close() for multi in list(self._multi_consumers)), return_exceptions=True
+        )
         await asyncio.gather(
             *(producer.close() for producer in list(self._producers)),
             *(consumer.close() for consumer in list(self._consumers)),

@@ -87,3 +87,16 @@ async def partition_count(pool: ConnectionPool, topic: str) -> int:
         return int(metadata.partitions)
 
     return await pool.call_service_brokers(ask)
+
+
+async def topics_of_namespace(pool: ConnectionPool, namespace: str) -> list[str]:
+    """The topics of ``namespace`` that hold data, from any broker of the service URL."""
+    request = messaging_pb2.GetTopicsOfNamespaceRequest(namespace=namespace)
+
+    async def get(stub: MessagingServiceAsyncStub) -> messaging_pb2.GetTopicsOfNamespaceResponse:
+        return await stub.GetTopicsOfNamespace(request, timeout=pool.operation_timeout_s)
+
+    async def ask(address: str) -> list[str]:
+        return list((await pool.unary(address, get)).topics)
+
+    return await pool.call_service_brokers(ask)

@@ -171,6 +171,12 @@ class ClusterBroker(messaging_pb2_grpc.MessagingServiceServicer):
             partitions=self.cluster.partitions.get(canonical(request.topic), 0)
         )
 
+    async def GetTopicsOfNamespace(
+        self, request: pb.GetTopicsOfNamespaceRequest, context: Any
+    ) -> pb.GetTopicsOfNamespaceResponse:
+        await context.abort(grpc.StatusCode.UNIMPLEMENTED, "topic listing is not implemented")
+        raise AssertionError("unreachable")
+
     async def _refuse_unless_owner(self, topic: str, context: Any) -> None:
         owner = self.cluster.owner_of(topic)
         if owner == self.address:

@@ -57,6 +57,14 @@ class FakeBroker(messaging_pb2_grpc.MessagingServiceServicer):
         await context.abort(grpc.StatusCode.UNIMPLEMENTED, "partitioned topics are not implemented")
         raise AssertionError("unreachable")
 
+    async def GetTopicsOfNamespace(
+        self,
+        request: pb.GetTopicsOfNamespaceRequest,
+        context: grpc.aio.ServicerContext[Any, Any],
+    ) -> pb.GetTopicsOfNamespaceResponse:
+        await context.abort(grpc.StatusCode.UNIMPLEMENTED, "topic listing is not implemented")
+        raise AssertionError("unreachable")
+
     def __init__(self) -> None:
         self.ledger_id = 7
         self.entries: dict[str, list[bytes]] = {}  # topic → stored entries
