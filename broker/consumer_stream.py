@@ -115,6 +115,8 @@ class ConsumerStream:
             self._writable,
             priority_level=request.priority_level,
             on_active_change=self._send_active_change,
+            key_shared_mode=request.key_shared_mode,
+            hash_ranges=request.hash_ranges,
         )
         subscription.add_consumer(session, request.type)
         try:

@@ -23,12 +23,18 @@ def stored_entry_for(producer_name: str, batch: messaging_pb2.ProducerBatch) -> 
         publish_time_ms=batch.publish_time_ms,
         payload=batch.payload,
         deliver_at_time_ms=batch.deliver_at_time_ms,
+        sticky_key=batch.sticky_key,
     ).SerializeToString()
 
 
 def num_messages_of(data: bytes) -> int:
     """Read the message count from a stored entry's header."""
     return header_of(data)[0]
+
+
+def sticky_key_of(data: bytes) -> str:
+    """The key a Key_Shared subscription dispatches a stored entry by."""
+    return messaging_pb2.StoredEntry.FromString(data).sticky_key
 
 
 def publish_time_of(data: bytes) -> int:

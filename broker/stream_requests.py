@@ -12,7 +12,14 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from broker.errors import InvalidRequestError, MessageTooLargeError
-from broker.subscription import SUBSCRIPTION_EXCLUSIVE, SUBSCRIPTION_FAILOVER, SUBSCRIPTION_SHARED
+from broker.key_shared import check_sticky_ranges
+from broker.subscription import (
+    KEY_SHARED_STICKY,
+    SUBSCRIPTION_EXCLUSIVE,
+    SUBSCRIPTION_FAILOVER,
+    SUBSCRIPTION_KEY_SHARED,
+    SUBSCRIPTION_SHARED,
+)
 from strata.naming import TopicName
 from strata.v1 import messaging_pb2
 
@@ -20,6 +27,8 @@ from strata.v1 import messaging_pb2
 MAX_PERMITS_PER_CONSUMER = 1_000_000
 MAX_SUBSCRIPTION_NAME_LENGTH = 255
 MAX_PRIORITY_LEVEL = 1000
+# Key_Shared dispatches by a batch's first key; keys longer than this are refused.
+MAX_STICKY_KEY_BYTES = 256
 # Delayed delivery: times up to the year 2100 (ms since the epoch).
 MAX_DELIVER_AT_TIME_MS = 4_102_444_800_000
 
@@ -42,6 +51,8 @@ class SubscribeRequest:
     consumer_name: str  # "" lets the broker choose one
     start_at_earliest: bool
     priority_level: int = 0
+    key_shared_mode: int = 0  # KeySharedMeta.Mode (Key_Shared only)
+    hash_ranges: tuple[tuple[int, int], ...] = ()  # STICKY only
 
 
 def check_open_request(request: object) -> OpenRequest:
@@ -58,6 +69,10 @@ def check_publish_request(request: messaging_pb2.ProduceRequest) -> None:
 def check_publish_batch(batch: messaging_pb2.ProducerBatch, max_size_bytes: int) -> None:
     if batch.num_messages <= 0:
         raise InvalidRequestError(f"batch {batch.sequence_id} has no messages (num_messages=0)")
+    if len(batch.sticky_key.encode()) > MAX_STICKY_KEY_BYTES:
+        raise InvalidRequestError(
+            f"batch {batch.sequence_id}: sticky_key is longer than {MAX_STICKY_KEY_BYTES} bytes"
+        )
     if not 0 <= batch.deliver_at_time_ms <= MAX_DELIVER_AT_TIME_MS:
         raise InvalidRequestError(
             f"batch {batch.sequence_id}: deliver_at_time_ms must be within "
@@ -77,11 +92,17 @@ def check_subscribe_request(request: object) -> SubscribeRequest:
     topic = TopicName.parse(subscribe.topic)
     check_subscription_name(subscribe.subscription)
     sub_type = subscribe.type or SUBSCRIPTION_EXCLUSIVE
-    if sub_type not in (SUBSCRIPTION_EXCLUSIVE, SUBSCRIPTION_SHARED, SUBSCRIPTION_FAILOVER):
+    if sub_type not in (
+        SUBSCRIPTION_EXCLUSIVE,
+        SUBSCRIPTION_SHARED,
+        SUBSCRIPTION_FAILOVER,
+        SUBSCRIPTION_KEY_SHARED,
+    ):
         raise InvalidRequestError(
-            f"subscription type {sub_type} is not supported yet "
-            "(Exclusive, Shared and Failover are)"
+            f"subscription type {sub_type} is not one of Exclusive (1), Shared (2), "
+            "Failover (3) or Key_Shared (4)"
         )
+    mode, ranges = check_key_shared(subscribe, sub_type)
     if not 0 <= subscribe.priority_level <= MAX_PRIORITY_LEVEL:
         raise InvalidRequestError(
             f"priority_level must be within 0..{MAX_PRIORITY_LEVEL}, got {subscribe.priority_level}"
@@ -93,7 +114,29 @@ def check_subscribe_request(request: object) -> SubscribeRequest:
         consumer_name=subscribe.consumer_name,
         start_at_earliest=subscribe.initial_position == messaging_pb2.INITIAL_POSITION_EARLIEST,
         priority_level=subscribe.priority_level,
+        key_shared_mode=mode,
+        hash_ranges=ranges,
     )
+
+
+def check_key_shared(
+    subscribe: messaging_pb2.Subscribe, sub_type: int
+) -> tuple[int, tuple[tuple[int, int], ...]]:
+    """A Key_Shared consumer's mode and, STICKY, its hash ranges (checked)."""
+    meta = subscribe.key_shared
+    if sub_type != SUBSCRIPTION_KEY_SHARED:
+        if meta.ranges or meta.mode:
+            raise InvalidRequestError("key_shared is for Key_Shared subscriptions only")
+        return 0, ()
+    if meta.mode not in messaging_pb2.KeySharedMeta.Mode.values():
+        raise InvalidRequestError(f"key_shared.mode {meta.mode} is not AUTO_SPLIT or STICKY")
+    ranges = tuple((r.start, r.end) for r in meta.ranges)
+    if meta.mode == KEY_SHARED_STICKY:
+        check_sticky_ranges(ranges)
+        return meta.mode, ranges
+    if ranges:
+        raise InvalidRequestError("hash ranges are for STICKY Key_Shared consumers only")
+    return messaging_pb2.KeySharedMeta.AUTO_SPLIT, ()
 
 
 def check_subscription_name(name: str) -> None:

@@ -31,8 +31,9 @@ from dataclasses import dataclass, field
 
 from broker.cursor import ManagedCursor
 from broker.delayed_delivery import DelayedDeliveryTracker
-from broker.entry_format import publish_time_of
+from broker.entry_format import publish_time_of, sticky_key_of
 from broker.errors import InvalidRequestError, PreconditionError
+from broker.key_shared import ConsistentHashSelector, StickySelector, key_hash
 from broker.managed_ledger import Entry, ManagedLedger, Position
 from broker.rates import RateMeter
 from strata.clock import now_ms
@@ -43,11 +44,16 @@ log = logging.getLogger(__name__)
 SUBSCRIPTION_EXCLUSIVE: int = messaging_pb2.SUBSCRIPTION_TYPE_EXCLUSIVE
 SUBSCRIPTION_SHARED: int = messaging_pb2.SUBSCRIPTION_TYPE_SHARED
 SUBSCRIPTION_FAILOVER: int = messaging_pb2.SUBSCRIPTION_TYPE_FAILOVER
+SUBSCRIPTION_KEY_SHARED: int = messaging_pb2.SUBSCRIPTION_TYPE_KEY_SHARED
 TYPE_NAMES: dict[int, str] = {
     SUBSCRIPTION_EXCLUSIVE: "Exclusive",
     SUBSCRIPTION_SHARED: "Shared",
     SUBSCRIPTION_FAILOVER: "Failover",
+    SUBSCRIPTION_KEY_SHARED: "Key_Shared",
 }
+# The types that spread entries over several consumers (and honour delayed delivery).
+_MULTI_CONSUMER_TYPES = (SUBSCRIPTION_SHARED, SUBSCRIPTION_KEY_SHARED)
+KEY_SHARED_STICKY: int = messaging_pb2.KeySharedMeta.STICKY
 
 # The dispatcher reads at most this many entries per round (Pulsar's dispatcherMaxReadBatchSize).
 DISPATCH_MAX_READ_ENTRIES = 100
@@ -89,6 +95,9 @@ class ConsumerSession:
     # Failover: the lower, the sooner chosen active; told of each change of its state.
     priority_level: int = 0
     on_active_change: Callable[[bool], None] = lambda _active: None
+    # Key_Shared: STICKY (KeySharedMeta.STICKY) with the hash ranges it owns, else AUTO_SPLIT.
+    key_shared_mode: int = 0
+    hash_ranges: tuple[tuple[int, int], ...] = ()
 
     def can_receive(self) -> bool:
         return (
@@ -113,6 +122,15 @@ class Subscription:
         self.name = name
         self.partition_index = partition_index  # of the topic; -1 when not a partition
         self._active: ConsumerSession | None = None  # Failover
+        # Key_Shared: the selector of the subscription's mode (the first consumer's); the hash
+        # of each pending entry, and per hash the consumer holding pending entries of it and
+        # how many (a hash held by one consumer goes to no other until they are settled).
+        self._key_mode: int | None = None
+        self._selector: (
+            ConsistentHashSelector[ConsumerSession] | StickySelector[ConsumerSession] | None
+        ) = None
+        self._pending_hash: dict[Position, int] = {}
+        self._hash_holder: dict[int, tuple[ConsumerSession, int]] = {}
         self.type = sub_type
         self.cursor = cursor
         self._ledger = ledger
@@ -155,7 +173,9 @@ class Subscription:
                     f"consumers; cannot attach a {TYPE_NAMES.get(sub_type, '?')} consumer"
                 )
             self.type = sub_type
-            if sub_type != SUBSCRIPTION_SHARED:
+            self._key_mode = None
+            self._selector = None
+            if sub_type not in _MULTI_CONSUMER_TYPES:
                 # Delayed delivery is a Shared feature: the others get held entries at once.
                 self._replay_now(self.delayed.pop_all())
         if self.type == SUBSCRIPTION_EXCLUSIVE and self.consumers:
@@ -163,6 +183,8 @@ class Subscription:
                 f"exclusive subscription {self.name!r} already has a consumer "
                 f"({self.consumers[0].name})"
             )
+        if self.type == SUBSCRIPTION_KEY_SHARED:
+            self._add_key_consumer(consumer)
         self.consumers.append(consumer)
         if self.type == SUBSCRIPTION_FAILOVER:
             self._elect_active()
@@ -177,11 +199,72 @@ class Subscription:
             if index < self._rotation:
                 self._rotation -= 1  # the same consumer keeps the next turn
         self._replay_positions(list(consumer.pending), consumer)
+        if self._selector is not None:
+            self._selector.remove(consumer)
         if consumer is self._active:
             self._active = None
         if self.type == SUBSCRIPTION_FAILOVER:
             self._elect_active()
         self.notify()
+
+    def _add_key_consumer(self, consumer: ConsumerSession) -> None:
+        """Key_Shared: take the consumer into the selector (the first consumer sets the
+        mode). Keys that move to it come once their pending entries elsewhere are settled
+        (``_key_consumer``)."""
+        mode = consumer.key_shared_mode
+        if self._key_mode is None or not self.consumers:
+            self._key_mode = mode
+            self._selector = (
+                StickySelector() if mode == KEY_SHARED_STICKY else ConsistentHashSelector()
+            )
+        elif mode != self._key_mode:
+            raise PreconditionError(
+                f"Key_Shared subscription {self.name!r} is "
+                f"{'STICKY' if self._key_mode == KEY_SHARED_STICKY else 'AUTO_SPLIT'}; "
+                "a consumer of the other mode cannot join"
+            )
+        selector = self._selector
+        if isinstance(selector, StickySelector):
+            selector.add(consumer, consumer.hash_ranges)
+        elif selector is not None:
+            selector.add(consumer)
+
+    def _key_consumer(self, entry: Entry, blocked: set[int]) -> ConsumerSession | None:
+        """Key_Shared: the consumer ``entry`` goes to now, or None (its hash is added to
+        ``blocked``, so that later entries of the key wait too and keep their order).
+
+        A key's entries go to another consumer only once the consumer that holds pending
+        entries of its hash has settled them (acknowledged, or given back): Pulsar 4's
+        draining hashes (PIP-379). It also gives a joining consumer a key's messages only
+        after every earlier one was acknowledged (the older "recently joined" rule)."""
+        hash_value = key_hash(sticky_key_of(entry.data))
+        if hash_value in blocked or self._selector is None:
+            blocked.add(hash_value)
+            return None
+        consumer = self._selector.select(hash_value)
+        holder = self._hash_holder.get(hash_value)
+        if (
+            consumer is None
+            or not consumer.can_receive()
+            or (holder is not None and holder[0] is not consumer)
+        ):
+            blocked.add(hash_value)
+            return None
+        self._pending_hash[entry.position] = hash_value
+        self._hash_holder[hash_value] = (consumer, holder[1] + 1 if holder else 1)
+        return consumer
+
+    def _settle_hash(self, position: Position) -> None:
+        """A Key_Shared entry left its consumer (acknowledged, or given back)."""
+        hash_value = self._pending_hash.pop(position, None)
+        if hash_value is None:
+            return
+        consumer, count = self._hash_holder[hash_value]
+        if count <= 1:
+            del self._hash_holder[hash_value]
+            self.notify()  # the hash may go to its new consumer now
+        else:
+            self._hash_holder[hash_value] = (consumer, count - 1)
 
     @property
     def active_consumer(self) -> ConsumerSession | None:
@@ -223,6 +306,7 @@ class Subscription:
             count = consumer.pending.pop(position, 0)
             consumer.unacked_messages -= count
             self._owner.pop(position, None)
+            self._settle_hash(position)
             if self.cursor.is_acked(position) or position in self._replay_set:
                 continue
             self._replay_set.add(position)
@@ -271,6 +355,7 @@ class Subscription:
             self._forget(pos)
 
     def _forget(self, position: Position) -> None:
+        self._settle_hash(position)
         owner = self._owner.pop(position, None)
         if owner is not None:
             owner.unacked_messages -= owner.pending.pop(position, 0)
@@ -354,6 +439,8 @@ class Subscription:
             self._delay_timer.cancel()
             self._delay_timer = None
         self._epoch += 1
+        self._pending_hash.clear()
+        self._hash_holder.clear()
         self.cursor.reset(mark_delete)
         self.notify()
 
@@ -392,8 +479,8 @@ class Subscription:
                 heapq.heappush(self._replay, position)
 
     def _hold_back(self, entry: Entry, now: int) -> bool:
-        """Delayed delivery (Shared only): keep an entry whose time has not come."""
-        if entry.deliver_at_ms <= now or self.type != SUBSCRIPTION_SHARED:
+        """Delayed delivery (Shared and Key_Shared): keep an entry whose time has not come."""
+        if entry.deliver_at_ms <= now or self.type not in _MULTI_CONSUMER_TYPES:
             return False
         self.delayed.add(entry.position, entry.deliver_at_ms)
         return True
@@ -420,13 +507,21 @@ class Subscription:
         if self.delayed:
             self._replay_now(self.delayed.pop_due(now))
         epoch = self._epoch
+        key_shared = self.type == SUBSCRIPTION_KEY_SHARED
         entries = await self._read_replay()
-        if not entries and not self.delayed.is_full and epoch == self._epoch:
-            entries = await self._ledger.read_entries(
+        # Key_Shared reads on past entries waiting for their key's consumer, once all of the
+        # replay set is in hand (its hashes block the keys' later entries in this round).
+        if (
+            (not entries or (key_shared and not self._replay_set))
+            and not self.delayed.is_full
+            and epoch == self._epoch
+        ):
+            new = await self._ledger.read_entries(
                 self.cursor.read_position, DISPATCH_MAX_READ_ENTRIES, DISPATCH_MAX_READ_BYTES
             )
-            if entries and epoch == self._epoch:
-                self.cursor.read_position = self._ledger.next_position(entries[-1].position)
+            if new and epoch == self._epoch:
+                self.cursor.read_position = self._ledger.next_position(new[-1].position)
+            entries = entries + new
         if epoch != self._epoch:
             return True  # a seek came in meanwhile: read again from its position
         if not entries:
@@ -434,6 +529,7 @@ class Subscription:
         batches: dict[int, tuple[ConsumerSession, list[messaging_pb2.Delivery]]] = {}
         leftover: list[Position] = []
         held = False
+        blocked: set[int] = set()
         for entry in entries:
             position = entry.position
             if self.cursor.is_acked(position) or position in self._owner:
@@ -441,7 +537,10 @@ class Subscription:
             if self._hold_back(entry, now):
                 held = True
                 continue
-            consumer = self._next_consumer()
+            if key_shared:
+                consumer = self._key_consumer(entry, blocked)
+            else:
+                consumer = self._next_consumer()
             if consumer is None:
                 leftover.append(position)
                 continue

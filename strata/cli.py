@@ -189,7 +189,7 @@ def build_parser(environ: Mapping[str, str] | None = None) -> argparse.ArgumentP
         consume,
         "-t",
         "--type",
-        choices=["exclusive", "shared", "failover"],
+        choices=["exclusive", "shared", "failover", "key_shared"],
         default="exclusive",
         help="subscription type",
         environ=environ,
@@ -393,6 +393,7 @@ def _consume(args: argparse.Namespace) -> int:
         "exclusive": ConsumerType.Exclusive,
         "shared": ConsumerType.Shared,
         "failover": ConsumerType.Failover,
+        "key_shared": ConsumerType.KeyShared,
     }[args.type]
     position = (
         InitialPosition.Earliest if args.initial_position == "earliest" else InitialPosition.Latest

@@ -414,7 +414,7 @@ async def _perf_consume(args: argparse.Namespace, meter: _Meter) -> None:
     )
     consumer_type = ConsumerType.Shared if args.consumers > 1 else ConsumerType.Exclusive
     if args.type:
-        consumer_type = ConsumerType[args.type.capitalize()]
+        consumer_type = ConsumerType["".join(p.capitalize() for p in args.type.split("_"))]
     idle_timeout_ms = int(args.timeout_seconds * 1000) or None
     async with AsyncClient(
         args.service_url,
@@ -574,7 +574,7 @@ def add_perf_parsers(
     add_option(
         consume,
         "--type",
-        choices=["exclusive", "shared", "failover"],
+        choices=["exclusive", "shared", "failover", "key_shared"],
         default="",
         help="subscription type (default: exclusive for one consumer, else shared)",
         environ=environ,

@@ -31,7 +31,13 @@ from strata.client._auth import AuthenticationToken
 from strata.client._client import AsyncClient
 from strata.client._consumer import AsyncConsumer, ConsumerEventListener
 from strata.client._dead_letter import ConsumerDeadLetterPolicy
-from strata.client._enums import CompressionType, ConsumerType, InitialPosition
+from strata.client._enums import (
+    BatchingType,
+    CompressionType,
+    ConsumerType,
+    InitialPosition,
+    KeySharedMode,
+)
 from strata.client._errors import (
     Aborted,
     AlreadyClosed,
@@ -61,6 +67,7 @@ from strata.client._errors import (
     TopicNotOwned,
 )
 from strata.client._message import Message, MessageId
+from strata.client._options import ConsumerKeySharedPolicy
 from strata.client._producer import AsyncProducer
 from strata.client._reader import AsyncReader
 from strata.client._sync import Client, Consumer, Producer, Reader
@@ -76,6 +83,7 @@ __all__ = [
     "AuthenticationError",
     "AuthenticationToken",
     "AuthorizationError",
+    "BatchingType",
     "Cancelled",
     "Client",
     "CompressionType",
@@ -83,6 +91,7 @@ __all__ = [
     "ConsumerBusy",
     "ConsumerDeadLetterPolicy",
     "ConsumerEventListener",
+    "ConsumerKeySharedPolicy",
     "ConsumerType",
     "DataLoss",
     "FailedPrecondition",
@@ -90,6 +99,7 @@ __all__ = [
     "InternalError",
     "InvalidArgument",
     "InvalidTopicName",
+    "KeySharedMode",
     "Message",
     "MessageId",
     "MessageTooBig",

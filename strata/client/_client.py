@@ -34,7 +34,12 @@ from strata.client._multi_topics import (
     DEFAULT_PATTERN_AUTO_DISCOVERY_PERIOD_S,
     MultiTopicsConsumer,
 )
-from strata.client._options import ProducerKeywords, ProducerOptions, producer_options
+from strata.client._options import (
+    ConsumerKeySharedPolicy,
+    ProducerKeywords,
+    ProducerOptions,
+    producer_options,
+)
 from strata.client._partitioned import PartitionedProducer
 from strata.client._producer import AsyncProducer, TopicProducer
 from strata.client._reader import AsyncReader, reader_subscription_name
@@ -213,6 +218,7 @@ class AsyncClient:
         consumer_event_listener: ConsumerEventListener | None = None,
         unacked_messages_timeout_ms: int | None = None,
         dead_letter_policy: ConsumerDeadLetterPolicy | None = None,
+        key_shared_policy: ConsumerKeySharedPolicy | None = None,
         pattern_auto_discovery_period_s: float = DEFAULT_PATTERN_AUTO_DISCOVERY_PERIOD_S,
     ) -> AsyncConsumer | MultiTopicsConsumer:
         """Subscribe to ``topic``; returns once the broker accepted the consumer.
@@ -248,6 +254,7 @@ class AsyncClient:
                 consumer_event_listener=consumer_event_listener,
                 unacked_messages_timeout_ms=unacked_messages_timeout_ms,
                 dead_letter_policy=dead_letter_policy,
+                key_shared_policy=key_shared_policy,
             )
 
         if isinstance(topic, str):
@@ -285,6 +292,7 @@ class AsyncClient:
         consumer_event_listener: ConsumerEventListener | None = None,
         unacked_messages_timeout_ms: int | None = None,
         dead_letter_policy: ConsumerDeadLetterPolicy | None = None,
+        key_shared_policy: ConsumerKeySharedPolicy | None = None,
     ) -> AsyncConsumer:
         """One topic's consumer (see ``subscribe``)."""
         name = _check_topic(topic)
@@ -304,6 +312,7 @@ class AsyncClient:
             consumer_event_listener=consumer_event_listener,
             unacked_messages_timeout_ms=unacked_messages_timeout_ms,
             dead_letter_policy=dead_letter_policy,
+            key_shared_policy=key_shared_policy,
             on_close=self._consumers.discard,
         )
         await consumer._start()

@@ -72,6 +72,7 @@ from strata.client._errors import (
     Timeout,
 )
 from strata.client._message import EntryInfo, Message, MessageId
+from strata.client._options import ConsumerKeySharedPolicy
 from strata.naming import TopicName
 from strata.v1 import messaging_pb2
 
@@ -156,6 +157,7 @@ class AsyncConsumer:
         unacked_messages_timeout_ms: int | None = None,
         dead_letter_policy: ConsumerDeadLetterPolicy | None = None,
         reader_start: tuple[MessageId, bool] | None = None,
+        key_shared_policy: ConsumerKeySharedPolicy | None = None,
         on_close: Callable[[AsyncConsumer], None] | None = None,
     ) -> None:
         if not subscription_name:
@@ -186,6 +188,19 @@ class AsyncConsumer:
         )
         self._consumer_name = consumer_name or ""
         self._priority_level = priority_level
+        self._key_shared: messaging_pb2.KeySharedMeta | None = None
+        if key_shared_policy is not None:
+            if consumer_type != ConsumerType.KeyShared:
+                raise InvalidArgument("key_shared_policy is for ConsumerType.KeyShared")
+            self._key_shared = messaging_pb2.KeySharedMeta(
+                mode=messaging_pb2.KeySharedMeta.Mode.ValueType(
+                    int(key_shared_policy.key_shared_mode)
+                ),
+                ranges=[
+                    messaging_pb2.KeySharedMeta.HashRange(start=start, end=end)
+                    for start, end in key_shared_policy.sticky_ranges
+                ],
+            )
         # A reader's consumer: a non-durable subscription starting at (id, inclusive); kept
         # at the last message taken, so that a reconnect goes on from there.
         self._reader_start = reader_start
@@ -799,6 +814,7 @@ class AsyncConsumer:
                 initial_position=self._initial_position,
                 consumer_name=stream.consumer_name or self._consumer_name,
                 priority_level=self._priority_level,
+                key_shared=self._key_shared,
                 non_durable=self._reader_start is not None,
                 start_message_id=(
                     self._reader_start[0].to_proto() if self._reader_start is not None else None

@@ -32,6 +32,22 @@ class ConsumerType(enum.IntEnum):
     KeyShared = messaging_pb2.SUBSCRIPTION_TYPE_KEY_SHARED
 
 
+class BatchingType(enum.IntEnum):
+    """How a producer groups messages into batches (``pulsar.BatchingType``): ``KeyBased``
+    puts only messages of one key in a batch, which Key_Shared subscriptions need to keep
+    each key's messages with one consumer (they dispatch a batch by its first key)."""
+
+    Default = 0
+    KeyBased = 1
+
+
+class KeySharedMode(enum.IntEnum):
+    """How a Key_Shared subscription divides its keys (``pulsar.KeySharedMode``)."""
+
+    AutoSplit = messaging_pb2.KeySharedMeta.AUTO_SPLIT
+    Sticky = messaging_pb2.KeySharedMeta.STICKY
+
+
 class InitialPosition(enum.IntEnum):
     """Where a subscription created by ``subscribe`` starts (``pulsar.InitialPosition``)."""
 

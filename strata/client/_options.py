@@ -12,7 +12,7 @@ from __future__ import annotations
 from dataclasses import dataclass, fields
 from typing import TypedDict
 
-from strata.client._enums import CompressionType
+from strata.client._enums import BatchingType, CompressionType, KeySharedMode
 from strata.client._errors import InvalidArgument
 
 
@@ -33,6 +33,7 @@ class ProducerOptions:
     batching_max_messages: int = 1000
     batching_max_allowed_size_in_bytes: int = 128 * 1024
     batching_max_publish_delay_ms: float = 1
+    batching_type: BatchingType = BatchingType.Default
 
     def __post_init__(self) -> None:
         if self.max_pending_messages < 1:
@@ -55,6 +56,7 @@ class ProducerKeywords(TypedDict, total=False):
     batching_max_messages: int
     batching_max_allowed_size_in_bytes: int
     batching_max_publish_delay_ms: float
+    batching_type: BatchingType
 
 
 def producer_options(keywords: ProducerKeywords) -> ProducerOptions:
@@ -65,3 +67,22 @@ def producer_options(keywords: ProducerKeywords) -> ProducerOptions:
     if unknown:
         raise TypeError(f"create_producer() got unexpected keyword arguments: {unknown}")
     return ProducerOptions(**keywords)
+
+
+@dataclass(frozen=True, slots=True)
+class ConsumerKeySharedPolicy:
+    """pulsar-client's ``ConsumerKeySharedPolicy``: a Key_Shared consumer's mode and, for
+    ``KeySharedMode.Sticky``, the hash ranges it owns (inclusive pairs within 0..65535)."""
+
+    key_shared_mode: KeySharedMode = KeySharedMode.AutoSplit
+    sticky_ranges: tuple[tuple[int, int], ...] = ()
+
+    def __post_init__(self) -> None:
+        mode = KeySharedMode(self.key_shared_mode)
+        if mode == KeySharedMode.Sticky and not self.sticky_ranges:
+            raise InvalidArgument("a Sticky Key_Shared consumer names its sticky_ranges")
+        if mode == KeySharedMode.AutoSplit and self.sticky_ranges:
+            raise InvalidArgument("sticky_ranges are for KeySharedMode.Sticky")
+        for start, end in self.sticky_ranges:
+            if not 0 <= start <= end <= 65_535:
+                raise InvalidArgument(f"hash range {start}..{end} is not within 0..65535")

@@ -59,7 +59,7 @@ from strata.client._connection import (
     run_until_first_error,
     write_request,
 )
-from strata.client._enums import CompressionType
+from strata.client._enums import BatchingType, CompressionType
 from strata.client._errors import (
     AlreadyClosed,
     InternalError,
@@ -304,6 +304,7 @@ class TopicProducer(AsyncProducer):
         self._batch_max_bytes_setting = options.batching_max_allowed_size_in_bytes
         self._batch_max_bytes = options.batching_max_allowed_size_in_bytes
         self._batch_delay_s = options.batching_max_publish_delay_ms / 1000
+        self._key_based = BatchingType(options.batching_type) == BatchingType.KeyBased
         self._max_message_size_bytes = DEFAULT_MAX_MESSAGE_SIZE_BYTES
         self._on_space_freed = on_space_freed
         self._on_close = on_close
@@ -320,6 +321,7 @@ class TopicProducer(AsyncProducer):
         # A Handle (call_soon) while the window has room, else a TimerHandle (the delay).
         self._batch_timer: asyncio.Handle | None = None
         self._batch_deliver_at_ms = 0  # delayed delivery of the open batch (0 = at once)
+        self._batch_key = ""  # its first message's key: Key_Shared dispatches by it
 
         # Sealed batches awaiting receipts, in sequence order; _unsent is the suffix of
         # _pending not yet written on the current stream.
@@ -549,11 +551,16 @@ class TopicProducer(AsyncProducer):
                 f"{self._pending_messages} messages are pending (max_pending_messages)"
             )
         batch = self._batch
-        if batch is not None and batch.size_bytes + size > self._batch_max_bytes:
+        key = sticky_key(metadata) if self._key_based else ""
+        if batch is not None and (
+            batch.size_bytes + size > self._batch_max_bytes
+            or (self._key_based and key != self._batch_key)
+        ):
             self._seal()
             batch = None
         if batch is None:
             batch = self._batch = BatchBuilder()
+            self._batch_key = key if self._key_based else sticky_key(metadata)
             self._batch_sequence_id = self._next_sequence_id
             if self._batch_max_messages > 1:
                 loop = asyncio.get_running_loop()
@@ -616,6 +623,7 @@ class TopicProducer(AsyncProducer):
             publish_time_ms=time.time_ns() // 1_000_000,
             payload=payload,
             deliver_at_time_ms=self._batch_deliver_at_ms,
+            sticky_key=self._batch_key,
         )
         self._batch_deliver_at_ms = 0
         deadline = time.monotonic() + self._send_timeout_s if self._send_timeout_s else float("inf")
@@ -857,3 +865,18 @@ def delivery_time_ms(
             raise InvalidArgument("deliver_after must not be negative")
         return time.time_ns() // 1_000_000 + int(deliver_after.total_seconds() * 1000)
     return 0
+
+
+# The broker takes a batch's key of at most this many bytes (a longer key is cut: keys that
+# share their first 256 bytes then go to one Key_Shared consumer, still in order).
+MAX_STICKY_KEY_BYTES = 256
+
+
+def sticky_key(metadata: messaging_pb2.SingleMessageMetadata | None) -> str:
+    """The key a Key_Shared subscription dispatches a message by: its partition key."""
+    if metadata is None or not metadata.HasField("partition_key"):
+        return ""
+    key = metadata.partition_key
+    if len(key) * 4 > MAX_STICKY_KEY_BYTES and len(key.encode()) > MAX_STICKY_KEY_BYTES:
+        return key.encode()[:MAX_STICKY_KEY_BYTES].decode(errors="ignore")
+    return key

@@ -32,7 +32,7 @@ from strata.client._errors import (
     Timeout,
 )
 from strata.client._message import Message, MessageId
-from strata.client._options import ProducerKeywords, producer_options
+from strata.client._options import ConsumerKeySharedPolicy, ProducerKeywords, producer_options
 from strata.client._producer import AsyncProducer, SendCallback
 from strata.client._reader import AsyncReader
 
@@ -141,6 +141,7 @@ class Client:
         consumer_event_listener: ConsumerEventListener | None = None,
         unacked_messages_timeout_ms: int | None = None,
         dead_letter_policy: ConsumerDeadLetterPolicy | None = None,
+        key_shared_policy: ConsumerKeySharedPolicy | None = None,
     ) -> Consumer:
         """Subscribe to ``topic``; see ``AsyncClient.subscribe`` (the listener is called on
         the client's I/O thread, with the ``AsyncConsumer``)."""
@@ -158,6 +159,7 @@ class Client:
                 consumer_event_listener=consumer_event_listener,
                 unacked_messages_timeout_ms=unacked_messages_timeout_ms,
                 dead_letter_policy=dead_letter_policy,
+                key_shared_policy=key_shared_policy,
             )
         )
         return Consumer(self._io, consumer, max(1, min(1000, receiver_queue_size // 2)))

@@ -146,14 +146,30 @@ def test_a_consume_stream_must_subscribe_first(first: object) -> None:
         check_subscribe_request(first)
 
 
-def test_key_shared_is_refused_until_it_is_served() -> None:
-    sub_type = pb.SUBSCRIPTION_TYPE_KEY_SHARED
-    with pytest.raises(
-        InvalidRequestError,
-        match=rf"^subscription type {sub_type} is not supported yet "
-        r"\(Exclusive, Shared and Failover are\)$",
-    ):
-        check_subscribe_request(subscribe_request(type=sub_type))
+def test_an_unknown_subscription_type_is_refused() -> None:
+    with pytest.raises(InvalidRequestError, match=r"^subscription type 9 is not one of"):
+        check_subscribe_request(subscribe_request(type=9))
+
+
+def test_key_shared_meta_is_checked() -> None:
+    request = subscribe_request(type=pb.SUBSCRIPTION_TYPE_KEY_SHARED)
+    assert check_subscribe_request(request).key_shared_mode == pb.KeySharedMeta.AUTO_SPLIT
+    request.subscribe.key_shared.mode = pb.KeySharedMeta.STICKY
+    with pytest.raises(InvalidRequestError, match=r"names 1\.\.64 hash ranges"):
+        check_subscribe_request(request)
+    request.subscribe.key_shared.ranges.add(start=10, end=5)
+    with pytest.raises(InvalidRequestError, match=r"is not within 0\.\.65535"):
+        check_subscribe_request(request)
+    request.subscribe.key_shared.ranges[0].end = 20
+    request.subscribe.key_shared.ranges.add(start=15, end=30)
+    with pytest.raises(InvalidRequestError, match="overlap"):
+        check_subscribe_request(request)
+    request.subscribe.key_shared.ranges[1].start = 21
+    assert check_subscribe_request(request).hash_ranges == ((10, 20), (21, 30))
+    shared = subscribe_request(type=pb.SUBSCRIPTION_TYPE_SHARED)
+    shared.subscribe.key_shared.mode = pb.KeySharedMeta.STICKY
+    with pytest.raises(InvalidRequestError, match="for Key_Shared subscriptions only"):
+        check_subscribe_request(shared)
 
 
 def test_failover_takes_a_priority_level_within_bounds() -> None:
