@@ -67,6 +67,7 @@ from strata.client._errors import (
     TopicNotOwned,
 )
 from strata.client._message import Message, MessageId
+from strata.client._multi_topics import MultiTopicsConsumer
 from strata.client._options import ConsumerKeySharedPolicy
 from strata.client._producer import AsyncProducer
 from strata.client._reader import AsyncReader
@@ -103,6 +104,7 @@ __all__ = [
     "Message",
     "MessageId",
     "MessageTooBig",
+    "MultiTopicsConsumer",
     "NotFound",
     "NotSupported",
     "OutOfRange",

@@ -13,6 +13,7 @@ looks up the broker that serves its topic (or partition) and opens there.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import re
 from collections.abc import Callable
 from types import TracebackType
@@ -26,7 +27,10 @@ from strata.client._connection import (
     retry_until,
 )
 from strata.client._consumer import AsyncConsumer, ConsumerEventListener
-from strata.client._dead_letter import ConsumerDeadLetterPolicy
+from strata.client._dead_letter import (
+    DEFAULT_RETRY_MAX_REDELIVER_COUNT,
+    ConsumerDeadLetterPolicy,
+)
 from strata.client._enums import ConsumerType, InitialPosition
 from strata.client._errors import AlreadyClosed, InvalidArgument, InvalidTopicName
 from strata.client._message import MessageId
@@ -220,6 +224,7 @@ class AsyncClient:
         dead_letter_policy: ConsumerDeadLetterPolicy | None = None,
         key_shared_policy: ConsumerKeySharedPolicy | None = None,
         pattern_auto_discovery_period_s: float = DEFAULT_PATTERN_AUTO_DISCOVERY_PERIOD_S,
+        retry_enable: bool = False,
     ) -> AsyncConsumer | MultiTopicsConsumer:
         """Subscribe to ``topic``; returns once the broker accepted the consumer.
 
@@ -233,13 +238,31 @@ class AsyncClient:
         it, and ``consumer_event_listener`` is told when this consumer becomes active or a
         standby. ``unacked_messages_timeout_ms`` (None: off; at least 1,000): a message taken
         and not acknowledged within it is redelivered (its whole entry, to any consumer).
-        ``dead_letter_policy``: see ``ConsumerDeadLetterPolicy``.
+        ``dead_letter_policy``: see ``ConsumerDeadLetterPolicy``. ``retry_enable``: the
+        subscription also covers the retry topic (``<topic>-<subscription>-RETRY``) and the
+        result is a ``MultiTopicsConsumer`` with ``reconsume_later(message, delay)``;
+        without a policy, ``max_redeliver_count`` is 16 (Pulsar's).
 
         On a partitioned topic the consumer subscribes to every partition and merges them
         (each partition's stream has ``receiver_queue_size`` permits, 50,000 at most over
         all partitions). Raises ``ConsumerBusy`` when an exclusive subscription already has
         a consumer.
         """
+
+        letter_policy = dead_letter_policy
+        retry: tuple[str, ConsumerDeadLetterPolicy] | None = None
+        if retry_enable:
+            if not isinstance(topic, str):
+                raise InvalidArgument("retry_enable takes one topic")
+            policy = dead_letter_policy or ConsumerDeadLetterPolicy(
+                DEFAULT_RETRY_MAX_REDELIVER_COUNT
+            )
+            # The topic and its retry topic share one dead-letter topic.
+            letter_policy = dataclasses.replace(
+                policy, dead_letter_topic=policy.topic_for(topic, subscription_name)
+            )
+            retry = (policy.retry_topic_for(topic, subscription_name), letter_policy)
+            topic = [topic, retry[0]]
 
         async def subscribe_one(name: str) -> AsyncConsumer:
             return await self._subscribe_one(
@@ -253,7 +276,7 @@ class AsyncClient:
                 priority_level=priority_level,
                 consumer_event_listener=consumer_event_listener,
                 unacked_messages_timeout_ms=unacked_messages_timeout_ms,
-                dead_letter_policy=dead_letter_policy,
+                dead_letter_policy=letter_policy,
                 key_shared_policy=key_shared_policy,
             )
 
@@ -274,6 +297,7 @@ class AsyncClient:
             pattern=pattern,
             receiver_queue_size=receiver_queue_size,
             pattern_auto_discovery_period_s=pattern_auto_discovery_period_s,
+            retry=retry,
         )
         await multi._start()
         self._multi_consumers.add(multi)

@@ -875,6 +875,12 @@ class AsyncConsumer:
         stream.unconfirmed.clear()
         stream.unconfirmed_ids = 0
 
+    def _dead_letter(self, message: Message) -> None:
+        """Send ``message`` to the dead-letter topic now (a retry past its limit)."""
+        if self._dead_letters is None:
+            raise InvalidArgument("this consumer has no dead-letter policy")
+        self._dead_letters.submit(message)
+
     async def _create_subscription(self, topic: str, subscription: str) -> None:
         """Create ``subscription`` on ``topic`` at its earliest message (a dead-letter topic's
         initial subscription) by subscribing once."""

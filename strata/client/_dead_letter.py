@@ -39,9 +39,12 @@ log = logging.getLogger(__name__)
 
 # Messages published to the dead-letter topic before their receipts are awaited together.
 DEAD_LETTER_CHUNK_MESSAGES = 100
-# The properties Pulsar adds to a dead-lettered message.
+# The properties Pulsar adds to a dead-lettered or retried message.
 PROPERTY_REAL_TOPIC = "REAL_TOPIC"
 PROPERTY_ORIGIN_MESSAGE_ID = "ORIGIN_MESSAGE_ID"
+PROPERTY_RECONSUME_TIMES = "RECONSUMETIMES"
+# Pulsar's default max_redeliver_count when retry is enabled without a policy.
+DEFAULT_RETRY_MAX_REDELIVER_COUNT = 16
 
 
 @dataclass(frozen=True, slots=True)
@@ -54,15 +57,26 @@ class ConsumerDeadLetterPolicy:
     max_redeliver_count: int
     dead_letter_topic: str | None = None
     initial_subscription_name: str | None = None
+    # The retry topic of ``subscribe(..., retry_enable=True)`` (Pulsar's retryLetterTopic):
+    # default ``<topic>-<subscription>-RETRY``.
+    retry_letter_topic: str | None = None
 
     def __post_init__(self) -> None:
         if self.max_redeliver_count < 1:
             raise InvalidArgument("max_redeliver_count must be at least 1")
-        if self.dead_letter_topic is not None:
-            try:
-                TopicName.parse(self.dead_letter_topic)
-            except InvalidNameError as exc:
-                raise InvalidTopicName(str(exc)) from None
+        for name in (self.dead_letter_topic, self.retry_letter_topic):
+            if name is not None:
+                try:
+                    TopicName.parse(name)
+                except InvalidNameError as exc:
+                    raise InvalidTopicName(str(exc)) from None
+
+    def retry_topic_for(self, topic: str, subscription: str) -> str:
+        """The retry topic of ``subscription`` on ``topic``."""
+        if self.retry_letter_topic:
+            return str(TopicName.parse(self.retry_letter_topic))
+        base = TopicName.parse(topic).partitioned_name
+        return str(TopicName.parse(f"{base}-{subscription}-RETRY"))
 
     def topic_for(self, topic: str, subscription: str) -> str:
         """The dead-letter topic of ``subscription`` on ``topic`` (a partition's messages go
@@ -150,8 +164,9 @@ class DeadLetterMover:
         receipts = []
         for message in chunk:
             properties = dict(message.properties())
-            properties[PROPERTY_REAL_TOPIC] = message.topic_name()
-            properties[PROPERTY_ORIGIN_MESSAGE_ID] = str(message.message_id())
+            # A retried message keeps the topic and id it first had.
+            properties.setdefault(PROPERTY_REAL_TOPIC, message.topic_name())
+            properties.setdefault(PROPERTY_ORIGIN_MESSAGE_ID, str(message.message_id()))
             receipts.append(
                 await producer.send_async(
                     message.data(),

@@ -18,15 +18,24 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import datetime
 import logging
 import re
 from collections import deque
 from collections.abc import Awaitable, Callable, Iterable, Sequence
 from typing import TYPE_CHECKING
 
+from strata.client._dead_letter import (
+    PROPERTY_ORIGIN_MESSAGE_ID,
+    PROPERTY_REAL_TOPIC,
+    PROPERTY_RECONSUME_TIMES,
+    ConsumerDeadLetterPolicy,
+)
 from strata.client._errors import AlreadyClosed, InvalidArgument, StrataException, Timeout
 from strata.client._lookup import topics_of_namespace
 from strata.client._message import Message, MessageId
+from strata.client._options import ProducerOptions
+from strata.client._producer import TopicProducer
 from strata.naming import TopicName
 
 if TYPE_CHECKING:
@@ -69,6 +78,7 @@ class MultiTopicsConsumer:
         pattern: re.Pattern[str] | None = None,
         receiver_queue_size: int = 1000,
         pattern_auto_discovery_period_s: float = DEFAULT_PATTERN_AUTO_DISCOVERY_PERIOD_S,
+        retry: tuple[str, ConsumerDeadLetterPolicy] | None = None,
     ) -> None:
         if pattern_auto_discovery_period_s <= 0:
             raise InvalidArgument("pattern_auto_discovery_period_s must be positive")
@@ -88,6 +98,10 @@ class MultiTopicsConsumer:
         self._room.set()
         self._discovery: asyncio.Task[None] | None = None
         self._closed = False
+        # reconsume_later: the retry topic, the policy, and its producer (made on first use).
+        self._retry = retry
+        self._retry_producer: TopicProducer | None = None
+        self._retry_lock = asyncio.Lock()
 
     # ---- lifecycle -------------------------------------------------------------------------
 
@@ -182,6 +196,8 @@ class MultiTopicsConsumer:
                 await self._discovery
         for topic in list(self._consumers):
             await self._remove_topic(topic)
+        if self._retry_producer is not None:
+            await self._retry_producer.close()
         self._arrived.set()
 
     # ---- the consumer API --------------------------------------------------------------------
@@ -253,6 +269,36 @@ class MultiTopicsConsumer:
 
     def negative_acknowledge(self, message: Message | MessageId) -> None:
         self._consumer_of(message).negative_acknowledge(message)
+
+    async def reconsume_later(self, message: Message, delay: datetime.timedelta) -> None:
+        """Consume ``message`` again after ``delay`` (Pulsar's retry topic): it is published
+        to the retry topic with the delay and its retry count (``RECONSUMETIMES``), then
+        acknowledged here; after ``max_redeliver_count`` retries it goes to the dead-letter
+        topic instead. Needs ``subscribe(..., retry_enable=True)``."""
+        if self._retry is None:
+            raise InvalidArgument("reconsume_later needs subscribe(..., retry_enable=True)")
+        retry_topic, policy = self._retry
+        consumer = self._consumer_of(message)
+        properties = dict(message.properties())
+        times = int(properties.get(PROPERTY_RECONSUME_TIMES, "0") or 0) + 1
+        if times > policy.max_redeliver_count:
+            consumer._dead_letter(message)
+            return
+        properties[PROPERTY_RECONSUME_TIMES] = str(times)
+        properties.setdefault(PROPERTY_REAL_TOPIC, message.topic_name())
+        properties.setdefault(PROPERTY_ORIGIN_MESSAGE_ID, str(message.message_id()))
+        async with self._retry_lock:
+            if self._retry_producer is None:
+                producer = TopicProducer(self._pool, retry_topic, ProducerOptions())
+                await producer._start()
+                self._retry_producer = producer
+        await self._retry_producer.send(
+            message.data(),
+            properties=properties,
+            partition_key=message.partition_key() or None,
+            deliver_after=delay,
+        )
+        consumer.acknowledge_nowait(message)
 
     async def flush_acknowledgements(self, wait_durable: bool = True) -> None:
         await asyncio.gather(

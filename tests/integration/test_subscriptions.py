@@ -11,6 +11,7 @@ import random
 import subprocess
 import sys
 import time
+import typing
 from pathlib import Path
 
 import grpc
@@ -461,3 +462,46 @@ async def test_ten_thousand_random_delays_none_early(standalone: Standalone) -> 
                 f"delayed delivery, {name} ({n}): lateness p50 {values[n // 2]:.0f} ms, "
                 f"p99 {values[int(n * 0.99)]:.0f} ms, max {values[-1]:.0f} ms"
             )
+
+
+async def test_reconsume_later_retries_then_dead_letters(standalone: Standalone) -> None:
+    """Retry topics: each reconsume_later comes back after its delay with its retry count;
+    past max_redeliver_count the message lands in the dead-letter topic, once."""
+    topic = "persistent://public/default/retry-source"
+    async with strata.AsyncClient(standalone.address) as client:
+        consumer = typing.cast(
+            strata.MultiTopicsConsumer,
+            await client.subscribe(
+                topic,
+                "work",
+                consumer_type=strata.ConsumerType.Shared,
+                initial_position=strata.InitialPosition.Earliest,
+                retry_enable=True,
+                dead_letter_policy=strata.ConsumerDeadLetterPolicy(
+                    max_redeliver_count=2, initial_subscription_name="dlq-sub"
+                ),
+            ),
+        )
+        assert consumer.topics() == [topic, f"{topic}-work-RETRY"]
+        producer = await client.create_producer(topic)
+        await producer.send(b"job", properties={"id": "7"})
+        seen = []
+        for _ in range(3):
+            message = await consumer.receive(RECEIVE_TIMEOUT_MS)
+            seen.append((message.topic_name(), message.properties().get("RECONSUMETIMES")))
+            started = time.monotonic()
+            await consumer.reconsume_later(message, datetime.timedelta(milliseconds=300))
+        assert seen == [(topic, None), (f"{topic}-work-RETRY", "1"), (f"{topic}-work-RETRY", "2")]
+        assert time.monotonic() - started < 5
+        with pytest.raises(strata.Timeout):
+            await consumer.receive(1000)  # the third retry went to the dead-letter topic
+        await consumer.close()
+        dead = await client.subscribe(
+            f"{topic}-work-DLQ", "dlq-sub", initial_position=strata.InitialPosition.Earliest
+        )
+        message = await dead.receive(RECEIVE_TIMEOUT_MS)
+        assert message.data() == b"job"
+        assert message.properties()["id"] == "7"
+        assert message.properties()["REAL_TOPIC"] == topic
+        with pytest.raises(strata.Timeout):
+            await dead.receive(500)
