@@ -9,7 +9,7 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-from broker import admin_cluster
+from broker import admin_cluster, subscription_admin
 from broker.edge import edge
 from broker.errors import InvalidRequestError, NotFoundError, PreconditionError
 from broker.offload import OffloadStatus
@@ -20,6 +20,7 @@ from broker.ownership import (
     with_boundary,
 )
 from broker.service import BrokerService
+from broker.topic import Topic
 from broker.topic_stats import topic_stats
 from strata.naming import NamespaceName, TopicName, check_name_part, parse_tenant
 from strata.v1 import admin_pb2, admin_pb2_grpc
@@ -293,6 +294,71 @@ class AdminServicer(admin_pb2_grpc.AdminServiceServicer):
     async def DeleteTopic(self, request: Any, context: Any) -> admin_pb2.DeleteTopicResponse:
         await self._broker.delete_topic(TopicName.parse(request.name), request.force)
         return admin_pb2.DeleteTopicResponse()
+
+    # ---- subscriptions (broker.subscription_admin) ---------------------------------------
+
+    async def _owned_topic(self, name: str) -> Topic:
+        topic_name = TopicName.parse(name)
+        if not await self._broker.topic_exists(topic_name):
+            raise NotFoundError(f"topic {topic_name} does not exist")
+        return await self._broker.get_topic(topic_name)
+
+    @edge
+    async def ListSubscriptions(
+        self, request: Any, context: Any
+    ) -> admin_pb2.ListSubscriptionsResponse:
+        topic = await self._owned_topic(request.topic)
+        return admin_pb2.ListSubscriptionsResponse(subscriptions=sorted(topic.subscriptions))
+
+    @edge
+    async def CreateSubscription(
+        self, request: Any, context: Any
+    ) -> admin_pb2.CreateSubscriptionResponse:
+        topic = await self._owned_topic(request.topic)
+        await subscription_admin.create_subscription(
+            topic, request.subscription, request.message_id
+        )
+        return admin_pb2.CreateSubscriptionResponse()
+
+    @edge
+    async def DeleteSubscription(
+        self, request: Any, context: Any
+    ) -> admin_pb2.DeleteSubscriptionResponse:
+        topic = await self._owned_topic(request.topic)
+        await subscription_admin.delete_subscription(topic, request.subscription, request.force)
+        return admin_pb2.DeleteSubscriptionResponse()
+
+    @edge
+    async def ResetCursor(self, request: Any, context: Any) -> admin_pb2.ResetCursorResponse:
+        topic = await self._owned_topic(request.topic)
+        target = request.WhichOneof("target")
+        if target == "publish_time_ms":
+            mark_delete = await subscription_admin.position_before_time(
+                topic, request.subscription, request.publish_time_ms
+            )
+        elif target == "message_id":
+            mark_delete = subscription_admin.position_before(topic, request.message_id)
+        else:
+            raise InvalidRequestError("reset-cursor needs a publish time or a message id")
+        await subscription_admin.reset_cursor(topic, request.subscription, mark_delete)
+        return admin_pb2.ResetCursorResponse()
+
+    @edge
+    async def SkipMessages(self, request: Any, context: Any) -> admin_pb2.SkipMessagesResponse:
+        topic = await self._owned_topic(request.topic)
+        skipped = await subscription_admin.skip_messages(topic, request.subscription, request.count)
+        return admin_pb2.SkipMessagesResponse(skipped_messages=skipped)
+
+    @edge
+    async def PeekMessages(self, request: Any, context: Any) -> admin_pb2.PeekMessagesResponse:
+        topic = await self._owned_topic(request.topic)
+        entries = await subscription_admin.peek_messages(topic, request.subscription, request.count)
+        return admin_pb2.PeekMessagesResponse(
+            entries=[
+                admin_pb2.PeekedEntry(ledger_id=e.ledger_id, entry_id=e.entry_id, entry=e.data)
+                for e in entries
+            ]
+        )
 
     @edge
     async def GetTopicStats(self, request: Any, context: Any) -> admin_pb2.TopicStats:

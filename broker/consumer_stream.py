@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING, Any
 
 import grpc
 
-from broker.errors import InvalidRequestError, ResourceLimitError
+from broker.errors import InvalidRequestError, ResourceLimitError, ServiceUnavailableError
 from broker.managed_ledger import ManagedLedger, Position
 from broker.stream_driver import run_stream
 from broker.stream_requests import check_ack, check_flow, check_subscribe_request
@@ -117,6 +117,7 @@ class ConsumerStream:
             on_active_change=self._send_active_change,
             key_shared_mode=request.key_shared_mode,
             hash_ranges=request.hash_ranges,
+            disconnect=self._disconnect,
         )
         subscription.add_consumer(session, request.type)
         try:
@@ -191,6 +192,13 @@ class ConsumerStream:
                 seek_done=messaging_pb2.SeekDone(request_id=seek.request_id)
             )
         )
+
+    def _disconnect(self, reason: str) -> None:
+        """End this stream with UNAVAILABLE (the client reconnects)."""
+        try:
+            self._outbound.put_nowait(ServiceUnavailableError(reason))
+        except asyncio.QueueFull:
+            log.warning("consumer stream full; not disconnected (%s)", reason)
 
     def _respond_now(self, response: messaging_pb2.ConsumeResponse) -> None:
         """Queue a control response without waiting (it has room reserved: see

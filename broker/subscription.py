@@ -98,6 +98,8 @@ class ConsumerSession:
     # Key_Shared: STICKY (KeySharedMeta.STICKY) with the hash ranges it owns, else AUTO_SPLIT.
     key_shared_mode: int = 0
     hash_ranges: tuple[tuple[int, int], ...] = ()
+    # Ends the consumer's stream with UNAVAILABLE (an admin reset or forced unsubscribe).
+    disconnect: Callable[[str], None] = lambda _reason: None
 
     def can_receive(self) -> bool:
         return (
@@ -417,12 +419,23 @@ class Subscription:
         """The topic's last stored entry ((-1, -1) when none)."""
         return self._ledger.last_confirmed
 
-    def reset_to(self, mark_delete: Position) -> None:
+    def disconnect_consumers(self, reason: str) -> None:
+        """End every consumer's stream (they reconnect): Pulsar's reset-cursor and forced
+        unsubscribe."""
+        for consumer in list(self.consumers):
+            consumer.disconnect(reason)
+
+    def skip_entry(self, position: Position) -> None:
+        """Acknowledge a whole entry on no consumer's behalf (admin skip)."""
+        self.cursor.ack_entry(position)
+        self._forget(position)
+
+    def reset_to(self, mark_delete: Position, *, force: bool = False) -> None:
         """Seek: continue after ``mark_delete``, forgetting every acknowledgement after it
         and what the consumer has not acknowledged (Pulsar's seek / reset-cursor). Only a
         subscription with at most one consumer may seek: other consumers would keep, and
         acknowledge, messages from before it."""
-        if len(self.consumers) > 1:
+        if len(self.consumers) > 1 and not force:
             raise PreconditionError(
                 f"subscription {self.name!r} has {len(self.consumers)} consumers; only a "
                 "subscription's single consumer may seek"

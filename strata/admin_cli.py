@@ -20,6 +20,7 @@ import grpc
 from google.protobuf import json_format
 from google.protobuf.message import Message as ProtoMessage
 
+from strata.admin_subscriptions_cli import add_subscription_verbs
 from strata.auth.credentials import intercept_sync_channel
 from strata.client import AsyncClient
 from strata.client._connection import sync_channel_to_any
@@ -743,3 +744,4 @@ def add_admin_parser(
         "print each partition of a partitioned topic and the host:port serving it",
         ("topic", "TOPIC"),
     )
+    add_subscription_verbs(topics, verb, environ)

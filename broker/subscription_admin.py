@@ -1,0 +1,123 @@
+"""Subscription administration (pulsar-admin's ``topics subscriptions``, ``create-
+subscription``, ``unsubscribe``, ``reset-cursor``, ``skip``, ``clear-backlog``,
+``peek-messages``), on a topic this broker owns.
+
+Reset and forced unsubscribe disconnect the subscription's consumers, as Pulsar does: they
+reconnect (the SDK drops what it had queued) and go on from the new position.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+
+from broker.errors import AlreadyExistsError, InvalidRequestError, NotFoundError, PreconditionError
+from broker.managed_ledger import Entry, Position
+from broker.stream_requests import check_subscription_name
+from broker.subscription import Subscription
+from broker.topic import Topic
+
+MAX_PEEK_ENTRIES = 100
+# Entries read per step while skipping or peeking.
+READ_CHUNK_ENTRIES = 100
+
+
+def subscription_of(topic: Topic, name: str) -> Subscription:
+    check_subscription_name(name)
+    subscription = topic.subscriptions.get(name)
+    if subscription is None:
+        raise NotFoundError(f"subscription {name[:100]!r} does not exist on {topic.name}")
+    return subscription
+
+
+def position_before(topic: Topic, text: str) -> Position:
+    """The mark-delete position that makes ``text``'s message the next one read:
+    ``earliest``, ``latest`` or ``LEDGER:ENTRY``."""
+    ledger = topic.ledger
+    if text == "earliest":
+        first = ledger.first_position()
+        return (first[0], first[1] - 1)
+    if text in ("latest", ""):
+        last = ledger.last_confirmed
+        if last[0] < 0:
+            first = ledger.first_position()
+            return (first[0], first[1] - 1)
+        return last
+    parts = text.split(":")
+    if len(parts) != 2 or not all(p.isdigit() for p in parts):
+        raise InvalidRequestError(
+            f"message id must be earliest, latest or LEDGER:ENTRY, got {text[:100]!r}"
+        )
+    return (int(parts[0]), int(parts[1]) - 1)
+
+
+async def create_subscription(topic: Topic, name: str, message_id: str) -> None:
+    check_subscription_name(name)
+    if name in topic.subscriptions:
+        raise AlreadyExistsError(f"subscription {name[:100]!r} already exists on {topic.name}")
+    mark_delete = position_before(topic, message_id)
+    subscription = await topic.get_subscription(name, None, start_at_earliest=False)
+    subscription.reset_to(mark_delete)
+
+
+async def delete_subscription(topic: Topic, name: str, force: bool) -> None:
+    subscription = subscription_of(topic, name)
+    if subscription.consumers and not force:
+        raise PreconditionError(
+            f"subscription {name[:100]!r} has {len(subscription.consumers)} connected "
+            "consumers (force disconnects them)"
+        )
+    subscription.disconnect_consumers("the subscription was deleted")
+    await topic.delete_subscription(name)
+
+
+async def reset_cursor(topic: Topic, name: str, mark_delete: Position) -> None:
+    subscription = subscription_of(topic, name)
+    subscription.disconnect_consumers("the subscription's cursor was reset")
+    subscription.reset_to(mark_delete, force=True)
+
+
+async def position_before_time(topic: Topic, name: str, publish_time_ms: int) -> Position:
+    return await subscription_of(topic, name).position_before_publish_time(publish_time_ms)
+
+
+async def skip_messages(topic: Topic, name: str, count: int) -> int:
+    """Acknowledge ``count`` messages from the oldest unacknowledged one (whole entries), or
+    all (``count`` 0); returns how many messages were skipped."""
+    if count < 0:
+        raise InvalidRequestError(f"count must not be negative, got {count}")
+    subscription = subscription_of(topic, name)
+    skipped = 0
+    async for entry in _unacknowledged(topic, subscription, None):
+        if count and skipped >= count:
+            break
+        acked = subscription.cursor.acked_indexes(entry.position).bit_count()
+        skipped += entry.num_messages - acked
+        subscription.skip_entry(entry.position)
+    return skipped
+
+
+async def peek_messages(topic: Topic, name: str, count: int) -> list[Entry]:
+    """The first ``count`` unacknowledged entries, the cursor unchanged."""
+    if not 1 <= count <= MAX_PEEK_ENTRIES:
+        raise InvalidRequestError(f"count must be within 1..{MAX_PEEK_ENTRIES}, got {count}")
+    subscription = subscription_of(topic, name)
+    return [entry async for entry in _unacknowledged(topic, subscription, count)]
+
+
+async def _unacknowledged(
+    topic: Topic, subscription: Subscription, limit: int | None
+) -> AsyncIterator[Entry]:
+    ledger = topic.ledger
+    position = ledger.next_position(subscription.cursor.mark_delete)
+    found = 0
+    while position <= ledger.last_confirmed:
+        entries = await ledger.read_entries(position, READ_CHUNK_ENTRIES)
+        if not entries:
+            return
+        for entry in entries:
+            if not subscription.cursor.is_acked(entry.position):
+                yield entry
+                found += 1
+                if limit is not None and found >= limit:
+                    return
+        position = ledger.next_position(entries[-1].position)
