@@ -23,7 +23,7 @@ def ok(standalone: Standalone, *args: str) -> str:
 
 
 async def receive_all(consumer: strata.AsyncConsumer) -> list[str]:
-    values = []
+    values: list[str] = []
     while True:
         try:
             message = await consumer.receive(timeout_millis=500)
