@@ -361,6 +361,30 @@ class AdminServicer(admin_pb2_grpc.AdminServiceServicer):
         )
 
     @edge
+    async def ExpireMessages(self, request: Any, context: Any) -> admin_pb2.SkipMessagesResponse:
+        topic = await self._owned_topic(request.topic)
+        expired = await subscription_admin.expire_messages(
+            topic, request.subscription, request.expire_time_seconds
+        )
+        return admin_pb2.SkipMessagesResponse(skipped_messages=expired)
+
+    @edge
+    async def GetMessage(self, request: Any, context: Any) -> admin_pb2.PeekedEntry:
+        topic = await self._owned_topic(request.topic)
+        which = request.WhichOneof("position")
+        if which is None:
+            raise InvalidRequestError("get a message by message_id, from_earliest or from_latest")
+        entry = await subscription_admin.get_message(
+            topic,
+            request.message_id if which == "message_id" else None,
+            request.from_earliest if which == "from_earliest" else None,
+            request.from_latest if which == "from_latest" else None,
+        )
+        return admin_pb2.PeekedEntry(
+            ledger_id=entry.ledger_id, entry_id=entry.entry_id, entry=entry.data
+        )
+
+    @edge
     async def GetTopicStats(self, request: Any, context: Any) -> admin_pb2.TopicStats:
         name = TopicName.parse(request.name)
         if not await self._broker.topic_exists(name):

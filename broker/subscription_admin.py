@@ -15,6 +15,7 @@ from broker.managed_ledger import Entry, Position
 from broker.stream_requests import check_subscription_name
 from broker.subscription import Subscription
 from broker.topic import Topic
+from strata.clock import now_ms
 
 MAX_PEEK_ENTRIES = 100
 # Entries read per step while skipping or peeking.
@@ -94,6 +95,55 @@ async def skip_messages(topic: Topic, name: str, count: int) -> int:
         skipped += entry.num_messages - acked
         subscription.skip_entry(entry.position)
     return skipped
+
+
+async def expire_messages(topic: Topic, name: str, expire_time_seconds: int) -> int:
+    """Acknowledge what was published more than ``expire_time_seconds`` ago; returns how
+    many messages that was."""
+    if expire_time_seconds < 0:
+        raise InvalidRequestError(
+            f"expire_time_seconds must not be negative, got {expire_time_seconds}"
+        )
+    subscription = subscription_of(topic, name)
+    cutoff_ms = now_ms() - expire_time_seconds * 1000
+    through = await subscription.position_before_publish_time(cutoff_ms)
+    expired = 0
+    async for entry in _unacknowledged(topic, subscription, None):
+        if entry.position > through:
+            break
+        acked = subscription.cursor.acked_indexes(entry.position).bit_count()
+        expired += entry.num_messages - acked
+        subscription.skip_entry(entry.position)
+    return expired
+
+
+async def get_message(
+    topic: Topic, message_id: str | None, from_earliest: int | None, from_latest: int | None
+) -> Entry:
+    """One stored entry: by ``LEDGER:ENTRY`` or by its place from either end (1-based)."""
+    ledger = topic.ledger
+    if message_id is not None:
+        mark = position_before(topic, message_id)
+        position: Position = (mark[0], mark[1] + 1)
+    else:
+        place = from_earliest if from_earliest is not None else from_latest
+        assert place is not None
+        counts = [(info.ledger_id, info.entries) for info in ledger.ledgers if info.entries]
+        total = sum(count for _, count in counts)
+        if not 1 <= place <= total:
+            raise NotFoundError(f"the topic holds {total} entries; there is no entry {place}")
+        index = place - 1 if from_earliest is not None else total - place
+        for ledger_id, count in counts:
+            if index < count:
+                position = (ledger_id, index)
+                break
+            index -= count
+    if not ledger.contains(position):
+        raise NotFoundError(f"no entry {position[0]}:{position[1]} in {topic.name}")
+    entry = await ledger.read_entry(position)
+    if entry is None:
+        raise NotFoundError(f"no entry {position[0]}:{position[1]} in {topic.name}")
+    return entry
 
 
 async def peek_messages(topic: Topic, name: str, count: int) -> list[Entry]:

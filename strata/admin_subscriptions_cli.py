@@ -1,6 +1,7 @@
-"""``strata admin topics`` verbs about a topic's subscriptions (pulsar-admin's names):
-``subscriptions``, ``create-subscription``, ``unsubscribe``, ``reset-cursor``, ``skip``,
-``clear-backlog``, ``peek-messages``."""
+"""``strata admin topics`` verbs about a topic's subscriptions and stored messages
+(pulsar-admin's names): ``subscriptions``, ``create-subscription``, ``unsubscribe``,
+``reset-cursor``, ``skip``, ``clear-backlog``, ``expire-messages``, ``peek-messages``,
+``get-message-by-id``, ``examine-message``."""
 
 from __future__ import annotations
 
@@ -83,22 +84,55 @@ def _peek(admin: _Admin, args: argparse.Namespace) -> None:
         timeout=admin.timeout_s,
     )
     for entry in response.entries:
-        decoded = decode_entry(entry.entry)
-        for index, payload in enumerate(decoded.payloads):
-            metadata = decoded.metadata[index] if decoded.metadata else None
-            document: dict[str, Any] = {
-                "message_id": f"{entry.ledger_id}:{entry.entry_id}"
-                + (f":{index}" if len(decoded.payloads) > 1 else ""),
-                "publish_time_ms": decoded.publish_time_ms,
-                "producer_name": decoded.producer_name,
-                "data": payload.decode("utf-8", errors="replace"),
-            }
-            if metadata is not None:
-                if metadata.properties:
-                    document["properties"] = dict(metadata.properties)
-                if metadata.HasField("partition_key"):
-                    document["key"] = metadata.partition_key
-            print(json.dumps(document, sort_keys=True))
+        _print_entry(entry)
+
+
+def _print_entry(entry: admin_pb2.PeekedEntry) -> None:
+    """Each message of a stored entry as one JSON line."""
+    decoded = decode_entry(entry.entry)
+    for index, payload in enumerate(decoded.payloads):
+        metadata = decoded.metadata[index] if decoded.metadata else None
+        document: dict[str, Any] = {
+            "message_id": f"{entry.ledger_id}:{entry.entry_id}"
+            + (f":{index}" if len(decoded.payloads) > 1 else ""),
+            "publish_time_ms": decoded.publish_time_ms,
+            "producer_name": decoded.producer_name,
+            "data": payload.decode("utf-8", errors="replace"),
+        }
+        if metadata is not None:
+            if metadata.properties:
+                document["properties"] = dict(metadata.properties)
+            if metadata.HasField("partition_key"):
+                document["key"] = metadata.partition_key
+        print(json.dumps(document, sort_keys=True))
+
+
+def _expire(admin: _Admin, args: argparse.Namespace) -> None:
+    response = admin.stub.ExpireMessages(
+        admin_pb2.ExpireMessagesRequest(
+            topic=_topic(args),
+            subscription=args.subscription,
+            expire_time_seconds=args.expire_time_seconds,
+        ),
+        timeout=admin.timeout_s,
+    )
+    print(f"expired {response.skipped_messages} messages")
+
+
+def _get_by_id(admin: _Admin, args: argparse.Namespace) -> None:
+    request = admin_pb2.GetMessageRequest(
+        topic=_topic(args), message_id=f"{args.ledger_id}:{args.entry_id}"
+    )
+    _print_entry(admin.stub.GetMessage(request, timeout=admin.timeout_s))
+
+
+def _examine(admin: _Admin, args: argparse.Namespace) -> None:
+    request = admin_pb2.GetMessageRequest(topic=_topic(args))
+    if args.initial_position == "earliest":
+        request.from_earliest = args.message_position
+    else:
+        request.from_latest = args.message_position
+    _print_entry(admin.stub.GetMessage(request, timeout=admin.timeout_s))
 
 
 def add_subscription_verbs(
@@ -182,3 +216,35 @@ def add_subscription_verbs(
         )
     )
     add_option(peek, "-n", "--count", type=int, default=1, help="entries (1..100)", environ=environ)
+    expire = with_subscription(
+        verb(
+            topics,
+            "expire-messages",
+            _expire,
+            "acknowledge the messages published more than N seconds ago",
+            ("topic", "TOPIC"),
+        )
+    )
+    add_option(expire, "--expire-time-seconds", type=int, required=True, help="N", environ=environ)
+    by_id = verb(
+        topics, "get-message-by-id", _get_by_id, "print one entry's messages", ("topic", "TOPIC")
+    )
+    add_option(by_id, "-l", "--ledger-id", type=int, required=True, help="ledger", environ=environ)
+    add_option(by_id, "-e", "--entry-id", type=int, required=True, help="entry", environ=environ)
+    examine = verb(
+        topics,
+        "examine-message",
+        _examine,
+        "print the entry at a place from the earliest or the latest (1 = the first or last)",
+        ("topic", "TOPIC"),
+    )
+    add_option(
+        examine,
+        "-i",
+        "--initial-position",
+        choices=["earliest", "latest"],
+        default="latest",
+        help="count from here",
+        environ=environ,
+    )
+    add_option(examine, "-m", "--message-position", type=int, default=1, help="N", environ=environ)
