@@ -219,3 +219,32 @@ async def test_shared_dispatch_takes_turns_over_every_consumer(standalone: Stand
         assert splits == [[FAIR_BATCH] * 3] * FAIR_REPETITIONS, splits
     finally:
         await client.close()
+
+
+async def test_shared_dispatch_without_batching_is_even(standalone: Standalone) -> None:
+    """Issue 12's trial with --disable-batching: 3,000 one-message entries over three Shared
+    consumers, each within 10 % of a third."""
+    topic = "fair-unbatched"
+    async with strata.AsyncClient(standalone.address) as client:
+        consumers = [
+            await client.subscribe(topic, "shared-sub", consumer_type=strata.ConsumerType.Shared)
+            for _ in range(3)
+        ]
+        await asyncio.sleep(0.2)  # the consumers' Flow permits reach the broker
+        producer = await client.create_producer(
+            topic, batching_enabled=False, max_pending_messages=3 * FAIR_BATCH
+        )
+        for i in range(3 * FAIR_BATCH):
+            producer.send_nowait(str(i).encode())
+        await producer.flush()
+        received = [0, 0, 0]
+        tasks = [asyncio.ensure_future(_drain(c, received, i)) for i, c in enumerate(consumers)]
+        for _ in range(600):  # at most 30 s
+            if sum(received) >= 3 * FAIR_BATCH:
+                break
+            await asyncio.sleep(0.05)
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        assert sum(received) == 3 * FAIR_BATCH
+        assert all(900 <= n <= 1100 for n in received), received

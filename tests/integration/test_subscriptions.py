@@ -505,3 +505,67 @@ async def test_reconsume_later_retries_then_dead_letters(standalone: Standalone)
         assert message.properties()["REAL_TOPIC"] == topic
         with pytest.raises(strata.Timeout):
             await dead.receive(500)
+
+
+async def test_dead_letter_moves_survive_a_broker_kill_9(standalone: Standalone) -> None:
+    """Issue 12's must-show: a broker kill -9 during the moves to the dead-letter topic
+    leaves no message missing from both topics (a duplicate in the DLQ is allowed)."""
+    topic = "persistent://public/default/dlq-kill"
+    count = 200
+    async with strata.AsyncClient(standalone.address) as client:
+        producer = await client.create_producer(topic)
+        for i in range(count):
+            producer.send_nowait(str(i).encode())
+        await producer.flush()
+        await producer.close()
+
+    async def nack_everything(until_killed: bool) -> None:
+        async with strata.AsyncClient(standalone.address) as client:
+            consumer = await client.subscribe(
+                topic,
+                "work",
+                consumer_type=strata.ConsumerType.Shared,
+                initial_position=strata.InitialPosition.Earliest,
+                negative_ack_redelivery_delay_ms=10,
+                dead_letter_policy=strata.ConsumerDeadLetterPolicy(
+                    max_redeliver_count=1, initial_subscription_name="dlq-sub"
+                ),
+            )
+            nacked = 0
+            while True:
+                try:
+                    message = await consumer.receive(timeout_millis=2000)
+                except strata.Timeout:
+                    break
+                except strata.StrataException:
+                    break  # the broker died under us
+                consumer.negative_acknowledge(message)
+                nacked += 1
+                if until_killed and nacked == count + count // 2:
+                    standalone.restart()  # kill -9 in the middle of the moves
+                    return
+            await consumer.close()
+
+    await nack_everything(until_killed=True)
+    await nack_everything(until_killed=False)
+    async with strata.AsyncClient(standalone.address) as client:
+        dead = await client.subscribe(
+            f"{topic}-work-DLQ", "dlq-sub", initial_position=strata.InitialPosition.Earliest
+        )
+        moved: set[int] = set()
+        while True:
+            try:
+                message = await dead.receive(timeout_millis=2000)
+            except strata.Timeout:
+                break
+            moved.add(int(message.data()))
+            dead.acknowledge_nowait(message)
+        left = await client.subscribe(topic, "work", consumer_type=strata.ConsumerType.Shared)
+        remaining: set[int] = set()
+        while True:
+            try:
+                message = await left.receive(timeout_millis=1000)
+            except strata.Timeout:
+                break
+            remaining.add(int(message.data()))
+        assert moved | remaining == set(range(count))
