@@ -82,6 +82,9 @@ bench-cluster: install
 bench-auth: install
 	$(PY) -m tests.bench.run_bench --deployments standalone,standalone-auth
 
+bench-subscriptions: install
+	$(PY) -m tests.bench.run_subscription_bench
+
 bench-offload: install
 	$(PY) -m tests.bench.run_offload_bench
 

@@ -51,6 +51,7 @@ from strata.client import (
     AsyncClient,
     AsyncConsumer,
     AsyncProducer,
+    BatchingType,
     CompressionType,
     ConsumerType,
     InitialPosition,
@@ -263,8 +264,10 @@ async def _produce_one(
     size: int,
     meter: _Meter,
     batch_max_messages: int,
+    keys: int = 0,
 ) -> None:
-    """Send ``count`` messages (0 = forever) of ``size`` bytes, paced at ``rate`` if set."""
+    """Send ``count`` messages (0 = forever) of ``size`` bytes, paced at ``rate`` if set;
+    with ``keys``, each chunk (a batch's worth) carries one of ``keys`` keys in turn."""
     filler = b"\x00" * max(0, size - TIMESTAMP_BYTES)
     fixed = b"x" * size if size < TIMESTAMP_BYTES else None
     pack = _TIMESTAMP.pack
@@ -294,13 +297,14 @@ async def _produce_one(
             ]
             meter.delay.pending_us.extend(delays_us)
         payload = fixed if fixed is not None else pack(wall0 + sent_ns - mono0) + filler
+        key = f"key-{(sent // chunk_limit) % keys}" if keys else None
         for k in range(chunk):
             callback = (
                 _chunk_callback(meter, sent_ns, chunk, size, delays_us) if k == chunk - 1 else None
             )
             while True:
                 try:
-                    producer.send_nowait(payload, callback=callback)
+                    producer.send_nowait(payload, callback=callback, partition_key=key)
                     break
                 except ProducerQueueIsFull:
                     await producer.wait_for_space()
@@ -347,6 +351,7 @@ async def _perf_produce(args: argparse.Namespace, meter: _Meter) -> None:
                 block_if_queue_full=True,
                 batching_max_messages=args.batch_max_messages,
                 batching_max_publish_delay_ms=args.batch_delay_ms,
+                batching_type=BatchingType.KeyBased if args.keys else BatchingType.Default,
             )
             for _ in range(args.producers)
         ]
@@ -360,7 +365,15 @@ async def _perf_produce(args: argparse.Namespace, meter: _Meter) -> None:
         try:
             await asyncio.gather(
                 *(
-                    _produce_one(producer, share, rate, args.size, meter, args.batch_max_messages)
+                    _produce_one(
+                        producer,
+                        share,
+                        rate,
+                        args.size,
+                        meter,
+                        args.batch_max_messages,
+                        args.keys,
+                    )
                     for producer, share in zip(producers, shares, strict=True)
                     if share or not args.messages
                 )
@@ -508,6 +521,15 @@ def add_perf_parsers(
     )
     add_option(
         produce, "--producers", type=int, default=1, help="producers on the topic", environ=environ
+    )
+    add_option(
+        produce,
+        "--keys",
+        type=int,
+        default=0,
+        help="keyed messages: each batch's worth carries one of this many keys in turn, "
+        "with key-based batching (for Key_Shared); 0 = no keys",
+        environ=environ,
     )
     add_option(
         produce,
