@@ -12,7 +12,7 @@ GEN_STAMP := strata/v1/.generated
 DATA_DIR ?= ./data/standalone
 PYTEST_ARGS ?=
 
-.PHONY: install proto run test test-k8s test-unit test-integration test-faults lint fmt bench bench-cluster bench-auth bench-offload clean
+.PHONY: install proto run test test-k8s test-unit test-integration test-faults lint fmt bench bench-cluster bench-auth bench-offload bench-subscriptions clean
 
 install: $(STAMP) $(GEN_STAMP)
 
