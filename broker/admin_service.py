@@ -410,6 +410,7 @@ class AdminServicer(admin_pb2_grpc.AdminServiceServicer):
                     unacked_messages=sub.unacked_messages,
                     consumers_count=sub.consumers_count,
                     msg_delayed=sub.msg_delayed,
+                    msg_rate_redeliver=sub.msg_rate_redeliver,
                     mark_delete_position=_position_text(sub.mark_delete_position),
                     read_position=_position_text(sub.read_position),
                 )

@@ -29,6 +29,7 @@ from types import FrameType
 
 from strata.client import (
     Client,
+    ConsumerDeadLetterPolicy,
     ConsumerType,
     InitialPosition,
     MessageId,
@@ -192,6 +193,29 @@ def build_parser(environ: Mapping[str, str] | None = None) -> argparse.ArgumentP
         choices=["exclusive", "shared", "failover", "key_shared"],
         default="exclusive",
         help="subscription type",
+        environ=environ,
+    )
+    add_option(
+        consume,
+        "--ack-timeout-ms",
+        type=int,
+        default=0,
+        help="redeliver what is not acknowledged within this long (0 = off; at least 1000)",
+        environ=environ,
+    )
+    add_option(
+        consume,
+        "--max-redeliveries",
+        type=int,
+        default=0,
+        help="after this many redeliveries a message goes to the dead-letter topic (0 = off)",
+        environ=environ,
+    )
+    add_option(
+        consume,
+        "--dead-letter-topic",
+        default="",
+        help="the dead-letter topic (default TOPIC-SUBSCRIPTION-DLQ)",
         environ=environ,
     )
     add_option(
@@ -413,6 +437,14 @@ def _consume(args: argparse.Namespace) -> int:
             consumer_type=consumer_type,
             initial_position=position,
             consumer_name=args.consumer_name or None,
+            unacked_messages_timeout_ms=args.ack_timeout_ms or None,
+            dead_letter_policy=(
+                ConsumerDeadLetterPolicy(
+                    args.max_redeliveries, dead_letter_topic=args.dead_letter_topic or None
+                )
+                if args.max_redeliveries
+                else None
+            ),
         )
         try:
             while args.count == 0 or received < args.count:

@@ -205,3 +205,44 @@ def test_read_from_a_position_leaves_no_subscription(standalone: Standalone) -> 
     stats = cli(standalone, "admin", "topics", "stats", "cli-read")
     assert stats.returncode == 0, stats.stderr
     assert json.loads(stats.stdout).get("subscriptions", {}) == {}
+
+
+def test_consume_takes_the_subscription_options(standalone: Standalone) -> None:
+    produced = cli(standalone, "produce", "cli-options", "-m", "x", "-n", "2")
+    assert produced.returncode == 0, produced.stderr
+    consumed = cli(
+        standalone,
+        "consume",
+        "cli-options",
+        "-s",
+        "s",
+        "--type",
+        "key_shared",
+        "-n",
+        "2",
+        "--initial-position",
+        "earliest",
+        "--ack-timeout-ms",
+        "5000",
+        "--max-redeliveries",
+        "3",
+        "--dead-letter-topic",
+        "cli-options-dead",
+        "--timeout-seconds",
+        "20",
+    )
+    assert consumed.returncode == 0, consumed.stderr
+    assert consumed.stdout.splitlines() == ["x", "x"]
+    refused = cli(
+        standalone,
+        "consume",
+        "cli-options",
+        "-s",
+        "s",
+        "--ack-timeout-ms",
+        "10",
+        "--timeout-seconds",
+        "1",
+    )
+    assert refused.returncode == 1
+    assert "unacked_messages_timeout_ms must be at least 1000" in refused.stderr
