@@ -24,6 +24,7 @@ from bookie.errors import BadRequestError, BookieError, BookieUnavailableError
 from bookie.status_map import ERROR_REASON_KEY, add_status_for, status_for
 from bookie.storage import Bookie
 from bookie.storage.config import DEFAULT_MAX_ENTRY_SIZE_BYTES
+from strata.grpc_decoding import MalformedRequestInterceptor
 from strata.storage.v1 import bookie_pb2, bookie_pb2_grpc
 
 _log = logging.getLogger(__name__)
@@ -436,7 +437,8 @@ async def start_bookie_server(
     if bookie is not None:
         max_entry_size_bytes = bookie.config.max_entry_size_bytes
     server = grpc.aio.server(
-        options=server_options(max_entry_size_bytes), interceptors=interceptors
+        options=server_options(max_entry_size_bytes),
+        interceptors=[*interceptors, MalformedRequestInterceptor()],
     )
     servicer = BookieServicer(bookie, max_pending_adds_per_stream=max_pending_adds_per_stream)
     bookie_pb2_grpc.add_BookieServiceServicer_to_server(servicer, server)

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import grpc
 from google.protobuf import any_pb2
+from google.protobuf.message import DecodeError
 from google.rpc import error_details_pb2, status_pb2
 from grpc_status import rpc_status
 
@@ -31,6 +32,7 @@ from bookie.errors import (
     LedgerFencedError,
 )
 from bookie.ledger import LedgerClientError, LedgerClosedError, NotEnoughBookiesError
+from strata.grpc_decoding import STREAM_REFUSAL
 from strata.metadata import MetadataError
 from strata.naming import InvalidNameError
 from tiered.errors import ObjectNotFoundError, OffloadCorruptError, TieredError
@@ -114,6 +116,8 @@ def to_status(exc: BaseException) -> tuple[grpc.StatusCode, str] | None:
         return exc.code, str(exc)
     if isinstance(exc, InvalidNameError):
         return grpc.StatusCode.INVALID_ARGUMENT, str(exc)
+    if isinstance(exc, DecodeError):
+        return grpc.StatusCode.INVALID_ARGUMENT, STREAM_REFUSAL
     if isinstance(exc, CorruptEntryError):
         return grpc.StatusCode.DATA_LOSS, f"stored entry failed its checksum: {exc}"
     if isinstance(exc, LedgerFencedError):

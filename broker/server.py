@@ -17,6 +17,7 @@ from broker.config import MIB
 from broker.messaging_service import MessagingServicer
 from broker.metrics import OwnershipCollector, broker_collectors
 from broker.service import BrokerService
+from strata.grpc_decoding import MalformedRequestInterceptor
 from strata.metrics import RoleMetrics
 from strata.v1 import admin_pb2, admin_pb2_grpc, messaging_pb2, messaging_pb2_grpc
 
@@ -54,7 +55,8 @@ def bind_broker_server(
     the bound port. The process role binds first so that it knows the broker's advertised
     address before it builds the broker."""
     server = grpc.aio.server(
-        options=server_options(max_message_size_bytes), interceptors=interceptors
+        options=server_options(max_message_size_bytes),
+        interceptors=[*interceptors, MalformedRequestInterceptor()],
     )
     try:
         bound = server.add_insecure_port(f"{host}:{port}")

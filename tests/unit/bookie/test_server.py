@@ -114,7 +114,10 @@ async def test_garbage_does_not_take_the_server_down(
     for garbage in (b"\xff" * 64, b"\x0a\xff\xff\xff\xff\xff", b"\x08" * 3):
         with pytest.raises(grpc.aio.AioRpcError) as failure:
             await raw(garbage, timeout=5)
-        assert failure.value.code() != grpc.StatusCode.OK
+        assert failure.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+        assert failure.value.details() == (
+            "the request is not a valid strata.storage.v1.ReadEntriesRequest message"
+        )
     raw_stream: grpc.aio.StreamStreamMultiCallable[bytes, bytes] = channel.stream_stream(
         f"/{SERVICE_NAME}/AddEntries"
     )
