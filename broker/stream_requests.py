@@ -27,6 +27,9 @@ from strata.v1 import messaging_pb2
 MAX_PERMITS_PER_CONSUMER = 1_000_000
 MAX_SUBSCRIPTION_NAME_LENGTH = 255
 MAX_PRIORITY_LEVEL = 1000
+MAX_SEQUENCE_ID = (1 << 63) - 1
+# A batch's declared uncompressed size (the bookie's largest entry).
+MAX_UNCOMPRESSED_BATCH_BYTES = 64 * 1024 * 1024
 # Key_Shared dispatches by a batch's first key; keys longer than this are refused.
 MAX_STICKY_KEY_BYTES = 256
 # Delayed delivery: times up to the year 2100 (ms since the epoch).
@@ -67,8 +70,38 @@ def check_publish_request(request: messaging_pb2.ProduceRequest) -> None:
 
 
 def check_publish_batch(batch: messaging_pb2.ProducerBatch, max_size_bytes: int) -> None:
+    if batch.sequence_id > MAX_SEQUENCE_ID:
+        raise InvalidRequestError(
+            f"batch sequence_id {batch.sequence_id} is above {MAX_SEQUENCE_ID} (2^63 - 1)"
+        )
     if batch.num_messages <= 0:
         raise InvalidRequestError(f"batch {batch.sequence_id} has no messages (num_messages=0)")
+    if batch.compression not in messaging_pb2.CompressionType.values():
+        raise InvalidRequestError(
+            f"batch {batch.sequence_id}: compression {batch.compression} is not NONE, LZ4 or ZSTD"
+        )
+    if batch.uncompressed_size > MAX_UNCOMPRESSED_BATCH_BYTES:
+        raise InvalidRequestError(
+            f"batch {batch.sequence_id}: uncompressed_size {batch.uncompressed_size} is above "
+            f"{MAX_UNCOMPRESSED_BATCH_BYTES} bytes"
+        )
+    if (
+        batch.compression
+        in (messaging_pb2.COMPRESSION_TYPE_UNSPECIFIED, messaging_pb2.COMPRESSION_TYPE_NONE)
+        and batch.uncompressed_size
+        and batch.uncompressed_size != len(batch.payload)
+    ):
+        raise InvalidRequestError(
+            f"batch {batch.sequence_id}: uncompressed_size {batch.uncompressed_size} is not "
+            f"the size of its uncompressed payload ({len(batch.payload)} bytes)"
+        )
+    # Each message takes at least 2 bytes of the serialized MessageBatch (its tag and
+    # length), so a batch cannot hold more messages than half its uncompressed size.
+    size = batch.uncompressed_size or len(batch.payload)
+    if batch.num_messages > max(1, size // 2):
+        raise InvalidRequestError(
+            f"batch {batch.sequence_id} claims {batch.num_messages} messages in {size} bytes"
+        )
     if len(batch.sticky_key.encode()) > MAX_STICKY_KEY_BYTES:
         raise InvalidRequestError(
             f"batch {batch.sequence_id}: sticky_key is longer than {MAX_STICKY_KEY_BYTES} bytes"
@@ -103,6 +136,10 @@ def check_subscribe_request(request: object) -> SubscribeRequest:
             "Failover (3) or Key_Shared (4)"
         )
     mode, ranges = check_key_shared(subscribe, sub_type)
+    if subscribe.initial_position not in messaging_pb2.InitialPosition.values():
+        raise InvalidRequestError(
+            f"initial_position {subscribe.initial_position} is not LATEST (1) or EARLIEST (2)"
+        )
     if not 0 <= subscribe.priority_level <= MAX_PRIORITY_LEVEL:
         raise InvalidRequestError(
             f"priority_level must be within 0..{MAX_PRIORITY_LEVEL}, got {subscribe.priority_level}"
@@ -142,7 +179,7 @@ def check_key_shared(
 def check_subscription_name(name: str) -> None:
     if not name:
         raise InvalidRequestError("subscription name is empty")
-    if len(name) > MAX_SUBSCRIPTION_NAME_LENGTH or not name.isprintable():
+    if len(name) > MAX_SUBSCRIPTION_NAME_LENGTH or not name.isprintable() or "/" in name:
         raise InvalidRequestError(
             "subscription name must be printable, without '/', and at most "
             f"{MAX_SUBSCRIPTION_NAME_LENGTH} characters"
@@ -156,8 +193,15 @@ def check_flow(flow: messaging_pb2.Flow, permits_held: int) -> None:
 
 
 def check_ack(ack: messaging_pb2.Ack, subscription_type: int, type_name: str) -> None:
-    """A cumulative acknowledgement needs an Exclusive or Failover subscription and exactly
-    one id. (Whether each id names an entry of the topic is the subscription's check.)"""
+    """Batch indexes are -1 (the whole entry) or a message's index; a cumulative
+    acknowledgement needs an Exclusive or Failover subscription and exactly one id.
+    (Whether each id names an entry of the topic is the subscription's check.)"""
+    for message_id in ack.message_ids:
+        if message_id.batch_index < -1:
+            raise InvalidRequestError(
+                f"acknowledgement of {message_id.ledger_id}:{message_id.entry_id}: batch index "
+                f"{message_id.batch_index} (-1 is the whole entry)"
+            )
     if not ack.cumulative:
         return
     if subscription_type not in (SUBSCRIPTION_EXCLUSIVE, SUBSCRIPTION_FAILOVER):

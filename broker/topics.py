@@ -23,7 +23,7 @@ from collections.abc import Callable
 
 from bookie.ledger import LedgerManager
 from broker.config import BrokerConfig
-from broker.errors import AlreadyExistsError, InvalidRequestError, PreconditionError
+from broker.errors import AlreadyExistsError, InvalidRequestError, NotFoundError, PreconditionError
 from broker.managed_ledger import (
     MANAGED_LEDGERS_PREFIX,
     EntryCache,
@@ -154,6 +154,16 @@ class TopicRegistry:
                 f"{name} is a partitioned topic: use its partitions ({name}-partition-N); "
                 "the SDK does this by itself"
             )
+        if name.partition_index >= 0:
+            # A partition exists only as part of its partitioned topic, within its count.
+            partitions = await self.partitions_of(name.partitioned_name)
+            if name.partition_index >= partitions:
+                raise NotFoundError(
+                    f"{name} is not a partition: {name.partitioned_name} has "
+                    f"{partitions} partitions"
+                    if partitions
+                    else f"{name} is not a partition: {name.partitioned_name} is not partitioned"
+                )
         topic = Topic(
             name,
             lambda listener: self._managed_ledger(name, listener),

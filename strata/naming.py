@@ -24,6 +24,21 @@ class InvalidNameError(ValueError):
     """A tenant, namespace or topic name is malformed."""
 
 
+# Refusals quote at most this much of what was given, so that a huge bad name cannot make
+# the refusal itself too big to send.
+MAX_QUOTED_CHARACTERS = 100
+
+
+def quoted(text: str) -> str:
+    """``text`` as a refusal quotes it: repr'd, cut to ``MAX_QUOTED_CHARACTERS``."""
+    if len(text) <= MAX_QUOTED_CHARACTERS:
+        return repr(text)
+    return repr(text[:MAX_QUOTED_CHARACTERS]) + f"... ({len(text)} characters)"
+
+
+_PARTITION_SUFFIX = "-partition-"
+
+
 def check_name_part(kind: str, part: str) -> str:
     """Return ``part`` if it is a valid tenant, namespace or topic local name; else raise."""
     if not part:
@@ -31,8 +46,24 @@ def check_name_part(kind: str, part: str) -> str:
     if len(part) > MAX_NAME_LENGTH:
         raise InvalidNameError(f"{kind} name is longer than {MAX_NAME_LENGTH} characters")
     if not _NAME_RE.match(part) or part in (".", ".."):
-        raise InvalidNameError(f"{kind} name {part!r} may hold only letters, digits and - _ = : .")
+        raise InvalidNameError(
+            f"{kind} name {quoted(part)} may hold only letters, digits and - _ = : ."
+        )
+    if kind == "topic":
+        _check_partition_suffix(part)
     return part
+
+
+def _check_partition_suffix(local: str) -> None:
+    """``t-partition-N`` names partition N of ``t``: N is a plain non-negative number."""
+    head, sep, tail = local.rpartition(_PARTITION_SUFFIX)
+    if not sep or not head:
+        return
+    if not tail.isdigit() or (len(tail) > 1 and tail[0] == "0") or len(tail) > 6:
+        raise InvalidNameError(
+            f"topic name {quoted(local)}: a partition is named {head}{_PARTITION_SUFFIX}N "
+            "with N a number without leading zeros"
+        )
 
 
 @dataclass(frozen=True, slots=True)
@@ -50,7 +81,7 @@ class NamespaceName:
             tenant, namespace = parts
         else:
             raise InvalidNameError(
-                f"namespace {text!r} must be 'tenant/namespace' or "
+                f"namespace {quoted(text)} must be 'tenant/namespace' or "
                 "'tenants/{tenant}/namespaces/{namespace}'"
             )
         return cls(check_name_part("tenant", tenant), check_name_part("namespace", namespace))
@@ -85,13 +116,13 @@ class TopicName:
         if "://" in rest:
             if not rest.startswith(PERSISTENT_SCHEME):
                 raise InvalidNameError(
-                    f"topic {text!r}: only the persistent:// domain is supported"
+                    f"topic {quoted(text)}: only the persistent:// domain is supported"
                 )
             rest = rest[len(PERSISTENT_SCHEME) :]
             parts = rest.split("/")
             if len(parts) != 3:
                 raise InvalidNameError(
-                    f"topic {text!r} must be 'persistent://tenant/namespace/topic'"
+                    f"topic {quoted(text)} must be 'persistent://tenant/namespace/topic'"
                 )
         else:
             parts = rest.split("/")
@@ -99,7 +130,7 @@ class TopicName:
                 parts = [DEFAULT_TENANT, DEFAULT_NAMESPACE, parts[0]]
             elif len(parts) != 3:
                 raise InvalidNameError(
-                    f"topic {text!r} must be 'topic', 'tenant/namespace/topic' or "
+                    f"topic {quoted(text)} must be 'topic', 'tenant/namespace/topic' or "
                     "'persistent://tenant/namespace/topic'"
                 )
         tenant, namespace, local = parts

@@ -4,12 +4,13 @@ serving."""
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Iterator
 
 import grpc
 import pytest
 
-from strata.v1 import admin_pb2, messaging_pb2
+from strata.v1 import admin_pb2, admin_pb2_grpc, messaging_pb2, messaging_pb2_grpc
 from tests.harness import Standalone
 
 pytestmark = pytest.mark.integration
@@ -65,3 +66,49 @@ def test_garbage_is_invalid_argument(server: Standalone, path: str, streaming: b
             response_deserializer=messaging_pb2.LookupResponse.FromString,
         )
         assert lookup(messaging_pb2.LookupRequest(topic="t"), timeout=10).broker_address
+
+
+@pytest.mark.parametrize(
+    ("topic", "code"),
+    [
+        ("orders-partition--1", grpc.StatusCode.INVALID_ARGUMENT),
+        ("orders-partition-01", grpc.StatusCode.INVALID_ARGUMENT),
+        ("orders-partition-4", grpc.StatusCode.NOT_FOUND),  # of 4
+        ("plain-partition-0", grpc.StatusCode.NOT_FOUND),  # plain is not partitioned
+        ("x" * 100_000, grpc.StatusCode.INVALID_ARGUMENT),  # refused, not echoed back
+    ],
+)
+def test_bad_partition_names_open_no_topic(
+    server: Standalone, topic: str, code: grpc.StatusCode
+) -> None:
+    with grpc.insecure_channel(server.address) as channel:
+        admin = admin_pb2_grpc.AdminServiceStub(channel)
+        with contextlib.suppress(grpc.RpcError):  # the first case creates it; later, exists
+            admin.CreatePartitionedTopic(
+                admin_pb2.CreatePartitionedTopicRequest(
+                    name="persistent://public/default/orders", partitions=4
+                ),
+                timeout=10,
+            )
+        stub = messaging_pb2_grpc.MessagingServiceStub(channel)
+        responses = stub.Consume(
+            iter(
+                [
+                    messaging_pb2.ConsumeRequest(
+                        subscribe=messaging_pb2.Subscribe(topic=topic, subscription="s")
+                    )
+                ]
+            ),
+            timeout=10,
+        )
+        with pytest.raises(grpc.RpcError) as raised:
+            list(responses)
+        assert raised.value.code() == code, raised.value.details()
+        assert len(raised.value.details() or "") < 500
+        listed = admin.ListTopics(
+            admin_pb2.ListTopicsRequest(parent="tenants/public/namespaces/default"), timeout=10
+        )
+        assert not any("partition-" in t.name and "orders" not in t.name for t in listed.topics)
+        assert "persistent://public/default/orders-partition-4" not in [
+            t.name for t in listed.topics
+        ]

@@ -69,7 +69,11 @@ async def settle() -> None:
 def publish(*batches: tuple[int, int]) -> pb.ProduceRequest:
     return pb.ProduceRequest(
         publish=pb.PublishBatches(
-            batches=[pb.ProducerBatch(sequence_id=s, num_messages=n) for s, n in batches]
+            # Two bytes per message: the least a message takes in a serialized batch.
+            batches=[
+                pb.ProducerBatch(sequence_id=s, num_messages=n, payload=b"\n\x00" * n)
+                for s, n in batches
+            ]
         )
     )
 

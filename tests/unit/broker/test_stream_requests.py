@@ -93,13 +93,39 @@ def test_a_batch_over_the_maximum_size_is_too_large() -> None:
     check_publish_batch(pb.ProducerBatch(num_messages=1, payload=b"x" * 100), 100)
 
 
+def test_bad_batches_of_issue_11_are_refused() -> None:
+    payload = b"\n\x01x"
+    for batch, match in (
+        (pb.ProducerBatch(sequence_id=2**63, num_messages=1, payload=payload), "2\\^63"),
+        (pb.ProducerBatch(num_messages=4294967295, payload=payload), "claims 4294967295"),
+        (pb.ProducerBatch(num_messages=1, compression=99, payload=payload), "compression 99"),  # type: ignore[arg-type]
+        (
+            pb.ProducerBatch(num_messages=1, uncompressed_size=99, payload=payload),
+            "not the size of its uncompressed payload",
+        ),
+    ):
+        with pytest.raises(InvalidRequestError, match=match):
+            check_publish_batch(batch, 100)
+
+
+def test_bad_subscribes_and_acks_of_issue_11_are_refused() -> None:
+    with pytest.raises(InvalidRequestError, match="initial_position 99"):
+        check_subscribe_request(subscribe_request(initial_position=99))
+    with pytest.raises(InvalidRequestError, match="without '/'"):
+        check_subscribe_request(subscribe_request(subscription="../../../admin/tenants/evil"))
+    bad_index = pb.Ack(message_ids=[pb.MessageIdData(ledger_id=1, entry_id=2, batch_index=-2)])
+    with pytest.raises(InvalidRequestError, match="batch index -2"):
+        check_ack(bad_index, SUBSCRIPTION_SHARED, "Shared")
+
+
 @given(num_messages=UINT32, size=st.integers(0, 300), max_size=st.integers(1, 300))
 def test_a_batch_passes_exactly_when_it_has_messages_and_fits(
     num_messages: int, size: int, max_size: int
 ) -> None:
     batch = pb.ProducerBatch(num_messages=num_messages, payload=b"x" * size)
-    if num_messages == 0:
-        # The message count is checked first: such a batch is never "too large".
+    if num_messages == 0 or num_messages > max(1, size // 2):
+        # The message count is checked first (at least one, and at most one per two bytes
+        # of the batch): such a batch is never "too large".
         with pytest.raises(InvalidRequestError) as info:
             check_publish_batch(batch, max_size)
         assert not isinstance(info.value, MessageTooLargeError)
@@ -201,7 +227,7 @@ def test_long_or_unprintable_subscription_names_are_refused(name: str) -> None:
 
 @given(st.text(max_size=MAX_SUBSCRIPTION_NAME_LENGTH + 20))
 def test_a_subscription_name_passes_exactly_when_short_printable_and_not_empty(name: str) -> None:
-    ok = 0 < len(name) <= MAX_SUBSCRIPTION_NAME_LENGTH and name.isprintable()
+    ok = 0 < len(name) <= MAX_SUBSCRIPTION_NAME_LENGTH and name.isprintable() and "/" not in name
     if ok:
         check_subscription_name(name)
     else:
