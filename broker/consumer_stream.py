@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING, Any
 
 import grpc
 
-from broker.errors import InvalidRequestError, ResourceLimitError, ServiceUnavailableError
+from broker.errors import InvalidRequestError, ResourceLimitError
 from broker.managed_ledger import ManagedLedger, Position
 from broker.stream_driver import run_stream
 from broker.stream_requests import check_ack, check_flow, check_subscribe_request
@@ -193,12 +193,12 @@ class ConsumerStream:
             )
         )
 
-    def _disconnect(self, reason: str) -> None:
-        """End this stream with UNAVAILABLE (the client reconnects)."""
+    def _disconnect(self, error: Exception) -> None:
+        """End this stream with ``error``'s status (UNAVAILABLE: the client reconnects)."""
         try:
-            self._outbound.put_nowait(ServiceUnavailableError(reason))
+            self._outbound.put_nowait(error)
         except asyncio.QueueFull:
-            log.warning("consumer stream full; not disconnected (%s)", reason)
+            log.warning("consumer stream full; not disconnected (%s)", error)
 
     def _respond_now(self, response: messaging_pb2.ConsumeResponse) -> None:
         """Queue a control response without waiting (it has room reserved: see

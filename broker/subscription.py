@@ -29,10 +29,12 @@ import logging
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
+import grpc
+
 from broker.cursor import ManagedCursor
 from broker.delayed_delivery import DelayedDeliveryTracker
 from broker.entry_format import publish_time_of, sticky_key_of
-from broker.errors import InvalidRequestError, PreconditionError
+from broker.errors import InvalidRequestError, PreconditionError, to_status
 from broker.key_shared import ConsistentHashSelector, StickySelector, key_hash
 from broker.managed_ledger import Entry, ManagedLedger, Position
 from broker.rates import RateMeter
@@ -99,7 +101,7 @@ class ConsumerSession:
     key_shared_mode: int = 0
     hash_ranges: tuple[tuple[int, int], ...] = ()
     # Ends the consumer's stream with UNAVAILABLE (an admin reset or forced unsubscribe).
-    disconnect: Callable[[str], None] = lambda _reason: None
+    disconnect: Callable[[Exception], None] = lambda _error: None
 
     def can_receive(self) -> bool:
         return (
@@ -405,6 +407,13 @@ class Subscription:
             except asyncio.CancelledError:
                 raise
             except Exception as exc:  # a read failed: retry later, never give up the loop
+                status = to_status(exc)
+                if status is not None and status[0] == grpc.StatusCode.DATA_LOSS:
+                    # Damaged data is not read again and again for nobody: the consumers
+                    # learn it (DATA_LOSS) and the loop waits for the next of them.
+                    log.error("subscription %s: %s; disconnecting its consumers", self.name, exc)
+                    self.disconnect_consumers(exc)
+                    continue
                 log.warning("subscription %s: dispatch failed: %s", self.name, exc)
                 await asyncio.sleep(DISPATCH_ERROR_BACKOFF_MS / 1000)
                 self._wakeup.set()
@@ -419,11 +428,11 @@ class Subscription:
         """The topic's last stored entry ((-1, -1) when none)."""
         return self._ledger.last_confirmed
 
-    def disconnect_consumers(self, reason: str) -> None:
+    def disconnect_consumers(self, error: Exception) -> None:
         """End every consumer's stream (they reconnect): Pulsar's reset-cursor and forced
         unsubscribe."""
         for consumer in list(self.consumers):
-            consumer.disconnect(reason)
+            consumer.disconnect(error)
 
     def skip_entry(self, position: Position) -> None:
         """Acknowledge a whole entry on no consumer's behalf (admin skip)."""

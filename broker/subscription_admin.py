@@ -10,7 +10,13 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator
 
-from broker.errors import AlreadyExistsError, InvalidRequestError, NotFoundError, PreconditionError
+from broker.errors import (
+    AlreadyExistsError,
+    InvalidRequestError,
+    NotFoundError,
+    PreconditionError,
+    ServiceUnavailableError,
+)
 from broker.managed_ledger import Entry, Position
 from broker.stream_requests import check_subscription_name
 from broker.subscription import Subscription
@@ -67,13 +73,15 @@ async def delete_subscription(topic: Topic, name: str, force: bool) -> None:
             f"subscription {name[:100]!r} has {len(subscription.consumers)} connected "
             "consumers (force disconnects them)"
         )
-    subscription.disconnect_consumers("the subscription was deleted")
+    subscription.disconnect_consumers(ServiceUnavailableError("the subscription was deleted"))
     await topic.delete_subscription(name)
 
 
 async def reset_cursor(topic: Topic, name: str, mark_delete: Position) -> None:
     subscription = subscription_of(topic, name)
-    subscription.disconnect_consumers("the subscription's cursor was reset")
+    subscription.disconnect_consumers(
+        ServiceUnavailableError("the subscription's cursor was reset")
+    )
     subscription.reset_to(mark_delete, force=True)
 
 
