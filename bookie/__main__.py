@@ -65,7 +65,13 @@ async def run_bookie(config: BookieConfig, stop: asyncio.Event) -> int:
     interceptors = server_interceptors(
         config.auth, listen_host=config.host, role="bookie", superusers_only=True
     )
-    served = await start_bookie_server(None, config.host, config.port, interceptors=interceptors)
+    served = await start_bookie_server(
+        None,
+        config.host,
+        config.port,
+        interceptors=interceptors,
+        credentials=config.tls.server_credentials(),
+    )
     deadline = ShutdownDeadline(config.graceful_shutdown_timeout_seconds)
     bookie_id = config.bookie_id(served.port)
     store = None
@@ -112,6 +118,7 @@ async def run_bookie(config: BookieConfig, stop: asyncio.Event) -> int:
                 config.recovery,
                 config.ledger_client,
                 token=server_client_token_source(config.auth),
+                credentials=config.tls.client_credentials(),
             )
             metrics.registry.register(AutorecoveryCollector(recovery))
         # Harnesses and scripts read this line to learn the ports picked for port 0.

@@ -33,6 +33,8 @@ import json
 import logging
 from dataclasses import dataclass
 
+import grpc
+
 from bookie.errors import BookieError
 from bookie.ledger import LEDGERS_PREFIX, LedgerClientConfig, LedgerManager
 from bookie.ledger.metadata import (
@@ -408,13 +410,16 @@ async def start_autorecovery(
     config: AutorecoveryConfig | None = None,
     ledger_config: LedgerClientConfig | None = None,
     token: TokenSource | None = None,
+    credentials: grpc.ChannelCredentials | None = None,
 ) -> Autorecovery:
     """Start the auditor candidate and a worker for a bookie process; the returned object owns
     its registry, bookie clients and tasks."""
     config = config or AutorecoveryConfig()
     registry = BookieRegistry(store)
     await registry.start()
-    pool = BookieClientPool(max_entry_size_bytes=config.max_entry_size_bytes, token=token)
+    pool = BookieClientPool(
+        max_entry_size_bytes=config.max_entry_size_bytes, token=token, credentials=credentials
+    )
     manager = LedgerManager(store, registry.available, pool.get, ledger_config)
     recovery = Autorecovery(store, bookie_id, registry, manager, config, owned=(registry, pool))
     recovery.start()

@@ -23,6 +23,7 @@ from strata.auth.config import AuthConfig
 from strata.config_binding import HELP, PREFIX, section, setting
 from strata.logging_setup import LOG_FORMATS
 from strata.process import log_format_setting, metadata_store_connect_timeout_setting
+from strata.tls import TlsConfig
 
 
 @dataclass(frozen=True, slots=True)
@@ -56,6 +57,7 @@ class BookieConfig:
         LedgerClientConfig, "timeouts and limits of autorecovery's ledger client"
     )
     auth: AuthConfig = section(AuthConfig, "authentication and authorization", prefix="")
+    tls: TlsConfig = section(TlsConfig, "TLS of the server and of its calls", prefix="")
 
     def __post_init__(self) -> None:
         if not self.metadata_url:

@@ -171,6 +171,7 @@ class GrpcBookieClient:
         max_request_bytes: int = 1 * _MIB,
         max_pending_adds: int = 10_000,
         token: TokenSource | None = None,
+        credentials: grpc.ChannelCredentials | None = None,
     ) -> None:
         self._address = address
         self._request_timeout_s = request_timeout_ms / 1000
@@ -178,18 +179,23 @@ class GrpcBookieClient:
         self._max_entry_size_bytes = max_entry_size_bytes
         self._max_request_bytes = max_request_bytes
         self._max_pending_adds = max_pending_adds
-        self._channel = grpc.aio.insecure_channel(
-            address,
-            options=[
-                ("grpc.max_receive_message_length", -1),
-                ("grpc.max_send_message_length", max_entry_size_bytes + _MIB),
-                ("grpc.keepalive_time_ms", 20_000),
-                ("grpc.keepalive_timeout_ms", 10_000),
-                ("grpc.keepalive_permit_without_calls", 1),
-            ],
-            # The credentials a broker or autorecovery presents (--broker-client-auth-token).
-            interceptors=aio_interceptors(token),
-        )
+        options = [
+            ("grpc.max_receive_message_length", -1),
+            ("grpc.max_send_message_length", max_entry_size_bytes + _MIB),
+            ("grpc.keepalive_time_ms", 20_000),
+            ("grpc.keepalive_timeout_ms", 10_000),
+            ("grpc.keepalive_permit_without_calls", 1),
+        ]
+        # The credentials a broker or autorecovery presents (--broker-client-auth-token), over
+        # TLS when --broker-client-tls-enabled gives ``credentials``.
+        if credentials is None:
+            self._channel = grpc.aio.insecure_channel(
+                address, options=options, interceptors=aio_interceptors(token)
+            )
+        else:
+            self._channel = grpc.aio.secure_channel(
+                address, credentials, options=options, interceptors=aio_interceptors(token)
+            )
         self._stub = bookie_pb2_grpc.BookieServiceStub(self._channel)
         self._stream: AddStream | None = None
         self._next_request_id = 1

@@ -30,6 +30,8 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+import grpc
+
 from bookie.api import BookieClient
 
 # Raised here; re-exported because the entry point and the admin service import them from here.
@@ -321,7 +323,14 @@ class BookieRegistry:
 class BookieClientPool:
     """One ``GrpcBookieClient`` per bookie id, created on first use; owns and closes them."""
 
-    def __init__(self, *, max_entry_size_bytes: int, token: TokenSource | None = None) -> None:
+    def __init__(
+        self,
+        *,
+        max_entry_size_bytes: int,
+        token: TokenSource | None = None,
+        credentials: grpc.ChannelCredentials | None = None,
+    ) -> None:
+        self._credentials = credentials
         self._clients: dict[str, GrpcBookieClient] = {}
         self._max_entry_size_bytes = max_entry_size_bytes
         self._token = token
@@ -330,7 +339,10 @@ class BookieClientPool:
         client = self._clients.get(bookie_id)
         if client is None:
             client = self._clients[bookie_id] = GrpcBookieClient(
-                bookie_id, max_entry_size_bytes=self._max_entry_size_bytes, token=self._token
+                bookie_id,
+                max_entry_size_bytes=self._max_entry_size_bytes,
+                token=self._token,
+                credentials=self._credentials,
             )
         return client
 

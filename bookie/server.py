@@ -429,6 +429,7 @@ async def start_bookie_server(
     max_pending_adds_per_stream: int = 8192,
     max_entry_size_bytes: int = DEFAULT_MAX_ENTRY_SIZE_BYTES,
     interceptors: Sequence[grpc.aio.ServerInterceptor] = (),
+    credentials: grpc.ServerCredentials | None = None,
 ) -> BookieServer:
     """Serve ``bookie`` on ``host:port`` (0: any free port) with health and reflection.
 
@@ -447,7 +448,11 @@ async def start_bookie_server(
     reflection.enable_server_reflection(
         [SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME], server
     )
-    bound_port = server.add_insecure_port(f"{host}:{port}")
+    address = f"{host}:{port}"
+    if credentials is None:
+        bound_port = server.add_insecure_port(address)
+    else:
+        bound_port = server.add_secure_port(address, credentials)
     if bound_port == 0:
         raise OSError(f"cannot bind the bookie server to {host}:{port}")
     await server.start()

@@ -107,6 +107,7 @@ async def run_broker(config: BrokerConfig, stop: asyncio.Event) -> None:
         pool = BookieClientPool(
             max_entry_size_bytes=config.max_message_size_bytes + BOOKIE_REQUEST_MARGIN_BYTES,
             token=server_client_token_source(config.auth),
+            credentials=config.tls.client_credentials(),
         )
         resources.push_async_callback(pool.close)
         registry = BookieRegistry(store)
@@ -122,6 +123,7 @@ async def run_broker(config: BrokerConfig, stop: asyncio.Event) -> None:
             config.port,
             config.max_message_size_bytes,
             server_interceptors(config.auth, listen_host=config.host, role="broker"),
+            config.tls.server_credentials(),
         )
         broker_id = config.advertised(port)
         broker = BrokerService(

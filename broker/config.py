@@ -23,6 +23,7 @@ from strata.auth.config import AuthConfig
 from strata.config_binding import section, setting
 from strata.logging_setup import LOG_FORMATS
 from strata.process import log_format_setting, metadata_store_connect_timeout_setting
+from strata.tls import TlsConfig
 from tiered.config import DRIVER_FILESYSTEM, DRIVERS, OffloadConfig
 from tiered.format import check_prefix
 
@@ -138,6 +139,7 @@ class BrokerConfig:
         LedgerClientConfig, "timeouts and limits of the ledger client (writes to bookies)"
     )
     auth: AuthConfig = section(AuthConfig, "authentication and authorization", prefix="")
+    tls: TlsConfig = section(TlsConfig, "TLS of the server and of its calls", prefix="")
 
     def __post_init__(self) -> None:
         if not 0 <= self.port <= 65535:

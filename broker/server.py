@@ -50,6 +50,7 @@ def bind_broker_server(
     port: int,
     max_message_size_bytes: int,
     interceptors: Sequence[grpc.aio.ServerInterceptor] = (),
+    credentials: grpc.ServerCredentials | None = None,
 ) -> tuple[grpc.aio.Server, int]:
     """A gRPC server bound to ``host:port`` (0: a free port), not serving yet; returns it and
     the bound port. The process role binds first so that it knows the broker's advertised
@@ -59,7 +60,11 @@ def bind_broker_server(
         interceptors=[*interceptors, MalformedRequestInterceptor()],
     )
     try:
-        bound = server.add_insecure_port(f"{host}:{port}")
+        address = f"{host}:{port}"
+        if credentials is None:
+            bound = server.add_insecure_port(address)
+        else:
+            bound = server.add_secure_port(address, credentials)
     except RuntimeError as exc:
         raise OSError(f"could not listen on {host}:{port} (is the port in use?)") from exc
     return server, bound

@@ -67,6 +67,7 @@ async def run_standalone(config: BrokerConfig, stop: asyncio.Event) -> None:
             config.port,
             config.max_message_size_bytes,
             server_interceptors(config.auth, listen_host=config.host, role="standalone"),
+            config.tls.server_credentials(),
         )
         broker = BrokerService(
             config, store, ledgers, offloader=offloader, advertised_address=config.advertised(port)

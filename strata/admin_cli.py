@@ -23,10 +23,11 @@ from google.protobuf.message import Message as ProtoMessage
 from strata.admin_subscriptions_cli import add_subscription_verbs
 from strata.auth.credentials import intercept_sync_channel
 from strata.client import AsyncClient
-from strata.client._connection import sync_channel_to_any
+from strata.client._connection import sync_channel_to_any, uses_tls
 from strata.client._errors import TOPIC_NOT_OWNED_REASON, error_info_of
 from strata.naming import NamespaceName, TopicName, parse_tenant
-from strata.options import add_option
+from strata.options import add_option, client_tls
+from strata.tls import channel_credentials
 from strata.tokens_cli import client_authentication
 from strata.v1 import admin_pb2, admin_pb2_grpc
 
@@ -69,8 +70,16 @@ class _Admin:
     def __init__(self, args: argparse.Namespace) -> None:
         # Any broker answers admin calls: the first of the service URL that is up.
         authentication = client_authentication(args)
+        credentials = None
+        if uses_tls(args.service_url):
+            tls = client_tls(args)
+            credentials = channel_credentials(
+                tls["tls_trust_certs_file_path"] or "",
+                tls["tls_certificate_file_path"] or "",
+                tls["tls_private_key_file_path"] or "",
+            )
         self.channel = intercept_sync_channel(
-            sync_channel_to_any(args.service_url, args.operation_timeout_seconds),
+            sync_channel_to_any(args.service_url, args.operation_timeout_seconds, credentials),
             None if authentication is None else authentication.token,
         )
         self.stub = admin_pb2_grpc.AdminServiceStub(self.channel)
@@ -397,6 +406,7 @@ def _topics_lookup(admin: _Admin, args: argparse.Namespace) -> None:
             args.service_url,
             args.operation_timeout_seconds,
             authentication=client_authentication(args),
+            **client_tls(args),
         ) as client:
             return await client.lookup_topic(args.topic)
 
@@ -409,6 +419,7 @@ def _topics_partitioned_lookup(admin: _Admin, args: argparse.Namespace) -> None:
             args.service_url,
             args.operation_timeout_seconds,
             authentication=client_authentication(args),
+            **client_tls(args),
         ) as client:
             partitions = await client.get_topic_partitions(args.topic)
             owners = await asyncio.gather(*(client.lookup_topic(p) for p in partitions))

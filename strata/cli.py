@@ -38,7 +38,7 @@ from strata.client import (
     Timeout,
 )
 from strata.naming import InvalidNameError
-from strata.options import add_option
+from strata.options import add_option, add_tls_options, client_tls
 from strata.perf import Pacer, add_perf_parsers
 from strata.tokens_cli import (
     TokensCommandError,
@@ -91,8 +91,9 @@ def _common_client_options(
         parser,
         "--service-url",
         default=DEFAULT_SERVICE_URL,
-        help="broker addresses: host:port[,host:port...], optionally after grpc:// or "
-        "pulsar://; any broker of a cluster will do, the next is tried if one is down",
+        help="broker addresses: host:port[,host:port...], optionally after grpc://, "
+        "pulsar://, or grpcs:// / pulsar+ssl:// for TLS; any broker of a cluster will do, "
+        "the next is tried if one is down",
         environ=environ,
     )
     add_option(
@@ -104,6 +105,7 @@ def _common_client_options(
         environ=environ,
     )
     add_credential_options(parser, environ)
+    add_tls_options(parser, environ)
 
 
 def build_parser(environ: Mapping[str, str] | None = None) -> argparse.ArgumentParser:
@@ -330,6 +332,7 @@ def _produce(args: argparse.Namespace) -> int:
         args.service_url,
         operation_timeout_seconds=args.operation_timeout_seconds,
         authentication=client_authentication(args),
+        **client_tls(args),
     ) as client:
         producer = client.create_producer(
             args.topic,
@@ -390,7 +393,10 @@ def _read(args: argparse.Namespace) -> int:
     timeout_ms = int(args.timeout_seconds * 1000) or None
     read = 0
     with Client(
-        args.service_url, operation_timeout_seconds=args.operation_timeout_seconds
+        args.service_url,
+        operation_timeout_seconds=args.operation_timeout_seconds,
+        authentication=client_authentication(args),
+        **client_tls(args),
     ) as client:
         reader = client.create_reader(args.topic, start)
         try:
@@ -430,6 +436,7 @@ def _consume(args: argparse.Namespace) -> int:
         args.service_url,
         operation_timeout_seconds=args.operation_timeout_seconds,
         authentication=client_authentication(args),
+        **client_tls(args),
     ) as client:
         consumer = client.subscribe(
             args.topic,

@@ -16,7 +16,7 @@ import argparse
 import os
 import sys
 from collections.abc import Callable, Mapping
-from typing import Any, TypeVar
+from typing import Any, TypedDict, TypeVar
 
 ENV_PREFIX = "STRATA_"
 TRUE_WORDS = ("true", "1", "yes")
@@ -128,3 +128,35 @@ def add_option(
         help=f"{help}{shown} [env {variable}]".strip().replace("%", "%%"),
         **kwargs,
     )
+
+
+def add_tls_options(parser: argparse.ArgumentParser, environ: Mapping[str, str] | None) -> None:
+    """A client command's TLS options (for a ``grpcs://`` or ``pulsar+ssl://`` service URL)."""
+    add_option(
+        parser,
+        "--tls-trust-certs-file",
+        help="CA certificates (PEM) to trust (default: the system's)",
+        environ=environ,
+    )
+    add_option(
+        parser,
+        "--tls-cert-file",
+        help="client certificate (PEM) for a mutual-TLS broker",
+        environ=environ,
+    )
+    add_option(parser, "--tls-key-file", help="the key (PEM) of --tls-cert-file", environ=environ)
+
+
+class ClientTls(TypedDict):
+    tls_trust_certs_file_path: str | None
+    tls_certificate_file_path: str | None
+    tls_private_key_file_path: str | None
+
+
+def client_tls(args: argparse.Namespace) -> ClientTls:
+    """The SDK client's TLS keyword arguments from a client command's options."""
+    return {
+        "tls_trust_certs_file_path": getattr(args, "tls_trust_certs_file", None) or None,
+        "tls_certificate_file_path": getattr(args, "tls_cert_file", None) or None,
+        "tls_private_key_file_path": getattr(args, "tls_key_file", None) or None,
+    }

@@ -61,7 +61,7 @@ from strata.client import (
     StrataException,
     Timeout,
 )
-from strata.options import add_option
+from strata.options import add_option, client_tls
 from strata.tokens_cli import client_authentication
 
 TIMESTAMP_BYTES = 8
@@ -342,6 +342,7 @@ async def _perf_produce(args: argparse.Namespace, meter: _Meter) -> None:
         args.service_url,
         args.operation_timeout_seconds,
         authentication=client_authentication(args),
+        **client_tls(args),
     ) as client:
         producers = [
             await client.create_producer(
@@ -433,6 +434,7 @@ async def _perf_consume(args: argparse.Namespace, meter: _Meter) -> None:
         args.service_url,
         args.operation_timeout_seconds,
         authentication=client_authentication(args),
+        **client_tls(args),
     ) as client:
         consumers = [
             await client.subscribe(

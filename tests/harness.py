@@ -37,11 +37,18 @@ def wait_serving(
     address: str,
     timeout_s: float = READY_TIMEOUT_SECONDS,
     process: subprocess.Popen[bytes] | None = None,
+    credentials: grpc.ChannelCredentials | None = None,
 ) -> None:
-    """Poll grpc.health.v1 until the server answers SERVING; fail early if it exited."""
+    """Poll grpc.health.v1 until the server answers SERVING; fail early if it exited. With
+    ``credentials``, over TLS."""
     deadline = time.monotonic() + timeout_s
     last_error: Exception | None = None
-    with grpc.insecure_channel(address) as channel:
+    channel_of = (
+        grpc.insecure_channel(address)
+        if credentials is None
+        else grpc.secure_channel(address, credentials)
+    )
+    with channel_of as channel:
         stub = health_pb2_grpc.HealthStub(channel)
         while time.monotonic() < deadline:
             if process is not None and process.poll() is not None:
@@ -82,6 +89,8 @@ class ServerProcess:
         self._log: IO[bytes] | None = None
         self._served = False  # once it has served, its port is its identity: never changed
         self._log_start = 0  # where this run's output starts in the log
+        # A server serving TLS is probed over TLS with these (the test sets them).
+        self.health_credentials: grpc.ChannelCredentials | None = None
 
     @property
     def address(self) -> str:
@@ -111,7 +120,12 @@ class ServerProcess:
         process took its port in the meantime is started again on a new port (bounded)."""
         for attempt in range(1, FIRST_START_MAX_ATTEMPTS + 1):
             try:
-                wait_serving(self.address, timeout_s, process=self.process)
+                wait_serving(
+                    self.address,
+                    timeout_s,
+                    process=self.process,
+                    credentials=self.health_credentials,
+                )
             except RuntimeError:
                 self.kill()
                 lost_port = "bind" in self.log_text()[-2000:]

@@ -19,12 +19,15 @@ from collections.abc import Callable
 from types import TracebackType
 from typing import Any, Unpack, overload
 
+import grpc
+
 from strata.client._auth import AuthenticationToken
 from strata.client._connection import (
     DEFAULT_SERVICE_URL,
     ConnectionPool,
     parse_service_urls,
     retry_until,
+    uses_tls,
 )
 from strata.client._consumer import AsyncConsumer, ConsumerEventListener
 from strata.client._dead_letter import (
@@ -48,6 +51,7 @@ from strata.client._partitioned import PartitionedProducer
 from strata.client._producer import AsyncProducer, TopicProducer
 from strata.client._reader import AsyncReader, reader_subscription_name
 from strata.naming import InvalidNameError, TopicName
+from strata.tls import channel_credentials
 
 # gRPC pings an open connection at most this often; brokers permit it.
 MIN_KEEP_ALIVE_INTERVAL_S = 1
@@ -70,7 +74,11 @@ class AsyncClient:
     and consumers, lookups, ack receipts and closing. ``keep_alive_interval_seconds`` is how
     often open connections are pinged (pulsar-client's name and default): a broker that
     stops answering (paused, cut off) is left within about that time plus 10 s.
-    ``authentication`` (an ``AuthenticationToken``) is presented on every call.
+    ``authentication`` (an ``AuthenticationToken``) is presented on every call. A
+    ``grpcs://`` or ``pulsar+ssl://`` URL connects over TLS, trusting
+    ``tls_trust_certs_file_path`` (default: the system's roots) and presenting
+    ``tls_certificate_file_path``/``tls_private_key_file_path`` to a mutual-TLS broker
+    (pulsar-client's names).
 
     Lifecycle: ``create_producer``/``subscribe`` as often as needed, then ``close``, which
     closes every producer (flushing it) and consumer still open, then the channel. Also an
@@ -83,6 +91,9 @@ class AsyncClient:
         operation_timeout_seconds: float = 30,
         keep_alive_interval_seconds: float = 30,
         authentication: AuthenticationToken | None = None,
+        tls_trust_certs_file_path: str | None = None,
+        tls_certificate_file_path: str | None = None,
+        tls_private_key_file_path: str | None = None,
     ) -> None:
         if operation_timeout_seconds <= 0:
             raise InvalidArgument("operation_timeout_seconds must be positive")
@@ -95,6 +106,22 @@ class AsyncClient:
             raise InvalidArgument("authentication must be a strata.AuthenticationToken")
         self._authentication = authentication
         self._targets = parse_service_urls(service_url)
+        self._credentials: grpc.ChannelCredentials | None = None
+        if uses_tls(service_url):
+            if bool(tls_certificate_file_path) != bool(tls_private_key_file_path):
+                raise InvalidArgument(
+                    "tls_certificate_file_path and tls_private_key_file_path go together"
+                )
+            try:
+                self._credentials = channel_credentials(
+                    tls_trust_certs_file_path or "",
+                    tls_certificate_file_path or "",
+                    tls_private_key_file_path or "",
+                )
+            except ValueError as exc:
+                raise InvalidArgument(str(exc)) from None
+        elif tls_trust_certs_file_path or tls_certificate_file_path:
+            raise InvalidArgument("TLS files need a grpcs:// or pulsar+ssl:// service URL")
         self._operation_timeout_s = float(operation_timeout_seconds)
         self._pool: ConnectionPool | None = None
         self._producers: set[AsyncProducer] = set()
@@ -121,6 +148,7 @@ class AsyncClient:
                 self._operation_timeout_s,
                 keepalive_time_ms=self._keepalive_time_ms,
                 token=None if self._authentication is None else self._authentication.token,
+                credentials=self._credentials,
             )
         return self._pool
 

@@ -56,7 +56,9 @@ _T = TypeVar("_T")
 
 DEFAULT_SERVICE_URL = "localhost:6650"
 DEFAULT_PORT = 6650
-_SCHEMES = ("grpc://", "pulsar://")
+_PLAIN_SCHEMES = ("grpc://", "pulsar://")
+TLS_SCHEMES = ("grpcs://", "pulsar+ssl://")
+_SCHEMES = (*TLS_SCHEMES, *_PLAIN_SCHEMES)
 
 # Batches of up to the broker's maximum message size (a few MiB) must fit in one gRPC
 # message, with room for the request envelope.
@@ -96,8 +98,8 @@ def _parse_target(part: str, service_url: str) -> str:
     else:
         if "://" in url:
             raise InvalidArgument(
-                f"service URL {service_url!r}: use host:port, grpc://host:port or "
-                "pulsar://host:port"
+                f"service URL {service_url!r}: use host:port, grpc://host:port, "
+                "pulsar://host:port, grpcs://host:port or pulsar+ssl://host:port"
             )
     url = url.rstrip("/")
     if not url or "/" in url:
@@ -113,12 +115,28 @@ def _parse_target(part: str, service_url: str) -> str:
     return url
 
 
+def uses_tls(service_url: str) -> bool:
+    """Whether the service URL asks for TLS (``grpcs://`` or ``pulsar+ssl://``); a URL may
+    not mix TLS and plaintext brokers."""
+    schemes = {
+        scheme
+        for part in service_url.split(",")
+        for scheme in _SCHEMES
+        if part.strip().startswith(scheme)
+    }
+    tls = bool(schemes & set(TLS_SCHEMES))
+    if tls and schemes & set(_PLAIN_SCHEMES):
+        raise InvalidArgument(f"service URL {service_url!r} mixes TLS and plaintext brokers")
+    return tls
+
+
 def parse_service_urls(service_url: str) -> tuple[str, ...]:
     """The brokers of a service URL, as gRPC targets, in the order given, without repeats.
 
     ``host:port[,host:port...]``, with an optional ``grpc://`` or ``pulsar://`` in front of
-    the list (pulsar's spelling) or of each broker; a missing port means 6650. Raises
-    ``InvalidArgument`` for other schemes (TLS is not supported yet) and empty entries.
+    the list (pulsar's spelling) or of each broker, ``grpcs://`` or ``pulsar+ssl://`` for TLS
+    (``uses_tls``); a missing port means 6650. Raises ``InvalidArgument`` for other schemes
+    and empty entries.
     """
     targets: list[str] = []
     text = service_url.strip()
@@ -169,13 +187,22 @@ class BrokerChannel:
         address: str,
         keepalive_time_ms: int = KEEPALIVE_TIME_MS,
         token: TokenSource | None = None,
+        credentials: grpc.ChannelCredentials | None = None,
     ) -> None:
         self.address = address
-        self.channel = grpc.aio.insecure_channel(
-            address,
-            options=channel_options(keepalive_time_ms),
-            interceptors=aio_interceptors(token),
-        )
+        if credentials is None:
+            self.channel = grpc.aio.insecure_channel(
+                address,
+                options=channel_options(keepalive_time_ms),
+                interceptors=aio_interceptors(token),
+            )
+        else:
+            self.channel = grpc.aio.secure_channel(
+                address,
+                credentials,
+                options=channel_options(keepalive_time_ms),
+                interceptors=aio_interceptors(token),
+            )
         self.messaging = messaging_pb2_grpc.MessagingServiceStub(self.channel)
         self.users = 0
 
@@ -198,9 +225,11 @@ class ConnectionPool:
         max_broker_channels: int = MAX_BROKER_CHANNELS,
         keepalive_time_ms: int = KEEPALIVE_TIME_MS,
         token: TokenSource | None = None,
+        credentials: grpc.ChannelCredentials | None = None,
     ) -> None:
         assert service_targets, "a service URL names at least one broker"
         self._token = token
+        self._credentials = credentials  # TLS for every broker, redirects included
         assert max_broker_channels >= 1
         self.service_targets = service_targets
         self.operation_timeout_s = operation_timeout_s
@@ -223,7 +252,7 @@ class ConnectionPool:
         broker = self._channels.pop(address, None)
         if broker is None:
             await self._make_room()
-            broker = BrokerChannel(address, self._keepalive_time_ms, self._token)
+            broker = BrokerChannel(address, self._keepalive_time_ms, self._token, self._credentials)
         self._channels[address] = broker
         broker.users += 1
         return broker
@@ -516,7 +545,9 @@ async def run_until_first_error(*coroutines: Coroutine[Any, Any, Any]) -> NoRetu
     raise ProtocolError("stream loops ended without an error")
 
 
-def sync_channel_to_any(service_url: str, timeout_s: float) -> grpc.Channel:
+def sync_channel_to_any(
+    service_url: str, timeout_s: float, credentials: grpc.ChannelCredentials | None = None
+) -> grpc.Channel:
     """A blocking channel to the first broker of ``service_url`` that accepts a connection.
 
     For the admin CLI, whose calls any broker answers. With one broker the channel connects
@@ -526,13 +557,19 @@ def sync_channel_to_any(service_url: str, timeout_s: float) -> grpc.Channel:
     """
     targets = parse_service_urls(service_url)
     probe_timeout_s = min(timeout_s, BROKER_PROBE_TIMEOUT_S)
+
+    def open_channel(target: str) -> grpc.Channel:
+        if credentials is None:
+            return grpc.insecure_channel(target, options=channel_options())
+        return grpc.secure_channel(target, credentials, options=channel_options())
+
     if len(targets) > 1:
         for target in targets:
-            channel = grpc.insecure_channel(target, options=channel_options())
+            channel = open_channel(target)
             if _connects(channel, probe_timeout_s):
                 return channel
             channel.close()
-    return grpc.insecure_channel(targets[0], options=channel_options())
+    return open_channel(targets[0])
 
 
 def _connects(channel: grpc.Channel, timeout_s: float) -> bool:

@@ -112,10 +112,19 @@ class Client:
         operation_timeout_seconds: float = 30,
         keep_alive_interval_seconds: float = 30,
         authentication: AuthenticationToken | None = None,
+        tls_trust_certs_file_path: str | None = None,
+        tls_certificate_file_path: str | None = None,
+        tls_private_key_file_path: str | None = None,
     ) -> None:
         # Validates the URL in the caller's thread, before any thread starts.
         self._client = AsyncClient(
-            service_url, operation_timeout_seconds, keep_alive_interval_seconds, authentication
+            service_url,
+            operation_timeout_seconds,
+            keep_alive_interval_seconds,
+            authentication,
+            tls_trust_certs_file_path=tls_trust_certs_file_path,
+            tls_certificate_file_path=tls_certificate_file_path,
+            tls_private_key_file_path=tls_private_key_file_path,
         )
         self._io = _LoopThread()
         self._closed = False

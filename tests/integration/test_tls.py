@@ -1,0 +1,190 @@
+"""TLS (issue 11 item 3): a standalone serving TLS, server-only and mutual; clients without
+the CA or without a certificate are refused, and plaintext does not reach a TLS port."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import grpc
+import pytest
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+import strata
+from tests.cluster import Cluster
+from tests.harness import Standalone
+from tests.tls_certs import TlsFiles, make_tls_files
+
+pytestmark = pytest.mark.integration
+
+
+async def round_trip(url: str, **tls: Any) -> bytes:
+    async with strata.AsyncClient(url, operation_timeout_seconds=5, **tls) as client:
+        consumer = await client.subscribe(
+            "tls-topic", "s", initial_position=strata.InitialPosition.Earliest
+        )
+        producer = await client.create_producer("tls-topic")
+        await producer.send(b"over tls")
+        message = await consumer.receive(timeout_millis=10_000)
+        consumer.acknowledge_nowait(message)
+        return message.data()
+
+
+async def refused(url: str, **tls: Any) -> None:
+    with pytest.raises(strata.StrataException):
+        async with strata.AsyncClient(url, operation_timeout_seconds=3, **tls) as client:
+            await client.create_producer("tls-topic")
+
+
+def start(tmp_path: Path, files: TlsFiles, *extra: str) -> Standalone:
+    server = Standalone(
+        tmp_path / "data",
+        "--tls-cert-file",
+        str(files.server_cert),
+        "--tls-key-file",
+        str(files.server_key),
+        *extra,
+    )
+    server.health_credentials = grpc.ssl_channel_credentials(
+        root_certificates=files.ca.read_bytes(),
+        private_key=files.client_key.read_bytes(),
+        certificate_chain=files.client_cert.read_bytes(),
+    )
+    return server.start()
+
+
+async def test_server_tls_round_trip_and_refusals(tmp_path: Path) -> None:
+    files = make_tls_files(tmp_path / "certs")
+    server = start(tmp_path, files)
+    try:
+        url = f"grpcs://{server.address}"
+        assert await round_trip(url, tls_trust_certs_file_path=str(files.ca)) == b"over tls"
+        assert (
+            await round_trip(
+                f"pulsar+ssl://{server.address}", tls_trust_certs_file_path=str(files.ca)
+            )
+            == b"over tls"
+        )
+        await refused(url, tls_trust_certs_file_path=str(files.other_ca))  # unknown CA
+        await refused(url)  # the system roots do not know the test CA
+        await refused(f"grpc://{server.address}")  # plaintext to a TLS port
+        # The CLI reads over TLS.
+        env = {"STRATA_SERVICE_URL": url, "STRATA_TLS_TRUST_CERTS_FILE": str(files.ca)}
+        done = await asyncio.to_thread(
+            subprocess.run,
+            [sys.executable, "-m", "strata", "read", "tls-topic", "-n", "1"],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            env={**os.environ, **env},
+        )
+        assert done.returncode == 0, done.stderr
+        assert done.stdout.splitlines() == ["over tls"]
+    finally:
+        server.stop()
+
+
+async def test_mutual_tls_needs_a_client_certificate(tmp_path: Path) -> None:
+    files = make_tls_files(tmp_path / "certs")
+    server = start(
+        tmp_path,
+        files,
+        "--tls-trust-certs-file",
+        str(files.ca),
+        "--tls-require-trusted-client-cert",
+        "true",
+    )
+    try:
+        url = f"grpcs://{server.address}"
+        data = await round_trip(
+            url,
+            tls_trust_certs_file_path=str(files.ca),
+            tls_certificate_file_path=str(files.client_cert),
+            tls_private_key_file_path=str(files.client_key),
+        )
+        assert data == b"over tls"
+        await refused(url, tls_trust_certs_file_path=str(files.ca))  # no client certificate
+    finally:
+        server.stop()
+
+
+def test_bad_tls_options_stop_the_server_naming_the_option(tmp_path: Path) -> None:
+    done = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "strata",
+            "standalone",
+            "--data-dir",
+            str(tmp_path / "d"),
+            "--port",
+            "0",
+            "--metrics-port",
+            "-1",
+            "--tls-cert-file",
+            str(tmp_path / "none.pem"),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode == 2
+    assert "--tls-cert-file" in done.stderr
+
+
+async def test_a_broker_writes_to_tls_bookies(tmp_path: Path) -> None:
+    """Bookies serving mutual TLS: a broker with the CA and a client certificate writes and
+    reads; the bookie port refuses plaintext."""
+    files = make_tls_files(tmp_path / "certs")
+    tls_bookie = [
+        "--tls-cert-file",
+        str(files.server_cert),
+        "--tls-key-file",
+        str(files.server_key),
+        "--tls-trust-certs-file",
+        str(files.ca),
+        "--tls-require-trusted-client-cert",
+        "true",
+        "--autorecovery",
+        "false",
+    ]
+    tls_client = [
+        "--broker-client-tls-enabled",
+        "true",
+        "--broker-client-trust-certs-file",
+        str(files.ca),
+        "--broker-client-cert-file",
+        str(files.client_cert),
+        "--broker-client-key-file",
+        str(files.client_key),
+        "--managed-ledger-default-ensemble-size",
+        "1",
+        "--managed-ledger-default-write-quorum",
+        "1",
+        "--managed-ledger-default-ack-quorum",
+        "1",
+    ]
+    cluster = Cluster(
+        tmp_path / "cluster", bookies=1, brokers=1, bookie_args=tls_bookie, broker_args=tls_client
+    )
+    try:
+        cluster.etcd.start()
+        cluster.launch_servers()
+        cluster.bookies[0].health_credentials = grpc.ssl_channel_credentials(
+            root_certificates=files.ca.read_bytes(),
+            private_key=files.client_key.read_bytes(),
+            certificate_chain=files.client_cert.read_bytes(),
+        )
+        cluster.wait_servers_ready()
+        assert await round_trip(cluster.broker_address()) == b"over tls"
+        with grpc.insecure_channel(cluster.bookie_id(0)) as channel:
+            health = health_pb2_grpc.HealthStub(channel)
+            with pytest.raises(grpc.RpcError) as raised:
+                health.Check(health_pb2.HealthCheckRequest(), timeout=3)
+            assert raised.value.code() == grpc.StatusCode.UNAVAILABLE
+    finally:
+        cluster.close()
