@@ -54,6 +54,7 @@ def ownership_config(config: BrokerConfig) -> OwnershipConfig:
         load_shedding_threshold_percent=config.load_shedding_threshold_percent,
         max_topics_per_bundle=config.max_topics_per_bundle,
         forward_token=server_client_token_source(config.auth),
+        forward_credentials=config.tls.client_credentials(),
     )
 
 

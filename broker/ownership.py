@@ -102,8 +102,10 @@ class OwnershipConfig:
     max_topics_per_bundle: int = 1_000
     # Bound of one broker-to-broker admin call (unload or split on the owner).
     forward_timeout_ms: int = 30_000
-    # The credentials presented to the owner (--broker-client-auth-token[-file]).
+    # The credentials presented to the owner (--broker-client-auth-token[-file]), over TLS
+    # with these channel credentials when --broker-client-tls-enabled.
     forward_token: TokenSource | None = None
+    forward_credentials: grpc.ChannelCredentials | None = None
 
 
 # Forward an admin operation on a bundle to its owner: (owner address, bundle key, operation).
@@ -237,6 +239,7 @@ class BundleOwnership:
             operation,
             self.config.forward_timeout_ms / 1000,
             token=self.config.forward_token,
+            credentials=self.config.forward_credentials,
         )
 
     async def _on_session_lost(self) -> None:
@@ -448,12 +451,23 @@ class BundleOwnership:
 
 
 async def forward_to_owner(
-    owner: str, key: str, operation: str, timeout_s: float, token: TokenSource | None = None
+    owner: str,
+    key: str,
+    operation: str,
+    timeout_s: float,
+    token: TokenSource | None = None,
+    credentials: grpc.ChannelCredentials | None = None,
 ) -> None:
     """Ask the broker at ``owner`` to ``"unload"`` or ``"split"`` a bundle it owns."""
     namespace, name = split_bundle_key(key)
     metadata = ((FORWARDED_HEADER, "1"),)
-    async with grpc.aio.insecure_channel(owner, interceptors=aio_interceptors(token)) as channel:
+    interceptors = aio_interceptors(token)
+    opened = (
+        grpc.aio.insecure_channel(owner, interceptors=interceptors)
+        if credentials is None
+        else grpc.aio.secure_channel(owner, credentials, interceptors=interceptors)
+    )
+    async with opened as channel:
         stub = admin_pb2_grpc.AdminServiceStub(channel)
         if operation == "unload":
             await stub.UnloadNamespace(
