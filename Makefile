@@ -80,7 +80,7 @@ bench-cluster: install
 	$(PY) -m tests.bench.run_bench --deployments standalone,cluster
 
 bench-auth: install
-	$(PY) -m tests.bench.run_bench --deployments standalone,standalone-auth
+	$(PY) -m tests.bench.run_bench --deployments standalone,standalone-auth,standalone-auth-tls
 
 bench-subscriptions: install
 	$(PY) -m tests.bench.run_subscription_bench

@@ -36,6 +36,7 @@ from strata.auth.tokens import create_token
 from strata.v1 import admin_pb2, admin_pb2_grpc
 from tests.cluster import Cluster
 from tests.harness import Standalone
+from tests.tls_certs import make_tls_files
 
 PERF_TIMEOUT_SECONDS = 300
 
@@ -75,6 +76,36 @@ def authenticated_standalone(tmp: Path) -> Iterator[str]:
         server.stop()
 
 
+@contextlib.contextmanager
+def secured_standalone(tmp: Path) -> Iterator[str]:
+    """Token authentication and TLS on (a CA made here); perf dials grpcs:// with the CA and
+    a token, so the cost measured is both's, per connection and per call."""
+    files = make_tls_files(tmp / "certs")
+    secret = tmp / "secret.key"
+    secret.write_bytes(os.urandom(32))
+    token = create_token(secret.read_bytes(), "HS256", "bench")
+    server = Standalone(
+        tmp / "data",
+        "--authentication-enabled",
+        "true",
+        "--auth-token-secret-key",
+        f"file:{secret}",
+        "--tls-cert-file",
+        str(files.server_cert),
+        "--tls-key-file",
+        str(files.server_key),
+    )
+    server.health_credentials = grpc.ssl_channel_credentials(files.ca.read_bytes())
+    server.start()
+    url = f"grpcs://{server.address}"
+    _CLIENT_ENV[url] = {"STRATA_AUTH_TOKEN": token, "STRATA_TLS_TRUST_CERTS_FILE": str(files.ca)}
+    try:
+        yield url
+    finally:
+        _CLIENT_ENV.pop(url, None)
+        server.stop()
+
+
 def last_json(process: subprocess.Popen[str]) -> dict[str, Any]:
     out, _ = process.communicate(timeout=PERF_TIMEOUT_SECONDS)
     if process.returncode != 0:
@@ -88,6 +119,10 @@ def deployment(kind: str, tmp: Path) -> Iterator[str]:
     """Start a fresh deployment and yield its service address."""
     if kind == "standalone-auth":
         with authenticated_standalone(tmp) as address:
+            yield address
+        return
+    if kind == "standalone-auth-tls":
+        with secured_standalone(tmp) as address:
             yield address
         return
     if kind == "standalone":
@@ -176,6 +211,7 @@ def main() -> int:
         "--deployments",
         default="standalone",
         help="comma-separated: standalone, standalone-auth (token authentication on), "
+        "standalone-auth-tls (and TLS), "
         "cluster (3 bookies, 3/3/2)",
     )
     args = parser.parse_args()
