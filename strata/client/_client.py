@@ -35,7 +35,7 @@ from strata.client._dead_letter import (
     ConsumerDeadLetterPolicy,
 )
 from strata.client._enums import ConsumerType, InitialPosition
-from strata.client._errors import AlreadyClosed, InvalidArgument, InvalidTopicName
+from strata.client._errors import AlreadyClosed, InvalidArgument, InvalidTopicName, NotSupported
 from strata.client._message import MessageId
 from strata.client._multi_topics import (
     DEFAULT_PATTERN_AUTO_DISCOVERY_PERIOD_S,
@@ -237,10 +237,21 @@ class AsyncClient:
         **kwargs: Any,
     ) -> MultiTopicsConsumer: ...
 
+    @overload
     async def subscribe(
         self,
-        topic: str | list[str] | tuple[str, ...] | re.Pattern[str],
-        subscription_name: str,
+        topic: None = None,
+        subscription_name: str = "",
+        *,
+        topics: list[str] | None = None,
+        topic_pattern: re.Pattern[str] | str | None = None,
+        **kwargs: Any,
+    ) -> MultiTopicsConsumer: ...
+
+    async def subscribe(  # type: ignore[misc]  # overload 3 names keywords; they are here
+        self,
+        topic: str | list[str] | tuple[str, ...] | re.Pattern[str] | None = None,
+        subscription_name: str = "",
         consumer_type: ConsumerType = ConsumerType.Exclusive,
         receiver_queue_size: int = 1000,
         consumer_name: str | None = None,
@@ -253,13 +264,17 @@ class AsyncClient:
         key_shared_policy: ConsumerKeySharedPolicy | None = None,
         pattern_auto_discovery_period_s: float = DEFAULT_PATTERN_AUTO_DISCOVERY_PERIOD_S,
         retry_enable: bool = False,
+        *,
+        topics: list[str] | None = None,
+        topic_pattern: re.Pattern[str] | str | None = None,
     ) -> AsyncConsumer | MultiTopicsConsumer:
         """Subscribe to ``topic``; returns once the broker accepted the consumer.
 
         ``topic`` may also be a list of topics or a compiled regular expression over full
         topic names of one namespace (``re.compile("persistent://public/default/orders-.*")``),
-        as in pulsar-client: the result is then a ``MultiTopicsConsumer`` over them, and a
-        pattern's topics are listed again every ``pattern_auto_discovery_period_s``.
+        as in pulsar-client, or be given as ``topics=[...]`` or ``topic_pattern=...``: the
+        result is then a ``MultiTopicsConsumer`` over them, and a pattern's topics are listed
+        again every ``pattern_auto_discovery_period_s``.
 
         ``ConsumerType.Failover``: one consumer of the subscription receives (per partition),
         the others stand by; ``priority_level`` (0 first) and then the consumer name choose
@@ -277,6 +292,26 @@ class AsyncClient:
         a consumer.
         """
 
+        if topics is not None or topic_pattern is not None:
+            if topic is not None or (topics is not None and topic_pattern is not None):
+                raise InvalidArgument("give one of topic, topics and topic_pattern")
+            if topics is not None:
+                topic = list(topics)
+            else:
+                try:
+                    topic = (
+                        re.compile(topic_pattern)
+                        if isinstance(topic_pattern, str)
+                        else topic_pattern
+                    )
+                except re.error as exc:
+                    raise InvalidArgument(
+                        f"topic_pattern is not a regular expression: {exc}"
+                    ) from None
+        if topic is None:
+            raise InvalidArgument("subscribe needs a topic, topics=[...] or topic_pattern=...")
+        if not subscription_name:
+            raise InvalidArgument("subscription_name must not be empty")
         letter_policy = dead_letter_policy
         retry: tuple[str, ConsumerDeadLetterPolicy] | None = None
         if retry_enable:
@@ -311,17 +346,17 @@ class AsyncClient:
         if isinstance(topic, str):
             return await subscribe_one(topic)
         if isinstance(topic, re.Pattern):
-            topics: list[str] = []
+            names: list[str] = []
             pattern: re.Pattern[str] | None = topic
         elif isinstance(topic, (list, tuple)) and topic and all(isinstance(t, str) for t in topic):
-            topics, pattern = list(topic), None
+            names, pattern = list(topic), None
         else:
             raise InvalidArgument("topic must be a name, a non-empty list of names or a pattern")
         multi = MultiTopicsConsumer(
             self._get_pool(),
             subscription_name,
             subscribe_one,
-            topics=topics,
+            topics=names,
             pattern=pattern,
             receiver_queue_size=receiver_queue_size,
             pattern_auto_discovery_period_s=pattern_auto_discovery_period_s,
@@ -378,6 +413,7 @@ class AsyncClient:
         start_message_id_inclusive: bool = False,
         reader_name: str | None = None,
         receiver_queue_size: int = 1000,
+        is_read_compacted: bool = False,
     ) -> AsyncReader:
         """A reader of ``topic`` from ``start_message_id`` (``MessageId.earliest``,
         ``MessageId.latest`` or an id), on a non-durable subscription: nothing is left behind
@@ -385,6 +421,8 @@ class AsyncClient:
         name = _check_topic(topic)
         if not isinstance(start_message_id, MessageId):
             raise InvalidArgument("start_message_id must be a MessageId")
+        if is_read_compacted:
+            raise NotSupported("compacted reads come with topic compaction (not served yet)")
         pool = self._get_pool()
         if await self._partitions_of(name):
             raise InvalidArgument(

@@ -42,10 +42,19 @@ class MessageId:
     part in equality or ordering. Ids order by ``(ledger_id, entry_id, partition,
     batch_index)``, which is publish order within a topic.
 
-    ``MessageId.earliest`` and ``MessageId.latest`` are the usual start positions.
+    ``MessageId.earliest`` and ``MessageId.latest`` are the usual start positions. The id of
+    a received message also names its topic (``topic_name()``, pulsar's ``TopicMessageId``),
+    which a multi-topic consumer acknowledges it by; the topic takes no part in equality.
     """
 
-    __slots__ = ("_batch_index", "_batch_size", "_entry_id", "_ledger_id", "_partition")
+    __slots__ = (
+        "_batch_index",
+        "_batch_size",
+        "_entry_id",
+        "_ledger_id",
+        "_partition",
+        "_topic",
+    )
 
     earliest: ClassVar[MessageId]
     latest: ClassVar[MessageId]
@@ -57,12 +66,18 @@ class MessageId:
         batch_index: int = -1,
         partition: int = -1,
         batch_size: int = 0,
+        topic: str | None = None,
     ) -> None:
+        self._topic = topic
         self._ledger_id = ledger_id
         self._entry_id = entry_id
         self._batch_index = batch_index
         self._partition = partition
         self._batch_size = batch_size
+
+    def topic_name(self) -> str | None:
+        """The topic (or partition) of the message this id came from; None when not known."""
+        return self._topic
 
     def ledger_id(self) -> int:
         return self._ledger_id
@@ -270,7 +285,12 @@ class Message:
         if message_id is None:
             entry = self._entry
             message_id = MessageId(
-                entry.ledger_id, entry.entry_id, self._index, entry.partition, entry.batch_size
+                entry.ledger_id,
+                entry.entry_id,
+                self._index,
+                entry.partition,
+                entry.batch_size,
+                entry.topic,
             )
             self._id = message_id
         return message_id

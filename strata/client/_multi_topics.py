@@ -244,12 +244,12 @@ class MultiTopicsConsumer:
         return messages
 
     def _consumer_of(self, message: Message | MessageId) -> AsyncConsumer:
-        if not isinstance(message, Message):
-            raise InvalidArgument(
-                "a multi-topic consumer acknowledges Message objects (a MessageId does not "
-                "name its topic)"
-            )
         topic = message.topic_name()
+        if topic is None:
+            raise InvalidArgument(
+                "a multi-topic consumer acknowledges received messages or their ids (an id "
+                "made by hand does not name its topic)"
+            )
         consumer = self._consumers.get(topic) or self._consumers.get(
             str(TopicName.parse(topic).partitioned_name)
         )

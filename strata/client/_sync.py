@@ -180,6 +180,7 @@ class Client:
         start_message_id_inclusive: bool = False,
         reader_name: str | None = None,
         receiver_queue_size: int = 1000,
+        is_read_compacted: bool = False,
     ) -> Reader:
         """A reader of ``topic``; see ``AsyncClient.create_reader``."""
         self._check_open()
@@ -190,6 +191,7 @@ class Client:
                 start_message_id_inclusive=start_message_id_inclusive,
                 reader_name=reader_name,
                 receiver_queue_size=receiver_queue_size,
+                is_read_compacted=is_read_compacted,
             )
         )
         return Reader(self._io, reader)

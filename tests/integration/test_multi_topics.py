@@ -32,7 +32,9 @@ async def test_a_list_of_topics_is_one_subscription(standalone: Standalone) -> N
         for _ in range(3):
             message = await consumer.receive(RECEIVE_TIMEOUT_MS)
             got[message.data().decode()] = message.topic_name()
-            await consumer.acknowledge(message)
+            # A received message's id names its topic: acknowledged by id.
+            assert message.message_id().topic_name() == message.topic_name()
+            await consumer.acknowledge(message.message_id())
         assert got == {
             "a1": "persistent://public/default/multi-a",
             "a2": "persistent://public/default/multi-a",
@@ -49,8 +51,8 @@ async def test_a_pattern_picks_up_a_topic_created_after_it(standalone: Standalon
         await send(client, "orders-eu", "eu1")
         await send(client, "payments", "p1")  # does not match
         consumer = await client.subscribe(
-            re.compile("persistent://public/default/orders-.*"),
-            "pattern-sub",
+            topic_pattern=re.compile("persistent://public/default/orders-.*"),
+            subscription_name="pattern-sub",
             initial_position=strata.InitialPosition.Earliest,
             pattern_auto_discovery_period_s=0.5,
         )
@@ -70,3 +72,21 @@ async def test_a_pattern_picks_up_a_topic_created_after_it(standalone: Standalon
         with pytest.raises(strata.Timeout):
             await consumer.receive(500)
         await consumer.close()
+
+
+async def test_the_keyword_spellings(standalone: Standalone) -> None:
+    async with strata.AsyncClient(standalone.address) as client:
+        await send(client, "kw-a", "a")
+        consumer = await client.subscribe(
+            topics=["kw-a", "kw-b"],
+            subscription_name="s",
+            initial_position=strata.InitialPosition.Earliest,
+        )
+        assert (await consumer.receive(RECEIVE_TIMEOUT_MS)).data() == b"a"
+        await consumer.close()
+        with pytest.raises(strata.InvalidArgument, match="one of topic, topics and topic_pattern"):
+            await client.subscribe("kw-a", "s", topics=["kw-b"])
+        with pytest.raises(strata.InvalidArgument, match="needs a topic"):
+            await client.subscribe(subscription_name="s")
+        with pytest.raises(strata.NotSupported, match="compacted"):
+            await client.create_reader("kw-a", strata.MessageId.earliest, is_read_compacted=True)
