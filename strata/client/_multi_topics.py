@@ -300,6 +300,19 @@ class MultiTopicsConsumer:
         )
         consumer.acknowledge_nowait(message)
 
+    async def acknowledge_cumulative(self, message: Message | MessageId) -> None:
+        """This message and every earlier one of its topic (pulsar's multi-topic consumer)."""
+        await self._consumer_of(message).acknowledge_cumulative(message)
+
+    async def seek(self, target: MessageId | int) -> None:
+        """Every topic to a publish time (ms), or a received message's topic to its id."""
+        if isinstance(target, MessageId):
+            await self._consumer_of(target).seek(target)
+            return
+        for consumer in list(self._consumers.values()):
+            await consumer.seek(target)
+        self._queue = deque()
+
     async def flush_acknowledgements(self, wait_durable: bool = True) -> None:
         await asyncio.gather(
             *(c.flush_acknowledgements(wait_durable) for c in self._consumers.values())

@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import datetime
+import re
 import threading
 from collections import deque
 from collections.abc import Callable, Coroutine, Mapping
@@ -26,12 +27,17 @@ from strata.client._dead_letter import ConsumerDeadLetterPolicy
 from strata.client._enums import ConsumerType, InitialPosition
 from strata.client._errors import (
     AlreadyClosed,
+    InvalidArgument,
     ProducerQueueIsFull,
     Result,
     StrataException,
     Timeout,
 )
 from strata.client._message import Message, MessageId
+from strata.client._multi_topics import (
+    DEFAULT_PATTERN_AUTO_DISCOVERY_PERIOD_S,
+    MultiTopicsConsumer,
+)
 from strata.client._options import ConsumerKeySharedPolicy, ProducerKeywords, producer_options
 from strata.client._producer import AsyncProducer, SendCallback
 from strata.client._reader import AsyncReader
@@ -139,8 +145,8 @@ class Client:
 
     def subscribe(
         self,
-        topic: str,
-        subscription_name: str,
+        topic: str | list[str] | tuple[str, ...] | re.Pattern[str] | None = None,
+        subscription_name: str = "",
         consumer_type: ConsumerType = ConsumerType.Exclusive,
         receiver_queue_size: int = 1000,
         consumer_name: str | None = None,
@@ -151,14 +157,24 @@ class Client:
         unacked_messages_timeout_ms: int | None = None,
         dead_letter_policy: ConsumerDeadLetterPolicy | None = None,
         key_shared_policy: ConsumerKeySharedPolicy | None = None,
+        pattern_auto_discovery_period_s: float = DEFAULT_PATTERN_AUTO_DISCOVERY_PERIOD_S,
+        retry_enable: bool = False,
+        *,
+        topics: list[str] | None = None,
+        topic_pattern: re.Pattern[str] | str | None = None,
     ) -> Consumer:
-        """Subscribe to ``topic``; see ``AsyncClient.subscribe`` (the listener is called on
-        the client's I/O thread, with the ``AsyncConsumer``)."""
+        """Subscribe to ``topic`` (or ``topics``, or a ``topic_pattern``); see
+        ``AsyncClient.subscribe`` (the listener is called on the client's I/O thread, with
+        the ``AsyncConsumer``)."""
         self._check_open()
-        consumer = self._io.run(
-            self._client.subscribe(
+        subscribing: Coroutine[Any, Any, AsyncConsumer | MultiTopicsConsumer] = (
+            self._client.subscribe(  # type: ignore[call-overload]
                 topic,
                 subscription_name,
+                pattern_auto_discovery_period_s=pattern_auto_discovery_period_s,
+                retry_enable=retry_enable,
+                topics=topics,
+                topic_pattern=topic_pattern,
                 consumer_type=consumer_type,
                 receiver_queue_size=receiver_queue_size,
                 consumer_name=consumer_name,
@@ -171,6 +187,7 @@ class Client:
                 key_shared_policy=key_shared_policy,
             )
         )
+        consumer = self._io.run(subscribing)
         return Consumer(self._io, consumer, max(1, min(1000, receiver_queue_size // 2)))
 
     def create_reader(
@@ -394,7 +411,12 @@ class Consumer:
     ``negative_acknowledge`` queue and return at once.
     """
 
-    def __init__(self, io: _LoopThread, consumer: AsyncConsumer, fetch_max_messages: int) -> None:
+    def __init__(
+        self,
+        io: _LoopThread,
+        consumer: AsyncConsumer | MultiTopicsConsumer,
+        fetch_max_messages: int,
+    ) -> None:
         self._io = io
         self._consumer = consumer
         self._fetch_max_messages = fetch_max_messages
@@ -452,6 +474,14 @@ class Consumer:
         self._check_open()
         self._buffer.clear()
         self._io.run(self._consumer.seek(target))
+
+    def reconsume_later(self, message: Message, delay: datetime.timedelta) -> None:
+        """See ``MultiTopicsConsumer.reconsume_later`` (``subscribe(..., retry_enable=True)``)."""
+        self._check_open()
+        consumer = self._consumer
+        if not isinstance(consumer, MultiTopicsConsumer):
+            raise InvalidArgument("reconsume_later needs subscribe(..., retry_enable=True)")
+        self._io.run(consumer.reconsume_later(message, delay))
 
     def acknowledge_cumulative(self, message: Message | MessageId) -> None:
         """Acknowledge this message and every earlier one; see

@@ -90,3 +90,17 @@ async def test_the_keyword_spellings(standalone: Standalone) -> None:
             await client.subscribe(subscription_name="s")
         with pytest.raises(strata.NotSupported, match="compacted"):
             await client.create_reader("kw-a", strata.MessageId.earliest, is_read_compacted=True)
+
+
+def test_the_blocking_client_subscribes_to_several_topics(standalone: Standalone) -> None:
+    with strata.Client(standalone.address) as client:
+        for topic in ("sync-a", "sync-b"):
+            client.create_producer(topic).send(topic.encode())
+        consumer = client.subscribe(
+            topic_pattern="persistent://public/default/sync-.*",
+            subscription_name="s",
+            initial_position=strata.InitialPosition.Earliest,
+        )
+        got = sorted(consumer.receive(timeout_millis=RECEIVE_TIMEOUT_MS).data() for _ in range(2))
+        assert got == [b"sync-a", b"sync-b"]
+        consumer.close()
