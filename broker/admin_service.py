@@ -10,6 +10,7 @@ import logging
 from typing import Any
 
 from broker import admin_cluster, subscription_admin
+from broker.audit import audit_mutations
 from broker.edge import edge
 from broker.errors import InvalidRequestError, NotFoundError, PreconditionError
 from broker.offload import OffloadStatus
@@ -61,6 +62,7 @@ def _offload_status(name: TopicName, status: OffloadStatus) -> admin_pb2.Offload
     )
 
 
+@audit_mutations
 class AdminServicer(admin_pb2_grpc.AdminServiceServicer):
     def __init__(self, broker: BrokerService) -> None:
         self._broker = broker

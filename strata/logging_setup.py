@@ -20,7 +20,7 @@ LOG_FORMAT_TEXT = "text"
 LOG_FORMAT_JSON = "json"
 LOG_FORMATS = (LOG_FORMAT_TEXT, LOG_FORMAT_JSON)
 # Fields a call may add through ``extra=``, in the order they are shown.
-CONTEXT_FIELDS = ("topic", "ledger")
+CONTEXT_FIELDS = ("topic", "ledger", "role", "operation", "target", "outcome")
 TEXT_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 
 
