@@ -6,6 +6,7 @@ statuses through ``broker.errors.to_status``.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from typing import Any
 
@@ -124,6 +125,8 @@ class AdminServicer(admin_pb2_grpc.AdminServiceServicer):
         persistence = policies.get("persistence")
         if persistence:
             namespace.persistence.CopyFrom(admin_pb2.PersistencePolicies(**persistence))
+        limits = self._broker.namespaces.limits_of(policies)
+        namespace.limits.CopyFrom(admin_pb2.LimitPolicies(**dataclasses.asdict(limits)))
         offload = self._broker.offload_policy_of(policies)
         namespace.offload.CopyFrom(
             admin_pb2.OffloadPolicies(
@@ -165,6 +168,15 @@ class AdminServicer(admin_pb2_grpc.AdminServiceServicer):
         await self._broker.set_persistence(
             name, p.bookkeeper_ensemble, p.bookkeeper_write_quorum, p.bookkeeper_ack_quorum
         )
+        return await self._namespace(name)
+
+    @edge
+    async def SetLimits(self, request: Any, context: Any) -> admin_pb2.Namespace:
+        name = NamespaceName.parse(request.name)
+        given = {field.name: value for field, value in request.limits.ListFields()}
+        if not given:
+            raise InvalidRequestError("give at least one limit")
+        await self._broker.namespaces.set_limits(name, given)
         return await self._namespace(name)
 
     @edge

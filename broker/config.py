@@ -28,6 +28,15 @@ from tiered.config import DRIVER_FILESYSTEM, DRIVERS, OffloadConfig
 from tiered.format import check_prefix
 
 MIB = 1024 * 1024
+# The namespace limits: broker defaults here, overrides in each namespace's policies.
+LIMIT_NAMES = (
+    "max_topics_per_namespace",
+    "max_producers_per_topic",
+    "max_consumers_per_topic",
+    "max_subscriptions_per_topic",
+    "max_unacked_messages_per_consumer",
+    "max_unacked_messages_per_subscription",
+)
 MINUTE_MS = 60_000
 
 
@@ -135,6 +144,17 @@ class BrokerConfig:
         "finish in-flight requests before it exits",
     )
     log_format: str = log_format_setting()
+    # Pulsar's broker-level limits, each a namespace may override (0 = unlimited).
+    max_topics_per_namespace: int = setting(0, "topics a namespace may hold (0 = unlimited)")
+    max_producers_per_topic: int = setting(0, "producers on one topic (0 = unlimited)")
+    max_consumers_per_topic: int = setting(0, "consumers on one topic (0 = unlimited)")
+    max_subscriptions_per_topic: int = setting(0, "subscriptions of one topic (0 = unlimited)")
+    max_unacked_messages_per_consumer: int = setting(
+        50_000, "a consumer this far behind on acks gets nothing more until it acks (0 = no limit)"
+    )
+    max_unacked_messages_per_subscription: int = setting(
+        200_000, "a subscription this far behind on acks dispatches nothing (0 = no limit)"
+    )
     ledger_client: LedgerClientConfig = section(
         LedgerClientConfig, "timeouts and limits of the ledger client (writes to bookies)"
     )
@@ -173,6 +193,7 @@ class BrokerConfig:
         if self.log_format not in LOG_FORMATS:
             raise ValueError(f"log_format must be one of {', '.join(LOG_FORMATS)}")
         not_negative = (
+            *LIMIT_NAMES,
             "offload_deletion_lag_ms",
             "offload_block_cache_size_bytes",
             "graceful_shutdown_timeout_seconds",

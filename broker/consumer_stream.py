@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING, Any
 import grpc
 
 from broker.errors import InvalidRequestError, ResourceLimitError
+from broker.limits import check_consumer_room
 from broker.managed_ledger import ManagedLedger, Position
 from broker.stream_driver import run_stream
 from broker.stream_requests import check_ack, check_flow, check_subscribe_request
@@ -94,6 +95,8 @@ class ConsumerStream:
             return
         request = check_subscribe_request(first)
         topic = await self._broker.get_topic(request.topic)
+        limits = await self._broker.namespaces.limits_for(topic.name.namespace_name)
+        check_consumer_room(topic, request.subscription, limits)
         if first.subscribe.non_durable:
             start = first.subscribe.start_message_id
             subscription = await topic.create_reader_subscription(
@@ -118,7 +121,9 @@ class ConsumerStream:
             key_shared_mode=request.key_shared_mode,
             hash_ranges=request.hash_ranges,
             disconnect=self._disconnect,
+            max_unacked_messages=limits.max_unacked_messages_per_consumer,
         )
+        subscription.max_unacked_messages = limits.max_unacked_messages_per_subscription
         subscription.add_consumer(session, request.type)
         try:
             await self._context.write(

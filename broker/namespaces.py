@@ -16,10 +16,11 @@ from __future__ import annotations
 import contextlib
 import json
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 from broker.bundles import equal_boundaries
-from broker.config import BrokerConfig
+from broker.config import LIMIT_NAMES, BrokerConfig
 from broker.errors import (
     AlreadyExistsError,
     InvalidRequestError,
@@ -50,6 +51,22 @@ async def initialize_cluster(store: MetadataStore) -> None:
 
 def _namespace_key(name: NamespaceName) -> str:
     return f"{NAMESPACES_PREFIX}{name.tenant}/{name.namespace}"
+
+
+# The largest limit a namespace may set.
+MAX_LIMIT = 1_000_000_000
+
+
+@dataclass(frozen=True, slots=True)
+class Limits:
+    """A namespace's limits in effect (0 = unlimited)."""
+
+    max_topics_per_namespace: int
+    max_producers_per_topic: int
+    max_consumers_per_topic: int
+    max_subscriptions_per_topic: int
+    max_unacked_messages_per_consumer: int
+    max_unacked_messages_per_subscription: int
 
 
 class Namespaces:
@@ -186,6 +203,28 @@ class Namespaces:
             int(persistence["bookkeeper_write_quorum"]),
             int(persistence["bookkeeper_ack_quorum"]),
         )
+
+    async def set_limits(self, name: NamespaceName, limits: dict[str, int]) -> None:
+        """Set the given limits (0 = unlimited) of the namespace; the others keep theirs."""
+        for limit, value in limits.items():
+            if limit not in LIMIT_NAMES:
+                raise InvalidRequestError(f"no limit {limit}")
+            if not 0 <= value <= MAX_LIMIT:
+                raise InvalidRequestError(f"{limit} must be within 0..{MAX_LIMIT}, got {value}")
+        await self.update_namespace_policies(
+            name,
+            lambda policies: {**policies, "limits": {**policies.get("limits", {}), **limits}},
+        )
+
+    def limits_of(self, policies: dict[str, Any]) -> Limits:
+        """The limits in effect: the namespace's, else the broker's."""
+        own = policies.get("limits", {})
+        return Limits(
+            **{name: int(own.get(name, getattr(self.config, name))) for name in LIMIT_NAMES}
+        )
+
+    async def limits_for(self, name: NamespaceName) -> Limits:
+        return self.limits_of(await self.get_namespace_policies(name))
 
     async def set_offload_threshold(self, name: NamespaceName, threshold_bytes: int) -> None:
         """Bytes of a topic kept on bookies before its oldest closed ledgers are offloaded

@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING, Any
 import grpc
 
 from broker.entry_format import stored_entry_for
+from broker.limits import check_producer_room
 from broker.metrics import PUBLISH_LATENCY_SECONDS
 from broker.stream_driver import run_stream
 from broker.stream_requests import check_open_request, check_publish_batch, check_publish_request
@@ -69,6 +70,9 @@ class ProducerStream:
             return
         request = check_open_request(first)
         topic = await self._broker.get_topic(request.topic)
+        check_producer_room(
+            topic, await self._broker.namespaces.limits_for(topic.name.namespace_name)
+        )
         producer_name, last_sequence_id = topic.add_producer(
             request.producer_name, self._broker.config.broker_name
         )

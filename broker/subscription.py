@@ -100,13 +100,15 @@ class ConsumerSession:
     # Key_Shared: STICKY (KeySharedMeta.STICKY) with the hash ranges it owns, else AUTO_SPLIT.
     key_shared_mode: int = 0
     hash_ranges: tuple[tuple[int, int], ...] = ()
+    # The namespace's max_unacked_messages_per_consumer (0 = no limit).
+    max_unacked_messages: int = MAX_UNACKED_MESSAGES_PER_CONSUMER
     # Ends the consumer's stream with UNAVAILABLE (an admin reset or forced unsubscribe).
     disconnect: Callable[[Exception], None] = lambda _error: None
 
     def can_receive(self) -> bool:
         return (
             self.permits > 0
-            and self.unacked_messages < MAX_UNACKED_MESSAGES_PER_CONSUMER
+            and (not self.max_unacked_messages or self.unacked_messages < self.max_unacked_messages)
             and self.writable()
         )
 
@@ -153,6 +155,9 @@ class Subscription:
         # dispatcher when the first of them falls due (owned here, cancelled by close()).
         self.delayed = DelayedDeliveryTracker()
         self._delay_timer: asyncio.TimerHandle | None = None
+        # The namespace's max_unacked_messages_per_subscription (0 = no limit): at it, the
+        # subscription dispatches nothing until acknowledgements come (as Pulsar).
+        self.max_unacked_messages = 0
         # Raised by every seek: a dispatch round that awaited a read across one drops what it
         # read (it belongs to the position before the seek).
         self._epoch = 0
@@ -524,6 +529,8 @@ class Subscription:
     async def _dispatch_round(self) -> bool:
         """Send one round of entries; True if anything was sent (try again at once)."""
         if not self._any_ready():
+            return False
+        if self.max_unacked_messages and self.unacked_messages() >= self.max_unacked_messages:
             return False
         now = now_ms()
         if self.delayed:

@@ -24,6 +24,7 @@ from collections.abc import Callable
 from bookie.ledger import LedgerManager
 from broker.config import BrokerConfig
 from broker.errors import AlreadyExistsError, InvalidRequestError, NotFoundError, PreconditionError
+from broker.limits import check_topic_room
 from broker.managed_ledger import (
     MANAGED_LEDGERS_PREFIX,
     EntryCache,
@@ -154,6 +155,11 @@ class TopicRegistry:
                 f"{name} is a partitioned topic: use its partitions ({name}-partition-N); "
                 "the SDK does this by itself"
             )
+        if not await self.topic_exists(name):  # auto-creation: within the namespace's limit
+            limits = await self.namespaces.limits_for(name.namespace_name)
+            if limits.max_topics_per_namespace:
+                existing = await self.list_topics(name.namespace_name)
+                check_topic_room(str(name.namespace_name), len(existing), limits)
         if name.partition_index >= 0:
             # A partition exists only as part of its partitioned topic, within its count.
             partitions = await self.partitions_of(name.partitioned_name)

@@ -185,6 +185,25 @@ def _namespaces_set_persistence(admin: _Admin, args: argparse.Namespace) -> None
     )
 
 
+def _namespaces_set_limit(limit: str) -> _Handler:
+    def handler(admin: _Admin, args: argparse.Namespace) -> None:
+        name = NamespaceName.parse(args.namespace).resource_name
+        limits = admin_pb2.LimitPolicies(**{limit: getattr(args, limit)})
+        admin.stub.SetLimits(
+            admin_pb2.SetLimitsRequest(name=name, limits=limits), timeout=admin.timeout_s
+        )
+
+    return handler
+
+
+def _namespaces_get_limits(admin: _Admin, args: argparse.Namespace) -> None:
+    name = NamespaceName.parse(args.namespace).resource_name
+    namespace = admin.stub.GetNamespace(
+        admin_pb2.GetNamespaceRequest(name=name), timeout=admin.timeout_s
+    )
+    _print_json(namespace.limits, with_defaults=True)
+
+
 def _namespaces_get_persistence(admin: _Admin, args: argparse.Namespace) -> None:
     name = NamespaceName.parse(args.namespace).resource_name
     namespace = admin.stub.GetNamespace(
@@ -559,6 +578,30 @@ def add_admin_parser(
         ("-a", "--bookkeeper-ack-quorum", "copies confirmed before a receipt (Qa)"),
     ):
         add_option(persistence, short, flag, type=int, required=True, help=text, environ=environ)
+    for limit, text in (
+        ("max_topics_per_namespace", "topics the namespace may hold"),
+        ("max_producers_per_topic", "producers on one topic"),
+        ("max_consumers_per_topic", "consumers on one topic"),
+        ("max_subscriptions_per_topic", "subscriptions of one topic"),
+        ("max_unacked_messages_per_consumer", "unacknowledged messages one consumer holds"),
+        ("max_unacked_messages_per_subscription", "unacknowledged messages of a subscription"),
+    ):
+        flag = "--" + limit.replace("_", "-")
+        limit_verb = verb(
+            namespaces,
+            "set-" + limit.replace("_", "-"),
+            _namespaces_set_limit(limit),
+            f"limit the {text} (0 = unlimited)",
+            ("namespace", "TENANT/NAMESPACE"),
+        )
+        add_option(limit_verb, flag, type=int, required=True, help="the limit", environ=environ)
+    verb(
+        namespaces,
+        "get-limits",
+        _namespaces_get_limits,
+        "show the namespace's limits in effect as JSON",
+        ("namespace", "TENANT/NAMESPACE"),
+    )
     verb(
         namespaces,
         "get-persistence",

@@ -352,7 +352,12 @@ def from_rpc_error(error: grpc.RpcError) -> StrataException:
         ):
             owner = info.metadata.get(OWNER_METADATA_KEY) or None
             return TopicNotOwned(f"{code.name}: {details}", owner=owner, code=code, details=details)
-    return exception_for_status(code, details)
+    exception = exception_for_status(code, details)
+    if code is grpc.StatusCode.RESOURCE_EXHAUSTED:
+        # A server's limit (producers per topic, a message over the size limit) does not go
+        # away by asking again; the client's own channel bound (raised locally) does.
+        exception.retriable = False
+    return exception
 
 
 def result_of(error: BaseException | None) -> Result:

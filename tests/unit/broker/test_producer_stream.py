@@ -14,6 +14,7 @@ from typing import Any
 import grpc
 import pytest
 
+from broker.namespaces import Limits
 from broker.producer_stream import ProducerStream
 from strata.naming import TopicName
 from strata.v1 import messaging_pb2 as pb
@@ -98,7 +99,11 @@ async def test_receipts_wait_for_durability_and_go_out_in_sequence_order() -> No
     async def get_topic(name: TopicName) -> StandInTopic:
         return topic
 
-    broker: Any = SimpleNamespace(config=config, get_topic=get_topic)
+    async def limits_for(name: object) -> Limits:
+        return Limits(0, 0, 0, 0, 0, 0)
+
+    namespaces = SimpleNamespace(limits_for=limits_for)
+    broker: Any = SimpleNamespace(config=config, get_topic=get_topic, namespaces=namespaces)
     call = StandInCall()
     context: grpc.aio.ServicerContext[Any, Any] = call  # type: ignore[assignment]
     stream = asyncio.ensure_future(ProducerStream(broker, context).run())
