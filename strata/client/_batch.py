@@ -44,15 +44,18 @@ def make_metadata(
     properties: Mapping[str, str] | None,
     partition_key: str | None,
     event_timestamp_ms: int | None,
+    ordering_key: str | None = None,
 ) -> messaging_pb2.SingleMessageMetadata | None:
     """The per-message metadata, or None when the message carries none (the common case)."""
-    if not properties and partition_key is None and not event_timestamp_ms:
+    if not properties and partition_key is None and not event_timestamp_ms and ordering_key is None:
         return None
     metadata = messaging_pb2.SingleMessageMetadata(
         properties=properties or None, event_time_ms=event_timestamp_ms or 0
     )
     if partition_key is not None:
         metadata.partition_key = partition_key
+    if ordering_key is not None:
+        metadata.ordering_key = ordering_key
     return metadata
 
 

@@ -271,6 +271,13 @@ class Message:
             return ""
         return metadata.partition_key
 
+    def ordering_key(self) -> str:
+        """The ordering key given at send (Key_Shared's key when set), or ""."""
+        metadata = self._metadata
+        if metadata is None or not metadata.HasField("ordering_key"):
+            return ""
+        return metadata.ordering_key
+
     def event_timestamp(self) -> int:
         """The application's event time in ms since the epoch, or 0 when unset."""
         metadata = self._metadata

@@ -113,6 +113,7 @@ class PartitionedProducer(AsyncProducer):
         *,
         deliver_at: datetime.datetime | None = None,
         deliver_after: datetime.timedelta | None = None,
+        ordering_key: str | None = None,
     ) -> asyncio.Future[MessageId]:
         if self._pending_messages >= self._max_pending_messages and self._block_if_queue_full:
             await self.wait_for_space()
@@ -125,6 +126,7 @@ class PartitionedProducer(AsyncProducer):
             event_timestamp,
             deliver_at=deliver_at,
             deliver_after=deliver_after,
+            ordering_key=ordering_key,
         )
         self._pending_messages += 1
         return future

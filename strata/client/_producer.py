@@ -202,6 +202,7 @@ class AsyncProducer(abc.ABC):
         *,
         deliver_at: datetime.datetime | None = None,
         deliver_after: datetime.timedelta | None = None,
+        ordering_key: str | None = None,
     ) -> MessageId:
         """Publish one message and return its id once the broker has it durably."""
         future = await self.send_async(
@@ -211,6 +212,7 @@ class AsyncProducer(abc.ABC):
             event_timestamp,
             deliver_at=deliver_at,
             deliver_after=deliver_after,
+            ordering_key=ordering_key,
         )
         return await future
 
@@ -224,6 +226,7 @@ class AsyncProducer(abc.ABC):
         *,
         deliver_at: datetime.datetime | None = None,
         deliver_after: datetime.timedelta | None = None,
+        ordering_key: str | None = None,
     ) -> asyncio.Future[MessageId]:
         """Queue one message; returns the future of its id (aiokafka's shape).
 
@@ -374,8 +377,9 @@ class TopicProducer(AsyncProducer):
         *,
         deliver_at: datetime.datetime | None = None,
         deliver_after: datetime.timedelta | None = None,
+        ordering_key: str | None = None,
     ) -> asyncio.Future[MessageId]:
-        metadata = make_metadata(properties, partition_key, event_timestamp)
+        metadata = make_metadata(properties, partition_key, event_timestamp, ordering_key)
         deliver_at_ms = delivery_time_ms(deliver_at, deliver_after)
         if self._pending_messages >= self._max_pending_messages and self._block_if_queue_full:
             await self.wait_for_space()
@@ -873,10 +877,16 @@ MAX_STICKY_KEY_BYTES = 256
 
 
 def sticky_key(metadata: messaging_pb2.SingleMessageMetadata | None) -> str:
-    """The key a Key_Shared subscription dispatches a message by: its partition key."""
-    if metadata is None or not metadata.HasField("partition_key"):
+    """The key a Key_Shared subscription dispatches a message by: its ordering key, else its
+    partition key."""
+    if metadata is None:
         return ""
-    key = metadata.partition_key
+    if metadata.HasField("ordering_key"):
+        key = metadata.ordering_key
+    elif metadata.HasField("partition_key"):
+        key = metadata.partition_key
+    else:
+        return ""
     if len(key) * 4 > MAX_STICKY_KEY_BYTES and len(key.encode()) > MAX_STICKY_KEY_BYTES:
         return key.encode()[:MAX_STICKY_KEY_BYTES].decode(errors="ignore")
     return key

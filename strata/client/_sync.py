@@ -297,13 +297,20 @@ class Producer:
         *,
         deliver_at: datetime.datetime | None = None,
         deliver_after: datetime.timedelta | None = None,
+        ordering_key: str | None = None,
     ) -> MessageId:
         """Publish one message; return its id once the broker has it durably (see
         ``AsyncProducer.send_async`` for ``deliver_at``/``deliver_after``)."""
         self._take_space()
         return self._io.run(
             self._send(
-                content, properties, partition_key, event_timestamp, deliver_at, deliver_after
+                content,
+                properties,
+                partition_key,
+                event_timestamp,
+                deliver_at,
+                deliver_after,
+                ordering_key,
             )
         )
 
@@ -315,6 +322,7 @@ class Producer:
         event_timestamp: int | None,
         deliver_at: datetime.datetime | None = None,
         deliver_after: datetime.timedelta | None = None,
+        ordering_key: str | None = None,
     ) -> MessageId:
         self._drain()  # messages queued by send_async go first
         try:
@@ -325,6 +333,7 @@ class Producer:
                 event_timestamp,
                 deliver_at=deliver_at,
                 deliver_after=deliver_after,
+                ordering_key=ordering_key,
             )
         except BaseException:
             self._space.release()

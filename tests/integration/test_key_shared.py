@@ -145,3 +145,23 @@ async def test_sticky_ranges_own_their_keys_and_may_not_overlap(standalone: Stan
                 got[consumer.consumer_name()].add(message.partition_key())
         assert got["low"] == {f"k{k}" for k in range(40) if key_hash(f"k{k}") <= 32767}
         assert got["high"] == {f"k{k}" for k in range(40) if key_hash(f"k{k}") > 32767}
+
+
+async def test_the_ordering_key_decides_over_the_partition_key(standalone: Standalone) -> None:
+    topic = "persistent://public/default/key-shared-ordering"
+    async with strata.AsyncClient(standalone.address) as client:
+        consumers = [await key_shared(client, topic, f"o{i}") for i in range(3)]
+        producer = await client.create_producer(topic, batching_type=strata.BatchingType.KeyBased)
+        for i in range(30):
+            # One ordering key, many partition keys: one consumer gets them all, in order.
+            await producer.send(str(i).encode(), partition_key=f"p{i}", ordering_key="order-1")
+        got: dict[str, list[int]] = {}
+        for consumer in consumers:
+            while True:
+                try:
+                    message = await consumer.receive(timeout_millis=700)
+                except strata.Timeout:
+                    break
+                assert message.ordering_key() == "order-1"
+                got.setdefault(consumer.consumer_name(), []).append(int(message.data()))
+        assert list(got.values()) == [list(range(30))]
