@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+from collections.abc import Sequence
 from typing import Any
 
 from broker import admin_cluster, subscription_admin
@@ -24,7 +25,7 @@ from broker.ownership import (
 from broker.service import BrokerService
 from broker.topic import Topic
 from broker.topic_stats import topic_stats
-from strata.naming import NamespaceName, TopicName, check_name_part, parse_tenant
+from strata.naming import NamespaceName, TopicName, check_name_part, parse_tenant, quoted
 from strata.v1 import admin_pb2, admin_pb2_grpc
 
 log = logging.getLogger(__name__)
@@ -43,6 +44,25 @@ def _page(items: list[str], page_size: int, page_token: str) -> tuple[list[str],
     page = ordered[:size]
     next_token = page[-1] if len(ordered) > size else ""
     return page, next_token
+
+
+# A tenant's admin roles and allowed clusters: bounded so that a tenant record stays small.
+MAX_TENANT_LIST_ENTRIES = 1000
+MAX_ROLE_LENGTH = 255
+
+
+def check_tenant_lists(admin_roles: Sequence[str], allowed_clusters: Sequence[str]) -> None:
+    for kind, values in (("admin_roles", admin_roles), ("allowed_clusters", allowed_clusters)):
+        if len(values) > MAX_TENANT_LIST_ENTRIES:
+            raise InvalidRequestError(
+                f"{kind} holds {len(values)} entries; at most {MAX_TENANT_LIST_ENTRIES}"
+            )
+        for value in values:
+            if not value or len(value) > MAX_ROLE_LENGTH or not value.isprintable():
+                raise InvalidRequestError(
+                    f"{kind} entry {quoted(value)} must be printable and 1 to "
+                    f"{MAX_ROLE_LENGTH} characters"
+                )
 
 
 def _offload_status(name: TopicName, status: OffloadStatus) -> admin_pb2.OffloadStatus:
@@ -72,6 +92,7 @@ class AdminServicer(admin_pb2_grpc.AdminServiceServicer):
     async def CreateTenant(self, request: Any, context: Any) -> admin_pb2.Tenant:
         tenant_id = request.tenant_id or parse_tenant(request.tenant.name or "")
         check_name_part("tenant", tenant_id)
+        check_tenant_lists(request.tenant.admin_roles, request.tenant.allowed_clusters)
         await self._broker.create_tenant(
             tenant_id, list(request.tenant.admin_roles), list(request.tenant.allowed_clusters)
         )

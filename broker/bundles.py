@@ -15,7 +15,7 @@ from typing import Any
 import mmh3
 
 from broker.errors import PreconditionError
-from strata.naming import NamespaceName, TopicName
+from strata.naming import NamespaceName, TopicName, quoted
 
 OWNERSHIP_PREFIX = "/namespace/"
 HASH_RANGE = 1 << 32
@@ -63,13 +63,19 @@ def bundles_of(namespace: NamespaceName, policies: dict[str, Any]) -> list[Bundl
     return [Bundle(namespace, lo, hi) for lo, hi in itertools.pairwise(boundaries)]
 
 
+# A refusal names at most this many of the namespace's bundles.
+MAX_LISTED_BUNDLES = 8
+
+
 def parse_bundle_name(namespace: NamespaceName, name: str, bundles: list[Bundle]) -> Bundle:
     for bundle in bundles:
         if bundle.name == name:
             return bundle
+    listed = ", ".join(b.name for b in bundles[:MAX_LISTED_BUNDLES])
+    if len(bundles) > MAX_LISTED_BUNDLES:
+        listed += f", ... ({len(bundles)} bundles)"
     raise PreconditionError(
-        f"namespace {namespace} has no bundle {name!r}; its bundles are "
-        + ", ".join(b.name for b in bundles)
+        f"namespace {namespace} has no bundle {quoted(name)}; its bundles are {listed}"
     )
 
 

@@ -33,7 +33,7 @@ from bookie.errors import (
 )
 from bookie.ledger import LedgerClientError, LedgerClosedError, NotEnoughBookiesError
 from strata.grpc_decoding import STREAM_REFUSAL
-from strata.metadata import MetadataError
+from strata.metadata import MetadataError, ValueTooLargeError
 from strata.naming import InvalidNameError
 from tiered.errors import ObjectNotFoundError, OffloadCorruptError, TieredError
 
@@ -126,6 +126,9 @@ def to_status(exc: BaseException) -> tuple[grpc.StatusCode, str] | None:
         return grpc.StatusCode.UNAVAILABLE, f"storage unavailable: {exc}"
     if isinstance(exc, BookieError | LedgerClientError):
         return grpc.StatusCode.UNAVAILABLE, f"storage error: {exc}"
+    if isinstance(exc, ValueTooLargeError):
+        # A record a request would make too big for the metadata store: a bound was reached.
+        return grpc.StatusCode.RESOURCE_EXHAUSTED, f"metadata store: {exc}"
     if isinstance(exc, MetadataError):
         code = grpc.StatusCode.UNAVAILABLE if exc.retriable else grpc.StatusCode.INTERNAL
         return code, f"metadata store: {exc}"

@@ -26,6 +26,8 @@ from strata.v1 import messaging_pb2
 # A consumer may hold at most this many permits (Pulsar caps receiver queues similarly).
 MAX_PERMITS_PER_CONSUMER = 1_000_000
 MAX_SUBSCRIPTION_NAME_LENGTH = 255
+# Producer and consumer names travel in every stored entry and in stats: printable, bounded.
+MAX_CLIENT_NAME_LENGTH = 255
 MAX_PRIORITY_LEVEL = 1000
 MAX_SEQUENCE_ID = (1 << 63) - 1
 # A batch's declared uncompressed size (the bookie's largest entry).
@@ -61,7 +63,9 @@ class SubscribeRequest:
 def check_open_request(request: object) -> OpenRequest:
     if not isinstance(request, messaging_pb2.ProduceRequest) or not request.HasField("open"):
         raise InvalidRequestError("the first request of a Produce stream must be 'open'")
-    return OpenRequest(TopicName.parse(request.open.topic), request.open.producer_name)
+    topic = TopicName.parse(request.open.topic)
+    check_client_name("producer", request.open.producer_name)
+    return OpenRequest(topic, request.open.producer_name)
 
 
 def check_publish_request(request: messaging_pb2.ProduceRequest) -> None:
@@ -124,6 +128,7 @@ def check_subscribe_request(request: object) -> SubscribeRequest:
     subscribe = request.subscribe
     topic = TopicName.parse(subscribe.topic)
     check_subscription_name(subscribe.subscription)
+    check_client_name("consumer", subscribe.consumer_name)
     sub_type = subscribe.type or SUBSCRIPTION_EXCLUSIVE
     if sub_type not in (
         SUBSCRIPTION_EXCLUSIVE,
@@ -183,6 +188,15 @@ def check_subscription_name(name: str) -> None:
         raise InvalidRequestError(
             "subscription name must be printable, without '/', and at most "
             f"{MAX_SUBSCRIPTION_NAME_LENGTH} characters"
+        )
+
+
+def check_client_name(kind: str, name: str) -> None:
+    """A producer or consumer name: empty (the broker chooses one) or printable and at most
+    ``MAX_CLIENT_NAME_LENGTH`` characters."""
+    if len(name) > MAX_CLIENT_NAME_LENGTH or not name.isprintable():
+        raise InvalidRequestError(
+            f"{kind} name must be printable and at most {MAX_CLIENT_NAME_LENGTH} characters"
         )
 
 

@@ -22,8 +22,12 @@ from broker.stream_requests import check_subscription_name
 from broker.subscription import Subscription
 from broker.topic import Topic
 from strata.clock import now_ms
+from strata.naming import quoted
 
 MAX_PEEK_ENTRIES = 100
+# Ledger and entry ids of a LEDGER:ENTRY text: signed 64-bit, as MessageIdData's on the wire.
+MAX_ID = (1 << 63) - 1
+MAX_ID_DIGITS = 19
 # Entries read per step while skipping or peeking.
 READ_CHUNK_ENTRIES = 100
 
@@ -50,9 +54,15 @@ def position_before(topic: Topic, text: str) -> Position:
             return (first[0], first[1] - 1)
         return last
     parts = text.split(":")
-    if len(parts) != 2 or not all(p.isdigit() for p in parts):
+    # ASCII digits only ('²'.isdigit() is true, int('²') fails), within a signed 64-bit id.
+    if (
+        len(parts) != 2
+        or not all(p.isascii() and p.isdigit() and len(p) <= MAX_ID_DIGITS for p in parts)
+        or not all(int(p) <= MAX_ID for p in parts)
+    ):
         raise InvalidRequestError(
-            f"message id must be earliest, latest or LEDGER:ENTRY, got {text[:100]!r}"
+            "message id must be earliest, latest or LEDGER:ENTRY (numbers up to 2^63-1), "
+            f"got {quoted(text)}"
         )
     return (int(parts[0]), int(parts[1]) - 1)
 
@@ -138,7 +148,9 @@ async def get_message(
         assert place is not None
         counts = [(info.ledger_id, info.entries) for info in ledger.ledgers if info.entries]
         total = sum(count for _, count in counts)
-        if not 1 <= place <= total:
+        if place < 1:
+            raise InvalidRequestError(f"a place from either end counts from 1, got {place}")
+        if not place <= total:
             raise NotFoundError(f"the topic holds {total} entries; there is no entry {place}")
         index = place - 1 if from_earliest is not None else total - place
         for ledger_id, count in counts:
