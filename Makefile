@@ -12,7 +12,7 @@ GEN_STAMP := strata/v1/.generated
 DATA_DIR ?= ./data/standalone
 PYTEST_ARGS ?=
 
-.PHONY: install proto run test test-k8s test-unit test-integration test-faults lint fmt bench bench-cluster bench-auth bench-offload bench-subscriptions clean
+.PHONY: install proto run test test-k8s test-unit test-integration test-faults fuzz lint fmt bench bench-cluster bench-auth bench-offload bench-subscriptions clean
 
 install: $(STAMP) $(GEN_STAMP)
 
@@ -62,6 +62,11 @@ test-integration: install
 
 test-faults: install
 	$(BIN)/pytest tests/faults $(PYTEST_ARGS)
+
+# The long fuzz run over every broker RPC (issue 11 item 6): 100,000 drawn requests.
+STRATA_FUZZ_EXAMPLES ?= 100000
+fuzz: install
+	STRATA_FUZZ_EXAMPLES=$(STRATA_FUZZ_EXAMPLES) $(BIN)/pytest tests/integration/test_fuzz.py -m fuzz $(PYTEST_ARGS)
 
 lint: install
 	$(BIN)/ruff check .
