@@ -100,16 +100,22 @@ _SCALARS: dict[int, st.SearchStrategy[Any]] = {
 
 
 def _enum_strategy(field: FieldDescriptor) -> st.SearchStrategy[int]:
+    assert field.enum_type is not None
     values = [v.number for v in field.enum_type.values]
     return st.one_of(st.sampled_from(values), st.sampled_from([-1, 99, 2**31 - 1]))
 
 
 def _value_strategy(field: FieldDescriptor, depth: int) -> st.SearchStrategy[Any]:
     if field.type == FieldDescriptor.TYPE_MESSAGE:
-        return messages(field.message_type, depth + 1)
+        return messages(_message_type(field), depth + 1)
     if field.type == FieldDescriptor.TYPE_ENUM:
         return _enum_strategy(field)
     return _SCALARS[field.type]
+
+
+def _message_type(field: FieldDescriptor) -> Descriptor:
+    assert field.message_type is not None
+    return field.message_type
 
 
 def _is_map(field: FieldDescriptor) -> bool:
@@ -125,8 +131,8 @@ def messages(descriptor: Descriptor, depth: int = 0) -> st.SearchStrategy[Messag
     field_strategies: dict[str, st.SearchStrategy[Any]] = {}
     for field in descriptor.fields:
         if _is_map(field):
-            key = _value_strategy(field.message_type.fields_by_name["key"], depth)
-            value = _value_strategy(field.message_type.fields_by_name["value"], depth)
+            key = _value_strategy(_message_type(field).fields_by_name["key"], depth)
+            value = _value_strategy(_message_type(field).fields_by_name["value"], depth)
             field_strategies[field.name] = st.dictionaries(key, value, max_size=MAX_REPEATED)
         elif field.is_repeated:
             field_strategies[field.name] = st.lists(
@@ -148,7 +154,7 @@ def messages(descriptor: Descriptor, depth: int = 0) -> st.SearchStrategy[Messag
                 target = getattr(message, name)
                 for k, v in value.items():
                     if (
-                        field.message_type.fields_by_name["value"].type
+                        _message_type(field).fields_by_name["value"].type
                         == FieldDescriptor.TYPE_MESSAGE
                     ):
                         target[k].CopyFrom(v)

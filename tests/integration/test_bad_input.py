@@ -277,10 +277,10 @@ def _open(topic: str = "plain", name: str = "") -> messaging_pb2.ProduceRequest:
 
 
 def _publish(**fields: Any) -> messaging_pb2.ProduceRequest:
-    batch = {"sequence_id": 1, "num_messages": 1, "payload": b"0123456789"} | fields
-    return messaging_pb2.ProduceRequest(
-        publish=messaging_pb2.PublishBatches(batches=[messaging_pb2.ProducerBatch(**batch)])
-    )
+    batch = messaging_pb2.ProducerBatch(sequence_id=1, num_messages=1, payload=b"0123456789")
+    for name, value in fields.items():
+        setattr(batch, name, value)
+    return messaging_pb2.ProduceRequest(publish=messaging_pb2.PublishBatches(batches=[batch]))
 
 
 def _subscribe(**fields: Any) -> messaging_pb2.ConsumeRequest:
@@ -300,6 +300,12 @@ def _ack(*ids: messaging_pb2.MessageIdData, cumulative: bool = False) -> Any:
 
 def _flow(permits: int) -> messaging_pb2.ConsumeRequest:
     return messaging_pb2.ConsumeRequest(flow=messaging_pb2.Flow(permits=permits))
+
+
+def _key_shared_mode(mode: int) -> messaging_pb2.KeySharedMeta:
+    meta = messaging_pb2.KeySharedMeta()
+    meta.mode = mode  # type: ignore[assignment]
+    return meta
 
 
 SHARED = messaging_pb2.SUBSCRIPTION_TYPE_SHARED
@@ -344,7 +350,7 @@ STREAM_CASES: dict[str, tuple[Callable[[grpc.Channel], Outcome], grpc.StatusCode
     "initial-position-99": (consume(_subscribe(initial_position=99)), INVALID),
     "initial-position-negative": (consume(_subscribe(initial_position=-5)), INVALID),
     "key-shared-mode-99": (
-        consume(_subscribe(type=KEY_SHARED, key_shared=messaging_pb2.KeySharedMeta(mode=99))),
+        consume(_subscribe(type=KEY_SHARED, key_shared=_key_shared_mode(99))),
         INVALID,
     ),
     "key-shared-meta-on-shared": (
