@@ -29,7 +29,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-from bookie.ledger import LedgerManager
+from bookie.ledger import LedgerManager, NotEnoughBookiesError
 from broker.config import BrokerConfig
 from broker.errors import (
     AlreadyExistsError,
@@ -245,7 +245,15 @@ class BrokerService:
     async def delete_topic(self, name: TopicName, force: bool) -> None:
         if not await self.topic_exists(name):
             raise NotFoundError(f"topic {name} does not exist")
-        await self.registry.delete_topic(await self.get_topic(name), force)
+        try:
+            topic = await self.get_topic(name)
+        except NotEnoughBookiesError:
+            # Loading opens a new ledger, which the namespace's ensemble does not allow now;
+            # a topic that cannot load has no producer or consumer, and deleting it needs
+            # only the metadata and the bookies that hold its ledgers.
+            await self.registry.delete_unloaded_topic(name)
+            return
+        await self.registry.delete_topic(topic, force)
 
     async def offload_topic(self, name: TopicName, threshold_bytes: int) -> OffloadStatus:
         """Start offloading the topic's closed ledgers past ``threshold_bytes`` (0: all)."""

@@ -228,6 +228,22 @@ class TopicRegistry:
         topic.connected_producers.clear()
         await topic.delete()
 
+    async def delete_unloaded_topic(self, name: TopicName) -> None:
+        """Delete a topic that is not loaded, without loading it (no new ledger): its
+        cursors, its ledgers (a bookie that cannot delete one is logged, as for any
+        delete) and its ledger list. The caller owns the topic's bundle."""
+        topic = Topic(
+            name,
+            lambda listener: self._managed_ledger(name, listener),
+            self.store,
+            self.config.cursor_persist_interval_ms,
+            self.config.cursor_max_persisted_ranges,
+            on_fenced=self._unload_fenced,
+        )
+        await topic.ledger.ledger_list.load()
+        await topic.delete()
+        log.info("deleted topic %s without loading it", name, extra=log_fields(topic=name))
+
     async def close_topics(self, predicate: Callable[[TopicName], bool]) -> int:
         """Close and forget every loaded topic whose name matches (an unload: the next use
         loads it again, here or on the bundle's new owner); returns how many."""

@@ -94,6 +94,9 @@ def channel(tmp_path_factory: pytest.TempPathFactory) -> Iterator[grpc.Channel]:
             yield opened
     finally:
         standalone.stop()
+    # No request, however bad, was an unexpected error with a traceback in the log.
+    logged = standalone.log_path.read_text(errors="replace")
+    assert "Traceback" not in logged and "unexpected error" not in logged, logged[-2000:]
 
 
 def _send(channel: grpc.Channel, method: MethodDescriptor, bodies: list[bytes]) -> None:
