@@ -150,8 +150,10 @@ class AddEntriesStream:
                     self._submit(add)
         except asyncio.CancelledError:
             raise
-        except DecodeError as exc:
-            self.malformed_request = f"malformed AddEntriesRequest: {exc}"
+        except DecodeError:
+            self.malformed_request = (
+                "a request of the stream is not a valid strata.storage.v1.AddEntriesRequest"
+            )
         except Exception as exc:  # the client went away
             _log.debug("AddEntries request stream ended: %r", exc)
         finally:
