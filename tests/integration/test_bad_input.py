@@ -9,6 +9,7 @@ server still serves afterwards. One standalone serves the whole module.
 from __future__ import annotations
 
 import re
+import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -722,3 +723,34 @@ def test_delete_of_a_topic_whose_namespace_asks_for_more_bookies(
         )
     check(server, unary("DeleteTopic", admin_pb2.DeleteTopicRequest(name=topic, force=force)), OK)
     check(server, unary("GetTopicStats", admin_pb2.GetTopicStatsRequest(name=topic)), NOT_FOUND)
+
+
+@pytest.mark.parametrize("stream", ["Produce", "Consume"])
+def test_cancelled_stream_frees_its_producer_or_consumer(server: Standalone, stream: str) -> None:
+    """A stream cancelled by its client after opening releases its producer name or its
+    exclusive subscription: the same open succeeds on a new stream within seconds."""
+    first = _open(name="cancelled") if stream == "Produce" else _subscribe(subscription="gone")
+    body = first.SerializeToString()
+    release = threading.Event()
+    with grpc.insecure_channel(server.address) as channel:
+        call: grpc.StreamStreamMultiCallable[bytes, bytes] = channel.stream_stream(
+            MESSAGING + stream, request_serializer=None, response_deserializer=None
+        )
+
+        def requests() -> Iterator[bytes]:
+            yield body
+            release.wait(20)  # held open until cancelled
+
+        responses = call(requests(), timeout=20)
+        next(responses)  # opened / subscribed
+        responses.cancel()
+        release.set()
+    deadline = time.monotonic() + ANSWER_WITHIN_SECONDS
+    while True:
+        with grpc.insecure_channel(server.address) as channel:
+            outcome = call_stream(channel, MESSAGING + stream, [body])
+        if outcome.code == OK or time.monotonic() > deadline:
+            break
+        assert outcome.code == PRECONDITION, outcome  # still connected: not yet noticed
+        time.sleep(0.05)  # poll interval while the broker notices the cancellation
+    assert outcome.code == OK, outcome

@@ -292,3 +292,18 @@ def test_a_cumulative_ack_is_refused_on_a_shared_subscription() -> None:
         match=r"^cumulative acknowledgement is not allowed on a Shared subscription$",
     ):
         check_ack(ack(5, cumulative=True), SUBSCRIPTION_SHARED, "Shared")
+
+
+@pytest.mark.parametrize("name", ["a\nb", "\x00", "x" * 256, "a\u202eb"])
+def test_producer_and_consumer_names_are_printable_and_bounded(name: str) -> None:
+    with pytest.raises(InvalidRequestError, match="producer name must be printable"):
+        check_open_request(pb.ProduceRequest(open=pb.OpenProducer(topic="t", producer_name=name)))
+    subscribe = pb.Subscribe(topic="t", subscription="s", consumer_name=name)
+    with pytest.raises(InvalidRequestError, match="consumer name must be printable"):
+        check_subscribe_request(pb.ConsumeRequest(subscribe=subscribe))
+
+
+@pytest.mark.parametrize("name", ["", "p-1", "名前", "x" * 255])
+def test_ordinary_producer_names_pass(name: str) -> None:
+    opened = pb.ProduceRequest(open=pb.OpenProducer(topic="t", producer_name=name))
+    assert check_open_request(opened).producer_name == name
