@@ -50,8 +50,10 @@ function sleep(ms) {
 }
 
 class ConnectionPool {
-  constructor(serviceUrl, protos, operationTimeoutMs) {
+  constructor(serviceUrl, protos, operationTimeoutMs, useLookup = true) {
     this.targets = parseServiceUrl(serviceUrl);
+    // Without lookups, streams open on the first service broker and follow TOPIC_NOT_OWNED.
+    this.useLookup = useLookup;
     this.protos = protos;
     this.operationTimeoutMs = operationTimeoutMs;
     this._stubs = new Map();
@@ -166,7 +168,8 @@ class Reconnector {
       this.openedInAttempt = false;
       let error;
       try {
-        const address = this.ownerHint || (await this.pool.lookup(this.topic));
+        const address = this.ownerHint
+          || (this.pool.useLookup ? await this.pool.lookup(this.topic) : this.pool.targets[0]);
         this.ownerHint = null;
         this.address = address;
         await attempt(this.pool.stub(address));

@@ -18,12 +18,15 @@ const errors = require('./errors');
 class Client {
   /**
    * options: serviceUrl (host:port[,host:port...]), operationTimeoutMs (creating producers
-   * and consumers, lookups; default 30 s), protoDir (default: the repository's proto/).
+   * and consumers, lookups; default 30 s), protoDir (default: the repository's proto/),
+   * useLookup (default true; false: open streams on the first broker of the service URL and
+   * follow its TOPIC_NOT_OWNED refusals to the owner, without Lookup calls).
    */
   constructor(options = {}) {
     this._protos = loadProtos(options.protoDir);
     this._operationTimeoutMs = options.operationTimeoutMs ?? 30_000;
-    this._pool = new ConnectionPool(options.serviceUrl || 'localhost:6650', this._protos, this._operationTimeoutMs);
+    this._pool = new ConnectionPool(options.serviceUrl || 'localhost:6650', this._protos,
+      this._operationTimeoutMs, options.useLookup !== false);
     this._handles = new Set();
   }
 
