@@ -156,11 +156,13 @@ class Reconnector {
     this.openedInAttempt = false;
     this.lastError = null;
     this.address = null;
+    this.everOpened = false;
   }
 
   opened() {
     this.failures = 0;
     this.openedInAttempt = true;
+    this.everOpened = true;
   }
 
   async run(attempt) {
@@ -178,6 +180,11 @@ class Reconnector {
         error = caught instanceof StrataError
           ? caught : fromGrpcError(caught, this.pool.protos, { opened: this.openedInAttempt });
       }
+      // After a reconnect the broker may not yet have noticed that our old stream is gone and
+      // refuses the producer name or the exclusive subscription as busy: that clears up. The
+      // refusal carries no ErrorInfo; its message is the only sign (PROTOCOL-NOTES.md).
+      if (this.everOpened && error.code === Status.FAILED_PRECONDITION
+          && /already (connected|has a consumer)/i.test(error.message)) error.retriable = true;
       this.lastError = error;
       this.failures += 1;
       if (error.owner) this.ownerHint = error.owner;
