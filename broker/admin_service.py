@@ -11,8 +11,9 @@ import logging
 from collections.abc import Sequence
 from typing import Any
 
-from broker import admin_cluster, subscription_admin
+from broker import admin_cluster, authorization, subscription_admin
 from broker.audit import audit_mutations
+from broker.authorization import authorize_calls
 from broker.edge import edge
 from broker.errors import InvalidRequestError, NotFoundError, PreconditionError
 from broker.offload import OffloadStatus
@@ -23,6 +24,7 @@ from broker.ownership import (
     with_boundary,
 )
 from broker.service import BrokerService
+from broker.stream_requests import check_subscription_name
 from broker.topic import Topic
 from broker.topic_stats import topic_stats
 from strata.naming import NamespaceName, TopicName, check_name_part, parse_tenant, quoted
@@ -84,9 +86,11 @@ def _offload_status(name: TopicName, status: OffloadStatus) -> admin_pb2.Offload
 
 
 @audit_mutations
+@authorize_calls("AdminService")
 class AdminServicer(admin_pb2_grpc.AdminServiceServicer):
     def __init__(self, broker: BrokerService) -> None:
         self._broker = broker
+        self.authorizer = broker.authorizer
 
     @edge
     async def CreateTenant(self, request: Any, context: Any) -> admin_pb2.Tenant:
@@ -125,6 +129,19 @@ class AdminServicer(admin_pb2_grpc.AdminServiceServicer):
     async def DeleteTenant(self, request: Any, context: Any) -> admin_pb2.DeleteTenantResponse:
         await self._broker.delete_tenant(parse_tenant(request.name), request.force)
         return admin_pb2.DeleteTenantResponse()
+
+    @edge
+    async def UpdateTenant(self, request: Any, context: Any) -> admin_pb2.Tenant:
+        tenant = parse_tenant(request.tenant.name)
+        check_tenant_lists(request.tenant.admin_roles, request.tenant.allowed_clusters)
+        await self._broker.update_tenant(
+            tenant, list(request.tenant.admin_roles), list(request.tenant.allowed_clusters)
+        )
+        return admin_pb2.Tenant(
+            name=f"tenants/{tenant}",
+            admin_roles=request.tenant.admin_roles,
+            allowed_clusters=request.tenant.allowed_clusters,
+        )
 
     @edge
     async def CreateNamespace(self, request: Any, context: Any) -> admin_pb2.Namespace:
@@ -452,6 +469,83 @@ class AdminServicer(admin_pb2_grpc.AdminServiceServicer):
                 for sub in stats.subscriptions
             },
         )
+
+    # ---- authorization -----------------------------------------------------------------------
+
+    @edge
+    async def GrantPermission(self, request: Any, context: Any) -> admin_pb2.Permissions:
+        namespace, topic = authorization.permission_target(request.name)
+        role = authorization.check_role(request.role)
+        actions = authorization.check_actions(list(request.actions))
+        await self._broker.update_namespace_policies(
+            namespace, lambda policies: authorization.grant(policies, role, actions, topic)
+        )
+        return await self._permissions(request.name)
+
+    @edge
+    async def RevokePermission(self, request: Any, context: Any) -> admin_pb2.Permissions:
+        namespace, topic = authorization.permission_target(request.name)
+        role = authorization.check_role(request.role)
+        await self._broker.update_namespace_policies(
+            namespace, lambda policies: authorization.revoke(policies, role, topic)
+        )
+        return await self._permissions(request.name)
+
+    @edge
+    async def GetPermissions(self, request: Any, context: Any) -> admin_pb2.Permissions:
+        return await self._permissions(request.name)
+
+    @edge
+    async def GrantSubscriptionPermission(
+        self, request: Any, context: Any
+    ) -> admin_pb2.Permissions:
+        namespace = NamespaceName.parse(request.name)
+        check_subscription_name(request.subscription)
+        roles = [authorization.check_role(role) for role in request.roles]
+        if not roles:
+            raise InvalidRequestError("give at least one role")
+        await self._broker.update_namespace_policies(
+            namespace,
+            lambda policies: authorization.grant_subscription(
+                policies, request.subscription, roles
+            ),
+        )
+        return await self._permissions(request.name)
+
+    @edge
+    async def RevokeSubscriptionPermission(
+        self, request: Any, context: Any
+    ) -> admin_pb2.Permissions:
+        namespace = NamespaceName.parse(request.name)
+        check_subscription_name(request.subscription)
+        role = authorization.check_role(request.role)
+        await self._broker.update_namespace_policies(
+            namespace,
+            lambda policies: authorization.revoke_subscription(
+                policies, request.subscription, role
+            ),
+        )
+        return await self._permissions(request.name)
+
+    async def _permissions(self, name: str) -> admin_pb2.Permissions:
+        namespace, topic = authorization.permission_target(name)
+        policies = await self._broker.get_namespace_policies(namespace)
+        auth = authorization.auth_policies(policies)
+        roles: dict[str, list[str]] = {
+            role: list(actions) for role, actions in auth.get("namespace_auth", {}).items()
+        }
+        if topic is not None:
+            by_topic = auth.get("destination_auth", {})
+            for source in {str(topic.partitioned_name), str(topic)}:
+                for role, actions in by_topic.get(source, {}).items():
+                    roles[role] = sorted(set(roles.get(role, [])) | set(actions))
+        response = admin_pb2.Permissions(name=str(topic) if topic is not None else name)
+        for role, actions in sorted(roles.items()):
+            response.roles[role].actions.extend(sorted(actions))
+        if topic is None:
+            for subscription, members in auth.get("subscription_auth_roles", {}).items():
+                response.subscriptions[subscription].roles.extend(sorted(members))
+        return response
 
 
 def _position_text(position: tuple[int, int]) -> str:

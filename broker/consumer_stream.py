@@ -94,6 +94,7 @@ class ConsumerStream:
         if first is _EOF:
             return
         request = check_subscribe_request(first)
+        await self._broker.authorizer.authorize("MessagingService/Consume", first)
         topic = await self._broker.get_topic(request.topic)
         limits = await self._broker.namespaces.limits_for(topic.name.namespace_name)
         check_consumer_room(topic, request.subscription, limits)

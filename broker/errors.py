@@ -81,6 +81,12 @@ class ResourceLimitError(BrokerError):
     code = grpc.StatusCode.RESOURCE_EXHAUSTED
 
 
+class PermissionDeniedError(BrokerError):
+    """The caller's role may not make this call (``broker.authorization``)."""
+
+    code = grpc.StatusCode.PERMISSION_DENIED
+
+
 class ServiceUnavailableError(BrokerError):
     retriable = True
     code = grpc.StatusCode.UNAVAILABLE

@@ -6,7 +6,8 @@ checked by the pure validators of ``broker.stream_requests``. Lookup,
 GetPartitionedTopicMetadata and GetTopicsOfNamespace answer from ``BrokerService``. Every
 method leaves through the broker's one error edge (``broker.edge``, shared with the admin
 service): a domain error becomes its status, anything unexpected is logged once and
-answered INTERNAL.
+answered INTERNAL. Every call is authorized first (``broker.authorization``): the unary ones
+by the class wrapper, Produce and Consume on their first request.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from typing import Any
 
 import grpc
 
+from broker.authorization import authorize_calls
 from broker.consumer_stream import ConsumerStream
 from broker.edge import edge
 from broker.errors import ResourceLimitError
@@ -27,9 +29,11 @@ from strata.v1 import messaging_pb2, messaging_pb2_grpc
 MAX_TOPICS_LISTED = 10_000
 
 
+@authorize_calls("MessagingService", stream_methods=frozenset({"Produce", "Consume"}))
 class MessagingServicer(messaging_pb2_grpc.MessagingServiceServicer):
     def __init__(self, broker: BrokerService) -> None:
         self._broker = broker
+        self.authorizer = broker.authorizer
 
     # The context.read()/write() style of a grpc.aio stream handler returns None, which the
     # generated stub (typed for iterator handlers) does not know.

@@ -95,6 +95,26 @@ class Namespaces:
         body: dict[str, list[str]] = json.loads(record.value)
         return body
 
+    async def update_tenant(
+        self, tenant: str, admin_roles: list[str], allowed_clusters: list[str]
+    ) -> None:
+        """Replace the tenant's admin roles and allowed clusters (compare-and-set)."""
+        key = TENANTS_PREFIX + tenant
+        for _ in range(POLICY_UPDATE_MAX_ATTEMPTS):
+            record = await self.store.get(key)
+            if record is None:
+                raise NotFoundError(f"tenant {tenant!r} does not exist")
+            body = json.loads(record.value)
+            body.update(admin_roles=admin_roles, allowed_clusters=allowed_clusters)
+            try:
+                await self.store.put(
+                    key, json.dumps(body).encode(), expected_version=record.version
+                )
+            except BadVersionError:
+                continue
+            return
+        raise ServiceUnavailableError(f"tenant {tenant!r} is changing too often; try again")
+
     async def list_tenants(self) -> list[str]:
         return [k[len(TENANTS_PREFIX) :] for k in await self.store.list_keys(TENANTS_PREFIX)]
 

@@ -69,6 +69,7 @@ class ProducerStream:
         if first is _EOF:
             return
         request = check_open_request(first)
+        await self._broker.authorizer.authorize("MessagingService/Produce", first)
         topic = await self._broker.get_topic(request.topic)
         check_producer_room(
             topic, await self._broker.namespaces.limits_for(topic.name.namespace_name)

@@ -30,6 +30,7 @@ from collections.abc import Callable
 from typing import Any
 
 from bookie.ledger import LedgerManager, NotEnoughBookiesError
+from broker.authorization import Authorizer
 from broker.config import BrokerConfig
 from broker.errors import (
     AlreadyExistsError,
@@ -78,6 +79,9 @@ class BrokerService:
         self.ledgers = ledgers
         self.advertised_address = advertised_address
         self.namespaces = Namespaces(store, config)
+        self.authorizer = Authorizer(
+            self.namespaces, config.auth.authorization_enabled, config.auth.superusers
+        )
         self.registry = TopicRegistry(config, store, ledgers, self.namespaces, offloader=offloader)
         self.housekeeping = Housekeeping(
             self.registry, config.housekeeping_interval_ms, config.topic_idle_unload_seconds
@@ -142,6 +146,11 @@ class BrokerService:
 
     async def get_tenant(self, tenant: str) -> dict[str, list[str]]:
         return await self.namespaces.get_tenant(tenant)
+
+    async def update_tenant(
+        self, tenant: str, admin_roles: list[str], allowed_clusters: list[str]
+    ) -> None:
+        await self.namespaces.update_tenant(tenant, admin_roles, allowed_clusters)
 
     async def list_tenants(self) -> list[str]:
         return await self.namespaces.list_tenants()

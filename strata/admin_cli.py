@@ -20,6 +20,7 @@ import grpc
 from google.protobuf import json_format
 from google.protobuf.message import Message as ProtoMessage
 
+from strata.admin_permissions_cli import add_permission_verbs
 from strata.admin_subscriptions_cli import add_subscription_verbs
 from strata.auth.credentials import intercept_sync_channel
 from strata.client import AsyncClient
@@ -799,3 +800,4 @@ def add_admin_parser(
         ("topic", "TOPIC"),
     )
     add_subscription_verbs(topics, verb, environ)
+    add_permission_verbs(tenants, namespaces, topics, verb, environ)

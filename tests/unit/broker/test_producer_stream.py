@@ -14,6 +14,7 @@ from typing import Any
 import grpc
 import pytest
 
+from broker.authorization import Authorizer
 from broker.namespaces import Limits
 from broker.producer_stream import ProducerStream
 from strata.naming import TopicName
@@ -103,7 +104,10 @@ async def test_receipts_wait_for_durability_and_go_out_in_sequence_order() -> No
         return Limits(0, 0, 0, 0, 0, 0)
 
     namespaces = SimpleNamespace(limits_for=limits_for)
-    broker: Any = SimpleNamespace(config=config, get_topic=get_topic, namespaces=namespaces)
+    authorizer = Authorizer(namespaces, False, frozenset())  # type: ignore[arg-type]
+    broker: Any = SimpleNamespace(
+        config=config, get_topic=get_topic, namespaces=namespaces, authorizer=authorizer
+    )
     call = StandInCall()
     context: grpc.aio.ServicerContext[Any, Any] = call  # type: ignore[assignment]
     stream = asyncio.ensure_future(ProducerStream(broker, context).run())
