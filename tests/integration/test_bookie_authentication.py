@@ -1,5 +1,6 @@
 """The storage tier is not a public door (issue 11, item 4): a cluster (etcd, two bookies, two
-brokers) with authentication on everywhere and authorization on the bookies. The broker
+brokers) with authentication and authorization on everywhere (role ``app`` administers
+tenant ``public``). The broker
 presents a superuser token to the bookies, so produce and consume work; a client holding a
 valid token of an ordinary role, calling the bookie API directly, is refused
 PERMISSION_DENIED on every ledger operation, and without a token UNAUTHENTICATED. Health
@@ -49,6 +50,7 @@ class SecuredCluster:
     broker_token: str
     app_token: str
     ledger_id: int
+    stranger_token: str
 
 
 @pytest.fixture(scope="module")
@@ -60,6 +62,9 @@ def secured(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SecuredCluster
         "tokens", "create", "--secret-key", f"file:{secret}", "--subject", BROKER_ROLE
     )
     app_token = run_cli("tokens", "create", "--secret-key", f"file:{secret}", "--subject", "app")
+    stranger_token = run_cli(
+        "tokens", "create", "--secret-key", f"file:{secret}", "--subject", "stranger"
+    )
     token_file = root / "broker.token"
     token_file.write_text(broker_token)
     authentication = [
@@ -83,16 +88,33 @@ def secured(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SecuredCluster
             "--superuser-roles",
             BROKER_ROLE,
         ],
-        broker_args=authentication,
+        broker_args=[
+            *authentication,
+            "--authorization-enabled",
+            "true",
+            "--superuser-roles",
+            BROKER_ROLE,
+        ],
         admin_token=broker_token,
     )
     with contextlib.closing(cluster):
         cluster.start()
+        # Authorization is on at the brokers too: role "app" administers tenant public.
+        with grpc.insecure_channel(cluster.broker_address(0)) as channel:
+            admin_pb2_grpc.AdminServiceStub(channel).UpdateTenant(
+                admin_pb2.UpdateTenantRequest(
+                    tenant=admin_pb2.Tenant(name="tenants/public", admin_roles=["app"])
+                ),
+                metadata=bearer(broker_token),
+                timeout=30,
+            )
         with strata.Client(
             cluster.service_url, authentication=strata.AuthenticationToken(app_token)
         ) as client:
             message_id = client.create_producer(TOPIC).send(b"stored on closed bookies")
-        yield SecuredCluster(cluster, broker_token, app_token, message_id.ledger_id())
+        yield SecuredCluster(
+            cluster, broker_token, app_token, message_id.ledger_id(), stranger_token
+        )
 
 
 def bearer(token: str | None) -> Any:
@@ -247,6 +269,27 @@ def test_a_broker_forwards_an_unload_to_the_owner_with_its_token(secured: Secure
         secured.cluster.service_url, authentication=strata.AuthenticationToken(secured.app_token)
     ) as client:
         client.create_producer(TOPIC).send(b"after the unload")
+
+
+def test_every_broker_denies_a_role_without_grants(secured: SecuredCluster) -> None:
+    """Authorization on both brokers: a valid token without grants is refused on produce and
+    on tenant administration, whichever broker it reaches first."""
+    with strata.Client(
+        secured.cluster.service_url,
+        authentication=strata.AuthenticationToken(secured.stranger_token),
+        operation_timeout_seconds=10,
+    ) as client:
+        with pytest.raises(strata.AuthorizationError, match="role 'stranger' may not look up"):
+            client.create_producer(TOPIC)
+    for index in range(2):
+        with grpc.insecure_channel(secured.cluster.broker_address(index)) as channel:
+            with pytest.raises(grpc.RpcError) as caught:
+                admin_pb2_grpc.AdminServiceStub(channel).UnloadNamespace(
+                    admin_pb2.UnloadNamespaceRequest(name="tenants/public/namespaces/default"),
+                    metadata=bearer(secured.stranger_token),
+                    timeout=30,
+                )
+            assert caught.value.code() is grpc.StatusCode.PERMISSION_DENIED  # type: ignore[attr-defined]
 
 
 def test_a_missing_broker_token_file_is_a_usage_error(tmp_path: Path) -> None:
