@@ -86,6 +86,19 @@ class BrokerConfig:
     max_pending_publish_batches_per_producer: int = setting(
         1000, "batches of one producer in flight before its stream stops reading"
     )
+    # Deduplication (Pulsar's brokerDeduplication* options; ``broker.deduplication``).
+    broker_deduplication_enabled: bool = setting(
+        False, "drop re-sent batches by producer name and sequence id (namespaces may override)"
+    )
+    broker_deduplication_entries_interval: int = setting(
+        1000, "snapshot the deduplication state every this many entries (bounds the replay)"
+    )
+    broker_deduplication_max_number_of_producers: int = setting(
+        10_000, "producer names a topic remembers; the longest inactive is forgotten first"
+    )
+    broker_deduplication_producer_inactivity_timeout_minutes: int = setting(
+        360, "forget a disconnected producer's sequence id after this long"
+    )
     housekeeping_interval_ms: int = setting(
         5000, "how often idle topics are unloaded and offload thresholds checked"
     )
@@ -175,6 +188,9 @@ class BrokerConfig:
             "offload_retry_timeout_ms",
             "offload_request_timeout_ms",
             "metadata_store_connect_timeout_seconds",
+            "broker_deduplication_entries_interval",
+            "broker_deduplication_max_number_of_producers",
+            "broker_deduplication_producer_inactivity_timeout_minutes",
         )
         for name in positive:
             if getattr(self, name) <= 0:
