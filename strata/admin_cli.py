@@ -457,6 +457,13 @@ def _owner_named_by(error: grpc.RpcError) -> str | None:
     return info.metadata.get("owner") or None
 
 
+def owner_service_url(service_url: str, owner: str) -> str:
+    """The service URL to ask ``owner`` (a bare ``host:port`` from TOPIC_NOT_OWNED) with:
+    ``grpcs://`` in front when ``service_url`` uses TLS, so the redirect keeps TLS and the
+    same certificates; a bare owner would be dialled in plaintext."""
+    return f"grpcs://{owner}" if uses_tls(service_url) else owner
+
+
 def _run_admin(args: argparse.Namespace) -> int:
     handler: _Handler = args.admin_handler
     admin = _Admin(args)
@@ -470,7 +477,8 @@ def _run_admin(args: argparse.Namespace) -> int:
             if owner is None:
                 raise
             admin.close()
-            admin = _Admin(argparse.Namespace(**{**vars(args), "service_url": owner}))
+            owner_url = owner_service_url(args.service_url, owner)
+            admin = _Admin(argparse.Namespace(**{**vars(args), "service_url": owner_url}))
             handler(admin, args)
     except grpc.RpcError as exc:
         code = exc.code() if callable(getattr(exc, "code", None)) else grpc.StatusCode.UNKNOWN

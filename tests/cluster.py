@@ -41,8 +41,12 @@ class Cluster:
         broker_args: list[str] | None = None,
         env: dict[str, str] | None = None,
         admin_token: str | None = None,
+        credentials: grpc.ChannelCredentials | None = None,
     ) -> None:
         self.directory = directory
+        # The harness's own calls (health probes, admin) use TLS with these when the servers
+        # serve TLS (each given ``--tls-cert-file`` in its args).
+        self.credentials = credentials
         # Presented on the harness's own admin calls when the brokers require a token.
         self.admin_metadata = (
             None if admin_token is None else (("authorization", f"Bearer {admin_token}"),)
@@ -106,6 +110,7 @@ class Cluster:
             self.directory / f"broker-{index}.log",
             env=self.env,
         )
+        broker.health_credentials = self.credentials
         self.brokers.append(broker)
         broker.start(wait=False)
         return broker
@@ -129,6 +134,7 @@ class Cluster:
             self.directory / f"bookie-{index}.log",
             env=self.env,
         )
+        bookie.health_credentials = self.credentials
         self.bookies.append(bookie)
         bookie.start(wait=False)
         return bookie
@@ -184,7 +190,12 @@ class Cluster:
     # ---- observation -------------------------------------------------------------------------
 
     def list_bookies(self, broker: int = 0) -> admin_pb2.ListBookiesResponse:
-        with grpc.insecure_channel(self.broker_address(broker)) as channel:
+        address = self.broker_address(broker)
+        with (
+            grpc.insecure_channel(address)
+            if self.credentials is None
+            else grpc.secure_channel(address, self.credentials)
+        ) as channel:
             stub = admin_pb2_grpc.AdminServiceStub(channel)
             response: admin_pb2.ListBookiesResponse = stub.ListBookies(
                 admin_pb2.ListBookiesRequest(), timeout=10, metadata=self.admin_metadata

@@ -1,5 +1,7 @@
 """Certificates for TLS tests, made at test time with ``cryptography``: a CA, a server
-certificate for localhost / 127.0.0.1 and a client certificate, written as PEM files."""
+certificate for localhost / 127.0.0.1, one for another name, a client certificate, and
+another CA with a client certificate of its own (one the first CA does not trust), written as
+PEM files."""
 
 from __future__ import annotations
 
@@ -21,7 +23,11 @@ class TlsFiles:
     server_key: Path
     client_cert: Path
     client_key: Path
-    other_ca: Path  # a CA that signed none of these
+    misnamed_server_cert: Path  # signed by ca for elsewhere.invalid only
+    misnamed_server_key: Path
+    other_ca: Path  # a CA that signed none of the above
+    untrusted_client_cert: Path  # signed by other_ca
+    untrusted_client_key: Path
 
 
 def _key() -> ec.EllipticCurvePrivateKey:
@@ -91,7 +97,7 @@ def _write_key(path: Path, key: ec.EllipticCurvePrivateKey) -> Path:
 def make_tls_files(directory: Path) -> TlsFiles:
     directory.mkdir(parents=True, exist_ok=True)
     ca, ca_key = _ca("strata test CA")
-    other, _ = _ca("some other CA")
+    other, other_key = _ca("some other CA")
     server, server_key = _leaf(
         "localhost",
         ca,
@@ -99,11 +105,19 @@ def make_tls_files(directory: Path) -> TlsFiles:
         [x509.DNSName("localhost"), x509.IPAddress(ipaddress.ip_address("127.0.0.1"))],
     )
     client, client_key = _leaf("client", ca, ca_key, [x509.DNSName("client")])
+    misnamed, misnamed_key = _leaf(
+        "elsewhere.invalid", ca, ca_key, [x509.DNSName("elsewhere.invalid")]
+    )
+    untrusted, untrusted_key = _leaf("client", other, other_key, [x509.DNSName("client")])
     return TlsFiles(
         ca=_write(directory / "ca.pem", ca),
         server_cert=_write(directory / "server.pem", server),
         server_key=_write_key(directory / "server.key", server_key),
         client_cert=_write(directory / "client.pem", client),
         client_key=_write_key(directory / "client.key", client_key),
+        misnamed_server_cert=_write(directory / "misnamed-server.pem", misnamed),
+        misnamed_server_key=_write_key(directory / "misnamed-server.key", misnamed_key),
         other_ca=_write(directory / "other-ca.pem", other),
+        untrusted_client_cert=_write(directory / "untrusted-client.pem", untrusted),
+        untrusted_client_key=_write_key(directory / "untrusted-client.key", untrusted_key),
     )

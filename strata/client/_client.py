@@ -78,7 +78,9 @@ class AsyncClient:
     ``grpcs://`` or ``pulsar+ssl://`` URL connects over TLS, trusting
     ``tls_trust_certs_file_path`` (default: the system's roots) and presenting
     ``tls_certificate_file_path``/``tls_private_key_file_path`` to a mutual-TLS broker
-    (pulsar-client's names).
+    (pulsar-client's names). The broker's certificate must name the host dialled: the
+    hostname is always verified (pulsar-client's ``tls_validate_hostname`` defaults to
+    False; here there is deliberately no option to skip it).
 
     Lifecycle: ``create_producer``/``subscribe`` as often as needed, then ``close``, which
     closes every producer (flushing it) and consumer still open, then the channel. Also an
