@@ -165,6 +165,12 @@ class AdminServicer(admin_pb2_grpc.AdminServiceServicer):
             namespace.persistence.CopyFrom(admin_pb2.PersistencePolicies(**persistence))
         limits = self._broker.namespaces.limits_of(policies)
         namespace.limits.CopyFrom(admin_pb2.LimitPolicies(**dataclasses.asdict(limits)))
+        own = policies.get("deduplication_enabled")
+        namespace.deduplication.CopyFrom(
+            admin_pb2.DeduplicationPolicy(
+                enabled=own, effective=self._broker.namespaces.deduplication_of(policies)
+            )
+        )
         offload = self._broker.offload_policy_of(policies)
         namespace.offload.CopyFrom(
             admin_pb2.OffloadPolicies(
@@ -184,6 +190,13 @@ class AdminServicer(admin_pb2_grpc.AdminServiceServicer):
         name = NamespaceName.parse(request.name)
         lag = request.deletion_lag_ms if request.HasField("deletion_lag_ms") else None
         await self._broker.set_offload_deletion_lag(name, lag)
+        return await self._namespace(name)
+
+    @edge
+    async def SetDeduplication(self, request: Any, context: Any) -> admin_pb2.Namespace:
+        name = NamespaceName.parse(request.name)
+        enabled = request.enabled if request.HasField("enabled") else None
+        await self._broker.namespaces.set_deduplication(name, enabled)
         return await self._namespace(name)
 
     @edge
@@ -441,9 +454,11 @@ class AdminServicer(admin_pb2_grpc.AdminServiceServicer):
         name = TopicName.parse(request.name)
         if not await self._broker.topic_exists(name):
             raise NotFoundError(f"topic {name} does not exist")
-        stats = topic_stats(await self._broker.get_topic(name))
+        topic = await self._broker.get_topic(name)
+        stats = topic_stats(topic)
         return admin_pb2.TopicStats(
             name=str(name),
+            deduplication_status="Enabled" if topic.deduplication.enabled else "Disabled",
             msg_rate_in=stats.msg_rate_in,
             msg_throughput_in=stats.msg_throughput_in,
             msg_rate_out=stats.msg_rate_out,

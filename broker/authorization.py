@@ -173,6 +173,7 @@ RULES: dict[str, Rule] = {
     "AdminService/SetLimits": Rule(Access.TENANT_ADMIN, _namespace_of_name),
     "AdminService/SetOffloadThreshold": Rule(Access.TENANT_ADMIN, _namespace_of_name),
     "AdminService/SetOffloadDeletionLag": Rule(Access.TENANT_ADMIN, _namespace_of_name),
+    "AdminService/SetDeduplication": Rule(Access.TENANT_ADMIN, _namespace_of_name),
     "AdminService/ListBundles": Rule(Access.TENANT_ADMIN, _namespace_of_name),
     "AdminService/UnloadNamespace": Rule(Access.TENANT_ADMIN, _namespace_of_name),
     "AdminService/ListTopics": Rule(Access.TENANT_ADMIN, _namespace_of_parent),

@@ -1,6 +1,7 @@
 """Housekeeping: the broker's periodic pass over its loaded topics.
 
-Every ``housekeeping_interval_ms`` one pass, topic by topic: unload topics idle (no producers,
+Every ``housekeeping_interval_ms`` one pass, topic by topic: apply namespace policies that
+changed (deduplication on or off; inactive producers forgotten), unload topics idle (no producers,
 consumers, traffic or running offload) for ``topic_idle_unload_seconds``, roll a ledger over
 by age, trim ledgers no cursor needs any more, and give the offload scheduler its turn
 (automatic offload, deletions whose lag has passed, retries).
@@ -18,9 +19,10 @@ import logging
 import time
 
 from broker.loops import OwnedLoops
+from broker.topic import Topic
 from broker.topics import TopicRegistry
 from strata.logging_setup import log_fields
-from strata.naming import TopicName
+from strata.naming import NamespaceName, TopicName
 
 log = logging.getLogger(__name__)
 
@@ -56,7 +58,17 @@ class Housekeeping:
         idle = self._idle_topics()
         if idle:
             await self._registry.close_topics(lambda name: name in idle)
+        deduplication: dict[NamespaceName, bool] = {}  # one policy read per namespace
         for topic in list(self._registry.topics.values()):
+            try:
+                await self._apply_policies(topic, deduplication)
+            except Exception as exc:
+                log.warning(
+                    "applying the policies of %s failed: %s",
+                    topic.name,
+                    exc,
+                    extra=log_fields(topic=topic.name),
+                )
             topic.ledger.maybe_rollover_by_time()
             try:
                 await topic.trim()
@@ -66,6 +78,16 @@ class Housekeeping:
                 )
             if topic.ledger.offload is not None:
                 topic.ledger.offload.on_housekeeping()
+
+    async def _apply_policies(self, topic: Topic, deduplication: dict[NamespaceName, bool]) -> None:
+        """Policy changes reach loaded topics here, within one interval, without a reload."""
+        namespace = topic.name.namespace_name
+        if namespace not in deduplication:
+            deduplication[namespace] = await self._registry.namespaces.deduplication_for(namespace)
+        if topic.closing.is_set():
+            return
+        await topic.deduplication.set_enabled(deduplication[namespace])
+        topic.deduplication.expire_inactive(topic.connected_producers)
 
     def _idle_topics(self) -> set[TopicName]:
         """Topics without producers, consumers or traffic for ``topic_idle_unload_seconds``."""

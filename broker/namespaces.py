@@ -271,6 +271,26 @@ class Namespaces:
 
         await self.update_namespace_policies(name, mutate)
 
+    async def set_deduplication(self, name: NamespaceName, enabled: bool | None) -> None:
+        """Turn deduplication on or off for the namespace's topics; None: the broker default
+        (``--broker-deduplication-enabled``)."""
+
+        def mutate(policies: dict[str, Any]) -> dict[str, Any]:
+            if enabled is None:
+                policies.pop("deduplication_enabled", None)
+            else:
+                policies["deduplication_enabled"] = enabled
+            return policies
+
+        await self.update_namespace_policies(name, mutate)
+
+    def deduplication_of(self, policies: dict[str, Any]) -> bool:
+        value = policies.get("deduplication_enabled")
+        return self.config.broker_deduplication_enabled if value is None else bool(value)
+
+    async def deduplication_for(self, name: NamespaceName) -> bool:
+        return self.deduplication_of(await self.get_namespace_policies(name))
+
     def offload_policy_of(self, policies: dict[str, Any]) -> OffloadPolicy:
         lag = policies.get("offload_deletion_lag_ms")
         return OffloadPolicy(

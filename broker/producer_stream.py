@@ -9,7 +9,9 @@ from typing import TYPE_CHECKING, Any
 
 import grpc
 
+from broker.deduplication import DUPLICATE_POSITION, MAX_INFLIGHT_WAITS, Decision
 from broker.entry_format import stored_entry_for
+from broker.errors import PreconditionError
 from broker.limits import check_producer_room
 from broker.metrics import PUBLISH_LATENCY_SECONDS
 from broker.stream_driver import run_stream
@@ -36,7 +38,11 @@ class ProducerStream:
     2. The client sends ``publish`` requests, each with batches in sequence order. Each batch
        is checked (``check_publish_batch``: at least one message, at most the maximum size,
        else INVALID_ARGUMENT ends the stream), wrapped once in its stored-entry header and
-       appended to the topic as one ledger entry: per batch, never per message.
+       appended to the topic as one ledger entry: per batch, never per message. With
+       deduplication on (``broker.deduplication``), a batch whose sequence ids the topic
+       has persisted is not stored again and gets a receipt at position (-1, -1); one whose
+       first copy is still being written waits for it; one overlapping persisted ids is
+       refused FAILED_PRECONDITION.
     3. A receipt goes out only once its entry is durable, and receipts go out in sequence
        order (an Architecture invariant): the writer waits for the oldest pending batch, then
        sends one ``SendReceipts`` for it and every following batch already durable, and
@@ -106,15 +112,49 @@ class ProducerStream:
                 while len(pending) >= self._max_pending_batches:
                     self._room.clear()
                     await self._room.wait()
-                future = topic.publish(
-                    stored_entry_for(producer_name, batch),
-                    batch.num_messages,
-                    batch.deliver_at_time_ms,
-                )
+                if topic.deduplication.enabled:
+                    future = await self._publish_once(topic, producer_name, batch)
+                else:
+                    future = topic.publish(
+                        stored_entry_for(producer_name, batch),
+                        batch.num_messages,
+                        batch.deliver_at_time_ms,
+                    )
                 pending.append((batch.sequence_id, batch.num_messages, future, received))
                 self._appended.set()
         self._reading = False
         self._appended.set()
+
+    async def _publish_once(
+        self, topic: Topic, producer_name: str, batch: messaging_pb2.ProducerBatch
+    ) -> asyncio.Future[Position]:
+        """Publish a batch unless deduplication knows it (``broker.deduplication``): a
+        duplicate's future is already done, with the duplicate position."""
+        dedup = topic.deduplication
+        first = batch.sequence_id
+        last = first + batch.num_messages - 1
+        decision = dedup.check(producer_name, first, last)
+        for _ in range(MAX_INFLIGHT_WAITS):
+            if decision is not Decision.IN_FLIGHT:
+                break
+            await dedup.wait_in_flight(producer_name)
+            decision = dedup.check(producer_name, first, last)
+        if decision is Decision.IN_FLIGHT:
+            persisted = dedup.last_sequence_id(producer_name)
+            raise PreconditionError(
+                f"batch of sequence ids {first}..{last} overlaps those producer "
+                f"{producer_name!r} already published (persisted up to {persisted}): "
+                "send batches that start after the persisted id"
+            )
+        if decision is Decision.DUPLICATE:
+            done: asyncio.Future[Position] = asyncio.get_running_loop().create_future()
+            done.set_result(DUPLICATE_POSITION)
+            return done
+        future = topic.publish(
+            stored_entry_for(producer_name, batch), batch.num_messages, batch.deliver_at_time_ms
+        )
+        dedup.pushed(producer_name, last, future)
+        return future
 
     async def _write_receipts(self, topic: Topic, producer_name: str) -> None:
         pending = self._pending

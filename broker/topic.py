@@ -13,6 +13,7 @@ from collections.abc import Callable
 from urllib.parse import quote, unquote
 
 from broker.cursor import CURSORS_PREFIX, ManagedCursor
+from broker.deduplication import DeduplicationConfig, MessageDeduplication, snapshot_key
 from broker.errors import AlreadyExistsError, PreconditionError
 from broker.managed_ledger import ManagedLedger, ManagedLedgerListener, Position
 from broker.metrics import ENTRY_SIZE_BYTES
@@ -20,6 +21,12 @@ from broker.rates import RateMeter
 from broker.subscription import SUBSCRIPTION_EXCLUSIVE, Subscription
 from strata.metadata import MetadataStore
 from strata.naming import TopicName
+
+# Pulsar's defaults (brokerDeduplicationEntriesInterval, ...MaxNumberOfProducers,
+# ...ProducerInactivityTimeoutMinutes); the broker passes its configured values.
+DEFAULT_DEDUPLICATION = DeduplicationConfig(
+    entries_interval=1000, max_producers=10_000, inactivity_timeout_s=360 * 60
+)
 
 
 class Topic:
@@ -38,6 +45,7 @@ class Topic:
         cursor_persist_interval_ms: int,
         cursor_max_persisted_ranges: int,
         on_fenced: Callable[[Topic], None],
+        deduplication: DeduplicationConfig = DEFAULT_DEDUPLICATION,
     ) -> None:
         self.name = name
         self._store = store
@@ -63,6 +71,8 @@ class Topic:
         self.ledger = ledger(
             ManagedLedgerListener(new_entries=self._on_new_entries, fenced=lambda: on_fenced(self))
         )
+        # Off until the service applies the topic's policy (``set_enabled``) at load.
+        self.deduplication = MessageDeduplication(name, self.ledger, store, deduplication)
 
     @property
     def cursor_prefix(self) -> str:
@@ -93,9 +103,15 @@ class Topic:
         name = requested_name or f"{broker_name}-{next(self._producer_ids)}"
         if name in self.connected_producers:
             raise PreconditionError(f"producer {name!r} is already connected to {self.name}")
-        while not requested_name and name in self._last_sequence_ids:
+        dedup = self.deduplication
+        while not requested_name and (
+            name in self._last_sequence_ids or dedup.last_sequence_id(name) >= 0
+        ):
             name = f"{broker_name}-{next(self._producer_ids)}"
         self.connected_producers.add(name)
+        if dedup.enabled:
+            dedup.touch((name,))
+            return name, dedup.last_sequence_id(name)
         return name, self._last_sequence_ids.get(name, -1)
 
     def remove_producer(self, name: str) -> None:
@@ -196,12 +212,16 @@ class Topic:
         slowest = self.slowest_mark_delete()
         if slowest is None:
             return 0
+        held = self.deduplication.hold_position()
+        if held is not None:
+            slowest = min(slowest, held)  # the entries after the snapshot are its replay
         return await self.ledger.trim(slowest)
 
     async def close(self) -> None:
         self.closing.set()
         for subscription in list(self.subscriptions.values()):
             await subscription.close()
+        await self.deduplication.close()
         await self.ledger.close()
 
     async def delete(self) -> None:
@@ -210,4 +230,6 @@ class Topic:
             await self.delete_subscription(name)
         for key in await self._store.list_keys(self.cursor_prefix):
             await self._store.delete(key)
+        await self.deduplication.close()
+        await self._store.delete(snapshot_key(self.name))
         await self.ledger.delete()

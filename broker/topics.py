@@ -23,6 +23,7 @@ from collections.abc import Callable
 
 from bookie.ledger import LedgerManager
 from broker.config import BrokerConfig
+from broker.deduplication import DeduplicationConfig
 from broker.errors import AlreadyExistsError, InvalidRequestError, NotFoundError, PreconditionError
 from broker.limits import check_topic_room
 from broker.managed_ledger import (
@@ -75,6 +76,12 @@ class TopicRegistry:
         # Tiered storage (owned and closed by the process role); None: offloading is off.
         self.offloader = offloader
         self.cache = EntryCache(config.managed_ledger_cache_size_bytes)
+        self._deduplication = DeduplicationConfig(
+            entries_interval=config.broker_deduplication_entries_interval,
+            max_producers=config.broker_deduplication_max_number_of_producers,
+            inactivity_timeout_s=config.broker_deduplication_producer_inactivity_timeout_minutes
+            * 60.0,
+        )
         self.topics: dict[str, Topic] = {}
         self._loading: dict[str, asyncio.Task[Topic]] = {}
         # Topics unloaded and still closing: loading one again waits until its old instance
@@ -177,8 +184,17 @@ class TopicRegistry:
             self.config.cursor_persist_interval_ms,
             self.config.cursor_max_persisted_ranges,
             on_fenced=self._unload_fenced,
+            deduplication=self._deduplication,
         )
         await topic.ledger.open()
+        try:
+            # Before any producer: the persisted sequence ids of the log (snapshot + replay).
+            await topic.deduplication.set_enabled(
+                await self.namespaces.deduplication_for(name.namespace_name)
+            )
+        except BaseException:
+            await topic.ledger.close()
+            raise
         await topic.load_subscriptions()
         self.topics[str(name)] = topic
         log.info(

@@ -169,6 +169,21 @@ def build_parser(environ: Mapping[str, str] | None = None) -> argparse.ArgumentP
         "(each is sent and receipted on its own)",
         environ=environ,
     )
+    add_option(
+        produce,
+        "--producer-name",
+        help="a stable producer name: messages are numbered in input order (with "
+        "deduplication on, re-running the same command on the same input stores each once)",
+        environ=environ,
+    )
+    add_option(
+        produce,
+        "--initial-sequence-id",
+        type=int,
+        default=None,
+        help="sequence id of the first message (default 0; needs --producer-name)",
+        environ=environ,
+    )
     produce.set_defaults(handler=_produce)
 
     consume = commands.add_parser(
@@ -320,11 +335,22 @@ def _produce(args: argparse.Namespace) -> int:
     if args.deliver_after_ms < 0:
         raise _UsageError("--deliver-after-ms must not be negative")
     delay = datetime.timedelta(milliseconds=args.deliver_after_ms)
+    if args.initial_sequence_id is not None and args.producer_name is None:
+        raise _UsageError("--initial-sequence-id needs --producer-name")
+    first_sequence_id = args.initial_sequence_id or 0
+    if not 0 <= first_sequence_id < 1 << 63:
+        raise _UsageError("--initial-sequence-id must be within 0..2^63-1")
+    # With a producer name, message i of the input gets sequence id first + i.
+    numbered = args.producer_name is not None
     failures: list[Result] = []
+    duplicates = 0
 
     def on_receipt(result: Result, message_id: MessageId | None) -> None:
+        nonlocal duplicates
         if result is not Result.Ok:
             failures.append(result)
+        elif message_id is not None and message_id.ledger_id() == -1:
+            duplicates += 1  # stored by an earlier run (deduplication)
 
     started = time.monotonic()
     sent = 0
@@ -336,6 +362,7 @@ def _produce(args: argparse.Namespace) -> int:
     ) as client:
         producer = client.create_producer(
             args.topic,
+            producer_name=args.producer_name,
             batching_enabled=not args.disable_batching,
             block_if_queue_full=True,
         )
@@ -344,11 +371,20 @@ def _produce(args: argparse.Namespace) -> int:
         while True:
             allowed = pacer.wait_sync() if pacer is not None else 1000
             chunk = list(itertools.islice(iterator, allowed))
-            for payload in chunk:
+            for index, payload in enumerate(chunk, sent):
+                sequence_id = first_sequence_id + index if numbered else None
                 if delay:
-                    producer.send(payload, partition_key=args.key, deliver_after=delay)
+                    message_id = producer.send(
+                        payload,
+                        partition_key=args.key,
+                        deliver_after=delay,
+                        sequence_id=sequence_id,
+                    )
+                    on_receipt(Result.Ok, message_id)
                 else:
-                    producer.send_async(payload, on_receipt, partition_key=args.key)
+                    producer.send_async(
+                        payload, on_receipt, partition_key=args.key, sequence_id=sequence_id
+                    )
             sent += len(chunk)
             if pacer is not None:
                 pacer.sent(len(chunk))
@@ -363,7 +399,11 @@ def _produce(args: argparse.Namespace) -> int:
         )
         return 1
     elapsed_s = time.monotonic() - started
-    print(f"produced {sent} messages to {topic} in {elapsed_s:.2f} s", file=sys.stderr)
+    stored_before = f" ({duplicates} stored before, not again)" if duplicates else ""
+    print(
+        f"produced {sent} messages to {topic} in {elapsed_s:.2f} s{stored_before}",
+        file=sys.stderr,
+    )
     return 0
 
 

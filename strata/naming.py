@@ -45,7 +45,7 @@ def check_name_part(kind: str, part: str) -> str:
         raise InvalidNameError(f"{kind} name is empty")
     if len(part) > MAX_NAME_LENGTH:
         raise InvalidNameError(f"{kind} name is longer than {MAX_NAME_LENGTH} characters")
-    if not _NAME_RE.match(part) or part in (".", ".."):
+    if not _NAME_RE.fullmatch(part) or part in (".", ".."):
         raise InvalidNameError(
             f"{kind} name {quoted(part)} may hold only letters, digits and - _ = : ."
         )

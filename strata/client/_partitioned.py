@@ -114,6 +114,7 @@ class PartitionedProducer(AsyncProducer):
         deliver_at: datetime.datetime | None = None,
         deliver_after: datetime.timedelta | None = None,
         ordering_key: str | None = None,
+        sequence_id: int | None = None,
     ) -> asyncio.Future[MessageId]:
         if self._pending_messages >= self._max_pending_messages and self._block_if_queue_full:
             await self.wait_for_space()
@@ -127,6 +128,7 @@ class PartitionedProducer(AsyncProducer):
             deliver_at=deliver_at,
             deliver_after=deliver_after,
             ordering_key=ordering_key,
+            sequence_id=sequence_id,
         )
         self._pending_messages += 1
         return future
@@ -138,10 +140,14 @@ class PartitionedProducer(AsyncProducer):
         partition_key: str | None = None,
         event_timestamp: int | None = None,
         callback: SendCallback | None = None,
+        *,
+        sequence_id: int | None = None,
     ) -> None:
         self._check_room()
         producer = self._partitions[self.partition_for(content, partition_key)]
-        producer.send_nowait(content, properties, partition_key, event_timestamp, callback)
+        producer.send_nowait(
+            content, properties, partition_key, event_timestamp, callback, sequence_id=sequence_id
+        )
         self._pending_messages += 1
 
     async def wait_for_space(self) -> None:

@@ -90,6 +90,10 @@ _Waiter: TypeAlias = "asyncio.Future[MessageId] | SendCallback"
 MAX_PUBLISH_REQUEST_BYTES = 4 * 1024 * 1024
 # With this many batches awaiting receipts, an open batch waits for a receipt or its delay.
 HOLD_AFTER_BATCHES_IN_FLIGHT = 2
+# Explicit sequence ids are signed 64-bit, as Pulsar's.
+MAX_SEQUENCE_ID = (1 << 63) - 1
+# A receipt for a batch the broker had stored before (deduplication) names this position.
+DUPLICATE_RECEIPT_ID = (1 << 64) - 1
 # close() half-closes the stream and waits this long for that to be written.
 HALF_CLOSE_TIMEOUT_S = 1.0
 # Used until the broker says otherwise in ProducerOpened (pulsar's default maxMessageSize).
@@ -203,6 +207,7 @@ class AsyncProducer(abc.ABC):
         deliver_at: datetime.datetime | None = None,
         deliver_after: datetime.timedelta | None = None,
         ordering_key: str | None = None,
+        sequence_id: int | None = None,
     ) -> MessageId:
         """Publish one message and return its id once the broker has it durably."""
         future = await self.send_async(
@@ -213,6 +218,7 @@ class AsyncProducer(abc.ABC):
             deliver_at=deliver_at,
             deliver_after=deliver_after,
             ordering_key=ordering_key,
+            sequence_id=sequence_id,
         )
         return await future
 
@@ -227,6 +233,7 @@ class AsyncProducer(abc.ABC):
         deliver_at: datetime.datetime | None = None,
         deliver_after: datetime.timedelta | None = None,
         ordering_key: str | None = None,
+        sequence_id: int | None = None,
     ) -> asyncio.Future[MessageId]:
         """Queue one message; returns the future of its id (aiokafka's shape).
 
@@ -237,6 +244,12 @@ class AsyncProducer(abc.ABC):
         Delayed delivery (pulsar-client's ``deliver_at``/``deliver_after``): a Shared
         subscription delivers the message not before that time (Exclusive and Failover ones
         at once, as Pulsar). Such a message is sent as a batch of its own.
+
+        ``sequence_id`` (pulsar-client's): number the message explicitly, 0 to 2^63-1; the
+        messages after it continue from it. With deduplication on, the broker stores a
+        sequence id of a producer name once: a message at or below the producer's
+        ``last_sequence_id()`` gets a receipt with ``MessageId(-1, -1)`` and is not stored
+        again (Pulsar's behaviour). A batch holds consecutive ids only.
         """
 
     @abc.abstractmethod
@@ -247,6 +260,8 @@ class AsyncProducer(abc.ABC):
         partition_key: str | None = None,
         event_timestamp: int | None = None,
         callback: SendCallback | None = None,
+        *,
+        sequence_id: int | None = None,
     ) -> None:
         """Queue one message without waiting and without a future: the cheapest send.
 
@@ -378,12 +393,15 @@ class TopicProducer(AsyncProducer):
         deliver_at: datetime.datetime | None = None,
         deliver_after: datetime.timedelta | None = None,
         ordering_key: str | None = None,
+        sequence_id: int | None = None,
     ) -> asyncio.Future[MessageId]:
         metadata = make_metadata(properties, partition_key, event_timestamp, ordering_key)
         deliver_at_ms = delivery_time_ms(deliver_at, deliver_after)
         if self._pending_messages >= self._max_pending_messages and self._block_if_queue_full:
             await self.wait_for_space()
         future: asyncio.Future[MessageId] = asyncio.get_running_loop().create_future()
+        if sequence_id is not None:
+            self._use_sequence_id(sequence_id)
         if deliver_at_ms:
             # A batch of its own: the broker holds back whole entries.
             if self._batch is not None:
@@ -406,13 +424,28 @@ class TopicProducer(AsyncProducer):
         partition_key: str | None = None,
         event_timestamp: int | None = None,
         callback: SendCallback | None = None,
+        *,
+        sequence_id: int | None = None,
     ) -> None:
         metadata = (
             None
             if properties is None and partition_key is None and event_timestamp is None
             else make_metadata(properties, partition_key, event_timestamp)
         )
+        if sequence_id is not None:
+            self._use_sequence_id(sequence_id)
         self._enqueue(content, metadata, callback)
+
+    def _use_sequence_id(self, sequence_id: int) -> None:
+        """The next message gets ``sequence_id``; an open batch not ending just before it is
+        sealed first (a batch holds consecutive ids)."""
+        if type(sequence_id) is not int or not 0 <= sequence_id <= MAX_SEQUENCE_ID:
+            raise InvalidArgument(f"sequence_id must be an int within 0..{MAX_SEQUENCE_ID}")
+        if self._state != _READY:
+            self._check_usable()
+        if self._batch is not None and sequence_id != self._next_sequence_id:
+            self._seal()
+        self._next_sequence_id = sequence_id
 
     async def wait_for_space(self) -> None:
         await wait_for_room(
@@ -647,12 +680,17 @@ class TopicProducer(AsyncProducer):
         if self._on_space_freed is not None:
             self._on_space_freed(num_messages)
 
-    def _complete(self, batch: _PendingBatch, ledger_id: int, entry_id: int) -> None:
+    def _complete(
+        self, batch: _PendingBatch, ledger_id: int, entry_id: int, duplicate: bool = False
+    ) -> None:
         num_messages = batch.num_messages
         self._last_sequence_id = batch.sequence_id + num_messages - 1
         if batch.waiters:
             partition = self._partition
-            if num_messages == 1:
+            if duplicate:
+                for _, waiter in batch.waiters:
+                    _resolve(waiter, MessageId(-1, -1, -1, partition))
+            elif num_messages == 1:
                 _resolve(batch.waiters[0][1], MessageId(ledger_id, entry_id, -1, partition, 1))
             else:
                 for index, waiter in batch.waiters:
@@ -831,7 +869,11 @@ class TopicProducer(AsyncProducer):
             pending.popleft()
             if self._unsent and self._unsent[0] is head:
                 self._unsent.popleft()
-            self._complete(head, receipt.ledger_id, receipt.entry_id)
+            if receipt.ledger_id == DUPLICATE_RECEIPT_ID:
+                # Deduplication: stored before, not again; its id is Pulsar's -1:-1.
+                self._complete(head, -1, -1, duplicate=True)
+            else:
+                self._complete(head, receipt.ledger_id, receipt.entry_id)
         if len(pending) < HOLD_AFTER_BATCHES_IN_FLIGHT and self._batch is not None:
             # Room in the window again: the open batch need not wait out its delay.
             self._seal()

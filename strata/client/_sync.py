@@ -249,7 +249,7 @@ class Client:
         self.close()
 
 
-_SendItem = tuple[bytes, Mapping[str, str] | None, str | None, int | None, SendCallback]
+_SendItem = tuple[bytes, Mapping[str, str] | None, str | None, int | None, SendCallback, int | None]
 
 
 class Producer:
@@ -298,9 +298,11 @@ class Producer:
         deliver_at: datetime.datetime | None = None,
         deliver_after: datetime.timedelta | None = None,
         ordering_key: str | None = None,
+        sequence_id: int | None = None,
     ) -> MessageId:
         """Publish one message; return its id once the broker has it durably (see
-        ``AsyncProducer.send_async`` for ``deliver_at``/``deliver_after``)."""
+        ``AsyncProducer.send_async`` for ``deliver_at``/``deliver_after`` and
+        ``sequence_id``)."""
         self._take_space()
         return self._io.run(
             self._send(
@@ -311,6 +313,7 @@ class Producer:
                 deliver_at,
                 deliver_after,
                 ordering_key,
+                sequence_id,
             )
         )
 
@@ -323,6 +326,7 @@ class Producer:
         deliver_at: datetime.datetime | None = None,
         deliver_after: datetime.timedelta | None = None,
         ordering_key: str | None = None,
+        sequence_id: int | None = None,
     ) -> MessageId:
         self._drain()  # messages queued by send_async go first
         try:
@@ -334,6 +338,7 @@ class Producer:
                 deliver_at=deliver_at,
                 deliver_after=deliver_after,
                 ordering_key=ordering_key,
+                sequence_id=sequence_id,
             )
         except BaseException:
             self._space.release()
@@ -347,6 +352,7 @@ class Producer:
         properties: Mapping[str, str] | None = None,
         partition_key: str | None = None,
         event_timestamp: int | None = None,
+        sequence_id: int | None = None,
     ) -> None:
         """Queue one message; ``callback(result, message_id)`` runs when it is settled.
 
@@ -364,7 +370,9 @@ class Producer:
         except ProducerQueueIsFull:
             callback(Result.ProducerQueueIsFull, None)
             return
-        self._inbox.append((content, properties, partition_key, event_timestamp, callback))
+        self._inbox.append(
+            (content, properties, partition_key, event_timestamp, callback, sequence_id)
+        )
         if not self._drain_scheduled:
             self._drain_scheduled = True
             self._io.call_soon(self._drain)
@@ -401,9 +409,18 @@ class Producer:
         inbox = self._inbox
         producer = self._producer
         while inbox:
-            content, properties, partition_key, event_timestamp, callback = inbox.popleft()
+            content, properties, partition_key, event_timestamp, callback, sequence_id = (
+                inbox.popleft()
+            )
             try:
-                producer.send_nowait(content, properties, partition_key, event_timestamp, callback)
+                producer.send_nowait(
+                    content,
+                    properties,
+                    partition_key,
+                    event_timestamp,
+                    callback,
+                    sequence_id=sequence_id,
+                )
             except StrataException as exc:
                 self._space.release()
                 callback(exc.result, None)

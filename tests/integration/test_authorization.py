@@ -103,6 +103,7 @@ OPERATIONS: list[tuple[str, str, Callable[[str], Any]]] = [
         lambda t: A.SetOffloadThresholdRequest(name=_ns(t), threshold_bytes=-1),
     ),
     _admin("SetOffloadDeletionLag", lambda t: A.SetOffloadDeletionLagRequest(name=_ns(t))),
+    _admin("SetDeduplication", lambda t: A.SetDeduplicationRequest(name=_ns(t))),
     _admin("CreateTopic", lambda t: A.CreateTopicRequest(name=_topic(t))),
     _admin("ListTopics", lambda t: A.ListTopicsRequest(parent=_ns(t))),
     _admin("DeleteTopic", lambda t: A.DeleteTopicRequest(name=f"persistent://{t}/ns/missing")),

@@ -32,6 +32,7 @@ class StandInTopic:
         self.appends: list[asyncio.Future[tuple[int, int]]] = []
         self.receipted: dict[str, int] = {}
         self.connected: set[str] = set()
+        self.deduplication = SimpleNamespace(enabled=False)
 
     def add_producer(self, requested_name: str, broker_name: str) -> tuple[str, int]:
         self.connected.add(requested_name)
