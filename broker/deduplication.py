@@ -240,7 +240,17 @@ class MessageDeduplication:
             del self._inflight[producer]
         if not self.enabled:
             return
-        if future.cancelled() or future.exception() is not None:
+        if future.cancelled():
+            # Its outcome is unknown (nothing cancels these futures): a resend stays "in
+            # flight" and is refused rather than risk storing it twice; a reload replays.
+            log.warning(
+                "deduplication of %s: a write of %s was cancelled",
+                self._name,
+                producer,
+                extra=log_fields(topic=self._name),
+            )
+            return
+        if future.exception() is not None:
             # The write failed: what was pushed and not persisted may come again, and must
             # then be stored (Pulsar's resetHighestSequenceIdPushed).
             self._pushed = dict(self._persisted)

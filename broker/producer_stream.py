@@ -165,7 +165,11 @@ class ProducerStream:
                 self._appended.clear()
                 await self._appended.wait()
                 continue
-            await pending[0][2]  # receipts go in sequence order: the oldest batch first
+            # Receipts go in sequence order: the oldest batch first. ``wait`` rather than
+            # ``await``: if this stream ends meanwhile, the entry's future must not be
+            # cancelled with it (the write goes on, and deduplication learns its outcome).
+            if not pending[0][2].done():
+                await asyncio.wait([pending[0][2]])
             receipts = []
             now = time.monotonic()
             while pending and pending[0][2].done():

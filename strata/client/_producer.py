@@ -400,8 +400,7 @@ class TopicProducer(AsyncProducer):
         if self._pending_messages >= self._max_pending_messages and self._block_if_queue_full:
             await self.wait_for_space()
         future: asyncio.Future[MessageId] = asyncio.get_running_loop().create_future()
-        if sequence_id is not None:
-            self._use_sequence_id(sequence_id)
+        alone = sequence_id is not None and self._use_sequence_id(sequence_id)
         if deliver_at_ms:
             # A batch of its own: the broker holds back whole entries.
             if self._batch is not None:
@@ -415,6 +414,8 @@ class TopicProducer(AsyncProducer):
                 self._batch_deliver_at_ms = 0
         else:
             self._enqueue(content, metadata, future)
+            if alone and self._batch is not None:
+                self._seal()
         return future
 
     def send_nowait(
@@ -432,20 +433,26 @@ class TopicProducer(AsyncProducer):
             if properties is None and partition_key is None and event_timestamp is None
             else make_metadata(properties, partition_key, event_timestamp)
         )
-        if sequence_id is not None:
-            self._use_sequence_id(sequence_id)
+        alone = sequence_id is not None and self._use_sequence_id(sequence_id)
         self._enqueue(content, metadata, callback)
+        if alone and self._batch is not None:
+            self._seal()
 
-    def _use_sequence_id(self, sequence_id: int) -> None:
+    def _use_sequence_id(self, sequence_id: int) -> bool:
         """The next message gets ``sequence_id``; an open batch not ending just before it is
-        sealed first (a batch holds consecutive ids)."""
+        sealed first (a batch holds consecutive ids). Returns True when the message must go
+        as a batch of its own: an id at or below the last one the broker persisted for this
+        producer name may be a duplicate, and a batch must not mix those with new ids (the
+        broker refuses such a batch; Pulsar's Java client isolates them the same way)."""
         if type(sequence_id) is not int or not 0 <= sequence_id <= MAX_SEQUENCE_ID:
             raise InvalidArgument(f"sequence_id must be an int within 0..{MAX_SEQUENCE_ID}")
         if self._state != _READY:
             self._check_usable()
-        if self._batch is not None and sequence_id != self._next_sequence_id:
+        alone = sequence_id <= self._last_sequence_id
+        if self._batch is not None and (alone or sequence_id != self._next_sequence_id):
             self._seal()
         self._next_sequence_id = sequence_id
+        return alone
 
     async def wait_for_space(self) -> None:
         await wait_for_room(
@@ -684,7 +691,9 @@ class TopicProducer(AsyncProducer):
         self, batch: _PendingBatch, ledger_id: int, entry_id: int, duplicate: bool = False
     ) -> None:
         num_messages = batch.num_messages
-        self._last_sequence_id = batch.sequence_id + num_messages - 1
+        last = batch.sequence_id + num_messages - 1
+        if last > self._last_sequence_id:  # explicit ids may resend lower ones (duplicates)
+            self._last_sequence_id = last
         if batch.waiters:
             partition = self._partition
             if duplicate:
