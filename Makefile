@@ -66,7 +66,7 @@ test-faults: install
 # The long fuzz run over every broker RPC (issue 11 item 6): 100,000 drawn requests.
 STRATA_FUZZ_EXAMPLES ?= 100000
 fuzz: install
-	STRATA_FUZZ_EXAMPLES=$(STRATA_FUZZ_EXAMPLES) $(BIN)/pytest tests/integration/test_fuzz.py -m fuzz $(PYTEST_ARGS)
+	STRATA_FUZZ_EXAMPLES=$(STRATA_FUZZ_EXAMPLES) $(BIN)/pytest tests/integration/test_fuzz.py -m fuzz --timeout 7200 $(PYTEST_ARGS)
 
 lint: install
 	$(BIN)/ruff check .

@@ -60,7 +60,7 @@ def cluster(tmp_path: Path) -> Iterator[Cluster]:
 
 
 def read_everything(service_url: str) -> list[tuple[int, strata.MessageId]]:
-    values = []
+    values: list[tuple[int, strata.MessageId]] = []
     with strata.Client(service_url, operation_timeout_seconds=60) as client:
         reader = client.create_reader(TOPIC, strata.MessageId.earliest)
         while True:
