@@ -16,6 +16,7 @@ from broker.audit import audit_mutations
 from broker.authorization import authorize_calls
 from broker.edge import edge
 from broker.errors import InvalidRequestError, NotFoundError, PreconditionError
+from broker.managed_ledger import Retention
 from broker.offload import OffloadStatus
 from broker.ownership import (
     FORWARDED_HEADER,
@@ -171,6 +172,11 @@ class AdminServicer(admin_pb2_grpc.AdminServiceServicer):
                 enabled=own, effective=self._broker.namespaces.deduplication_of(policies)
             )
         )
+        retention = policies.get("retention_policies")
+        if retention is not None:
+            namespace.retention.CopyFrom(admin_pb2.RetentionPolicies(**retention))
+        if "message_ttl_in_seconds" in policies:
+            namespace.message_ttl_seconds = int(policies["message_ttl_in_seconds"])
         offload = self._broker.offload_policy_of(policies)
         namespace.offload.CopyFrom(
             admin_pb2.OffloadPolicies(
@@ -197,6 +203,25 @@ class AdminServicer(admin_pb2_grpc.AdminServiceServicer):
         name = NamespaceName.parse(request.name)
         enabled = request.enabled if request.HasField("enabled") else None
         await self._broker.namespaces.set_deduplication(name, enabled)
+        return await self._namespace(name)
+
+    @edge
+    async def SetRetention(self, request: Any, context: Any) -> admin_pb2.Namespace:
+        name = NamespaceName.parse(request.name)
+        retention = None
+        if request.HasField("retention"):
+            retention = Retention(
+                request.retention.retention_time_in_minutes,
+                request.retention.retention_size_in_mb,
+            )
+        await self._broker.namespaces.set_retention(name, retention)
+        return await self._namespace(name)
+
+    @edge
+    async def SetMessageTtl(self, request: Any, context: Any) -> admin_pb2.Namespace:
+        name = NamespaceName.parse(request.name)
+        ttl = request.ttl_seconds if request.HasField("ttl_seconds") else None
+        await self._broker.namespaces.set_message_ttl(name, ttl)
         return await self._namespace(name)
 
     @edge
@@ -478,6 +503,8 @@ class AdminServicer(admin_pb2_grpc.AdminServiceServicer):
                     consumers_count=sub.consumers_count,
                     msg_delayed=sub.msg_delayed,
                     msg_rate_redeliver=sub.msg_rate_redeliver,
+                    msg_rate_expired=sub.msg_rate_expired,
+                    total_msg_expired=sub.total_msg_expired,
                     mark_delete_position=_position_text(sub.mark_delete_position),
                     read_position=_position_text(sub.read_position),
                 )

@@ -174,6 +174,8 @@ RULES: dict[str, Rule] = {
     "AdminService/SetOffloadThreshold": Rule(Access.TENANT_ADMIN, _namespace_of_name),
     "AdminService/SetOffloadDeletionLag": Rule(Access.TENANT_ADMIN, _namespace_of_name),
     "AdminService/SetDeduplication": Rule(Access.TENANT_ADMIN, _namespace_of_name),
+    "AdminService/SetRetention": Rule(Access.TENANT_ADMIN, _namespace_of_name),
+    "AdminService/SetMessageTtl": Rule(Access.TENANT_ADMIN, _namespace_of_name),
     "AdminService/ListBundles": Rule(Access.TENANT_ADMIN, _namespace_of_name),
     "AdminService/UnloadNamespace": Rule(Access.TENANT_ADMIN, _namespace_of_name),
     "AdminService/ListTopics": Rule(Access.TENANT_ADMIN, _namespace_of_parent),

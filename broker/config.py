@@ -99,6 +99,19 @@ class BrokerConfig:
     broker_deduplication_producer_inactivity_timeout_minutes: int = setting(
         360, "forget a disconnected producer's sequence id after this long"
     )
+    # Retention and message TTL defaults (Pulsar's defaultRetention*, ttlDurationDefault*).
+    default_retention_time_in_minutes: int = setting(
+        0, "keep consumed data this long (-1 = no time limit; namespaces may override)"
+    )
+    default_retention_size_in_mb: int = setting(
+        0, "keep consumed data up to this size per topic (-1 = no size limit)"
+    )
+    ttl_duration_default_in_seconds: int = setting(
+        0, "acknowledge messages left unacknowledged this long (0 = never)"
+    )
+    message_expiry_check_interval_seconds: int = setting(
+        300, "how often subscriptions are checked for messages past their TTL"
+    )
     housekeeping_interval_ms: int = setting(
         5000, "how often idle topics are unloaded and offload thresholds checked"
     )
@@ -191,6 +204,7 @@ class BrokerConfig:
             "broker_deduplication_entries_interval",
             "broker_deduplication_max_number_of_producers",
             "broker_deduplication_producer_inactivity_timeout_minutes",
+            "message_expiry_check_interval_seconds",
         )
         for name in positive:
             if getattr(self, name) <= 0:
@@ -217,6 +231,11 @@ class BrokerConfig:
         for name in not_negative:
             if getattr(self, name) < 0:
                 raise ValueError(f"{name} must not be negative")
+        for name in ("default_retention_time_in_minutes", "default_retention_size_in_mb"):
+            if getattr(self, name) < -1:
+                raise ValueError(f"{name} must be -1 (no limit) or more")
+        if self.ttl_duration_default_in_seconds < 0:
+            raise ValueError("ttl_duration_default_in_seconds must not be negative")
 
     def offload_config(self, default_directory: Path | None = None) -> OffloadConfig | None:
         """The offloader's configuration, or None when offloading is off. The filesystem

@@ -17,8 +17,10 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from typing import Any
 
 from broker.loops import OwnedLoops
+from broker.subscription_admin import expire_by_ttl
 from broker.topic import Topic
 from broker.topics import TopicRegistry
 from strata.logging_setup import log_fields
@@ -31,11 +33,17 @@ class Housekeeping:
     """Owned by ``BrokerService``: ``start`` runs the loop, ``close`` stops it."""
 
     def __init__(
-        self, registry: TopicRegistry, interval_ms: int, idle_unload_seconds: float
+        self,
+        registry: TopicRegistry,
+        interval_ms: int,
+        idle_unload_seconds: float,
+        ttl_check_interval_s: float = 300.0,
     ) -> None:
         self._registry = registry
         self._interval_ms = interval_ms
         self._idle_unload_seconds = idle_unload_seconds
+        self._ttl_check_interval_s = ttl_check_interval_s
+        self._next_ttl_check = 0.0  # the first pass checks
         self._loops = OwnedLoops("housekeeping", log)
         self.passes_failed = 0
 
@@ -58,10 +66,15 @@ class Housekeeping:
         idle = self._idle_topics()
         if idle:
             await self._registry.close_topics(lambda name: name in idle)
-        deduplication: dict[NamespaceName, bool] = {}  # one policy read per namespace
+        policies: dict[NamespaceName, dict[str, Any]] = {}  # one read per namespace
+        check_ttl = time.monotonic() >= self._next_ttl_check
+        if check_ttl:
+            self._next_ttl_check = time.monotonic() + self._ttl_check_interval_s
         for topic in list(self._registry.topics.values()):
             try:
-                await self._apply_policies(topic, deduplication)
+                await self._apply_policies(topic, policies)
+                if check_ttl and topic.message_ttl_seconds > 0:
+                    await expire_by_ttl(topic)
             except Exception as exc:
                 log.warning(
                     "applying the policies of %s failed: %s",
@@ -79,14 +92,16 @@ class Housekeeping:
             if topic.ledger.offload is not None:
                 topic.ledger.offload.on_housekeeping()
 
-    async def _apply_policies(self, topic: Topic, deduplication: dict[NamespaceName, bool]) -> None:
+    async def _apply_policies(
+        self, topic: Topic, policies: dict[NamespaceName, dict[str, Any]]
+    ) -> None:
         """Policy changes reach loaded topics here, within one interval, without a reload."""
         namespace = topic.name.namespace_name
-        if namespace not in deduplication:
-            deduplication[namespace] = await self._registry.namespaces.deduplication_for(namespace)
+        if namespace not in policies:
+            policies[namespace] = await self._registry.namespaces.get_namespace_policies(namespace)
         if topic.closing.is_set():
             return
-        await topic.deduplication.set_enabled(deduplication[namespace])
+        await self._registry.apply_policies(topic, policies[namespace])
         topic.deduplication.expire_inactive(topic.connected_producers)
 
     def _idle_topics(self) -> set[TopicName]:

@@ -27,6 +27,7 @@ from broker.errors import (
     NotFoundError,
     ServiceUnavailableError,
 )
+from broker.managed_ledger import Retention
 from broker.offload import OffloadPolicy
 from strata.metadata import BadVersionError, MetadataStore
 from strata.naming import DEFAULT_NAMESPACE, DEFAULT_TENANT, NamespaceName
@@ -55,6 +56,9 @@ def _namespace_key(name: NamespaceName) -> str:
 
 # The largest limit a namespace may set.
 MAX_LIMIT = 1_000_000_000
+# Retention minutes or MiB, and message TTL seconds: signed 32-bit, as Pulsar's.
+MAX_RETENTION_VALUE = (1 << 31) - 1
+MAX_TTL_SECONDS = (1 << 31) - 1
 
 
 @dataclass(frozen=True, slots=True)
@@ -290,6 +294,59 @@ class Namespaces:
 
     async def deduplication_for(self, name: NamespaceName) -> bool:
         return self.deduplication_of(await self.get_namespace_policies(name))
+
+    async def set_retention(self, name: NamespaceName, retention: Retention | None) -> None:
+        """Set (None: remove) the namespace's retention policy."""
+        if retention is not None:
+            for kind, value in (
+                ("retention_time_in_minutes", retention.time_minutes),
+                ("retention_size_in_mb", retention.size_mb),
+            ):
+                if not -1 <= value <= MAX_RETENTION_VALUE:
+                    raise InvalidRequestError(
+                        f"{kind} must be -1 (no limit) or 0..{MAX_RETENTION_VALUE}, got {value}"
+                    )
+
+        def mutate(policies: dict[str, Any]) -> dict[str, Any]:
+            if retention is None:
+                policies.pop("retention_policies", None)
+            else:
+                policies["retention_policies"] = {
+                    "retention_time_in_minutes": retention.time_minutes,
+                    "retention_size_in_mb": retention.size_mb,
+                }
+            return policies
+
+        await self.update_namespace_policies(name, mutate)
+
+    def retention_of(self, policies: dict[str, Any]) -> Retention:
+        own = policies.get("retention_policies")
+        if own is None:
+            return Retention(
+                self.config.default_retention_time_in_minutes,
+                self.config.default_retention_size_in_mb,
+            )
+        return Retention(int(own["retention_time_in_minutes"]), int(own["retention_size_in_mb"]))
+
+    async def set_message_ttl(self, name: NamespaceName, ttl_seconds: int | None) -> None:
+        """Set (None: remove) the namespace's message TTL; 0 means messages never expire."""
+        if ttl_seconds is not None and not 0 <= ttl_seconds <= MAX_TTL_SECONDS:
+            raise InvalidRequestError(
+                f"message TTL must be 0..{MAX_TTL_SECONDS} seconds, got {ttl_seconds}"
+            )
+
+        def mutate(policies: dict[str, Any]) -> dict[str, Any]:
+            if ttl_seconds is None:
+                policies.pop("message_ttl_in_seconds", None)
+            else:
+                policies["message_ttl_in_seconds"] = ttl_seconds
+            return policies
+
+        await self.update_namespace_policies(name, mutate)
+
+    def message_ttl_of(self, policies: dict[str, Any]) -> int:
+        own = policies.get("message_ttl_in_seconds")
+        return self.config.ttl_duration_default_in_seconds if own is None else int(own)
 
     def offload_policy_of(self, policies: dict[str, Any]) -> OffloadPolicy:
         lag = policies.get("offload_deletion_lag_ms")

@@ -84,7 +84,10 @@ class BrokerService:
         )
         self.registry = TopicRegistry(config, store, ledgers, self.namespaces, offloader=offloader)
         self.housekeeping = Housekeeping(
-            self.registry, config.housekeeping_interval_ms, config.topic_idle_unload_seconds
+            self.registry,
+            config.housekeeping_interval_ms,
+            config.topic_idle_unload_seconds,
+            config.message_expiry_check_interval_seconds,
         )
         self.ownership: BundleOwnership | None = None
         if ownership is not None:

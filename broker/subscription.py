@@ -151,6 +151,8 @@ class Subscription:
         self.messages_out = 0
         self.bytes_out = 0
         self.messages_redelivered = RateMeter()
+        # Acknowledged by the message TTL or expire-messages (Pulsar's msgRateExpired).
+        self.messages_expired = RateMeter()
         # Shared: entries held back until their delivery time, and the timer that wakes the
         # dispatcher when the first of them falls due (owned here, cancelled by close()).
         self.delayed = DelayedDeliveryTracker()

@@ -115,9 +115,12 @@ async def skip_messages(topic: Topic, name: str, count: int) -> int:
     return skipped
 
 
-async def expire_messages(topic: Topic, name: str, expire_time_seconds: int) -> int:
-    """Acknowledge what was published more than ``expire_time_seconds`` ago; returns how
-    many messages that was."""
+async def expire_messages(
+    topic: Topic, name: str, expire_time_seconds: int, max_entries: int | None = None
+) -> int:
+    """Acknowledge what was published more than ``expire_time_seconds`` ago (at most
+    ``max_entries`` entries); returns how many messages that was, also counted in the
+    subscription's expired totals."""
     if expire_time_seconds < 0:
         raise InvalidRequestError(
             f"expire_time_seconds must not be negative, got {expire_time_seconds}"
@@ -126,12 +129,31 @@ async def expire_messages(topic: Topic, name: str, expire_time_seconds: int) -> 
     cutoff_ms = now_ms() - expire_time_seconds * 1000
     through = await subscription.position_before_publish_time(cutoff_ms)
     expired = 0
-    async for entry in _unacknowledged(topic, subscription, None):
+    async for entry in _unacknowledged(topic, subscription, max_entries):
         if entry.position > through:
             break
         acked = subscription.cursor.acked_indexes(entry.position).bit_count()
         expired += entry.num_messages - acked
         subscription.skip_entry(entry.position)
+    subscription.messages_expired.total += expired
+    return expired
+
+
+# A TTL pass expires at most this many entries per subscription (the next pass goes on).
+MAX_TTL_ENTRIES_PER_PASS = 10_000
+
+
+async def expire_by_ttl(topic: Topic) -> int:
+    """Expire, on every subscription of the topic, what its message TTL has passed (Pulsar's
+    PersistentMessageExpiryMonitor); returns how many messages expired."""
+    ttl = topic.message_ttl_seconds
+    if ttl <= 0:
+        return 0
+    expired = 0
+    for name, subscription in list(topic.subscriptions.items()):
+        if subscription.cursor.backlog_entries() == 0:
+            continue
+        expired += await expire_messages(topic, name, ttl, MAX_TTL_ENTRIES_PER_PASS)
     return expired
 
 

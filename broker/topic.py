@@ -15,7 +15,13 @@ from urllib.parse import quote, unquote
 from broker.cursor import CURSORS_PREFIX, ManagedCursor
 from broker.deduplication import DeduplicationConfig, MessageDeduplication, snapshot_key
 from broker.errors import AlreadyExistsError, PreconditionError
-from broker.managed_ledger import ManagedLedger, ManagedLedgerListener, Position
+from broker.managed_ledger import (
+    NO_RETENTION,
+    ManagedLedger,
+    ManagedLedgerListener,
+    Position,
+    Retention,
+)
 from broker.metrics import ENTRY_SIZE_BYTES
 from broker.rates import RateMeter
 from broker.subscription import SUBSCRIPTION_EXCLUSIVE, Subscription
@@ -73,6 +79,9 @@ class Topic:
         )
         # Off until the service applies the topic's policy (``set_enabled``) at load.
         self.deduplication = MessageDeduplication(name, self.ledger, store, deduplication)
+        # Namespace policies in effect, set at load and by each housekeeping pass.
+        self.retention: Retention = NO_RETENTION
+        self.message_ttl_seconds = 0  # 0: messages never expire
 
     @property
     def cursor_prefix(self) -> str:
@@ -206,16 +215,18 @@ class Topic:
         return min(s.cursor.mark_delete for s in self.subscriptions.values())
 
     async def trim(self) -> int:
-        """Delete ledgers no subscription needs. Without subscriptions nothing is trimmed:
-        a topic keeps its data until a subscription consumes it (documented retention
-        choice of issue 2; retention policies come later)."""
+        """Delete ledgers no subscription needs and the retention policy does not keep.
+        Without subscriptions, a topic keeps its data unless its namespace sets a retention
+        policy, which then applies to all of it (a Strata choice: Pulsar trims such a topic
+        even with no retention, losing what was published before the first subscription)."""
         slowest = self.slowest_mark_delete()
-        if slowest is None:
-            return 0
+        if slowest is None and self.retention == NO_RETENTION:
+            return 0  # no subscription and no retention policy: everything is kept
         held = self.deduplication.hold_position()
         if held is not None:
-            slowest = min(slowest, held)  # the entries after the snapshot are its replay
-        return await self.ledger.trim(slowest)
+            # The entries after the snapshot are its replay.
+            slowest = held if slowest is None else min(slowest, held)
+        return await self.ledger.trim(slowest, self.retention)
 
     async def close(self) -> None:
         self.closing.set()

@@ -28,6 +28,8 @@ class SubscriptionStats:
     mark_delete_position: Position
     read_position: Position
     msg_delayed: int = 0  # entries held back by delayed delivery
+    msg_rate_expired: float = 0.0  # messages expired per second (TTL, expire-messages)
+    total_msg_expired: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -64,6 +66,8 @@ def subscription_stats(topic: Topic) -> tuple[SubscriptionStats, ...]:
             consumers_count=len(sub.consumers),
             msg_delayed=len(sub.delayed),
             msg_rate_redeliver=sub.messages_redelivered.rate(),
+            msg_rate_expired=sub.messages_expired.rate(),
+            total_msg_expired=sub.messages_expired.total,
             mark_delete_position=sub.cursor.mark_delete,
             read_position=sub.cursor.read_position,
         )

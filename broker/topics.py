@@ -20,6 +20,7 @@ import contextlib
 import json
 import logging
 from collections.abc import Callable
+from typing import Any
 
 from bookie.ledger import LedgerManager
 from broker.config import BrokerConfig
@@ -189,8 +190,8 @@ class TopicRegistry:
         await topic.ledger.open()
         try:
             # Before any producer: the persisted sequence ids of the log (snapshot + replay).
-            await topic.deduplication.set_enabled(
-                await self.namespaces.deduplication_for(name.namespace_name)
+            await self.apply_policies(
+                topic, await self.namespaces.get_namespace_policies(name.namespace_name)
             )
         except BaseException:
             await topic.ledger.close()
@@ -204,6 +205,13 @@ class TopicRegistry:
             extra=log_fields(topic=name),
         )
         return topic
+
+    async def apply_policies(self, topic: Topic, policies: dict[str, Any]) -> None:
+        """Apply the namespace's policies to a loaded topic (at load and at each housekeeping
+        pass): deduplication, retention, message TTL."""
+        topic.retention = self.namespaces.retention_of(policies)
+        topic.message_ttl_seconds = self.namespaces.message_ttl_of(policies)
+        await topic.deduplication.set_enabled(self.namespaces.deduplication_of(policies))
 
     def _managed_ledger(self, name: TopicName, listener: ManagedLedgerListener) -> ManagedLedger:
         """A topic's managed ledger (not yet open), with its offload scheduler if any."""

@@ -1,6 +1,10 @@
 """``strata admin namespaces`` verbs of the data-lifecycle policies (issue 13), pulsar-admin's
 triples: ``set-deduplication NS --enable|--disable``, ``get-deduplication NS`` and
-``remove-deduplication NS`` (back to the broker's ``--broker-deduplication-enabled``)."""
+``remove-deduplication NS`` (back to the broker's ``--broker-deduplication-enabled``);
+``set-retention NS --time 7d --size 10G`` (-1: no limit), ``get-retention``,
+``remove-retention``; ``set-message-ttl NS --ttl 1h``, ``get-message-ttl``,
+``remove-message-ttl``. Times take pulsar-admin's units (s, m, h, d, w; plain = seconds for
+a TTL, minutes for retention), sizes K, M, G, T (plain = MiB)."""
 
 from __future__ import annotations
 
@@ -47,6 +51,89 @@ def _get_deduplication(admin: _Admin, args: argparse.Namespace) -> None:
     print(json.dumps({"enabled": own, "effective": policy.effective}, sort_keys=True))
 
 
+TIME_UNITS_S = {"s": 1, "m": 60, "h": 3600, "d": 86_400, "w": 604_800}
+SIZE_UNITS_MB = {"k": 1 / 1024, "m": 1, "g": 1024, "t": 1024 * 1024}
+
+
+def parse_duration_s(text: str, plain_unit_s: int) -> int:
+    """``30s``, ``10m``, ``1h``, ``7d``, ``2w`` or a plain number of ``plain_unit_s``; -1."""
+    text = text.strip().lower()
+    if text == "-1":
+        return -1
+    unit = TIME_UNITS_S.get(text[-1:]) if text[-1:].isalpha() else None
+    number = text[:-1] if unit is not None else text
+    if not number.isdigit():
+        raise argparse.ArgumentTypeError(
+            f"{text!r} is not a duration: a number with s, m, h, d or w, or -1"
+        )
+    return int(number) * (unit if unit is not None else plain_unit_s)
+
+
+def parse_size_mb(text: str) -> int:
+    """``500M``, ``10G``, ``1T``, ``4096K`` or a plain number of MiB; -1."""
+    text = text.strip().lower()
+    if text == "-1":
+        return -1
+    unit = SIZE_UNITS_MB.get(text[-1:]) if text[-1:].isalpha() else None
+    number = text[:-1] if unit is not None else text
+    if not number.isdigit():
+        raise argparse.ArgumentTypeError(
+            f"{text!r} is not a size: a number with K, M, G or T, or -1"
+        )
+    return max(1, round(int(number) * unit)) if unit is not None and int(number) else int(number)
+
+
+def _set_retention(admin: _Admin, args: argparse.Namespace) -> None:
+    minutes = args.time if args.time == -1 else args.time // 60
+    retention = admin_pb2.RetentionPolicies(
+        retention_time_in_minutes=minutes, retention_size_in_mb=args.size
+    )
+    admin.stub.SetRetention(
+        admin_pb2.SetRetentionRequest(name=_name(args), retention=retention),
+        timeout=admin.timeout_s,
+    )
+
+
+def _remove_retention(admin: _Admin, args: argparse.Namespace) -> None:
+    admin.stub.SetRetention(
+        admin_pb2.SetRetentionRequest(name=_name(args)), timeout=admin.timeout_s
+    )
+
+
+def _get_retention(admin: _Admin, args: argparse.Namespace) -> None:
+    namespace = admin.stub.GetNamespace(
+        admin_pb2.GetNamespaceRequest(name=_name(args)), timeout=admin.timeout_s
+    )
+    own = None
+    if namespace.HasField("retention"):
+        own = {
+            "retention_time_in_minutes": namespace.retention.retention_time_in_minutes,
+            "retention_size_in_mb": namespace.retention.retention_size_in_mb,
+        }
+    print(json.dumps(own, sort_keys=True))
+
+
+def _set_message_ttl(admin: _Admin, args: argparse.Namespace) -> None:
+    admin.stub.SetMessageTtl(
+        admin_pb2.SetMessageTtlRequest(name=_name(args), ttl_seconds=args.ttl),
+        timeout=admin.timeout_s,
+    )
+
+
+def _remove_message_ttl(admin: _Admin, args: argparse.Namespace) -> None:
+    admin.stub.SetMessageTtl(
+        admin_pb2.SetMessageTtlRequest(name=_name(args)), timeout=admin.timeout_s
+    )
+
+
+def _get_message_ttl(admin: _Admin, args: argparse.Namespace) -> None:
+    namespace = admin.stub.GetNamespace(
+        admin_pb2.GetNamespaceRequest(name=_name(args)), timeout=admin.timeout_s
+    )
+    own = namespace.message_ttl_seconds if namespace.HasField("message_ttl_seconds") else None
+    print(json.dumps(own))
+
+
 def add_policy_verbs(namespaces: SubParsers, verb: Verb, environ: Mapping[str, str] | None) -> None:
     """Register the lifecycle policy verbs under ``strata admin namespaces``."""
     set_dedup = verb(
@@ -77,5 +164,73 @@ def add_policy_verbs(namespaces: SubParsers, verb: Verb, environ: Mapping[str, s
         "remove-deduplication",
         _remove_deduplication,
         "drop the namespace's deduplication setting (the broker default applies)",
+        NAMESPACE,
+    )
+    retention = verb(
+        namespaces,
+        "set-retention",
+        _set_retention,
+        "keep consumed data for a time and up to a size per topic (-1: no limit)",
+        NAMESPACE,
+    )
+    add_option(
+        retention,
+        "--time",
+        "-t",
+        type=lambda text: parse_duration_s(text, 60),
+        required=True,
+        help="how long, e.g. 30m, 12h, 7d (plain: minutes; -1: no limit)",
+        environ=environ,
+    )
+    add_option(
+        retention,
+        "--size",
+        "-s",
+        type=parse_size_mb,
+        required=True,
+        help="how much per topic, e.g. 500M, 10G (plain: MiB; -1: no limit)",
+        environ=environ,
+    )
+    verb(
+        namespaces,
+        "get-retention",
+        _get_retention,
+        "show the namespace's retention policy (null: the broker defaults) as JSON",
+        NAMESPACE,
+    )
+    verb(
+        namespaces,
+        "remove-retention",
+        _remove_retention,
+        "drop the namespace's retention policy (the broker defaults apply)",
+        NAMESPACE,
+    )
+    ttl = verb(
+        namespaces,
+        "set-message-ttl",
+        _set_message_ttl,
+        "expire messages left unacknowledged longer than this",
+        NAMESPACE,
+    )
+    add_option(
+        ttl,
+        "--ttl",
+        type=lambda text: parse_duration_s(text, 1),
+        required=True,
+        help="e.g. 90s, 10m, 1h (plain: seconds; 0: never)",
+        environ=environ,
+    )
+    verb(
+        namespaces,
+        "get-message-ttl",
+        _get_message_ttl,
+        "show the namespace's message TTL in seconds (null: the broker default)",
+        NAMESPACE,
+    )
+    verb(
+        namespaces,
+        "remove-message-ttl",
+        _remove_message_ttl,
+        "drop the namespace's message TTL (the broker default applies)",
         NAMESPACE,
     )

@@ -42,7 +42,7 @@ from broker.managed_ledger.ledger_list import (
 from broker.managed_ledger.offload_state import MAX_ROLLOVER_WAITS, OffloadState
 from broker.managed_ledger.reader import MAX_OPEN_OFFLOADED_LEDGERS, READ_MAX_BYTES, EntryReader
 from broker.managed_ledger.rollover import RolloverOp
-from broker.managed_ledger.trim import consumed_ledgers, trim_ledgers
+from broker.managed_ledger.trim import NO_RETENTION, Retention, consumed_ledgers, trim_ledgers
 from broker.managed_ledger.writer import MAX_ADD_ATTEMPTS, LedgerWriter
 
 __all__ = [
@@ -50,6 +50,7 @@ __all__ = [
     "MAX_ADD_ATTEMPTS",
     "MAX_OPEN_OFFLOADED_LEDGERS",
     "MAX_ROLLOVER_WAITS",
+    "NO_RETENTION",
     "READ_MAX_BYTES",
     "Entry",
     "EntryCache",
@@ -62,6 +63,7 @@ __all__ = [
     "ManagedLedgerListener",
     "OffloadState",
     "Position",
+    "Retention",
     "RolloverOp",
     "consumed_ledgers",
     "decode_ledger_list",

@@ -44,8 +44,9 @@ from broker.managed_ledger.ledger_list import LedgerInfo, LedgerList, Position
 from broker.managed_ledger.offload_state import OffloadState
 from broker.managed_ledger.reader import READ_MAX_BYTES, EntryReader
 from broker.managed_ledger.rollover import RolloverOp, create_ledger
-from broker.managed_ledger.trim import trim_ledgers
+from broker.managed_ledger.trim import NO_RETENTION, Retention, trim_ledgers
 from broker.managed_ledger.writer import LedgerWriter
+from strata.clock import now_ms
 from strata.logging_setup import log_fields
 from tiered import Offloader
 
@@ -162,6 +163,7 @@ class ManagedLedger:
             if metadata is not None:
                 last.entries = metadata.last_entry_id + 1
                 last.size_bytes = metadata.length_bytes
+                last.timestamp_ms = last.timestamp_ms or now_ms()  # recovered: closed now
                 self.remember_closed(metadata)
         empty = [info for info in ledgers.ledgers if info.entries == 0]
         ledgers.ledgers = [info for info in ledgers.ledgers if info.entries > 0]
@@ -269,12 +271,20 @@ class ManagedLedger:
 
     # ---- trimming and shutdown -----------------------------------------------------------
 
-    async def trim(self, slowest_mark_delete: Position | None) -> int:
-        """Delete ledgers every durable cursor has fully consumed; returns how many."""
+    async def trim(
+        self, slowest_mark_delete: Position | None, retention: Retention = NO_RETENTION
+    ) -> int:
+        """Delete ledgers every durable cursor has fully consumed and the retention policy
+        does not keep (``trim``); returns how many."""
         if self._writer.rollover is not None:
             return 0
         return await trim_ledgers(
-            self.ledger_list, self.offload_state, self.delete_ledger_quietly, slowest_mark_delete
+            self.ledger_list,
+            self.offload_state,
+            self.delete_ledger_quietly,
+            slowest_mark_delete,
+            retention,
+            now_ms(),
         )
 
     async def close(self) -> None:

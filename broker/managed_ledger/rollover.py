@@ -40,6 +40,7 @@ from broker.errors import ServiceUnavailableError, TopicFencedError
 from broker.managed_ledger.ledger_list import LedgerInfo
 from broker.managed_ledger.writer import LedgerWriter
 from broker.metrics import ML_LEDGER_ROLLOVERS
+from strata.clock import now_ms
 
 if TYPE_CHECKING:
     from broker.managed_ledger.ledger import ManagedLedger
@@ -99,6 +100,7 @@ class RolloverOp:
             info = ledgers[-1]
             info.entries = old.metadata.last_entry_id + 1
             info.size_bytes = old.metadata.length_bytes
+            info.timestamp_ms = now_ms()  # closed now: retention by time counts from here
         return old
 
     async def _replace(self, old: LedgerHandle | None) -> None:

@@ -39,6 +39,7 @@ from bookie.ledger import LedgerClientError, LedgerHandle
 from broker.errors import ServiceUnavailableError, TopicFencedError
 from broker.managed_ledger.entry_cache import Entry, EntryCache
 from broker.managed_ledger.ledger_list import LedgerList, Position
+from strata.clock import now_ms
 from strata.logging_setup import log_fields
 
 if TYPE_CHECKING:
@@ -280,6 +281,7 @@ class LedgerWriter:
                 info = self._list.ledgers[-1]
                 info.entries = metadata.last_entry_id + 1
                 info.size_bytes = metadata.length_bytes
+                info.timestamp_ms = now_ms()
                 await self._list.store()
             except (BookieError, LedgerClientError, TopicFencedError) as exc:
                 log.warning("closing %s: %s", self._name, exc, extra=log_fields(topic=self._name))
