@@ -14,6 +14,7 @@ from typing import Any
 from broker import admin_cluster, authorization, subscription_admin
 from broker.audit import audit_mutations
 from broker.authorization import authorize_calls
+from broker.backlog_quota import BacklogQuota, backlog_size_bytes
 from broker.edge import edge
 from broker.errors import InvalidRequestError, NotFoundError, PreconditionError
 from broker.managed_ledger import Retention
@@ -177,6 +178,9 @@ class AdminServicer(admin_pb2_grpc.AdminServiceServicer):
             namespace.retention.CopyFrom(admin_pb2.RetentionPolicies(**retention))
         if "message_ttl_in_seconds" in policies:
             namespace.message_ttl_seconds = int(policies["message_ttl_in_seconds"])
+        quota = policies.get("backlog_quota")
+        if quota is not None:
+            namespace.backlog_quota.CopyFrom(admin_pb2.BacklogQuota(**quota))
         offload = self._broker.offload_policy_of(policies)
         namespace.offload.CopyFrom(
             admin_pb2.OffloadPolicies(
@@ -222,6 +226,16 @@ class AdminServicer(admin_pb2_grpc.AdminServiceServicer):
         name = NamespaceName.parse(request.name)
         ttl = request.ttl_seconds if request.HasField("ttl_seconds") else None
         await self._broker.namespaces.set_message_ttl(name, ttl)
+        return await self._namespace(name)
+
+    @edge
+    async def SetBacklogQuota(self, request: Any, context: Any) -> admin_pb2.Namespace:
+        name = NamespaceName.parse(request.name)
+        quota = None
+        if request.HasField("quota"):
+            q = request.quota
+            quota = BacklogQuota(q.limit_size, q.limit_time, q.policy)
+        await self._broker.namespaces.set_backlog_quota(name, quota)
         return await self._namespace(name)
 
     @edge
@@ -484,6 +498,7 @@ class AdminServicer(admin_pb2_grpc.AdminServiceServicer):
         return admin_pb2.TopicStats(
             name=str(name),
             deduplication_status="Enabled" if topic.deduplication.enabled else "Disabled",
+            backlog_size=backlog_size_bytes(topic),
             msg_rate_in=stats.msg_rate_in,
             msg_throughput_in=stats.msg_throughput_in,
             msg_rate_out=stats.msg_rate_out,

@@ -176,6 +176,7 @@ RULES: dict[str, Rule] = {
     "AdminService/SetDeduplication": Rule(Access.TENANT_ADMIN, _namespace_of_name),
     "AdminService/SetRetention": Rule(Access.TENANT_ADMIN, _namespace_of_name),
     "AdminService/SetMessageTtl": Rule(Access.TENANT_ADMIN, _namespace_of_name),
+    "AdminService/SetBacklogQuota": Rule(Access.TENANT_ADMIN, _namespace_of_name),
     "AdminService/ListBundles": Rule(Access.TENANT_ADMIN, _namespace_of_name),
     "AdminService/UnloadNamespace": Rule(Access.TENANT_ADMIN, _namespace_of_name),
     "AdminService/ListTopics": Rule(Access.TENANT_ADMIN, _namespace_of_parent),

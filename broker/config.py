@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from bookie.ledger import LedgerClientConfig
+from broker.backlog_quota import POLICIES
 from strata.auth.config import AuthConfig
 from strata.config_binding import section, setting
 from strata.logging_setup import LOG_FORMATS
@@ -108,6 +109,20 @@ class BrokerConfig:
     )
     ttl_duration_default_in_seconds: int = setting(
         0, "acknowledge messages left unacknowledged this long (0 = never)"
+    )
+    # Backlog quota defaults (Pulsar's backlogQuotaDefault*); -1: no quota.
+    backlog_quota_default_limit_bytes: int = setting(
+        -1, "largest backlog of a topic in bytes (-1 = none; namespaces may override)"
+    )
+    backlog_quota_default_limit_second: int = setting(
+        -1, "oldest unacknowledged message a topic's backlog may hold, in s (-1 = none)"
+    )
+    backlog_quota_default_retention_policy: str = setting(
+        "producer_request_hold",
+        "over quota: producer_request_hold, producer_exception or consumer_backlog_eviction",
+    )
+    backlog_quota_hold_timeout_seconds: float = setting(
+        30.0, "how long a held producer's batch waits for the backlog to fit its quota"
     )
     message_expiry_check_interval_seconds: int = setting(
         300, "how often subscriptions are checked for messages past their TTL"
@@ -234,6 +249,15 @@ class BrokerConfig:
         for name in ("default_retention_time_in_minutes", "default_retention_size_in_mb"):
             if getattr(self, name) < -1:
                 raise ValueError(f"{name} must be -1 (no limit) or more")
+        if self.backlog_quota_default_retention_policy not in POLICIES:
+            raise ValueError(
+                "backlog_quota_default_retention_policy must be one of " + ", ".join(POLICIES)
+            )
+        for name in ("backlog_quota_default_limit_bytes", "backlog_quota_default_limit_second"):
+            if getattr(self, name) < -1:
+                raise ValueError(f"{name} must be -1 (none) or more")
+        if not self.backlog_quota_hold_timeout_seconds > 0:
+            raise ValueError("backlog_quota_hold_timeout_seconds must be positive")
         if self.ttl_duration_default_in_seconds < 0:
             raise ValueError("ttl_duration_default_in_seconds must not be negative")
 

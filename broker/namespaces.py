@@ -19,6 +19,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+from broker.backlog_quota import POLICIES, BacklogQuota
 from broker.bundles import equal_boundaries
 from broker.config import LIMIT_NAMES, BrokerConfig
 from broker.errors import (
@@ -30,7 +31,7 @@ from broker.errors import (
 from broker.managed_ledger import Retention
 from broker.offload import OffloadPolicy
 from strata.metadata import BadVersionError, MetadataStore
-from strata.naming import DEFAULT_NAMESPACE, DEFAULT_TENANT, NamespaceName
+from strata.naming import DEFAULT_NAMESPACE, DEFAULT_TENANT, NamespaceName, quoted
 
 TENANTS_PREFIX = "/admin/tenants/"
 NAMESPACES_PREFIX = "/admin/namespaces/"
@@ -347,6 +348,41 @@ class Namespaces:
     def message_ttl_of(self, policies: dict[str, Any]) -> int:
         own = policies.get("message_ttl_in_seconds")
         return self.config.ttl_duration_default_in_seconds if own is None else int(own)
+
+    async def set_backlog_quota(self, name: NamespaceName, quota: BacklogQuota | None) -> None:
+        """Set (None: remove) the namespace's backlog quota."""
+        if quota is not None:
+            if quota.policy not in POLICIES:
+                raise InvalidRequestError(
+                    f"backlog quota policy {quoted(quota.policy)} is not one of "
+                    + ", ".join(POLICIES)
+                )
+            for kind, value in (("limit", quota.limit_bytes), ("limit_time", quota.limit_time_s)):
+                if value < -1:
+                    raise InvalidRequestError(f"backlog quota {kind} must be -1 (none) or more")
+
+        def mutate(policies: dict[str, Any]) -> dict[str, Any]:
+            if quota is None:
+                policies.pop("backlog_quota", None)
+            else:
+                policies["backlog_quota"] = {
+                    "limit_size": quota.limit_bytes,
+                    "limit_time": quota.limit_time_s,
+                    "policy": quota.policy,
+                }
+            return policies
+
+        await self.update_namespace_policies(name, mutate)
+
+    def backlog_quota_of(self, policies: dict[str, Any]) -> BacklogQuota:
+        own = policies.get("backlog_quota")
+        if own is None:
+            return BacklogQuota(
+                self.config.backlog_quota_default_limit_bytes,
+                self.config.backlog_quota_default_limit_second,
+                self.config.backlog_quota_default_retention_policy,
+            )
+        return BacklogQuota(int(own["limit_size"]), int(own["limit_time"]), str(own["policy"]))
 
     def offload_policy_of(self, policies: dict[str, Any]) -> OffloadPolicy:
         lag = policies.get("offload_deletion_lag_ms")

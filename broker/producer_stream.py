@@ -9,9 +9,10 @@ from typing import TYPE_CHECKING, Any
 
 import grpc
 
+from broker import backlog_quota
 from broker.deduplication import DUPLICATE_POSITION, MAX_INFLIGHT_WAITS, Decision
 from broker.entry_format import stored_entry_for
-from broker.errors import PreconditionError
+from broker.errors import PreconditionError, ResourceLimitError
 from broker.limits import check_producer_room
 from broker.metrics import PUBLISH_LATENCY_SECONDS
 from broker.stream_driver import run_stream
@@ -77,6 +78,11 @@ class ProducerStream:
         request = check_open_request(first)
         await self._broker.authorizer.authorize("MessagingService/Produce", first)
         topic = await self._broker.get_topic(request.topic)
+        if (
+            topic.backlog_quota_exceeded is not None
+            and topic.backlog_quota.policy == backlog_quota.EXCEPTION
+        ):
+            raise ResourceLimitError(topic.backlog_quota_exceeded)  # Pulsar refuses it too
         check_producer_room(
             topic, await self._broker.namespaces.limits_for(topic.name.namespace_name)
         )
@@ -112,6 +118,8 @@ class ProducerStream:
                 while len(pending) >= self._max_pending_batches:
                     self._room.clear()
                     await self._room.wait()
+                if topic.backlog_quota_exceeded is not None:
+                    await self._respect_backlog_quota(topic)
                 if topic.deduplication.enabled:
                     future = await self._publish_once(topic, producer_name, batch)
                 else:
@@ -124,6 +132,22 @@ class ProducerStream:
                 self._appended.set()
         self._reading = False
         self._appended.set()
+
+    async def _respect_backlog_quota(self, topic: Topic) -> None:
+        """Over quota (``broker.backlog_quota``): refuse at once (producer_exception) or wait
+        for room, at most the hold timeout (producer_request_hold)."""
+        refusal = topic.backlog_quota_exceeded
+        if refusal is None or topic.backlog_quota.policy == backlog_quota.EVICTION:
+            return
+        if topic.backlog_quota.policy == backlog_quota.EXCEPTION:
+            raise ResourceLimitError(refusal)
+        timeout_s = self._broker.config.backlog_quota_hold_timeout_seconds
+        try:
+            await asyncio.wait_for(topic.backlog_quota_cleared.wait(), timeout_s)
+        except TimeoutError:
+            raise ResourceLimitError(
+                f"{topic.backlog_quota_exceeded or refusal}; held {timeout_s:g} s"
+            ) from None
 
     async def _publish_once(
         self, topic: Topic, producer_name: str, batch: messaging_pb2.ProducerBatch

@@ -139,6 +139,22 @@ async def expire_messages(
     return expired
 
 
+async def skip_entries_until(
+    topic: Topic, subscription: Subscription, ledger_id: int, max_entries: int
+) -> tuple[int, int]:
+    """Acknowledge the subscription's unacknowledged entries of ledger ``ledger_id`` and any
+    before it (at most ``max_entries``); returns (messages, entries) skipped."""
+    messages = entries = 0
+    async for entry in _unacknowledged(topic, subscription, max_entries):
+        if entry.ledger_id > ledger_id:
+            break
+        acked = subscription.cursor.acked_indexes(entry.position).bit_count()
+        messages += entry.num_messages - acked
+        entries += 1
+        subscription.skip_entry(entry.position)
+    return messages, entries
+
+
 # A TTL pass expires at most this many entries per subscription (the next pass goes on).
 MAX_TTL_ENTRIES_PER_PASS = 10_000
 

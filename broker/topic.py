@@ -12,6 +12,7 @@ import itertools
 from collections.abc import Callable
 from urllib.parse import quote, unquote
 
+from broker.backlog_quota import NO_QUOTA, BacklogQuota
 from broker.cursor import CURSORS_PREFIX, ManagedCursor
 from broker.deduplication import DeduplicationConfig, MessageDeduplication, snapshot_key
 from broker.errors import AlreadyExistsError, PreconditionError
@@ -82,6 +83,12 @@ class Topic:
         # Namespace policies in effect, set at load and by each housekeeping pass.
         self.retention: Retention = NO_RETENTION
         self.message_ttl_seconds = 0  # 0: messages never expire
+        self.backlog_quota: BacklogQuota = NO_QUOTA
+        # The refusal text while the backlog is over its quota (``broker.backlog_quota``);
+        # held producers wait for ``backlog_quota_cleared``.
+        self.backlog_quota_exceeded: str | None = None
+        self.backlog_quota_cleared = asyncio.Event()
+        self.backlog_quota_cleared.set()
 
     @property
     def cursor_prefix(self) -> str:
@@ -138,6 +145,13 @@ class Topic:
     def record_receipt(self, producer_name: str, last_sequence_id: int) -> None:
         """The producer was receipted up to ``last_sequence_id``: a reconnect resumes after it."""
         self._last_sequence_ids[producer_name] = last_sequence_id
+
+    def set_backlog_quota_exceeded(self, refusal: str | None) -> None:
+        self.backlog_quota_exceeded = refusal
+        if refusal is None:
+            self.backlog_quota_cleared.set()
+        else:
+            self.backlog_quota_cleared.clear()
 
     # ---- subscriptions ------------------------------------------------------------------------
 

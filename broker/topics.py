@@ -23,6 +23,7 @@ from collections.abc import Callable
 from typing import Any
 
 from bookie.ledger import LedgerManager
+from broker import backlog_quota
 from broker.config import BrokerConfig
 from broker.deduplication import DeduplicationConfig
 from broker.errors import AlreadyExistsError, InvalidRequestError, NotFoundError, PreconditionError
@@ -208,10 +209,11 @@ class TopicRegistry:
 
     async def apply_policies(self, topic: Topic, policies: dict[str, Any]) -> None:
         """Apply the namespace's policies to a loaded topic (at load and at each housekeeping
-        pass): deduplication, retention, message TTL."""
+        pass): deduplication, retention, message TTL, backlog quota."""
         topic.retention = self.namespaces.retention_of(policies)
         topic.message_ttl_seconds = self.namespaces.message_ttl_of(policies)
         await topic.deduplication.set_enabled(self.namespaces.deduplication_of(policies))
+        await backlog_quota.check(topic, self.namespaces.backlog_quota_of(policies))
 
     def _managed_ledger(self, name: TopicName, listener: ManagedLedgerListener) -> ManagedLedger:
         """A topic's managed ledger (not yet open), with its offload scheduler if any."""

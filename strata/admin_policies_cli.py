@@ -3,8 +3,10 @@ triples: ``set-deduplication NS --enable|--disable``, ``get-deduplication NS`` a
 ``remove-deduplication NS`` (back to the broker's ``--broker-deduplication-enabled``);
 ``set-retention NS --time 7d --size 10G`` (-1: no limit), ``get-retention``,
 ``remove-retention``; ``set-message-ttl NS --ttl 1h``, ``get-message-ttl``,
-``remove-message-ttl``. Times take pulsar-admin's units (s, m, h, d, w; plain = seconds for
-a TTL, minutes for retention), sizes K, M, G, T (plain = MiB)."""
+``remove-message-ttl``; ``set-backlog-quota NS --limit 10G [--limit-time 1d] --policy P``,
+``get-backlog-quotas``, ``remove-backlog-quota``. Times take pulsar-admin's units (s, m,
+h, d, w; plain = seconds for a TTL or a quota, minutes for retention), sizes K, M, G, T
+(plain = MiB)."""
 
 from __future__ import annotations
 
@@ -134,6 +136,41 @@ def _get_message_ttl(admin: _Admin, args: argparse.Namespace) -> None:
     print(json.dumps(own))
 
 
+BACKLOG_QUOTA_POLICIES = (
+    "producer_request_hold",
+    "producer_exception",
+    "consumer_backlog_eviction",
+)
+
+
+def _set_backlog_quota(admin: _Admin, args: argparse.Namespace) -> None:
+    limit_bytes = args.limit if args.limit == -1 else args.limit * 1024 * 1024
+    quota = admin_pb2.BacklogQuota(
+        limit_size=limit_bytes, limit_time=args.limit_time, policy=args.policy
+    )
+    admin.stub.SetBacklogQuota(
+        admin_pb2.SetBacklogQuotaRequest(name=_name(args), quota=quota), timeout=admin.timeout_s
+    )
+
+
+def _remove_backlog_quota(admin: _Admin, args: argparse.Namespace) -> None:
+    admin.stub.SetBacklogQuota(
+        admin_pb2.SetBacklogQuotaRequest(name=_name(args)), timeout=admin.timeout_s
+    )
+
+
+def _get_backlog_quotas(admin: _Admin, args: argparse.Namespace) -> None:
+    namespace = admin.stub.GetNamespace(
+        admin_pb2.GetNamespaceRequest(name=_name(args)), timeout=admin.timeout_s
+    )
+    own = None
+    if namespace.HasField("backlog_quota"):
+        quota = namespace.backlog_quota
+        own = {"limit_size": quota.limit_size, "limit_time": quota.limit_time,
+               "policy": quota.policy}  # fmt: skip
+    print(json.dumps(own, sort_keys=True))
+
+
 def add_policy_verbs(namespaces: SubParsers, verb: Verb, environ: Mapping[str, str] | None) -> None:
     """Register the lifecycle policy verbs under ``strata admin namespaces``."""
     set_dedup = verb(
@@ -232,5 +269,52 @@ def add_policy_verbs(namespaces: SubParsers, verb: Verb, environ: Mapping[str, s
         "remove-message-ttl",
         _remove_message_ttl,
         "drop the namespace's message TTL (the broker default applies)",
+        NAMESPACE,
+    )
+    quota = verb(
+        namespaces,
+        "set-backlog-quota",
+        _set_backlog_quota,
+        "bound each topic's backlog by size and age, and say what happens over it",
+        NAMESPACE,
+    )
+    add_option(
+        quota,
+        "--limit",
+        "-l",
+        type=parse_size_mb,
+        default=-1,
+        help="backlog size per topic, e.g. 500M, 10G (plain: MiB; -1: none)",
+        environ=environ,
+    )
+    add_option(
+        quota,
+        "--limit-time",
+        type=lambda text: parse_duration_s(text, 1),
+        default=-1,
+        help="age of the oldest unacknowledged message, e.g. 1h, 1d (plain: s; -1: none)",
+        environ=environ,
+    )
+    add_option(
+        quota,
+        "--policy",
+        "-p",
+        choices=BACKLOG_QUOTA_POLICIES,
+        required=True,
+        help="what happens over quota",
+        environ=environ,
+    )
+    verb(
+        namespaces,
+        "get-backlog-quotas",
+        _get_backlog_quotas,
+        "show the namespace's backlog quota (null: the broker defaults) as JSON",
+        NAMESPACE,
+    )
+    verb(
+        namespaces,
+        "remove-backlog-quota",
+        _remove_backlog_quota,
+        "drop the namespace's backlog quota (the broker defaults apply)",
         NAMESPACE,
     )

@@ -106,6 +106,7 @@ OPERATIONS: list[tuple[str, str, Callable[[str], Any]]] = [
     _admin("SetDeduplication", lambda t: A.SetDeduplicationRequest(name=_ns(t))),
     _admin("SetRetention", lambda t: A.SetRetentionRequest(name=_ns(t))),
     _admin("SetMessageTtl", lambda t: A.SetMessageTtlRequest(name=_ns(t))),
+    _admin("SetBacklogQuota", lambda t: A.SetBacklogQuotaRequest(name=_ns(t))),
     _admin("CreateTopic", lambda t: A.CreateTopicRequest(name=_topic(t))),
     _admin("ListTopics", lambda t: A.ListTopicsRequest(parent=_ns(t))),
     _admin("DeleteTopic", lambda t: A.DeleteTopicRequest(name=f"persistent://{t}/ns/missing")),

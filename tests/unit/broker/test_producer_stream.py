@@ -33,6 +33,7 @@ class StandInTopic:
         self.receipted: dict[str, int] = {}
         self.connected: set[str] = set()
         self.deduplication = SimpleNamespace(enabled=False)
+        self.backlog_quota_exceeded = None
 
     def add_producer(self, requested_name: str, broker_name: str) -> tuple[str, int]:
         self.connected.add(requested_name)
