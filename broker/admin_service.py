@@ -25,6 +25,7 @@ from broker.ownership import (
     parse_bundle_name,
     with_boundary,
 )
+from broker.rate_limit import RateLimit
 from broker.service import BrokerService
 from broker.stream_requests import check_subscription_name
 from broker.topic import Topic
@@ -181,6 +182,9 @@ class AdminServicer(admin_pb2_grpc.AdminServiceServicer):
         quota = policies.get("backlog_quota")
         if quota is not None:
             namespace.backlog_quota.CopyFrom(admin_pb2.BacklogQuota(**quota))
+        for kind in ("publish_rate", "dispatch_rate"):
+            if kind in policies:
+                getattr(namespace, kind).CopyFrom(admin_pb2.RateLimit(**policies[kind]))
         offload = self._broker.offload_policy_of(policies)
         namespace.offload.CopyFrom(
             admin_pb2.OffloadPolicies(
@@ -236,6 +240,22 @@ class AdminServicer(admin_pb2_grpc.AdminServiceServicer):
             q = request.quota
             quota = BacklogQuota(q.limit_size, q.limit_time, q.policy)
         await self._broker.namespaces.set_backlog_quota(name, quota)
+        return await self._namespace(name)
+
+    @edge
+    async def SetPublishRate(self, request: Any, context: Any) -> admin_pb2.Namespace:
+        return await self._set_rate(request, "publish_rate")
+
+    @edge
+    async def SetDispatchRate(self, request: Any, context: Any) -> admin_pb2.Namespace:
+        return await self._set_rate(request, "dispatch_rate")
+
+    async def _set_rate(self, request: Any, kind: str) -> admin_pb2.Namespace:
+        name = NamespaceName.parse(request.name)
+        limit = None
+        if request.HasField("rate"):
+            limit = RateLimit(request.rate.msg_rate, request.rate.byte_rate)
+        await self._broker.namespaces.set_rate(name, kind, limit)
         return await self._namespace(name)
 
     @edge
@@ -499,6 +519,9 @@ class AdminServicer(admin_pb2_grpc.AdminServiceServicer):
             name=str(name),
             deduplication_status="Enabled" if topic.deduplication.enabled else "Disabled",
             backlog_size=backlog_size_bytes(topic),
+            publish_rate_limited_times=(
+                topic.publish_limiter.throttled_times if topic.publish_limiter else 0
+            ),
             msg_rate_in=stats.msg_rate_in,
             msg_throughput_in=stats.msg_throughput_in,
             msg_rate_out=stats.msg_rate_out,
@@ -520,6 +543,7 @@ class AdminServicer(admin_pb2_grpc.AdminServiceServicer):
                     msg_rate_redeliver=sub.msg_rate_redeliver,
                     msg_rate_expired=sub.msg_rate_expired,
                     total_msg_expired=sub.total_msg_expired,
+                    dispatch_throttled_times=sub.dispatch_throttled_times,
                     mark_delete_position=_position_text(sub.mark_delete_position),
                     read_position=_position_text(sub.read_position),
                 )

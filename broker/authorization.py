@@ -177,6 +177,8 @@ RULES: dict[str, Rule] = {
     "AdminService/SetRetention": Rule(Access.TENANT_ADMIN, _namespace_of_name),
     "AdminService/SetMessageTtl": Rule(Access.TENANT_ADMIN, _namespace_of_name),
     "AdminService/SetBacklogQuota": Rule(Access.TENANT_ADMIN, _namespace_of_name),
+    "AdminService/SetPublishRate": Rule(Access.TENANT_ADMIN, _namespace_of_name),
+    "AdminService/SetDispatchRate": Rule(Access.TENANT_ADMIN, _namespace_of_name),
     "AdminService/ListBundles": Rule(Access.TENANT_ADMIN, _namespace_of_name),
     "AdminService/UnloadNamespace": Rule(Access.TENANT_ADMIN, _namespace_of_name),
     "AdminService/ListTopics": Rule(Access.TENANT_ADMIN, _namespace_of_parent),

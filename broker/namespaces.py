@@ -30,6 +30,7 @@ from broker.errors import (
 )
 from broker.managed_ledger import Retention
 from broker.offload import OffloadPolicy
+from broker.rate_limit import NO_LIMIT, RateLimit
 from strata.metadata import BadVersionError, MetadataStore
 from strata.naming import DEFAULT_NAMESPACE, DEFAULT_TENANT, NamespaceName, quoted
 
@@ -60,6 +61,9 @@ MAX_LIMIT = 1_000_000_000
 # Retention minutes or MiB, and message TTL seconds: signed 32-bit, as Pulsar's.
 MAX_RETENTION_VALUE = (1 << 31) - 1
 MAX_TTL_SECONDS = (1 << 31) - 1
+# Rate limits: per second, within a signed 64-bit value; the two kinds of policy.
+MAX_RATE = (1 << 62) - 1
+RATE_KINDS = ("publish_rate", "dispatch_rate")
 
 
 @dataclass(frozen=True, slots=True)
@@ -383,6 +387,29 @@ class Namespaces:
                 self.config.backlog_quota_default_retention_policy,
             )
         return BacklogQuota(int(own["limit_size"]), int(own["limit_time"]), str(own["policy"]))
+
+    async def set_rate(self, name: NamespaceName, kind: str, limit: RateLimit | None) -> None:
+        """Set (None: remove) the namespace's ``publish_rate`` or ``dispatch_rate``."""
+        assert kind in RATE_KINDS
+        if limit is not None:
+            for field, value in (("msg_rate", limit.msg_rate), ("byte_rate", limit.byte_rate)):
+                if not -1 <= value <= MAX_RATE:
+                    raise InvalidRequestError(
+                        f"{kind} {field} must be -1 (no limit) or 0..{MAX_RATE}, got {value}"
+                    )
+
+        def mutate(policies: dict[str, Any]) -> dict[str, Any]:
+            if limit is None:
+                policies.pop(kind, None)
+            else:
+                policies[kind] = {"msg_rate": limit.msg_rate, "byte_rate": limit.byte_rate}
+            return policies
+
+        await self.update_namespace_policies(name, mutate)
+
+    def rate_of(self, policies: dict[str, Any], kind: str) -> RateLimit:
+        own = policies.get(kind)
+        return NO_LIMIT if own is None else RateLimit(int(own["msg_rate"]), int(own["byte_rate"]))
 
     def offload_policy_of(self, policies: dict[str, Any]) -> OffloadPolicy:
         lag = policies.get("offload_deletion_lag_ms")

@@ -120,6 +120,10 @@ class ProducerStream:
                     await self._room.wait()
                 if topic.backlog_quota_exceeded is not None:
                     await self._respect_backlog_quota(topic)
+                limiter = topic.publish_limiter
+                if limiter is not None:  # the namespace's publish rate: pause reading
+                    limiter.charge(batch.num_messages, len(batch.payload))
+                    await limiter.wait()
                 if topic.deduplication.enabled:
                     future = await self._publish_once(topic, producer_name, batch)
                 else:

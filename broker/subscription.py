@@ -37,6 +37,7 @@ from broker.entry_format import publish_time_of, sticky_key_of
 from broker.errors import InvalidRequestError, PreconditionError, to_status
 from broker.key_shared import ConsistentHashSelector, StickySelector, key_hash
 from broker.managed_ledger import Entry, ManagedLedger, Position
+from broker.rate_limit import RateLimiter
 from broker.rates import RateMeter
 from strata.clock import now_ms
 from strata.v1 import messaging_pb2
@@ -153,6 +154,8 @@ class Subscription:
         self.messages_redelivered = RateMeter()
         # Acknowledged by the message TTL or expire-messages (Pulsar's msgRateExpired).
         self.messages_expired = RateMeter()
+        # The namespace's dispatch rate (``broker.rate_limit``); None: not limited.
+        self.dispatch_limiter: RateLimiter | None = None
         # Shared: entries held back until their delivery time, and the timer that wakes the
         # dispatcher when the first of them falls due (owned here, cancelled by close()).
         self.delayed = DelayedDeliveryTracker()
@@ -534,6 +537,10 @@ class Subscription:
             return False
         if self.max_unacked_messages and self.unacked_messages() >= self.max_unacked_messages:
             return False
+        limiter = self.dispatch_limiter
+        if limiter is not None:
+            await limiter.wait()
+            messages_before, bytes_before = self.messages_out, self.bytes_out
         now = now_ms()
         if self.delayed:
             self._replay_now(self.delayed.pop_due(now))
@@ -601,6 +608,8 @@ class Subscription:
                 heapq.heappush(self._replay, position)
         for consumer, deliveries in batches.values():
             consumer.send(deliveries)
+        if limiter is not None:
+            limiter.charge(self.messages_out - messages_before, self.bytes_out - bytes_before)
         if held:
             self._schedule_delayed()  # the new entries may fall due before the timer
         # Entries held back count as progress: read on past them.

@@ -24,6 +24,7 @@ from broker.managed_ledger import (
     Retention,
 )
 from broker.metrics import ENTRY_SIZE_BYTES
+from broker.rate_limit import NO_LIMIT, RateLimit, RateLimiter, limiter_for
 from broker.rates import RateMeter
 from broker.subscription import SUBSCRIPTION_EXCLUSIVE, Subscription
 from strata.metadata import MetadataStore
@@ -89,6 +90,9 @@ class Topic:
         self.backlog_quota_exceeded: str | None = None
         self.backlog_quota_cleared = asyncio.Event()
         self.backlog_quota_cleared.set()
+        # Rate limits (``broker.rate_limit``): publishing per topic, dispatch per subscription.
+        self.publish_limiter: RateLimiter | None = None
+        self.dispatch_rate: RateLimit = NO_LIMIT
 
     @property
     def cursor_prefix(self) -> str:
@@ -146,6 +150,12 @@ class Topic:
         """The producer was receipted up to ``last_sequence_id``: a reconnect resumes after it."""
         self._last_sequence_ids[producer_name] = last_sequence_id
 
+    def set_rate_limits(self, publish: RateLimit, dispatch: RateLimit) -> None:
+        self.publish_limiter = limiter_for(self.publish_limiter, publish)
+        self.dispatch_rate = dispatch
+        for subscription in self.subscriptions.values():
+            subscription.dispatch_limiter = limiter_for(subscription.dispatch_limiter, dispatch)
+
     def set_backlog_quota_exceeded(self, refusal: str | None) -> None:
         self.backlog_quota_exceeded = refusal
         if refusal is None:
@@ -178,6 +188,7 @@ class Topic:
                 self.ledger,
                 partition_index=self.name.partition_index,
             )
+            subscription.dispatch_limiter = limiter_for(None, self.dispatch_rate)
             subscription.start()
             self.subscriptions[name] = subscription
             return subscription

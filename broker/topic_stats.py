@@ -30,6 +30,7 @@ class SubscriptionStats:
     msg_delayed: int = 0  # entries held back by delayed delivery
     msg_rate_expired: float = 0.0  # messages expired per second (TTL, expire-messages)
     total_msg_expired: int = 0
+    dispatch_throttled_times: int = 0  # dispatch rounds that waited for the dispatch rate
 
 
 @dataclass(frozen=True, slots=True)
@@ -68,6 +69,9 @@ def subscription_stats(topic: Topic) -> tuple[SubscriptionStats, ...]:
             msg_rate_redeliver=sub.messages_redelivered.rate(),
             msg_rate_expired=sub.messages_expired.rate(),
             total_msg_expired=sub.messages_expired.total,
+            dispatch_throttled_times=(
+                sub.dispatch_limiter.throttled_times if sub.dispatch_limiter else 0
+            ),
             mark_delete_position=sub.cursor.mark_delete,
             read_position=sub.cursor.read_position,
         )

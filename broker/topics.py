@@ -209,11 +209,15 @@ class TopicRegistry:
 
     async def apply_policies(self, topic: Topic, policies: dict[str, Any]) -> None:
         """Apply the namespace's policies to a loaded topic (at load and at each housekeeping
-        pass): deduplication, retention, message TTL, backlog quota."""
+        pass): deduplication, retention, message TTL, backlog quota, rate limits."""
         topic.retention = self.namespaces.retention_of(policies)
         topic.message_ttl_seconds = self.namespaces.message_ttl_of(policies)
         await topic.deduplication.set_enabled(self.namespaces.deduplication_of(policies))
         await backlog_quota.check(topic, self.namespaces.backlog_quota_of(policies))
+        topic.set_rate_limits(
+            self.namespaces.rate_of(policies, "publish_rate"),
+            self.namespaces.rate_of(policies, "dispatch_rate"),
+        )
 
     def _managed_ledger(self, name: TopicName, listener: ManagedLedgerListener) -> ManagedLedger:
         """A topic's managed ledger (not yet open), with its offload scheduler if any."""

@@ -4,7 +4,9 @@ triples: ``set-deduplication NS --enable|--disable``, ``get-deduplication NS`` a
 ``set-retention NS --time 7d --size 10G`` (-1: no limit), ``get-retention``,
 ``remove-retention``; ``set-message-ttl NS --ttl 1h``, ``get-message-ttl``,
 ``remove-message-ttl``; ``set-backlog-quota NS --limit 10G [--limit-time 1d] --policy P``,
-``get-backlog-quotas``, ``remove-backlog-quota``. Times take pulsar-admin's units (s, m,
+``get-backlog-quotas``, ``remove-backlog-quota``; ``set-publish-rate`` and
+``set-dispatch-rate NS --msg-rate N --byte-rate B`` with their ``get-``/``remove-``. Times
+take pulsar-admin's units (s, m,
 h, d, w; plain = seconds for a TTL or a quota, minutes for retention), sizes K, M, G, T
 (plain = MiB)."""
 
@@ -23,6 +25,7 @@ if TYPE_CHECKING:
     from strata.admin_cli import _Admin
 
 Verb = Callable[..., argparse.ArgumentParser]
+_Handler = Callable[["_Admin", argparse.Namespace], None]
 SubParsers: TypeAlias = "argparse._SubParsersAction[argparse.ArgumentParser]"
 NAMESPACE = ("namespace", "TENANT/NAMESPACE")
 
@@ -169,6 +172,33 @@ def _get_backlog_quotas(admin: _Admin, args: argparse.Namespace) -> None:
         own = {"limit_size": quota.limit_size, "limit_time": quota.limit_time,
                "policy": quota.policy}  # fmt: skip
     print(json.dumps(own, sort_keys=True))
+
+
+def _rate_verbs(kind: str) -> tuple[_Handler, _Handler, _Handler]:
+    method = "SetPublishRate" if kind == "publish_rate" else "SetDispatchRate"
+
+    def set_rate(admin: _Admin, args: argparse.Namespace) -> None:
+        rate = admin_pb2.RateLimit(msg_rate=args.msg_rate, byte_rate=args.byte_rate)
+        getattr(admin.stub, method)(
+            admin_pb2.SetRateRequest(name=_name(args), rate=rate), timeout=admin.timeout_s
+        )
+
+    def remove_rate(admin: _Admin, args: argparse.Namespace) -> None:
+        getattr(admin.stub, method)(
+            admin_pb2.SetRateRequest(name=_name(args)), timeout=admin.timeout_s
+        )
+
+    def get_rate(admin: _Admin, args: argparse.Namespace) -> None:
+        namespace = admin.stub.GetNamespace(
+            admin_pb2.GetNamespaceRequest(name=_name(args)), timeout=admin.timeout_s
+        )
+        own = None
+        if namespace.HasField(kind):  # type: ignore[arg-type]
+            rate = getattr(namespace, kind)
+            own = {"msg_rate": rate.msg_rate, "byte_rate": rate.byte_rate}
+        print(json.dumps(own, sort_keys=True))
+
+    return set_rate, get_rate, remove_rate
 
 
 def add_policy_verbs(namespaces: SubParsers, verb: Verb, environ: Mapping[str, str] | None) -> None:
@@ -318,3 +348,37 @@ def add_policy_verbs(namespaces: SubParsers, verb: Verb, environ: Mapping[str, s
         "drop the namespace's backlog quota (the broker defaults apply)",
         NAMESPACE,
     )
+    for kind, verb_name, what in (
+        ("publish_rate", "publish-rate", "each topic accepts"),
+        ("dispatch_rate", "dispatch-rate", "each subscription delivers"),
+    ):
+        set_rate, get_rate, remove_rate = _rate_verbs(kind)
+        rate = verb(
+            namespaces,
+            f"set-{verb_name}",
+            set_rate,
+            f"limit the messages and bytes per second {what} (slowed, never refused)",
+            NAMESPACE,
+        )
+        add_option(
+            rate, "--msg-rate", "-m", type=int, default=-1,
+            help="messages per second (-1: not limited)", environ=environ,
+        )  # fmt: skip
+        add_option(
+            rate, "--byte-rate", "-b", type=int, default=-1,
+            help="bytes per second (-1: not limited)", environ=environ,
+        )  # fmt: skip
+        verb(
+            namespaces,
+            f"get-{verb_name}",
+            get_rate,
+            f"show the namespace's {verb_name.replace('-', ' ')} (null: not limited) as JSON",
+            NAMESPACE,
+        )
+        verb(
+            namespaces,
+            f"remove-{verb_name}",
+            remove_rate,
+            f"drop the namespace's {verb_name.replace('-', ' ')}",
+            NAMESPACE,
+        )

@@ -34,6 +34,7 @@ class StandInTopic:
         self.connected: set[str] = set()
         self.deduplication = SimpleNamespace(enabled=False)
         self.backlog_quota_exceeded = None
+        self.publish_limiter = None
 
     def add_producer(self, requested_name: str, broker_name: str) -> tuple[str, int]:
         self.connected.add(requested_name)
