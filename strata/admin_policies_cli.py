@@ -176,17 +176,16 @@ def _get_backlog_quotas(admin: _Admin, args: argparse.Namespace) -> None:
 
 def _rate_verbs(kind: str) -> tuple[_Handler, _Handler, _Handler]:
     method = "SetPublishRate" if kind == "publish_rate" else "SetDispatchRate"
+    request_type = getattr(admin_pb2, f"{method}Request")
 
     def set_rate(admin: _Admin, args: argparse.Namespace) -> None:
         rate = admin_pb2.RateLimit(msg_rate=args.msg_rate, byte_rate=args.byte_rate)
         getattr(admin.stub, method)(
-            admin_pb2.SetRateRequest(name=_name(args), rate=rate), timeout=admin.timeout_s
+            request_type(name=_name(args), rate=rate), timeout=admin.timeout_s
         )
 
     def remove_rate(admin: _Admin, args: argparse.Namespace) -> None:
-        getattr(admin.stub, method)(
-            admin_pb2.SetRateRequest(name=_name(args)), timeout=admin.timeout_s
-        )
+        getattr(admin.stub, method)(request_type(name=_name(args)), timeout=admin.timeout_s)
 
     def get_rate(admin: _Admin, args: argparse.Namespace) -> None:
         namespace = admin.stub.GetNamespace(
