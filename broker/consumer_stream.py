@@ -83,10 +83,11 @@ class ConsumerStream:
     def __init__(self, broker: BrokerService, context: grpc.aio.ServicerContext[Any, Any]) -> None:
         self._broker = broker
         self._context = context
-        # None ends the writer; an exception (a failed acknowledgement flush) ends the stream.
-        self._outbound: asyncio.Queue[messaging_pb2.ConsumeResponse | Exception | None] = (
-            asyncio.Queue(maxsize=OUTBOUND_QUEUE_SIZE)
-        )
+        # None ends the writer; an exception (a failed acknowledgement flush) ends the stream;
+        # a list is one dispatch's deliveries, split into responses (``split_deliveries``).
+        self._outbound: asyncio.Queue[
+            messaging_pb2.ConsumeResponse | list[messaging_pb2.ConsumeResponse] | Exception | None
+        ] = asyncio.Queue(maxsize=OUTBOUND_QUEUE_SIZE)
         self._receipt_tasks: set[asyncio.Task[None]] = set()
 
     async def run(self) -> None:
@@ -268,11 +269,10 @@ class ConsumerStream:
 
     def _send_deliveries(self, deliveries: list[messaging_pb2.Delivery]) -> None:
         # Called by the dispatcher only in the step where ``_writable()`` held: there is room.
-        self._outbound.put_nowait(
-            messaging_pb2.ConsumeResponse(
-                deliveries=messaging_pb2.Deliveries(deliveries=deliveries)
-            )
-        )
+        # One queue slot, one or more responses: each at most MAX_DELIVERIES_RESPONSE_BYTES
+        # (gRPC's default receive limit, 4 MiB, less room for framing) unless one entry
+        # alone is bigger.
+        self._outbound.put_nowait(split_deliveries(deliveries))
 
     def _send_active_change(self, is_active: bool) -> None:
         try:
@@ -293,7 +293,40 @@ class ConsumerStream:
                 # The queue just left the level at which the dispatcher passes this consumer
                 # by: it may have entries for it.
                 subscription.notify()
-            await self._context.write(response)
+            if isinstance(response, list):
+                for part in response:
+                    await self._context.write(part)
+            else:
+                await self._context.write(response)
+
+
+# A Deliveries response stays within gRPC's default 4 MiB receive limit (with room for the
+# framing of each delivery); an entry bigger than that goes alone (see messaging.proto).
+MAX_DELIVERIES_RESPONSE_BYTES = 4 * 1024 * 1024 - 64 * 1024
+DELIVERY_OVERHEAD_BYTES = 64
+
+
+def split_deliveries(
+    deliveries: list[messaging_pb2.Delivery],
+) -> list[messaging_pb2.ConsumeResponse]:
+    """The deliveries as responses of at most ``MAX_DELIVERIES_RESPONSE_BYTES`` each."""
+    responses: list[messaging_pb2.ConsumeResponse] = []
+    part: list[messaging_pb2.Delivery] = []
+    size = 0
+    for delivery in deliveries:
+        cost = len(delivery.entry) + DELIVERY_OVERHEAD_BYTES
+        if part and size + cost > MAX_DELIVERIES_RESPONSE_BYTES:
+            responses.append(
+                messaging_pb2.ConsumeResponse(deliveries=messaging_pb2.Deliveries(deliveries=part))
+            )
+            part, size = [], 0
+        part.append(delivery)
+        size += cost
+    if part:
+        responses.append(
+            messaging_pb2.ConsumeResponse(deliveries=messaging_pb2.Deliveries(deliveries=part))
+        )
+    return responses
 
 
 # The wire's earliest and latest ids (Python's -1 and 2^63-1 as uint64, as the SDK sends).

@@ -307,3 +307,17 @@ def test_producer_and_consumer_names_are_printable_and_bounded(name: str) -> Non
 def test_ordinary_producer_names_pass(name: str) -> None:
     opened = pb.ProduceRequest(open=pb.OpenProducer(topic="t", producer_name=name))
     assert check_open_request(opened).producer_name == name
+
+
+def test_deliveries_are_split_within_grpcs_default_receive_limit() -> None:
+    """A response never exceeds gRPC's default 4 MiB receive limit unless one entry alone
+    does (issue 14: 30 entries of 200 kB once made a 4.2 MB response)."""
+    from broker.consumer_stream import MAX_DELIVERIES_RESPONSE_BYTES, split_deliveries
+
+    entries = [pb.Delivery(ledger_id=1, entry_id=i, entry=bytes(200_000)) for i in range(30)]
+    responses = split_deliveries(entries)
+    assert len(responses) == 2
+    assert all(r.ByteSize() <= MAX_DELIVERIES_RESPONSE_BYTES + 64 * 1024 for r in responses)
+    assert [d.entry_id for r in responses for d in r.deliveries.deliveries] == list(range(30))
+    big = [pb.Delivery(ledger_id=1, entry_id=i, entry=bytes(4_500_000)) for i in range(2)]
+    assert [len(r.deliveries.deliveries) for r in split_deliveries(big)] == [1, 1]
