@@ -40,6 +40,8 @@ MAX_QUEUED_ACTIVE_CHANGES = 8
 OUTBOUND_QUEUE_SIZE = (
     MAX_QUEUED_DELIVERIES + MAX_PENDING_ACK_RECEIPTS + MAX_QUEUED_ACTIVE_CHANGES + 1
 )
+# An ack receipt's error quotes at most this many refused ids.
+MAX_REFUSALS_QUOTED = 5
 # After the client half-closes, how long pending ack receipts may take before the stream ends.
 RECEIPTS_DRAIN_TIMEOUT_SECONDS = 10
 
@@ -61,7 +63,9 @@ class ConsumerStream:
          held). The subscription's dispatcher sends whole entries as ``deliveries`` while the
          consumer has permits, charging each entry's message count;
        - ``ack``: individual ids (with a batch index for one message of a batch), or one
-         cumulative id on an Exclusive subscription (``check_ack``). With a ``request_id`` the
+         cumulative id on an Exclusive subscription (``check_ack``). What cannot be applied
+         is refused in the receipt's ``error`` and the stream goes on (Pulsar ignores such
+         acks). With a ``request_id`` the
          broker answers ``ack_receipt`` once the cursor has persisted the acknowledgement
          (``cursor.flush()``), from a task this stream owns; at most
          ``MAX_PENDING_ACK_RECEIPTS`` are pending, one more is INVALID_ARGUMENT; a flush that
@@ -220,29 +224,51 @@ class ConsumerStream:
     def _acknowledge(
         self, ack: messaging_pb2.Ack, subscription: Subscription, session: ConsumerSession
     ) -> None:
-        check_ack(ack, subscription.type, subscription.type_name)
-        if ack.cumulative:
-            mid = ack.message_ids[0]
-            subscription.acknowledge_cumulative(
-                (mid.ledger_id, mid.entry_id), mid.batch_index, mid.batch_size
-            )
+        """Apply what can be applied; a refusal goes back in the ack receipt, never ends the
+        stream (see ``AckReceipt`` in messaging.proto)."""
+        refusals: list[str] = []
+        try:
+            check_ack(ack, subscription.type, subscription.type_name)
+        except InvalidRequestError as exc:
+            refusals.append(str(exc))
         else:
-            for mid in ack.message_ids:
-                subscription.acknowledge(
-                    session, (mid.ledger_id, mid.entry_id), mid.batch_index, mid.batch_size
-                )
+            if ack.cumulative:
+                mid = ack.message_ids[0]
+                try:
+                    subscription.acknowledge_cumulative(
+                        (mid.ledger_id, mid.entry_id), mid.batch_index, mid.batch_size
+                    )
+                except InvalidRequestError as exc:
+                    refusals.append(str(exc))
+            else:
+                for mid in ack.message_ids:
+                    try:
+                        subscription.acknowledge(
+                            session,
+                            (mid.ledger_id, mid.entry_id),
+                            mid.batch_index,
+                            mid.batch_size,
+                        )
+                    except InvalidRequestError as exc:
+                        if len(refusals) < MAX_REFUSALS_QUOTED:
+                            refusals.append(str(exc))
+        error = "; ".join(refusals)
+        if error:
+            log.debug("consumer %s: acknowledgement refused: %s", session.name, error)
         if ack.request_id:
             if len(self._receipt_tasks) >= MAX_PENDING_ACK_RECEIPTS:
                 raise InvalidRequestError(
                     f"more than {MAX_PENDING_ACK_RECEIPTS} ack receipts pending"
                 )
             task = asyncio.get_running_loop().create_task(
-                self._send_receipt(subscription, ack.request_id)
+                self._send_receipt(subscription, ack.request_id, error)
             )
             self._receipt_tasks.add(task)
             task.add_done_callback(self._receipt_tasks.discard)
 
-    async def _send_receipt(self, subscription: Subscription, request_id: int) -> None:
+    async def _send_receipt(
+        self, subscription: Subscription, request_id: int, error: str = ""
+    ) -> None:
         try:
             await subscription.cursor.flush()
         except Exception as exc:
@@ -252,7 +278,7 @@ class ConsumerStream:
             return
         await self._outbound.put(
             messaging_pb2.ConsumeResponse(
-                ack_receipt=messaging_pb2.AckReceipt(request_id=request_id)
+                ack_receipt=messaging_pb2.AckReceipt(request_id=request_id, error=error)
             )
         )
 

@@ -1161,6 +1161,12 @@ class _ConsumerStream:
             if kind == "deliveries":
                 consumer._on_deliveries(self, response.deliveries.deliveries)
             elif kind == "ack_receipt":
+                if response.ack_receipt.error:
+                    log.warning(
+                        "the broker refused acknowledgements on %s: %s",
+                        self.topic,
+                        response.ack_receipt.error,
+                    )
                 self.on_ack_receipt(response.ack_receipt.request_id)
             elif kind == "active_consumer_change":
                 consumer._on_active_change(self, response.active_consumer_change.is_active)

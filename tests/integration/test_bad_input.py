@@ -386,16 +386,6 @@ STREAM_CASES: dict[str, tuple[Callable[[grpc.Channel], Outcome], grpc.StatusCode
     "priority-negative": (consume(_subscribe(priority_level=-1)), INVALID),
     "priority-2^31-1": (consume(_subscribe(priority_level=2**31 - 1)), INVALID),
     "flow-2^32-1": (consume(_subscribe(), _flow(U32_MAX)), INVALID),
-    "ack-batch-index-minus-2": (consume(_subscribe(), _ack(_id(batch_index=-2))), INVALID),
-    "ack-batch-index-int32-min": (consume(_subscribe(), _ack(_id(batch_index=-(2**31)))), INVALID),
-    "cumulative-ack-on-shared": (
-        consume(_subscribe(type=SHARED, subscription="shared"), _ack(_id(), cumulative=True)),
-        INVALID,
-    ),
-    "cumulative-ack-of-two-ids": (
-        consume(_subscribe(), _ack(_id(), _id(entry=1), cumulative=True)),
-        INVALID,
-    ),
     # Accepted (Pulsar ignores them too), and nothing changes: the stream ends cleanly.
     "flow-0": (consume(_subscribe(), _flow(0)), OK),
     "redeliver-of-ids-never-delivered-is-ignored": (
@@ -410,8 +400,28 @@ STREAM_CASES: dict[str, tuple[Callable[[grpc.Channel], Outcome], grpc.StatusCode
     # A stream closed before its first request just ends.
     "half-closed-at-once": (consume(), OK),
     "produce-half-closed-at-once": (produce(), OK),
-    # Strata refuses an acknowledgement of an id the topic never held (Pulsar ignores it).
-    "ack-of-ids-never-delivered": (consume(_subscribe(), _ack(_id(U64_MAX >> 1, 5))), INVALID),
+}
+
+# Acknowledgements the broker cannot apply: refused in the ack receipt's error, the stream
+# goes on and ends OK (issue 14; Pulsar ignores such acks). Case → (requests, error text).
+BAD_ACKS: dict[str, tuple[list[messaging_pb2.ConsumeRequest], str]] = {
+    "batch-index-minus-2": ([_subscribe(), _ack(_id(batch_index=-2))], "batch index -2"),
+    "batch-index-int32-min": (
+        [_subscribe(), _ack(_id(batch_index=-(2**31)))],
+        "batch index -2147483648",
+    ),
+    "cumulative-on-shared": (
+        [_subscribe(type=SHARED, subscription="shared"), _ack(_id(), cumulative=True)],
+        "cumulative acknowledgement is not allowed on a Shared subscription",
+    ),
+    "cumulative-of-two-ids": (
+        [_subscribe(), _ack(_id(), _id(entry=1), cumulative=True)],
+        "a cumulative acknowledgement carries exactly one id",
+    ),
+    "ids-never-delivered": (
+        [_subscribe(), _ack(_id(U64_MAX >> 1, 5))],
+        "acknowledgement of unknown message id",
+    ),
 }
 
 
@@ -419,6 +429,20 @@ STREAM_CASES: dict[str, tuple[Callable[[grpc.Channel], Outcome], grpc.StatusCode
 def test_stream_misuse(server: Standalone, case: str) -> None:
     send, code = STREAM_CASES[case]
     check(server, send, code)
+
+
+@pytest.mark.parametrize("case", sorted(BAD_ACKS))
+def test_a_bad_ack_is_refused_in_its_receipt_and_the_stream_goes_on(
+    server: Standalone, case: str
+) -> None:
+    requests, error = BAD_ACKS[case]
+    # A flow after the bad ack: the stream still takes requests, then ends OK.
+    outcome = check(server, consume(*requests, _flow(1)), OK)
+    responses = [messaging_pb2.ConsumeResponse.FromString(r) for r in outcome.responses]
+    receipts = [r.ack_receipt for r in responses if r.WhichOneof("response") == "ack_receipt"]
+    assert [r.request_id for r in receipts] == [7]
+    assert error in receipts[0].error, receipts[0].error
+    assert not _LEAK.search(receipts[0].error)
 
 
 def test_refused_sequence_id_leaves_the_producer_name_usable(server: Standalone) -> None:
