@@ -84,7 +84,7 @@ fuzz: install
 lint: install $(BUF)
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
-	$(BIN)/mypy strata broker bookie tiered tests
+	$(BIN)/mypy strata broker bookie tiered tests examples
 	$(BIN)/hadolint --failure-threshold info Dockerfile
 	$(BUF) lint
 	$(BUF) breaking --against proto/released.binpb
