@@ -24,6 +24,7 @@ def stored_entry_for(producer_name: str, batch: messaging_pb2.ProducerBatch) -> 
         payload=batch.payload,
         deliver_at_time_ms=batch.deliver_at_time_ms,
         sticky_key=batch.sticky_key,
+        chunk=batch.chunk if batch.HasField("chunk") else None,
     ).SerializeToString()
 
 

@@ -110,6 +110,8 @@ def check_publish_batch(batch: messaging_pb2.ProducerBatch, max_size_bytes: int)
         raise InvalidRequestError(
             f"batch {batch.sequence_id}: sticky_key is longer than {MAX_STICKY_KEY_BYTES} bytes"
         )
+    if batch.HasField("chunk"):
+        check_chunk(batch)
     if not 0 <= batch.deliver_at_time_ms <= MAX_DELIVER_AT_TIME_MS:
         raise InvalidRequestError(
             f"batch {batch.sequence_id}: deliver_at_time_ms must be within "
@@ -188,6 +190,27 @@ def check_subscription_name(name: str) -> None:
         raise InvalidRequestError(
             "subscription name must be printable, without '/', and at most "
             f"{MAX_SUBSCRIPTION_NAME_LENGTH} characters"
+        )
+
+
+# A chunked message: at most this many chunks (Pulsar bounds it by the message size only).
+MAX_CHUNKS = 100_000
+MAX_CHUNK_UUID_LENGTH = 255
+
+
+def check_chunk(batch: messaging_pb2.ProducerBatch) -> None:
+    """A chunk is a batch of one message, numbered within its message's chunk count."""
+    chunk = batch.chunk
+    where = f"batch {batch.sequence_id}: chunk {chunk.chunk_id} of {chunk.num_chunks}"
+    if batch.num_messages != 1:
+        raise InvalidRequestError(f"{where} holds {batch.num_messages} messages; a chunk holds 1")
+    if not 2 <= chunk.num_chunks <= MAX_CHUNKS or chunk.chunk_id >= chunk.num_chunks:
+        raise InvalidRequestError(
+            f"{where}: a message has 2 to {MAX_CHUNKS} chunks, numbered from 0"
+        )
+    if not chunk.uuid or len(chunk.uuid) > MAX_CHUNK_UUID_LENGTH or not chunk.uuid.isprintable():
+        raise InvalidRequestError(
+            f"{where}: uuid must be printable and 1 to {MAX_CHUNK_UUID_LENGTH} characters"
         )
 
 

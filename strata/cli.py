@@ -25,6 +25,7 @@ import sys
 import threading
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from pathlib import Path
 from types import FrameType
 
 from strata.client import (
@@ -133,6 +134,12 @@ def build_parser(environ: Mapping[str, str] | None = None) -> argparse.ArgumentP
     produce.add_argument("topic", metavar="TOPIC")
     add_option(
         produce, "-m", "--message", help="the message text (else: lines of stdin)", environ=environ
+    )
+    add_option(
+        produce,
+        "--file",
+        help="send this file's bytes as one message (chunked when over the broker's limit)",
+        environ=environ,
     )
     add_option(
         produce,
@@ -324,10 +331,17 @@ def _lines(stream: Iterable[bytes]) -> Iterator[bytes]:
 
 
 def _produce(args: argparse.Namespace) -> int:
-    if args.message is not None:
+    if args.file is not None:
+        if args.message is not None:
+            raise _UsageError("give --message or --file, not both")
+        try:
+            payloads: Iterable[bytes] = itertools.repeat(Path(args.file).read_bytes(), args.count)
+        except OSError as exc:
+            raise _UsageError(f"--file {args.file}: {exc.strerror}") from None
+    elif args.message is not None:
         if args.count < 0:
             raise _UsageError("--count must not be negative")
-        payloads: Iterable[bytes] = itertools.repeat(args.message.encode(), args.count)
+        payloads = itertools.repeat(args.message.encode(), args.count)
     else:
         payloads = _lines(sys.stdin.buffer)
     if args.rate < 0:
@@ -364,6 +378,7 @@ def _produce(args: argparse.Namespace) -> int:
             args.topic,
             producer_name=args.producer_name,
             batching_enabled=not args.disable_batching,
+            chunking_enabled=args.file is not None,
             block_if_queue_full=True,
         )
         pacer = Pacer(args.rate) if args.rate else None

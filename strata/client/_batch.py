@@ -198,6 +198,7 @@ class DecodedEntry:
     publish_time_ms: int
     payloads: list[bytes]
     metadata: list[messaging_pb2.SingleMessageMetadata]
+    chunk: messaging_pb2.ChunkInfo | None = None  # one chunk of a chunked message
 
 
 def decode_entry(entry: bytes) -> DecodedEntry:
@@ -209,7 +210,12 @@ def decode_entry(entry: bytes) -> DecodedEntry:
     raw = decompress(stored.payload, stored.compression, stored.uncompressed_size)
     payloads, metadata = decode_message_batch(raw, stored.num_messages)
     return DecodedEntry(
-        stored.producer_name, stored.sequence_id, stored.publish_time_ms, payloads, metadata
+        stored.producer_name,
+        stored.sequence_id,
+        stored.publish_time_ms,
+        payloads,
+        metadata,
+        stored.chunk if stored.HasField("chunk") else None,
     )
 
 

@@ -52,7 +52,7 @@ from typing import TYPE_CHECKING, Protocol
 import grpc
 import grpc.aio
 
-from strata.client._batch import BatchDecodeError, acked_flags, decode_entry
+from strata.client._batch import BatchDecodeError, DecodedEntry, acked_flags, decode_entry
 from strata.client._connection import (
     Reconnector,
     open_stream,
@@ -71,7 +71,7 @@ from strata.client._errors import (
     StrataException,
     Timeout,
 )
-from strata.client._message import EntryInfo, Message, MessageId
+from strata.client._message import ChunkedMessage, EntryInfo, Message, MessageId
 from strata.client._options import ConsumerKeySharedPolicy
 from strata.naming import TopicName
 from strata.v1 import messaging_pb2
@@ -127,6 +127,19 @@ MAX_PRIORITY_LEVEL = 1000
 _CONNECTING, _READY, _CLOSED, _FAILED = range(4)
 
 
+class _ChunkBuffer:
+    """The chunks of one message received so far."""
+
+    __slots__ = ("created", "ids", "metadata", "parts", "total_size")
+
+    def __init__(self, created: float, total_size: int) -> None:
+        self.created = created
+        self.total_size = total_size
+        self.parts: list[bytes] = []
+        self.ids: list[MessageId] = []
+        self.metadata: messaging_pb2.SingleMessageMetadata | None = None
+
+
 class AsyncConsumer:
     """Receives the messages of one subscription. Made by ``AsyncClient.subscribe``.
 
@@ -159,6 +172,9 @@ class AsyncConsumer:
         reader_start: tuple[MessageId, bool] | None = None,
         key_shared_policy: ConsumerKeySharedPolicy | None = None,
         on_close: Callable[[AsyncConsumer], None] | None = None,
+        max_pending_chunked_message: int = 10,
+        auto_ack_oldest_chunked_message_on_queue_full: bool = False,
+        expire_time_of_incomplete_chunked_message_ms: int = 60_000,
     ) -> None:
         if not subscription_name:
             raise InvalidArgument("subscription_name must not be empty")
@@ -206,6 +222,17 @@ class AsyncConsumer:
         self._reader_start = reader_start
         self._event_listener = consumer_event_listener
         self._nack_delay_s = negative_ack_redelivery_delay_ms / 1000
+        if max_pending_chunked_message < 1 or expire_time_of_incomplete_chunked_message_ms < 0:
+            raise InvalidArgument(
+                "max_pending_chunked_message must be at least 1 and "
+                "expire_time_of_incomplete_chunked_message_ms not negative"
+            )
+        # Chunked messages being put together, oldest first (pulsar-client's settings bound
+        # them: at most max_pending_chunked_message, each at most the expiry old).
+        self._chunks: dict[str, _ChunkBuffer] = {}
+        self._max_pending_chunked = max_pending_chunked_message
+        self._auto_ack_dropped_chunks = auto_ack_oldest_chunked_message_on_queue_full
+        self._chunk_expiry_s = expire_time_of_incomplete_chunked_message_ms / 1000
         self._ack_timeout_s = (unacked_messages_timeout_ms or 0) / 1000
         self._dead_letters = (
             None
@@ -405,6 +432,9 @@ class AsyncConsumer:
             elif isinstance(message, MessageId):
                 self._check_partition(message)
                 self._ack_loose.append(message.to_proto())
+            elif type(message) is ChunkedMessage:
+                # Every chunk's entry (the message's own EntryInfo is the last chunk's).
+                self._ack_loose.extend(chunk_id.to_proto() for chunk_id in message.chunk_ids())
             else:
                 raise TypeError(f"cannot acknowledge {type(message).__name__}")
             added += 1
@@ -442,6 +472,9 @@ class AsyncConsumer:
         a dead-letter policy, a message redelivered ``max_redeliver_count`` times already goes
         to the dead-letter topic instead (and is then acknowledged here)."""
         self._check_usable()
+        if type(message) is ChunkedMessage:
+            self._drop_chunk_ids(list(message.chunk_ids()))
+            return
         movers = self._dead_letters
         if movers is not None and isinstance(message, Message) and movers.wants(message):
             movers.submit(message)
@@ -677,6 +710,13 @@ class AsyncConsumer:
                 self._ack_added(1)
                 skipped += 1
                 continue
+            if decoded.chunk is not None:
+                chunked = self._on_chunk(stream, delivery, decoded)
+                if chunked is None:
+                    skipped += 1  # a part, not a message: its permit is used all the same
+                else:
+                    queue.append(chunked)
+                continue
             payloads = decoded.payloads
             metadata = decoded.metadata
             count = len(payloads)
@@ -724,6 +764,100 @@ class AsyncConsumer:
                 if not waiter.done():
                     waiter.set_result(None)
             self._waiters.clear()
+
+    # ------------------------------------------------------------------ chunking
+
+    def _on_chunk(
+        self,
+        stream: _ConsumerStream,
+        delivery: messaging_pb2.Delivery,
+        decoded: DecodedEntry,
+    ) -> ChunkedMessage | None:
+        """Keep one chunk; return the whole message once its last chunk is in."""
+        chunk = decoded.chunk
+        assert chunk is not None
+        chunk_id = MessageId(
+            delivery.ledger_id, delivery.entry_id, -1, stream.partition, 1, stream.topic
+        )
+        if delivery.acked_batch_indexes:
+            return None  # acknowledged already (a redelivered entry)
+        now = time.monotonic()
+        self._expire_chunks(now)
+        buffer = self._chunks.get(chunk.uuid)
+        if buffer is None:
+            if chunk.chunk_id != 0:
+                # Its first chunks went elsewhere or were dropped: ask for all of it again.
+                self._drop_chunk_ids([chunk_id])
+                return None
+            while len(self._chunks) >= self._max_pending_chunked:
+                oldest = next(iter(self._chunks))
+                log.warning(
+                    "dropping chunked message %s of %s: max_pending_chunked_message=%d",
+                    oldest,
+                    self._topic,
+                    self._max_pending_chunked,
+                )
+                self._drop_chunk_ids(self._chunks.pop(oldest).ids)
+            buffer = self._chunks[chunk.uuid] = _ChunkBuffer(now, chunk.total_size)
+        if chunk.chunk_id < len(buffer.ids):
+            return None  # a chunk we hold, redelivered
+        if chunk.chunk_id != len(buffer.ids) or len(decoded.payloads) != 1:
+            del self._chunks[chunk.uuid]
+            self._drop_chunk_ids([*buffer.ids, chunk_id])
+            return None
+        buffer.parts.append(decoded.payloads[0])
+        buffer.ids.append(chunk_id)
+        if decoded.metadata:
+            buffer.metadata = decoded.metadata[0]
+        if len(buffer.ids) < chunk.num_chunks:
+            return None
+        del self._chunks[chunk.uuid]
+        data = b"".join(buffer.parts)
+        if len(data) != buffer.total_size:
+            log.error(
+                "discarding chunked message %s of %s: %d bytes, its chunks say %d",
+                chunk.uuid,
+                self._topic,
+                len(data),
+                buffer.total_size,
+            )
+            self.acknowledge_many(buffer.ids)
+            return None
+        entry = EntryInfo(
+            stream.topic,
+            stream.partition,
+            delivery.ledger_id,
+            delivery.entry_id,
+            1,
+            decoded.publish_time_ms,
+            delivery.redelivery_count,
+            None,
+        )
+        entry.remaining = 1
+        return ChunkedMessage(data, entry, buffer.metadata, tuple(buffer.ids))
+
+    def _expire_chunks(self, now: float) -> None:
+        if not self._chunk_expiry_s:
+            return
+        while self._chunks:
+            uuid, oldest = next(iter(self._chunks.items()))
+            if now - oldest.created < self._chunk_expiry_s:
+                return
+            log.warning("chunked message %s of %s expired incomplete", uuid, self._topic)
+            del self._chunks[uuid]
+            self._drop_chunk_ids(oldest.ids)
+
+    def _drop_chunk_ids(self, ids: list[MessageId]) -> None:
+        """Chunks given up: acknowledged (``auto_ack_oldest_chunked_message_on_queue_full``)
+        or asked for again after the negative-ack delay."""
+        if self._auto_ack_dropped_chunks:
+            self.acknowledge_many(ids)
+            return
+        due = time.monotonic() + self._nack_delay_s
+        for chunk_id in ids:
+            self._nacks.append((due, chunk_id.to_proto()))
+        if ids and self._nack_timer is None:
+            self._nack_timer = self._loop.call_later(self._nack_delay_s, self._send_due_nacks)
 
     # ------------------------------------------------------------------------ acks
 

@@ -310,3 +310,23 @@ class Message:
 
     def __repr__(self) -> str:
         return f"Message(id={self.message_id()!s}, {len(self._data)} bytes)"
+
+
+class ChunkedMessage(Message):
+    """A message that came as chunks (Pulsar's chunking): its payload joined, its id the last
+    chunk's; acknowledging (or negatively acknowledging) it covers every chunk's entry."""
+
+    __slots__ = ("_chunk_ids",)
+
+    def __init__(
+        self,
+        data: bytes,
+        entry: EntryInfo,
+        metadata: messaging_pb2.SingleMessageMetadata | None,
+        chunk_ids: tuple[MessageId, ...],
+    ) -> None:
+        super().__init__(data, entry, -1, metadata)
+        self._chunk_ids = chunk_ids
+
+    def chunk_ids(self) -> tuple[MessageId, ...]:
+        return self._chunk_ids

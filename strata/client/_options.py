@@ -34,6 +34,9 @@ class ProducerOptions:
     batching_max_allowed_size_in_bytes: int = 128 * 1024
     batching_max_publish_delay_ms: float = 1
     batching_type: BatchingType = BatchingType.Default
+    # A message over the broker's max message size goes as chunks (Pulsar's PIP-37), each a
+    # batch of its own; without it such a message fails with MessageTooBig.
+    chunking_enabled: bool = False
 
     def __post_init__(self) -> None:
         if self.max_pending_messages < 1:
@@ -57,6 +60,7 @@ class ProducerKeywords(TypedDict, total=False):
     batching_max_allowed_size_in_bytes: int
     batching_max_publish_delay_ms: float
     batching_type: BatchingType
+    chunking_enabled: bool
 
 
 def producer_options(keywords: ProducerKeywords) -> ProducerOptions:

@@ -90,6 +90,10 @@ _Waiter: TypeAlias = "asyncio.Future[MessageId] | SendCallback"
 MAX_PUBLISH_REQUEST_BYTES = 4 * 1024 * 1024
 # With this many batches awaiting receipts, an open batch waits for a receipt or its delay.
 HOLD_AFTER_BATCHES_IN_FLIGHT = 2
+# Chunking: room a chunk leaves in a batch for the batch's own encoding, and the most chunks
+# of one message (the broker's bound).
+CHUNK_OVERHEAD_BYTES = 1024
+MAX_CHUNKS = 100_000
 # Explicit sequence ids are signed 64-bit, as Pulsar's.
 MAX_SEQUENCE_ID = (1 << 63) - 1
 # A receipt for a batch the broker had stored before (deduplication) names this position.
@@ -339,6 +343,9 @@ class TopicProducer(AsyncProducer):
         # A Handle (call_soon) while the window has room, else a TimerHandle (the delay).
         self._batch_timer: asyncio.Handle | None = None
         self._batch_deliver_at_ms = 0  # delayed delivery of the open batch (0 = at once)
+        self._batch_chunk: messaging_pb2.ChunkInfo | None = None  # taken by the next _seal()
+        self._chunking = options.chunking_enabled
+        self._chunked_messages = 0
         self._batch_key = ""  # its first message's key: Key_Shared dispatches by it
 
         # Sealed batches awaiting receipts, in sequence order; _unsent is the suffix of
@@ -401,6 +408,16 @@ class TopicProducer(AsyncProducer):
             await self.wait_for_space()
         future: asyncio.Future[MessageId] = asyncio.get_running_loop().create_future()
         alone = sequence_id is not None and self._use_sequence_id(sequence_id)
+        if self._needs_chunks(content, metadata):
+            chunks = self._chunk_count(content, metadata)
+            while (
+                self._block_if_queue_full
+                and self._pending_messages + chunks > self._max_pending_messages
+                and self._pending_messages
+            ):
+                await self.wait_for_space()
+            self._send_chunked(content, metadata, future)
+            return future
         if deliver_at_ms:
             # A batch of its own: the broker holds back whole entries.
             if self._batch is not None:
@@ -434,9 +451,68 @@ class TopicProducer(AsyncProducer):
             else make_metadata(properties, partition_key, event_timestamp)
         )
         alone = sequence_id is not None and self._use_sequence_id(sequence_id)
+        if self._needs_chunks(content, metadata):
+            self._send_chunked(content, metadata, callback)
+            return
         self._enqueue(content, metadata, callback)
         if alone and self._batch is not None:
             self._seal()
+
+    # ------------------------------------------------------------------ chunking
+
+    def _chunk_size(self, metadata: messaging_pb2.SingleMessageMetadata | None) -> int:
+        overhead = CHUNK_OVERHEAD_BYTES + (metadata.ByteSize() if metadata is not None else 0)
+        return max(1, self._max_message_size_bytes - overhead)
+
+    def _needs_chunks(
+        self, content: bytes, metadata: messaging_pb2.SingleMessageMetadata | None
+    ) -> bool:
+        return (
+            self._chunking
+            and isinstance(content, bytes | bytearray | memoryview)
+            and len(content) > self._chunk_size(metadata)
+        )
+
+    def _chunk_count(
+        self, content: bytes, metadata: messaging_pb2.SingleMessageMetadata | None
+    ) -> int:
+        size = self._chunk_size(metadata)
+        return -(-len(content) // size)
+
+    def _send_chunked(
+        self,
+        content: bytes,
+        metadata: messaging_pb2.SingleMessageMetadata | None,
+        waiter: _Waiter | None,
+    ) -> None:
+        """Send a message over the broker's size limit as chunks: each a batch of one
+        message with its ``ChunkInfo``; the waiter resolves with the last chunk's receipt."""
+        content = bytes(content)
+        size = self._chunk_size(metadata)
+        count = self._chunk_count(content, metadata)
+        if count > MAX_CHUNKS:
+            raise MessageTooBig(
+                f"message of {len(content)} bytes needs {count} chunks; at most {MAX_CHUNKS}"
+            )
+        if self._pending_messages + count > self._max_pending_messages:
+            raise ProducerQueueIsFull(
+                f"a message of {count} chunks does not fit in max_pending_messages"
+            )
+        if self._batch is not None:
+            self._seal()
+        self._chunked_messages += 1
+        uuid = f"{self._producer_name}-{self._chunked_messages}-{time.time_ns()}"
+        for index in range(count):
+            self._batch_chunk = messaging_pb2.ChunkInfo(
+                uuid=uuid, chunk_id=index, num_chunks=count, total_size=len(content)
+            )
+            self._enqueue(
+                content[index * size : (index + 1) * size],
+                metadata,
+                waiter if index == count - 1 else None,
+            )
+            if self._batch is not None:
+                self._seal()
 
     def _use_sequence_id(self, sequence_id: int) -> bool:
         """The next message gets ``sequence_id``; an open batch not ending just before it is
@@ -668,8 +744,10 @@ class TopicProducer(AsyncProducer):
             payload=payload,
             deliver_at_time_ms=self._batch_deliver_at_ms,
             sticky_key=self._batch_key,
+            chunk=self._batch_chunk,
         )
         self._batch_deliver_at_ms = 0
+        self._batch_chunk = None
         deadline = time.monotonic() + self._send_timeout_s if self._send_timeout_s else float("inf")
         pending = _PendingBatch(request, waiters, deadline)
         self._pending.append(pending)

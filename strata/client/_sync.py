@@ -157,6 +157,9 @@ class Client:
         unacked_messages_timeout_ms: int | None = None,
         dead_letter_policy: ConsumerDeadLetterPolicy | None = None,
         key_shared_policy: ConsumerKeySharedPolicy | None = None,
+        max_pending_chunked_message: int = 10,
+        auto_ack_oldest_chunked_message_on_queue_full: bool = False,
+        expire_time_of_incomplete_chunked_message_ms: int = 60_000,
         pattern_auto_discovery_period_s: float = DEFAULT_PATTERN_AUTO_DISCOVERY_PERIOD_S,
         retry_enable: bool = False,
         *,
@@ -185,6 +188,9 @@ class Client:
                 unacked_messages_timeout_ms=unacked_messages_timeout_ms,
                 dead_letter_policy=dead_letter_policy,
                 key_shared_policy=key_shared_policy,
+                max_pending_chunked_message=max_pending_chunked_message,
+                auto_ack_oldest_chunked_message_on_queue_full=auto_ack_oldest_chunked_message_on_queue_full,
+                expire_time_of_incomplete_chunked_message_ms=expire_time_of_incomplete_chunked_message_ms,
             )
         )
         consumer = self._io.run(subscribing)
