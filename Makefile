@@ -12,7 +12,7 @@ GEN_STAMP := strata/v1/.generated
 DATA_DIR ?= ./data/standalone
 PYTEST_ARGS ?=
 
-.PHONY: install proto proto-release run test test-k8s test-unit test-integration test-faults fuzz lint fmt bench bench-cluster bench-auth bench-offload bench-subscriptions clean
+.PHONY: install proto proto-release run test test-k8s test-unit test-integration test-faults fuzz lint fmt bench bench-cluster bench-auth bench-dedup bench-offload bench-subscriptions clean
 
 install: $(STAMP) $(GEN_STAMP)
 
@@ -101,6 +101,9 @@ bench-cluster: install
 
 bench-auth: install
 	$(PY) -m tests.bench.run_bench --deployments standalone,standalone-auth,standalone-auth-tls
+
+bench-dedup: install
+	$(PY) -m tests.bench.run_bench --deployments standalone,standalone-dedup
 
 bench-subscriptions: install
 	$(PY) -m tests.bench.run_subscription_bench

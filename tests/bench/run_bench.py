@@ -125,8 +125,9 @@ def deployment(kind: str, tmp: Path) -> Iterator[str]:
         with secured_standalone(tmp) as address:
             yield address
         return
-    if kind == "standalone":
-        server = Standalone(tmp / "data").start()
+    if kind in ("standalone", "standalone-dedup"):
+        extra = ["--broker-deduplication-enabled", "true"] if kind == "standalone-dedup" else []
+        server = Standalone(tmp / "data", *extra).start()
         try:
             yield server.address
         finally:
@@ -210,8 +211,8 @@ def main() -> int:
     parser.add_argument(
         "--deployments",
         default="standalone",
-        help="comma-separated: standalone, standalone-auth (token authentication on), "
-        "standalone-auth-tls (and TLS), "
+        help="comma-separated: standalone, standalone-dedup (deduplication on), "
+        "standalone-auth (token authentication on), standalone-auth-tls (and TLS), "
         "cluster (3 bookies, 3/3/2)",
     )
     args = parser.parse_args()
