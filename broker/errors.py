@@ -41,6 +41,9 @@ from tiered.errors import ObjectNotFoundError, OffloadCorruptError, TieredError
 class BrokerError(Exception):
     retriable = False
     code = grpc.StatusCode.INTERNAL
+    # A refusal a client must act on carries a google.rpc.ErrorInfo with this stable reason
+    # (domain ERROR_DOMAIN; see messaging.proto); "" carries none.
+    reason = ""
 
 
 class InvalidRequestError(BrokerError):
@@ -48,7 +51,7 @@ class InvalidRequestError(BrokerError):
 
 
 class MessageTooLargeError(InvalidRequestError):
-    pass
+    reason = "MESSAGE_TOO_LARGE"
 
 
 class NotFoundError(BrokerError):
@@ -61,6 +64,19 @@ class AlreadyExistsError(BrokerError):
 
 class PreconditionError(BrokerError):
     code = grpc.StatusCode.FAILED_PRECONDITION
+
+
+class ProducerBusyError(PreconditionError):
+    """A producer of this name is connected (retriable right after a reconnect: the broker
+    may not yet have seen the old stream end)."""
+
+    reason = "PRODUCER_BUSY"
+
+
+class ConsumerBusyError(PreconditionError):
+    """An Exclusive subscription has its consumer (same retriability as PRODUCER_BUSY)."""
+
+    reason = "CONSUMER_BUSY"
 
 
 class TopicFencedError(BrokerError):
@@ -79,6 +95,13 @@ class NotOwnerError(BrokerError):
 
 class ResourceLimitError(BrokerError):
     code = grpc.StatusCode.RESOURCE_EXHAUSTED
+
+
+class BacklogQuotaExceededError(BrokerError):
+    """The topic's backlog is over its quota (``broker.backlog_quota``)."""
+
+    code = grpc.StatusCode.RESOURCE_EXHAUSTED
+    reason = "BACKLOG_QUOTA_EXCEEDED"
 
 
 class PermissionDeniedError(BrokerError):
@@ -102,14 +125,18 @@ NOT_OWNED_REASON = "TOPIC_NOT_OWNED"
 
 def status_metadata(exc: BaseException) -> tuple[tuple[str, str | bytes], ...]:
     """Trailing metadata carrying rich status details for errors that have them: a
-    ``google.rpc.ErrorInfo`` naming the owner for NotOwnerError (see messaging.proto)."""
-    if not isinstance(exc, NotOwnerError):
+    ``google.rpc.ErrorInfo`` with the error's reason, naming the owner for NotOwnerError
+    (see messaging.proto)."""
+    if isinstance(exc, NotOwnerError):
+        info = error_details_pb2.ErrorInfo(
+            reason=NOT_OWNED_REASON,
+            domain=ERROR_DOMAIN,
+            metadata={"owner": exc.owner} if exc.owner else {},
+        )
+    elif isinstance(exc, BrokerError) and exc.reason:
+        info = error_details_pb2.ErrorInfo(reason=exc.reason, domain=ERROR_DOMAIN)
+    else:
         return ()
-    info = error_details_pb2.ErrorInfo(
-        reason=NOT_OWNED_REASON,
-        domain=ERROR_DOMAIN,
-        metadata={"owner": exc.owner} if exc.owner else {},
-    )
     detail = any_pb2.Any()
     detail.Pack(info)
     status = status_pb2.Status(code=exc.code.value[0], message=str(exc), details=[detail])

@@ -12,7 +12,7 @@ import grpc
 from broker import backlog_quota
 from broker.deduplication import DUPLICATE_POSITION, MAX_INFLIGHT_WAITS, Decision
 from broker.entry_format import stored_entry_for
-from broker.errors import PreconditionError, ResourceLimitError
+from broker.errors import BacklogQuotaExceededError, PreconditionError
 from broker.limits import check_producer_room
 from broker.metrics import PUBLISH_LATENCY_SECONDS
 from broker.stream_driver import run_stream
@@ -82,7 +82,7 @@ class ProducerStream:
             topic.backlog_quota_exceeded is not None
             and topic.backlog_quota.policy == backlog_quota.EXCEPTION
         ):
-            raise ResourceLimitError(topic.backlog_quota_exceeded)  # Pulsar refuses it too
+            raise BacklogQuotaExceededError(topic.backlog_quota_exceeded)  # as Pulsar
         check_producer_room(
             topic, await self._broker.namespaces.limits_for(topic.name.namespace_name)
         )
@@ -144,12 +144,12 @@ class ProducerStream:
         if refusal is None or topic.backlog_quota.policy == backlog_quota.EVICTION:
             return
         if topic.backlog_quota.policy == backlog_quota.EXCEPTION:
-            raise ResourceLimitError(refusal)
+            raise BacklogQuotaExceededError(refusal)
         timeout_s = self._broker.config.backlog_quota_hold_timeout_seconds
         try:
             await asyncio.wait_for(topic.backlog_quota_cleared.wait(), timeout_s)
         except TimeoutError:
-            raise ResourceLimitError(
+            raise BacklogQuotaExceededError(
                 f"{topic.backlog_quota_exceeded or refusal}; held {timeout_s:g} s"
             ) from None
 

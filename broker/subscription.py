@@ -34,7 +34,7 @@ import grpc
 from broker.cursor import ManagedCursor
 from broker.delayed_delivery import DelayedDeliveryTracker
 from broker.entry_format import publish_time_of, sticky_key_of
-from broker.errors import InvalidRequestError, PreconditionError, to_status
+from broker.errors import ConsumerBusyError, InvalidRequestError, PreconditionError, to_status
 from broker.key_shared import ConsistentHashSelector, StickySelector, key_hash
 from broker.managed_ledger import Entry, ManagedLedger, Position
 from broker.rate_limit import RateLimiter
@@ -193,7 +193,7 @@ class Subscription:
                 # Delayed delivery is a Shared feature: the others get held entries at once.
                 self._replay_now(self.delayed.pop_all())
         if self.type == SUBSCRIPTION_EXCLUSIVE and self.consumers:
-            raise PreconditionError(
+            raise ConsumerBusyError(
                 f"exclusive subscription {self.name!r} already has a consumer "
                 f"({self.consumers[0].name})"
             )

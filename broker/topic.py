@@ -15,7 +15,7 @@ from urllib.parse import quote, unquote
 from broker.backlog_quota import NO_QUOTA, BacklogQuota
 from broker.cursor import CURSORS_PREFIX, ManagedCursor
 from broker.deduplication import DeduplicationConfig, MessageDeduplication, snapshot_key
-from broker.errors import AlreadyExistsError, PreconditionError
+from broker.errors import AlreadyExistsError, ProducerBusyError
 from broker.managed_ledger import (
     NO_RETENTION,
     ManagedLedger,
@@ -122,7 +122,7 @@ class Topic:
         empty) and the last sequence id receipted to that name on this topic, or -1."""
         name = requested_name or f"{broker_name}-{next(self._producer_ids)}"
         if name in self.connected_producers:
-            raise PreconditionError(f"producer {name!r} is already connected to {self.name}")
+            raise ProducerBusyError(f"producer {name!r} is already connected to {self.name}")
         dedup = self.deduplication
         while not requested_name and (
             name in self._last_sequence_ids or dedup.last_sequence_id(name) >= 0

@@ -301,6 +301,14 @@ _REFINEMENTS: dict[
 }
 
 
+# ErrorInfo reasons (messaging.proto) that name the exception directly; the message text
+# refinements above serve brokers that sent none.
+_BUSY_REASONS: dict[str, type[StrataException]] = {
+    "PRODUCER_BUSY": ProducerBusy,
+    "CONSUMER_BUSY": ConsumerBusy,
+}
+
+
 def exception_for_status(code: grpc.StatusCode, details: str) -> StrataException:
     """The SDK error for a gRPC status and its message."""
     cls = STATUS_TO_EXCEPTION.get(code, InternalError)
@@ -352,6 +360,9 @@ def from_rpc_error(error: grpc.RpcError) -> StrataException:
         ):
             owner = info.metadata.get(OWNER_METADATA_KEY) or None
             return TopicNotOwned(f"{code.name}: {details}", owner=owner, code=code, details=details)
+        if info is not None and info.domain == ERROR_DOMAIN and info.reason in _BUSY_REASONS:
+            busy = _BUSY_REASONS[info.reason]
+            return busy(f"{code.name}: {details}", code=code, details=details)
     exception = exception_for_status(code, details)
     if code is grpc.StatusCode.RESOURCE_EXHAUSTED:
         # A server's limit (producers per topic, a message over the size limit) does not go
