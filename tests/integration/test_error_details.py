@@ -5,6 +5,7 @@ googleapis protos alone."""
 from __future__ import annotations
 
 from collections.abc import Iterator
+from typing import Any
 
 import grpc
 import pytest
@@ -20,14 +21,15 @@ TOPIC = "persistent://public/default/details"
 
 
 def reason_of(error: grpc.RpcError) -> str:
-    for key, value in error.trailing_metadata() or ():  # type: ignore[attr-defined]
+    trailing: Any = error.trailing_metadata()  # type: ignore[attr-defined]
+    for key, value in trailing or ():
         if key == "grpc-status-details-bin":
             status = status_pb2.Status.FromString(value)
             for detail in status.details:
                 info = error_details_pb2.ErrorInfo()
                 if detail.Unpack(info):
                     assert info.domain == "strata.io"
-                    return info.reason
+                    return str(info.reason)
     return ""
 
 
