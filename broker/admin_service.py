@@ -259,6 +259,68 @@ class AdminServicer(admin_pb2_grpc.AdminServiceServicer):
         return await self._namespace(name)
 
     @edge
+    async def SetTopicPolicies(self, request: Any, context: Any) -> admin_pb2.TopicPolicies:
+        name = TopicName.parse(request.name)
+        namespaces = self._broker.namespaces
+        unknown = sorted(set(request.remove) - set(TOPIC_POLICY_NAMES))
+        if unknown:
+            raise InvalidRequestError(
+                f"cannot remove {', '.join(quoted(u) for u in unknown[:5])}: policies are "
+                + ", ".join(TOPIC_POLICY_NAMES)
+            )
+        given = request.policies
+        if given.HasField("deduplication_enabled"):
+            await namespaces.set_deduplication(name, given.deduplication_enabled)
+        if given.HasField("retention"):
+            r = given.retention
+            await namespaces.set_retention(
+                name, Retention(r.retention_time_in_minutes, r.retention_size_in_mb)
+            )
+        if given.HasField("message_ttl_seconds"):
+            await namespaces.set_message_ttl(name, given.message_ttl_seconds)
+        if given.HasField("backlog_quota"):
+            q = given.backlog_quota
+            await namespaces.set_backlog_quota(
+                name, BacklogQuota(q.limit_size, q.limit_time, q.policy)
+            )
+        for kind in ("publish_rate", "dispatch_rate"):
+            if given.HasField(kind):
+                rate = getattr(given, kind)
+                await namespaces.set_rate(name, kind, RateLimit(rate.msg_rate, rate.byte_rate))
+        for policy in request.remove:
+            if policy == "deduplication":
+                await namespaces.set_deduplication(name, None)
+            elif policy == "retention":
+                await namespaces.set_retention(name, None)
+            elif policy == "message_ttl":
+                await namespaces.set_message_ttl(name, None)
+            elif policy == "backlog_quota":
+                await namespaces.set_backlog_quota(name, None)
+            else:
+                await namespaces.set_rate(name, policy, None)
+        return await self._topic_policies(name)
+
+    @edge
+    async def GetTopicPolicies(self, request: Any, context: Any) -> admin_pb2.TopicPolicies:
+        return await self._topic_policies(TopicName.parse(request.name))
+
+    async def _topic_policies(self, name: TopicName) -> admin_pb2.TopicPolicies:
+        own = await self._broker.namespaces.get_topic_policies(name)
+        policies = admin_pb2.TopicPolicies(name=str(name))
+        if "deduplication_enabled" in own:
+            policies.deduplication_enabled = bool(own["deduplication_enabled"])
+        if "retention_policies" in own:
+            policies.retention.CopyFrom(admin_pb2.RetentionPolicies(**own["retention_policies"]))
+        if "message_ttl_in_seconds" in own:
+            policies.message_ttl_seconds = int(own["message_ttl_in_seconds"])
+        if "backlog_quota" in own:
+            policies.backlog_quota.CopyFrom(admin_pb2.BacklogQuota(**own["backlog_quota"]))
+        for kind in ("publish_rate", "dispatch_rate"):
+            if kind in own:
+                getattr(policies, kind).CopyFrom(admin_pb2.RateLimit(**own[kind]))
+        return policies
+
+    @edge
     async def OffloadTopic(self, request: Any, context: Any) -> admin_pb2.OffloadStatus:
         name = TopicName.parse(request.name)
         threshold = request.size_threshold_bytes if request.HasField("size_threshold_bytes") else 0
@@ -627,6 +689,17 @@ class AdminServicer(admin_pb2_grpc.AdminServiceServicer):
             for subscription, members in auth.get("subscription_auth_roles", {}).items():
                 response.subscriptions[subscription].roles.extend(sorted(members))
         return response
+
+
+# The names SetTopicPoliciesRequest.remove takes.
+TOPIC_POLICY_NAMES = (
+    "deduplication",
+    "retention",
+    "message_ttl",
+    "backlog_quota",
+    "publish_rate",
+    "dispatch_rate",
+)
 
 
 def _position_text(position: tuple[int, int]) -> str:

@@ -179,6 +179,8 @@ RULES: dict[str, Rule] = {
     "AdminService/SetBacklogQuota": Rule(Access.TENANT_ADMIN, _namespace_of_name),
     "AdminService/SetPublishRate": Rule(Access.TENANT_ADMIN, _namespace_of_name),
     "AdminService/SetDispatchRate": Rule(Access.TENANT_ADMIN, _namespace_of_name),
+    "AdminService/SetTopicPolicies": Rule(Access.TENANT_ADMIN, _topic_of_name),
+    "AdminService/GetTopicPolicies": Rule(Access.TENANT_ADMIN, _topic_of_name),
     "AdminService/ListBundles": Rule(Access.TENANT_ADMIN, _namespace_of_name),
     "AdminService/UnloadNamespace": Rule(Access.TENANT_ADMIN, _namespace_of_name),
     "AdminService/ListTopics": Rule(Access.TENANT_ADMIN, _namespace_of_parent),

@@ -20,6 +20,7 @@ import time
 from typing import Any
 
 from broker.loops import OwnedLoops
+from broker.namespaces import effective_policies
 from broker.subscription_admin import expire_by_ttl
 from broker.topic import Topic
 from broker.topics import TopicRegistry
@@ -66,13 +67,15 @@ class Housekeeping:
         idle = self._idle_topics()
         if idle:
             await self._registry.close_topics(lambda name: name in idle)
-        policies: dict[NamespaceName, dict[str, Any]] = {}  # one read per namespace
+        # One read of the namespace's policies and one of its topics' own, per namespace.
+        policies: dict[NamespaceName, dict[str, Any]] = {}
+        topic_policies: dict[NamespaceName, dict[str, dict[str, Any]]] = {}
         check_ttl = time.monotonic() >= self._next_ttl_check
         if check_ttl:
             self._next_ttl_check = time.monotonic() + self._ttl_check_interval_s
         for topic in list(self._registry.topics.values()):
             try:
-                await self._apply_policies(topic, policies)
+                await self._apply_policies(topic, policies, topic_policies)
                 if check_ttl and topic.message_ttl_seconds > 0:
                     await expire_by_ttl(topic)
             except Exception as exc:
@@ -93,15 +96,25 @@ class Housekeeping:
                 topic.ledger.offload.on_housekeeping()
 
     async def _apply_policies(
-        self, topic: Topic, policies: dict[NamespaceName, dict[str, Any]]
+        self,
+        topic: Topic,
+        policies: dict[NamespaceName, dict[str, Any]],
+        topic_policies: dict[NamespaceName, dict[str, dict[str, Any]]],
     ) -> None:
         """Policy changes reach loaded topics here, within one interval, without a reload."""
         namespace = topic.name.namespace_name
         if namespace not in policies:
-            policies[namespace] = await self._registry.namespaces.get_namespace_policies(namespace)
+            namespaces = self._registry.namespaces
+            policies[namespace] = await namespaces.get_namespace_policies(namespace)
+            topic_policies[namespace] = await namespaces.topic_policies_in(namespace)
         if topic.closing.is_set():
             return
-        await self._registry.apply_policies(topic, policies[namespace])
+        in_namespace = topic_policies[namespace]
+        own = {
+            **in_namespace.get(topic.name.partitioned_name.local_name, {}),
+            **in_namespace.get(topic.name.local_name, {}),
+        }
+        await self._registry.apply_policies(topic, effective_policies(policies[namespace], own))
         topic.deduplication.expire_inactive(topic.connected_producers)
 
     def _idle_topics(self) -> set[TopicName]:

@@ -18,6 +18,7 @@ import json
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
+from urllib.parse import quote, unquote
 
 from broker.backlog_quota import POLICIES, BacklogQuota
 from broker.bundles import equal_boundaries
@@ -32,7 +33,7 @@ from broker.managed_ledger import Retention
 from broker.offload import OffloadPolicy
 from broker.rate_limit import NO_LIMIT, RateLimit
 from strata.metadata import BadVersionError, MetadataStore
-from strata.naming import DEFAULT_NAMESPACE, DEFAULT_TENANT, NamespaceName, quoted
+from strata.naming import DEFAULT_NAMESPACE, DEFAULT_TENANT, NamespaceName, TopicName, quoted
 
 TENANTS_PREFIX = "/admin/tenants/"
 NAMESPACES_PREFIX = "/admin/namespaces/"
@@ -50,6 +51,30 @@ async def initialize_cluster(store: MetadataStore) -> None:
         await store.put(
             f"{NAMESPACES_PREFIX}{DEFAULT_TENANT}/{DEFAULT_NAMESPACE}", b"{}", expected_version=0
         )
+
+
+TOPIC_POLICIES_PREFIX = "/admin/topic-policies/"
+# The policies a topic may set for itself (the namespace policy keys they override).
+TOPIC_POLICY_KEYS = (
+    "deduplication_enabled",
+    "retention_policies",
+    "message_ttl_in_seconds",
+    "backlog_quota",
+    "publish_rate",
+    "dispatch_rate",
+)
+PolicyTarget = NamespaceName | TopicName
+
+
+def effective_policies(namespace: dict[str, Any], topic: dict[str, Any]) -> dict[str, Any]:
+    """A topic's policies in effect: its own where it has them, else its namespace's."""
+    return {**namespace, **{k: v for k, v in topic.items() if k in TOPIC_POLICY_KEYS}}
+
+
+def topic_policies_key(name: TopicName) -> str:
+    return (
+        f"{TOPIC_POLICIES_PREFIX}{name.tenant}/{name.namespace}/{quote(name.local_name, safe='')}"
+    )
 
 
 def _namespace_key(name: NamespaceName) -> str:
@@ -280,7 +305,58 @@ class Namespaces:
 
         await self.update_namespace_policies(name, mutate)
 
-    async def set_deduplication(self, name: NamespaceName, enabled: bool | None) -> None:
+    # ---- topic-level policies -----------------------------------------------------------
+    # A topic may override its namespace's lifecycle policies (``TOPIC_POLICY_KEYS``), stored
+    # under /admin/topic-policies/<tenant>/<namespace>/<topic> with the namespace's keys.
+
+    async def update_policies(
+        self, name: PolicyTarget, mutate: Callable[[dict[str, Any]], dict[str, Any]]
+    ) -> dict[str, Any]:
+        """``update_namespace_policies`` for a namespace; for a topic, its own policies."""
+        if isinstance(name, NamespaceName):
+            return await self.update_namespace_policies(name, mutate)
+        await self.check_namespace(name.namespace_name)
+        key = topic_policies_key(name)
+        for _ in range(POLICY_UPDATE_MAX_ATTEMPTS):
+            record = await self.store.get(key)
+            policies = mutate(json.loads(record.value) if record is not None else {})
+            try:
+                if policies:
+                    await self.store.put(
+                        key,
+                        json.dumps(policies).encode(),
+                        expected_version=record.version if record is not None else 0,
+                    )
+                elif record is not None:
+                    await self.store.delete(key, expected_version=record.version)
+            except BadVersionError:
+                continue
+            return policies
+        raise ServiceUnavailableError(f"policies of {name} are changing too often; try again")
+
+    async def get_topic_policies(self, name: TopicName) -> dict[str, Any]:
+        """The topic's own policies (empty: its namespace's apply); a partition has its
+        partitioned topic's, under its own."""
+        found: dict[str, Any] = {}
+        names = [name] if name.partition_index < 0 else [name.partitioned_name, name]
+        for each in names:
+            record = await self.store.get(topic_policies_key(each))
+            if record is not None:
+                found.update(json.loads(record.value))
+        return found
+
+    async def topic_policies_in(self, namespace: NamespaceName) -> dict[str, dict[str, Any]]:
+        """Every topic's own policies in the namespace, by topic local name (one read)."""
+        prefix = f"{TOPIC_POLICIES_PREFIX}{namespace.tenant}/{namespace.namespace}/"
+        return {
+            unquote(record.key[len(prefix) :]): json.loads(record.value)
+            for record in await self.store.list(prefix)
+        }
+
+    async def delete_topic_policies(self, name: TopicName) -> None:
+        await self.store.delete(topic_policies_key(name))
+
+    async def set_deduplication(self, name: PolicyTarget, enabled: bool | None) -> None:
         """Turn deduplication on or off for the namespace's topics; None: the broker default
         (``--broker-deduplication-enabled``)."""
 
@@ -291,7 +367,7 @@ class Namespaces:
                 policies["deduplication_enabled"] = enabled
             return policies
 
-        await self.update_namespace_policies(name, mutate)
+        await self.update_policies(name, mutate)
 
     def deduplication_of(self, policies: dict[str, Any]) -> bool:
         value = policies.get("deduplication_enabled")
@@ -300,7 +376,7 @@ class Namespaces:
     async def deduplication_for(self, name: NamespaceName) -> bool:
         return self.deduplication_of(await self.get_namespace_policies(name))
 
-    async def set_retention(self, name: NamespaceName, retention: Retention | None) -> None:
+    async def set_retention(self, name: PolicyTarget, retention: Retention | None) -> None:
         """Set (None: remove) the namespace's retention policy."""
         if retention is not None:
             for kind, value in (
@@ -322,7 +398,7 @@ class Namespaces:
                 }
             return policies
 
-        await self.update_namespace_policies(name, mutate)
+        await self.update_policies(name, mutate)
 
     def retention_of(self, policies: dict[str, Any]) -> Retention:
         own = policies.get("retention_policies")
@@ -333,7 +409,7 @@ class Namespaces:
             )
         return Retention(int(own["retention_time_in_minutes"]), int(own["retention_size_in_mb"]))
 
-    async def set_message_ttl(self, name: NamespaceName, ttl_seconds: int | None) -> None:
+    async def set_message_ttl(self, name: PolicyTarget, ttl_seconds: int | None) -> None:
         """Set (None: remove) the namespace's message TTL; 0 means messages never expire."""
         if ttl_seconds is not None and not 0 <= ttl_seconds <= MAX_TTL_SECONDS:
             raise InvalidRequestError(
@@ -347,13 +423,13 @@ class Namespaces:
                 policies["message_ttl_in_seconds"] = ttl_seconds
             return policies
 
-        await self.update_namespace_policies(name, mutate)
+        await self.update_policies(name, mutate)
 
     def message_ttl_of(self, policies: dict[str, Any]) -> int:
         own = policies.get("message_ttl_in_seconds")
         return self.config.ttl_duration_default_in_seconds if own is None else int(own)
 
-    async def set_backlog_quota(self, name: NamespaceName, quota: BacklogQuota | None) -> None:
+    async def set_backlog_quota(self, name: PolicyTarget, quota: BacklogQuota | None) -> None:
         """Set (None: remove) the namespace's backlog quota."""
         if quota is not None:
             if quota.policy not in POLICIES:
@@ -376,7 +452,7 @@ class Namespaces:
                 }
             return policies
 
-        await self.update_namespace_policies(name, mutate)
+        await self.update_policies(name, mutate)
 
     def backlog_quota_of(self, policies: dict[str, Any]) -> BacklogQuota:
         own = policies.get("backlog_quota")
@@ -388,7 +464,7 @@ class Namespaces:
             )
         return BacklogQuota(int(own["limit_size"]), int(own["limit_time"]), str(own["policy"]))
 
-    async def set_rate(self, name: NamespaceName, kind: str, limit: RateLimit | None) -> None:
+    async def set_rate(self, name: PolicyTarget, kind: str, limit: RateLimit | None) -> None:
         """Set (None: remove) the namespace's ``publish_rate`` or ``dispatch_rate``."""
         assert kind in RATE_KINDS
         if limit is not None:
@@ -405,7 +481,7 @@ class Namespaces:
                 policies[kind] = {"msg_rate": limit.msg_rate, "byte_rate": limit.byte_rate}
             return policies
 
-        await self.update_namespace_policies(name, mutate)
+        await self.update_policies(name, mutate)
 
     def rate_of(self, policies: dict[str, Any], kind: str) -> RateLimit:
         own = policies.get(kind)

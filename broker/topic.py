@@ -24,6 +24,7 @@ from broker.managed_ledger import (
     Retention,
 )
 from broker.metrics import ENTRY_SIZE_BYTES
+from broker.namespaces import topic_policies_key
 from broker.rate_limit import NO_LIMIT, RateLimit, RateLimiter, limiter_for
 from broker.rates import RateMeter
 from broker.subscription import SUBSCRIPTION_EXCLUSIVE, Subscription
@@ -268,4 +269,5 @@ class Topic:
             await self._store.delete(key)
         await self.deduplication.close()
         await self._store.delete(snapshot_key(self.name))
+        await self._store.delete(topic_policies_key(self.name))
         await self.ledger.delete()

@@ -35,7 +35,7 @@ from broker.managed_ledger import (
     ManagedLedgerConfig,
     ManagedLedgerListener,
 )
-from broker.namespaces import Namespaces
+from broker.namespaces import Namespaces, effective_policies
 from broker.offload import ManagedLedgerOffloader
 from broker.topic import Topic
 from strata.logging_setup import log_fields
@@ -192,7 +192,11 @@ class TopicRegistry:
         try:
             # Before any producer: the persisted sequence ids of the log (snapshot + replay).
             await self.apply_policies(
-                topic, await self.namespaces.get_namespace_policies(name.namespace_name)
+                topic,
+                effective_policies(
+                    await self.namespaces.get_namespace_policies(name.namespace_name),
+                    await self.namespaces.get_topic_policies(name),
+                ),
             )
         except BaseException:
             await topic.ledger.close()
@@ -208,8 +212,9 @@ class TopicRegistry:
         return topic
 
     async def apply_policies(self, topic: Topic, policies: dict[str, Any]) -> None:
-        """Apply the namespace's policies to a loaded topic (at load and at each housekeeping
-        pass): deduplication, retention, message TTL, backlog quota, rate limits."""
+        """Apply the policies in effect (the namespace's, overridden by the topic's own) to a
+        loaded topic, at load and at each housekeeping pass: deduplication, retention, message
+        TTL, backlog quota, rate limits."""
         topic.retention = self.namespaces.retention_of(policies)
         topic.message_ttl_seconds = self.namespaces.message_ttl_of(policies)
         await topic.deduplication.set_enabled(self.namespaces.deduplication_of(policies))

@@ -15,9 +15,11 @@ from __future__ import annotations
 import argparse
 import json
 from collections.abc import Callable, Mapping
-from typing import TYPE_CHECKING, TypeAlias
+from typing import TYPE_CHECKING, Any, TypeAlias
 
-from strata.naming import NamespaceName
+from google.protobuf import json_format
+
+from strata.naming import NamespaceName, TopicName
 from strata.options import add_option
 from strata.v1 import admin_pb2
 
@@ -381,3 +383,120 @@ def add_policy_verbs(namespaces: SubParsers, verb: Verb, environ: Mapping[str, s
             f"drop the namespace's {verb_name.replace('-', ' ')}",
             NAMESPACE,
         )
+
+
+# ---- topic level: the same policies on one topic (SetTopicPolicies) ----------------------
+
+TOPIC = ("topic", "TOPIC")
+
+
+def _topic(args: argparse.Namespace) -> str:
+    return str(TopicName.parse(args.topic))
+
+
+def _set_topic(admin: _Admin, args: argparse.Namespace, policies: admin_pb2.TopicPolicies) -> None:
+    admin.stub.SetTopicPolicies(
+        admin_pb2.SetTopicPoliciesRequest(name=_topic(args), policies=policies),
+        timeout=admin.timeout_s,
+    )
+
+
+def _topic_setter(policy: str) -> _Handler:
+    def handler(admin: _Admin, args: argparse.Namespace) -> None:
+        given = admin_pb2.TopicPolicies()
+        if policy == "deduplication":
+            given.deduplication_enabled = args.enable
+        elif policy == "retention":
+            minutes = args.time if args.time == -1 else args.time // 60
+            given.retention.CopyFrom(
+                admin_pb2.RetentionPolicies(
+                    retention_time_in_minutes=minutes, retention_size_in_mb=args.size
+                )
+            )
+        elif policy == "message_ttl":
+            given.message_ttl_seconds = args.ttl
+        elif policy == "backlog_quota":
+            limit_bytes = args.limit if args.limit == -1 else args.limit * 1024 * 1024
+            given.backlog_quota.CopyFrom(
+                admin_pb2.BacklogQuota(
+                    limit_size=limit_bytes, limit_time=args.limit_time, policy=args.policy
+                )
+            )
+        else:
+            getattr(given, policy).CopyFrom(
+                admin_pb2.RateLimit(msg_rate=args.msg_rate, byte_rate=args.byte_rate)
+            )
+        _set_topic(admin, args, given)
+
+    return handler
+
+
+def _topic_remover(policy: str) -> _Handler:
+    def handler(admin: _Admin, args: argparse.Namespace) -> None:
+        admin.stub.SetTopicPolicies(
+            admin_pb2.SetTopicPoliciesRequest(name=_topic(args), remove=[policy]),
+            timeout=admin.timeout_s,
+        )
+
+    return handler
+
+
+def _topic_get_policies(admin: _Admin, args: argparse.Namespace) -> None:
+    policies = admin.stub.GetTopicPolicies(
+        admin_pb2.GetTopicPoliciesRequest(name=_topic(args)), timeout=admin.timeout_s
+    )
+    document = json_format.MessageToDict(policies, preserving_proto_field_name=True)
+    print(json.dumps(document, indent=2, sort_keys=True))
+
+
+def add_topic_policy_verbs(
+    topics: SubParsers, verb: Verb, environ: Mapping[str, str] | None
+) -> None:
+    """``strata admin topics set-*``/``remove-*`` of the lifecycle policies and
+    ``get-policies``: the namespace verbs' options, on one topic."""
+
+    def option(
+        parser: argparse.ArgumentParser | argparse._ArgumentGroup, *flags: str, **kwargs: Any
+    ) -> None:
+        add_option(parser, *flags, environ=environ, **kwargs)
+
+    dedup = verb(topics, "set-deduplication", _topic_setter("deduplication"),
+                 "turn deduplication on or off for this topic", TOPIC)  # fmt: skip
+    switch = dedup.add_mutually_exclusive_group(required=True)
+    option(switch, "--enable", "-e", dest="enable", action="store_true", help="turn it on")
+    option(switch, "--disable", "-d", dest="enable", action="store_false", help="turn it off")
+    retention = verb(topics, "set-retention", _topic_setter("retention"),
+                     "keep this topic's consumed data for a time and a size", TOPIC)  # fmt: skip
+    option(retention, "--time", "-t", type=lambda t: parse_duration_s(t, 60), required=True,
+           help="how long, e.g. 30m, 7d (plain: minutes; -1: no limit)")  # fmt: skip
+    option(retention, "--size", "-s", type=parse_size_mb, required=True,
+           help="how much, e.g. 500M, 10G (plain: MiB; -1: no limit)")  # fmt: skip
+    ttl = verb(topics, "set-message-ttl", _topic_setter("message_ttl"),
+               "expire this topic's messages unacknowledged this long", TOPIC)  # fmt: skip
+    option(ttl, "--ttl", type=lambda t: parse_duration_s(t, 1), required=True,
+           help="e.g. 90s, 1h (plain: seconds; 0: never)")  # fmt: skip
+    quota = verb(topics, "set-backlog-quota", _topic_setter("backlog_quota"),
+                 "bound this topic's backlog", TOPIC)  # fmt: skip
+    option(quota, "--limit", "-l", type=parse_size_mb, default=-1,
+           help="backlog size, e.g. 10G (plain: MiB; -1: none)")  # fmt: skip
+    option(quota, "--limit-time", type=lambda t: parse_duration_s(t, 1), default=-1,
+           help="age of the oldest unacknowledged message (plain: s; -1: none)")  # fmt: skip
+    option(quota, "--policy", "-p", choices=BACKLOG_QUOTA_POLICIES, required=True,
+           help="what happens over quota")  # fmt: skip
+    for kind, name in (("publish_rate", "publish-rate"), ("dispatch_rate", "dispatch-rate")):
+        rate = verb(topics, f"set-{name}", _topic_setter(kind),
+                    f"limit this topic's {name.replace('-', ' ')}", TOPIC)  # fmt: skip
+        option(rate, "--msg-rate", "-m", type=int, default=-1, help="messages per second")
+        option(rate, "--byte-rate", "-b", type=int, default=-1, help="bytes per second")
+    for policy, name in (
+        ("deduplication", "deduplication"),
+        ("retention", "retention"),
+        ("message_ttl", "message-ttl"),
+        ("backlog_quota", "backlog-quota"),
+        ("publish_rate", "publish-rate"),
+        ("dispatch_rate", "dispatch-rate"),
+    ):
+        text = f"drop this topic's {name.replace('-', ' ')} (back to its namespace's)"
+        verb(topics, f"remove-{name}", _topic_remover(policy), text, TOPIC)
+    verb(topics, "get-policies", _topic_get_policies,
+         "show the topic's own policies as JSON (absent: its namespace's)", TOPIC)  # fmt: skip
