@@ -15,6 +15,7 @@ from broker import admin_cluster, authorization, subscription_admin
 from broker.audit import audit_mutations
 from broker.authorization import authorize_calls
 from broker.backlog_quota import BacklogQuota, backlog_size_bytes
+from broker.compaction import TopicCompaction
 from broker.edge import edge
 from broker.errors import InvalidRequestError, NotFoundError, PreconditionError
 from broker.managed_ledger import Retention
@@ -179,6 +180,8 @@ class AdminServicer(admin_pb2_grpc.AdminServiceServicer):
             namespace.retention.CopyFrom(admin_pb2.RetentionPolicies(**retention))
         if "message_ttl_in_seconds" in policies:
             namespace.message_ttl_seconds = int(policies["message_ttl_in_seconds"])
+        if "compaction_threshold" in policies:
+            namespace.compaction_threshold_bytes = int(policies["compaction_threshold"])
         quota = policies.get("backlog_quota")
         if quota is not None:
             namespace.backlog_quota.CopyFrom(admin_pb2.BacklogQuota(**quota))
@@ -319,6 +322,33 @@ class AdminServicer(admin_pb2_grpc.AdminServiceServicer):
             if kind in own:
                 getattr(policies, kind).CopyFrom(admin_pb2.RateLimit(**own[kind]))
         return policies
+
+    @edge
+    async def CompactTopic(self, request: Any, context: Any) -> admin_pb2.CompactionStatus:
+        name = TopicName.parse(request.name)
+        if not await self._broker.topic_exists(name):
+            raise NotFoundError(f"topic {name} does not exist")
+        topic = await self._broker.get_topic(name)
+        await topic.compaction.load()
+        if topic.compaction.start():
+            topic.compaction.trigger = "manual"
+        return _compaction_status(name, topic.compaction)
+
+    @edge
+    async def GetCompactionStatus(self, request: Any, context: Any) -> admin_pb2.CompactionStatus:
+        name = TopicName.parse(request.name)
+        if not await self._broker.topic_exists(name):
+            raise NotFoundError(f"topic {name} does not exist")
+        topic = await self._broker.get_topic(name)
+        await topic.compaction.load()
+        return _compaction_status(name, topic.compaction)
+
+    @edge
+    async def SetCompactionThreshold(self, request: Any, context: Any) -> admin_pb2.Namespace:
+        name = NamespaceName.parse(request.name)
+        threshold = request.threshold_bytes if request.HasField("threshold_bytes") else None
+        await self._broker.namespaces.set_compaction_threshold(name, threshold)
+        return await self._namespace(name)
 
     @edge
     async def OffloadTopic(self, request: Any, context: Any) -> admin_pb2.OffloadStatus:
@@ -700,6 +730,24 @@ TOPIC_POLICY_NAMES = (
     "publish_rate",
     "dispatch_rate",
 )
+
+
+def _compaction_status(name: TopicName, compaction: TopicCompaction) -> admin_pb2.CompactionStatus:
+    state = compaction.state
+    return admin_pb2.CompactionStatus(
+        name=str(name),
+        status=compaction.status.value,
+        error=compaction.error,
+        trigger=compaction.trigger,
+        started_ms=compaction.started_ms,
+        finished_ms=compaction.finished_ms,
+        horizon=_position_text(state.horizon) if state is not None else "",
+        compacted_entries=state.entries if state is not None else 0,
+        keys=state.keys if state is not None else 0,
+        last_run_messages_read=compaction.last_run_messages_read,
+        last_run_bytes_read=compaction.last_run_bytes_read,
+        last_run_seconds=compaction.last_run_seconds,
+    )
 
 
 def _position_text(position: tuple[int, int]) -> str:

@@ -124,6 +124,9 @@ class BrokerConfig:
     backlog_quota_hold_timeout_seconds: float = setting(
         30.0, "how long a held producer's batch waits for the backlog to fit its quota"
     )
+    broker_compaction_threshold_bytes: int = setting(
+        0, "compact a topic once this many bytes follow its compaction horizon (0 = never)"
+    )
     message_expiry_check_interval_seconds: int = setting(
         300, "how often subscriptions are checked for messages past their TTL"
     )
@@ -242,6 +245,7 @@ class BrokerConfig:
             "offload_deletion_lag_ms",
             "offload_block_cache_size_bytes",
             "graceful_shutdown_timeout_seconds",
+            "broker_compaction_threshold_bytes",
         )
         for name in not_negative:
             if getattr(self, name) < 0:

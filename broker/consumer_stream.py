@@ -101,6 +101,7 @@ class ConsumerStream:
         request = check_subscribe_request(first)
         await self._broker.authorizer.authorize("MessagingService/Consume", first)
         topic = await self._broker.get_topic(request.topic)
+        read_compacted = first.subscribe.read_compacted
         limits = await self._broker.namespaces.limits_for(topic.name.namespace_name)
         check_consumer_room(topic, request.subscription, limits)
         if first.subscribe.non_durable:
@@ -112,6 +113,7 @@ class ConsumerStream:
                     start,
                     inclusive=first.subscribe.start_message_id_inclusive or start.batch_index >= 0,
                 ),
+                compacted=read_compacted,
             )
         else:
             subscription = await topic.get_subscription(
@@ -130,6 +132,8 @@ class ConsumerStream:
             max_unacked_messages=limits.max_unacked_messages_per_consumer,
         )
         subscription.max_unacked_messages = limits.max_unacked_messages_per_subscription
+        if read_compacted:
+            subscription.compacted = topic.compaction
         subscription.add_consumer(session, request.type)
         try:
             await self._context.write(

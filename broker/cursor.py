@@ -119,11 +119,12 @@ class ManagedCursor:
         self._task = asyncio.get_running_loop().create_task(self._persist_loop())
         return created
 
-    def start_non_durable(self, mark_delete: Position) -> None:
-        """A reader's cursor: start after ``mark_delete`` (clamped to what the log holds)."""
+    def start_non_durable(self, mark_delete: Position, *, clamp: bool = True) -> None:
+        """A reader's cursor: start after ``mark_delete`` (clamped to what the log holds,
+        unless a compacted reader starts before it)."""
         assert not self.durable
         first = self._ledger.first_position()
-        self.mark_delete = max(mark_delete, (first[0], first[1] - 1))
+        self.mark_delete = max(mark_delete, (first[0], first[1] - 1)) if clamp else mark_delete
         self._advance_mark_delete()
         self.rewind()
 

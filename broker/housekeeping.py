@@ -78,6 +78,7 @@ class Housekeeping:
                 await self._apply_policies(topic, policies, topic_policies)
                 if check_ttl and topic.message_ttl_seconds > 0:
                     await expire_by_ttl(topic)
+                await topic.compaction.maybe_start(topic.compaction_threshold_bytes)
             except Exception as exc:
                 log.warning(
                     "applying the policies of %s failed: %s",

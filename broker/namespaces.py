@@ -62,6 +62,7 @@ TOPIC_POLICY_KEYS = (
     "backlog_quota",
     "publish_rate",
     "dispatch_rate",
+    "compaction_threshold",
 )
 PolicyTarget = NamespaceName | TopicName
 
@@ -245,7 +246,10 @@ class Namespaces:
 
     async def persistence_for(self, name: NamespaceName) -> tuple[int, int, int]:
         """E/Qw/Qa for a new ledger of a topic in ``name``: its policy, else the defaults."""
-        persistence = (await self.get_namespace_policies(name)).get("persistence")
+        return self.persistence_of(await self.get_namespace_policies(name))
+
+    def persistence_of(self, policies: dict[str, Any]) -> tuple[int, int, int]:
+        persistence = policies.get("persistence")
         if not persistence:
             return (
                 self.config.managed_ledger_default_ensemble_size,
@@ -486,6 +490,25 @@ class Namespaces:
     def rate_of(self, policies: dict[str, Any], kind: str) -> RateLimit:
         own = policies.get(kind)
         return NO_LIMIT if own is None else RateLimit(int(own["msg_rate"]), int(own["byte_rate"]))
+
+    async def set_compaction_threshold(self, name: PolicyTarget, threshold: int | None) -> None:
+        """Compact automatically once this many bytes follow the horizon (0: off; None:
+        remove, back to the broker's --broker-compaction-threshold-bytes)."""
+        if threshold is not None and not 0 <= threshold <= MAX_RATE:
+            raise InvalidRequestError(f"compaction threshold must be 0..{MAX_RATE} bytes")
+
+        def mutate(policies: dict[str, Any]) -> dict[str, Any]:
+            if threshold is None:
+                policies.pop("compaction_threshold", None)
+            else:
+                policies["compaction_threshold"] = threshold
+            return policies
+
+        await self.update_policies(name, mutate)
+
+    def compaction_threshold_of(self, policies: dict[str, Any]) -> int:
+        own = policies.get("compaction_threshold")
+        return self.config.broker_compaction_threshold_bytes if own is None else int(own)
 
     def offload_policy_of(self, policies: dict[str, Any]) -> OffloadPolicy:
         lag = policies.get("offload_deletion_lag_ms")

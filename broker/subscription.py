@@ -31,6 +31,7 @@ from dataclasses import dataclass, field
 
 import grpc
 
+from broker.compaction import TopicCompaction
 from broker.cursor import ManagedCursor
 from broker.delayed_delivery import DelayedDeliveryTracker
 from broker.entry_format import publish_time_of, sticky_key_of
@@ -156,6 +157,10 @@ class Subscription:
         self.messages_expired = RateMeter()
         # The namespace's dispatch rate (``broker.rate_limit``); None: not limited.
         self.dispatch_limiter: RateLimiter | None = None
+        # Set for a read_compacted consumer: the topic's compaction (``broker.compaction``).
+        self.compacted: TopicCompaction | None = None
+        self._compacted_horizon: Position | None = None
+        self._view_next: Position | None = None
         # Shared: entries held back until their delivery time, and the timer that wakes the
         # dispatcher when the first of them falls due (owned here, cancelled by close()).
         self.delayed = DelayedDeliveryTracker()
@@ -473,6 +478,8 @@ class Subscription:
         self._epoch += 1
         self._pending_hash.clear()
         self._hash_holder.clear()
+        self._view_next = None
+        self._compacted_horizon = None
         self.cursor.reset(mark_delete)
         self.notify()
 
@@ -533,6 +540,8 @@ class Subscription:
 
     async def _dispatch_round(self) -> bool:
         """Send one round of entries; True if anything was sent (try again at once)."""
+        if self._compacted_horizon is not None:
+            self._settle_compacted_horizon()
         if not self._any_ready():
             return False
         if self.max_unacked_messages and self.unacked_messages() >= self.max_unacked_messages:
@@ -554,9 +563,35 @@ class Subscription:
             and not self.delayed.is_full
             and epoch == self._epoch
         ):
-            new = await self._ledger.read_entries(
-                self.cursor.read_position, DISPATCH_MAX_READ_ENTRIES, DISPATCH_MAX_READ_BYTES
-            )
+            new = None
+            if self.compacted is not None:
+                # read_compacted: the compacted view up to its horizon, then the topic.
+                view = await self.compacted.view()
+                if view is not None and (
+                    self._view_next is not None or self.cursor.read_position <= view.state.horizon
+                ):
+                    # Where the view goes on: its own position (the topic's normalizes away
+                    # ledgers trimmed since, whose entries the view may hold).
+                    start = self._view_next
+                    if start is None:
+                        start = self.cursor.read_position
+                        if self.cursor.mark_delete < self._ledger.first_position():
+                            start = (-1, -1)  # the view may hold entries of trimmed ledgers
+                    new = await view.read(start, DISPATCH_MAX_READ_ENTRIES)
+                    if new:
+                        last = new[-1].position
+                        self._view_next = (last[0], last[1] + 1)
+                    if new is not None and not new and epoch == self._epoch:
+                        self.cursor.read_position = self._ledger.next_position(view.state.horizon)
+                        # What the view left out is compacted away: once every entry it
+                        # delivered is acknowledged, everything up to the horizon is.
+                        self._compacted_horizon = view.state.horizon
+                        self._view_next = None
+                        return True  # read the topic after the horizon next
+            if new is None:
+                new = await self._ledger.read_entries(
+                    self.cursor.read_position, DISPATCH_MAX_READ_ENTRIES, DISPATCH_MAX_READ_BYTES
+                )
             if new and epoch == self._epoch:
                 self.cursor.read_position = self._ledger.next_position(new[-1].position)
             entries = entries + new
@@ -568,9 +603,15 @@ class Subscription:
         leftover: list[Position] = []
         held = False
         blocked: set[int] = set()
+        first = self._ledger.first_position() if self.compacted is not None else None
         for entry in entries:
             position = entry.position
-            if self.cursor.is_acked(position) or position in self._owner:
+            acked = self.cursor.is_acked(position)
+            if acked and first is not None and position < first:
+                # A compacted view entry of a trimmed ledger: the cursor's start (clamped to
+                # the log) says nothing of it; only an ack of it does.
+                acked = position in self.cursor.individually_acked
+            if acked or position in self._owner:
                 continue
             if self._hold_back(entry, now):
                 held = True
@@ -582,7 +623,7 @@ class Subscription:
             if consumer is None:
                 leftover.append(position)
                 continue
-            acked_bits = self.cursor.acked_indexes(position)
+            acked_bits = self.cursor.acked_indexes(position) | entry.dropped
             count = entry.num_messages - popcount(acked_bits)
             consumer.permits -= count
             consumer.unacked_messages += count
@@ -615,6 +656,16 @@ class Subscription:
         # Entries held back count as progress: read on past them.
         return bool(batches) or held
 
+    def _settle_compacted_horizon(self) -> None:
+        """After a compacted view was read: acknowledge up to its horizon (the entries it
+        left out) once nothing it delivered is still unacknowledged."""
+        horizon = self._compacted_horizon
+        assert horizon is not None
+        if any(p <= horizon for p in self._owner) or any(p <= horizon for p in self._replay_set):
+            return
+        self._compacted_horizon = None
+        self.cursor.ack_cumulative(horizon)
+
     async def _read_replay(self) -> list[Entry]:
         entries: list[Entry] = []
         while self._replay and len(entries) < DISPATCH_MAX_READ_ENTRIES:
@@ -624,10 +675,20 @@ class Subscription:
             self._replay_set.discard(position)
             if self.cursor.is_acked(position):
                 continue
-            entry = await self._ledger.read_entry(position)
+            entry = await self._replay_entry(position)
             if entry is not None:
                 entries.append(entry)
         return entries
+
+    async def _replay_entry(self, position: Position) -> Entry | None:
+        """The entry to deliver again: a read_compacted subscription takes an entry up to
+        the compaction horizon from the compacted view (its compacted-away indexes dropped;
+        None when all of it was compacted away)."""
+        if self.compacted is not None:
+            view = await self.compacted.view()
+            if view is not None and position <= view.state.horizon:
+                return await view.entry_at(position)
+        return await self._ledger.read_entry(position)
 
     def unacked_messages(self) -> int:
         return sum(c.unacked_messages for c in self.consumers)

@@ -13,6 +13,7 @@ from collections.abc import Callable
 from urllib.parse import quote, unquote
 
 from broker.backlog_quota import NO_QUOTA, BacklogQuota
+from broker.compaction import TopicCompaction
 from broker.cursor import CURSORS_PREFIX, ManagedCursor
 from broker.deduplication import DeduplicationConfig, MessageDeduplication, snapshot_key
 from broker.errors import AlreadyExistsError, ProducerBusyError
@@ -82,9 +83,11 @@ class Topic:
         )
         # Off until the service applies the topic's policy (``set_enabled``) at load.
         self.deduplication = MessageDeduplication(name, self.ledger, store, deduplication)
+        self.compaction = TopicCompaction(name, self.ledger, store)
         # Namespace policies in effect, set at load and by each housekeeping pass.
         self.retention: Retention = NO_RETENTION
         self.message_ttl_seconds = 0  # 0: messages never expire
+        self.compaction_threshold_bytes = 0  # 0: no automatic compaction
         self.backlog_quota: BacklogQuota = NO_QUOTA
         # The refusal text while the backlog is over its quota (``broker.backlog_quota``);
         # held producers wait for ``backlog_quota_cleared``.
@@ -194,9 +197,13 @@ class Topic:
             self.subscriptions[name] = subscription
             return subscription
 
-    async def create_reader_subscription(self, name: str, mark_delete: Position) -> Subscription:
+    async def create_reader_subscription(
+        self, name: str, mark_delete: Position, *, compacted: bool = False
+    ) -> Subscription:
         """A reader's non-durable subscription, reading after ``mark_delete``: in memory
-        only, removed when its consumer leaves (``release_reader_subscription``)."""
+        only, removed when its consumer leaves (``release_reader_subscription``). A
+        ``compacted`` reader keeps a position before the log's start (the compacted view
+        may hold entries of ledgers trimmed since) and reads the view first."""
         async with self._subscription_lock:
             if name in self.subscriptions:
                 raise AlreadyExistsError(f"subscription {name!r} already exists on {self.name}")
@@ -209,7 +216,7 @@ class Topic:
                 self._cursor_max_persisted_ranges,
                 durable=False,
             )
-            cursor.start_non_durable(mark_delete)
+            cursor.start_non_durable(mark_delete, clamp=not compacted)
             subscription = Subscription(
                 name,
                 SUBSCRIPTION_EXCLUSIVE,
@@ -217,6 +224,8 @@ class Topic:
                 self.ledger,
                 partition_index=self.name.partition_index,
             )
+            if compacted:
+                subscription.compacted = self.compaction
             subscription.start()
             self.subscriptions[name] = subscription
             return subscription
@@ -248,10 +257,11 @@ class Topic:
         slowest = self.slowest_mark_delete()
         if slowest is None and self.retention == NO_RETENTION:
             return 0  # no subscription and no retention policy: everything is kept
-        held = self.deduplication.hold_position()
-        if held is not None:
-            # The entries after the snapshot are its replay.
-            slowest = held if slowest is None else min(slowest, held)
+        for held in (self.deduplication.hold_position(), self.compaction.hold_position()):
+            if held is not None:
+                # After a dedup snapshot: its replay; after the compaction horizon: the next
+                # compaction's input.
+                slowest = held if slowest is None else min(slowest, held)
         return await self.ledger.trim(slowest, self.retention)
 
     async def close(self) -> None:
@@ -259,6 +269,7 @@ class Topic:
         for subscription in list(self.subscriptions.values()):
             await subscription.close()
         await self.deduplication.close()
+        await self.compaction.close()
         await self.ledger.close()
 
     async def delete(self) -> None:
@@ -270,4 +281,5 @@ class Topic:
         await self.deduplication.close()
         await self._store.delete(snapshot_key(self.name))
         await self._store.delete(topic_policies_key(self.name))
+        await self.compaction.delete()
         await self.ledger.delete()

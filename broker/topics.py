@@ -216,6 +216,8 @@ class TopicRegistry:
         loaded topic, at load and at each housekeeping pass: deduplication, retention, message
         TTL, backlog quota, rate limits."""
         topic.retention = self.namespaces.retention_of(policies)
+        topic.compaction_threshold_bytes = self.namespaces.compaction_threshold_of(policies)
+        topic.compaction.persistence = self.namespaces.persistence_of(policies)
         topic.message_ttl_seconds = self.namespaces.message_ttl_of(policies)
         await topic.deduplication.set_enabled(self.namespaces.deduplication_of(policies))
         await backlog_quota.check(topic, self.namespaces.backlog_quota_of(policies))

@@ -21,7 +21,11 @@ from google.protobuf import json_format
 from google.protobuf.message import Message as ProtoMessage
 
 from strata.admin_permissions_cli import add_permission_verbs
-from strata.admin_policies_cli import add_policy_verbs, add_topic_policy_verbs
+from strata.admin_policies_cli import (
+    add_compaction_verbs,
+    add_policy_verbs,
+    add_topic_policy_verbs,
+)
 from strata.admin_subscriptions_cli import add_subscription_verbs
 from strata.auth.credentials import intercept_sync_channel
 from strata.client import AsyncClient
@@ -812,3 +816,4 @@ def add_admin_parser(
     add_permission_verbs(tenants, namespaces, topics, verb, environ)
     add_policy_verbs(namespaces, verb, environ)
     add_topic_policy_verbs(topics, verb, environ)
+    add_compaction_verbs(namespaces, topics, verb, environ)

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import time
 from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any, TypeAlias
 
@@ -500,3 +501,96 @@ def add_topic_policy_verbs(
         verb(topics, f"remove-{name}", _topic_remover(policy), text, TOPIC)
     verb(topics, "get-policies", _topic_get_policies,
          "show the topic's own policies as JSON (absent: its namespace's)", TOPIC)  # fmt: skip
+
+
+# ---- compaction ----------------------------------------------------------------------------
+
+# Polling of `compaction-status --wait`: bounded by --wait-timeout-seconds.
+COMPACTION_WAIT_POLL_SECONDS = 0.5
+
+
+def _print_compaction(status: admin_pb2.CompactionStatus) -> None:
+    document = json_format.MessageToDict(
+        status, preserving_proto_field_name=True, always_print_fields_with_no_presence=True
+    )
+    print(json.dumps(document, indent=2, sort_keys=True))
+
+
+def _compact(admin: _Admin, args: argparse.Namespace) -> None:
+    _print_compaction(
+        admin.stub.CompactTopic(
+            admin_pb2.CompactTopicRequest(name=_topic(args)), timeout=admin.timeout_s
+        )
+    )
+
+
+def _compaction_status(admin: _Admin, args: argparse.Namespace) -> None:
+    request = admin_pb2.GetCompactionStatusRequest(name=_topic(args))
+    status = admin.stub.GetCompactionStatus(request, timeout=admin.timeout_s)
+    deadline = time.monotonic() + args.wait_timeout_seconds
+    while args.wait and status.status == "RUNNING" and time.monotonic() < deadline:
+        time.sleep(COMPACTION_WAIT_POLL_SECONDS)
+        status = admin.stub.GetCompactionStatus(request, timeout=admin.timeout_s)
+    _print_compaction(status)
+
+
+def _set_compaction_threshold(admin: _Admin, args: argparse.Namespace) -> None:
+    threshold = args.threshold if args.threshold <= 0 else args.threshold * 1024 * 1024
+    admin.stub.SetCompactionThreshold(
+        admin_pb2.SetCompactionThresholdRequest(name=_name(args), threshold_bytes=threshold),
+        timeout=admin.timeout_s,
+    )
+
+
+def _remove_compaction_threshold(admin: _Admin, args: argparse.Namespace) -> None:
+    admin.stub.SetCompactionThreshold(
+        admin_pb2.SetCompactionThresholdRequest(name=_name(args)), timeout=admin.timeout_s
+    )
+
+
+def _get_compaction_threshold(admin: _Admin, args: argparse.Namespace) -> None:
+    namespace = admin.stub.GetNamespace(
+        admin_pb2.GetNamespaceRequest(name=_name(args)), timeout=admin.timeout_s
+    )
+    own = (
+        namespace.compaction_threshold_bytes
+        if namespace.HasField("compaction_threshold_bytes")
+        else None
+    )
+    print(json.dumps(own))
+
+
+def add_compaction_verbs(
+    namespaces: SubParsers, topics: SubParsers, verb: Verb, environ: Mapping[str, str] | None
+) -> None:
+    """``topics compact``, ``topics compaction-status [--wait]``, ``namespaces
+    set-compaction-threshold``/``get-``/``remove-``."""
+    verb(topics, "compact", _compact, "compact the topic (latest message per key)", TOPIC)
+    status = verb(
+        topics, "compaction-status", _compaction_status, "show the last compaction", TOPIC
+    )
+    add_option(
+        status, "--wait", action="store_true", default=False,
+        help="wait while it is RUNNING", environ=environ,
+    )  # fmt: skip
+    add_option(
+        status, "--wait-timeout-seconds", type=float, default=300.0,
+        help="at most this long with --wait", environ=environ,
+    )  # fmt: skip
+    threshold = verb(
+        namespaces,
+        "set-compaction-threshold",
+        _set_compaction_threshold,
+        "compact automatically once this much follows the last compaction",
+        NAMESPACE,
+    )
+    add_option(
+        threshold, "--threshold", "-t", type=parse_size_mb, required=True,
+        help="e.g. 100M, 1G (plain: MiB; 0: never)", environ=environ,
+    )  # fmt: skip
+    shown = "show the namespace's compaction threshold in bytes (null: the broker's)"
+    verb(namespaces, "get-compaction-threshold", _get_compaction_threshold, shown, NAMESPACE)
+    dropped = "drop the namespace's compaction threshold (the broker's applies)"
+    verb(
+        namespaces, "remove-compaction-threshold", _remove_compaction_threshold, dropped, NAMESPACE
+    )

@@ -18,6 +18,8 @@ class Entry:
     data: bytes
     num_messages: int
     deliver_at_ms: int = 0
+    # Batch indexes not to deliver (bit i: index i), from a compacted view (broker.compaction).
+    dropped: int = 0
 
     @property
     def position(self) -> Position:

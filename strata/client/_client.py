@@ -35,7 +35,7 @@ from strata.client._dead_letter import (
     ConsumerDeadLetterPolicy,
 )
 from strata.client._enums import ConsumerType, InitialPosition
-from strata.client._errors import AlreadyClosed, InvalidArgument, InvalidTopicName, NotSupported
+from strata.client._errors import AlreadyClosed, InvalidArgument, InvalidTopicName
 from strata.client._message import MessageId
 from strata.client._multi_topics import (
     DEFAULT_PATTERN_AUTO_DISCOVERY_PERIOD_S,
@@ -265,6 +265,7 @@ class AsyncClient:
         dead_letter_policy: ConsumerDeadLetterPolicy | None = None,
         key_shared_policy: ConsumerKeySharedPolicy | None = None,
         max_pending_chunked_message: int = 10,
+        is_read_compacted: bool = False,
         auto_ack_oldest_chunked_message_on_queue_full: bool = False,
         expire_time_of_incomplete_chunked_message_ms: int = 60_000,
         pattern_auto_discovery_period_s: float = DEFAULT_PATTERN_AUTO_DISCOVERY_PERIOD_S,
@@ -347,6 +348,7 @@ class AsyncClient:
                 dead_letter_policy=letter_policy,
                 key_shared_policy=key_shared_policy,
                 max_pending_chunked_message=max_pending_chunked_message,
+                is_read_compacted=is_read_compacted,
                 auto_ack_oldest_chunked_message_on_queue_full=auto_ack_oldest_chunked_message_on_queue_full,
                 expire_time_of_incomplete_chunked_message_ms=expire_time_of_incomplete_chunked_message_ms,
             )
@@ -389,6 +391,7 @@ class AsyncClient:
         dead_letter_policy: ConsumerDeadLetterPolicy | None = None,
         key_shared_policy: ConsumerKeySharedPolicy | None = None,
         max_pending_chunked_message: int = 10,
+        is_read_compacted: bool = False,
         auto_ack_oldest_chunked_message_on_queue_full: bool = False,
         expire_time_of_incomplete_chunked_message_ms: int = 60_000,
     ) -> AsyncConsumer:
@@ -412,6 +415,7 @@ class AsyncClient:
             dead_letter_policy=dead_letter_policy,
             key_shared_policy=key_shared_policy,
             max_pending_chunked_message=max_pending_chunked_message,
+            read_compacted=is_read_compacted,
             auto_ack_oldest_chunked_message_on_queue_full=auto_ack_oldest_chunked_message_on_queue_full,
             expire_time_of_incomplete_chunked_message_ms=expire_time_of_incomplete_chunked_message_ms,
             on_close=self._consumers.discard,
@@ -435,8 +439,6 @@ class AsyncClient:
         name = _check_topic(topic)
         if not isinstance(start_message_id, MessageId):
             raise InvalidArgument("start_message_id must be a MessageId")
-        if is_read_compacted:
-            raise NotSupported("compacted reads come with topic compaction (not served yet)")
         pool = self._get_pool()
         if await self._partitions_of(name):
             raise InvalidArgument(
@@ -450,6 +452,7 @@ class AsyncClient:
             receiver_queue_size=receiver_queue_size,
             reader_start=(start_message_id, start_message_id_inclusive),
             on_close=self._consumers.discard,
+            read_compacted=is_read_compacted,
         )
         await consumer._start()
         self._consumers.add(consumer)

@@ -175,6 +175,7 @@ class AsyncConsumer:
         max_pending_chunked_message: int = 10,
         auto_ack_oldest_chunked_message_on_queue_full: bool = False,
         expire_time_of_incomplete_chunked_message_ms: int = 60_000,
+        read_compacted: bool = False,
     ) -> None:
         if not subscription_name:
             raise InvalidArgument("subscription_name must not be empty")
@@ -222,6 +223,7 @@ class AsyncConsumer:
         self._reader_start = reader_start
         self._event_listener = consumer_event_listener
         self._nack_delay_s = negative_ack_redelivery_delay_ms / 1000
+        self._read_compacted = read_compacted
         if max_pending_chunked_message < 1 or expire_time_of_incomplete_chunked_message_ms < 0:
             raise InvalidArgument(
                 "max_pending_chunked_message must be at least 1 and "
@@ -956,6 +958,7 @@ class AsyncConsumer:
                 start_message_id_inclusive=(
                     self._reader_start[1] if self._reader_start is not None else False
                 ),
+                read_compacted=self._read_compacted,
             )
         )
 

@@ -158,6 +158,7 @@ class Client:
         dead_letter_policy: ConsumerDeadLetterPolicy | None = None,
         key_shared_policy: ConsumerKeySharedPolicy | None = None,
         max_pending_chunked_message: int = 10,
+        is_read_compacted: bool = False,
         auto_ack_oldest_chunked_message_on_queue_full: bool = False,
         expire_time_of_incomplete_chunked_message_ms: int = 60_000,
         pattern_auto_discovery_period_s: float = DEFAULT_PATTERN_AUTO_DISCOVERY_PERIOD_S,
@@ -189,6 +190,7 @@ class Client:
                 dead_letter_policy=dead_letter_policy,
                 key_shared_policy=key_shared_policy,
                 max_pending_chunked_message=max_pending_chunked_message,
+                is_read_compacted=is_read_compacted,
                 auto_ack_oldest_chunked_message_on_queue_full=auto_ack_oldest_chunked_message_on_queue_full,
                 expire_time_of_incomplete_chunked_message_ms=expire_time_of_incomplete_chunked_message_ms,
             )

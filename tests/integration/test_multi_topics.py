@@ -88,8 +88,6 @@ async def test_the_keyword_spellings(standalone: Standalone) -> None:
             await client.subscribe("kw-a", "s", topics=["kw-b"])
         with pytest.raises(strata.InvalidArgument, match="needs a topic"):
             await client.subscribe(subscription_name="s")
-        with pytest.raises(strata.NotSupported, match="compacted"):
-            await client.create_reader("kw-a", strata.MessageId.earliest, is_read_compacted=True)
 
 
 def test_the_blocking_client_subscribes_to_several_topics(standalone: Standalone) -> None:
