@@ -28,6 +28,7 @@ pytestmark = pytest.mark.integration
 
 MESSAGES = int(os.environ.get("STRATA_COMPACTION_MESSAGES", "20000"))
 KEYS = int(os.environ.get("STRATA_COMPACTION_KEYS", "500"))
+SOAK_MESSAGES, SOAK_KEYS = 1_000_000, 10_000
 TOMBSTONE_SHARE = 0.1
 READ_TIMEOUT_MS = 3_000
 TOPIC = "persistent://public/default/compacted"
@@ -44,14 +45,16 @@ def admin(server: Standalone, *args: str) -> Any:
     return json.loads(done.stdout) if done.stdout.strip() else None
 
 
-def produce(server: Standalone, count: int, start: int, expected: dict[str, bytes]) -> None:
+def produce(
+    server: Standalone, count: int, start: int, expected: dict[str, bytes], keys: int = KEYS
+) -> None:
     """``count`` messages over ``KEYS`` keys, 10 % of them tombstones (empty payloads);
     ``expected`` becomes the latest live value of each key."""
     chooser = random.Random(start)
     with strata.Client(server.address) as client:
         producer = client.create_producer(TOPIC, block_if_queue_full=True, batching_max_messages=20)
         for index in range(start, start + count):
-            key = f"key-{chooser.randrange(KEYS)}"
+            key = f"key-{chooser.randrange(keys)}"
             if chooser.random() < TOMBSTONE_SHARE:
                 value = b""
                 expected.pop(key, None)
@@ -91,6 +94,15 @@ def compact(server: Standalone) -> dict[str, Any]:
 
 
 def test_compaction_end_to_end(tmp_path: Path) -> None:
+    run_compaction(tmp_path, MESSAGES, KEYS)
+
+
+@pytest.mark.soak
+def test_compaction_of_a_million_messages(tmp_path: Path) -> None:
+    run_compaction(tmp_path, SOAK_MESSAGES, SOAK_KEYS)
+
+
+def run_compaction(tmp_path: Path, messages: int, keys: int) -> None:
     server = Standalone(
         tmp_path / "data",
         "--managed-ledger-max-entries-per-ledger",
@@ -104,7 +116,7 @@ def test_compaction_end_to_end(tmp_path: Path) -> None:
     ).start()
     try:
         expected: dict[str, bytes] = {}
-        produce(server, MESSAGES, 0, expected)
+        produce(server, messages, 0, expected, keys)
         # Offload the closed ledgers (their bookie copies deleted): compaction reads them back.
         admin(server, "topics", "offload", TOPIC)
         Admin(server.address).wait_offloaded(TOPIC, timeout_s=120)
@@ -112,17 +124,17 @@ def test_compaction_end_to_end(tmp_path: Path) -> None:
         assert int(status["keys"]) == len(expected)
         mb_per_s = int(status["last_run_bytes_read"]) / 1e6 / float(status["last_run_seconds"])
         print(
-            f"\ncompaction: {status['last_run_messages_read']} messages over {KEYS} keys "
+            f"\ncompaction: {status['last_run_messages_read']} messages over {keys} keys "
             f"in {float(status['last_run_seconds']):.2f} s ({mb_per_s:.1f} MB/s read)"
         )
         assert read_compacted(server) == expected
         # More messages and a second compaction (from the first one's ledger and the tail).
-        produce(server, MESSAGES // 10, MESSAGES, expected)
+        produce(server, messages // 10, messages, expected, keys)
         second = compact(server)
         assert second["horizon"] != status["horizon"]
         assert read_compacted(server) == expected
         # kill -9 right after a third compaction starts: the second's state stays valid.
-        produce(server, MESSAGES // 10, MESSAGES * 2, expected)
+        produce(server, messages // 10, messages * 2, expected, keys)
         admin(server, "topics", "compact", TOPIC)
         server.kill()
         server.start()
