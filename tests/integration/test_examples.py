@@ -24,7 +24,7 @@ RUN_TIMEOUT_S = 120
         ("work_queue.py", "dead-lettered after 3 tries: [0, 7, 14]"),
         ("fan_out.py", "search-index: 20 events, all in order: True"),
         ("key_ordered.py", "alice: 15 messages, in order: True"),
-        ("event_sourcing.py", "replayed 20 events"),
+        ("event_sourcing.py", "compacted state topic: {"),
         ("request_reply.py", "10 requests answered"),
     ],
 )
