@@ -161,6 +161,8 @@ class Subscription:
         self.compacted: TopicCompaction | None = None
         self._compacted_horizon: Position | None = None
         self._view_next: Position | None = None
+        self._view_outstanding: set[Position] = set()
+        self._view_done: Position | None = None  # the horizon of the view read to its end
         # Shared: entries held back until their delivery time, and the timer that wakes the
         # dispatcher when the first of them falls due (owned here, cancelled by close()).
         self.delayed = DelayedDeliveryTracker()
@@ -383,6 +385,10 @@ class Subscription:
         self.redelivery_counts.pop(position, None)
         if position in self._replay_set:
             self._replay_set.discard(position)
+        if self._view_outstanding:
+            self._view_outstanding.discard(position)
+            if not self._view_outstanding and self._compacted_horizon is not None:
+                self._settle_compacted_horizon()
 
     # ---- dispatch ---------------------------------------------------------------------------
 
@@ -480,6 +486,8 @@ class Subscription:
         self._hash_holder.clear()
         self._view_next = None
         self._compacted_horizon = None
+        self._view_outstanding.clear()
+        self._view_done = None
         self.cursor.reset(mark_delete)
         self.notify()
 
@@ -540,7 +548,7 @@ class Subscription:
 
     async def _dispatch_round(self) -> bool:
         """Send one round of entries; True if anything was sent (try again at once)."""
-        if self._compacted_horizon is not None:
+        if self._compacted_horizon is not None and not self._view_outstanding:
             self._settle_compacted_horizon()
         if not self._any_ready():
             return False
@@ -567,25 +575,36 @@ class Subscription:
             if self.compacted is not None:
                 # read_compacted: the compacted view up to its horizon, then the topic.
                 view = await self.compacted.view()
-                if view is not None and (
-                    self._view_next is not None or self.cursor.read_position <= view.state.horizon
+                if (
+                    view is not None
+                    and self._view_done != view.state.horizon
+                    and (
+                        self._view_next is not None
+                        or self.cursor.mark_delete < view.state.horizon
+                        # Before the log's start (trimmed since): the view still holds it.
+                        or self.cursor.mark_delete < self._ledger.first_position()
+                    )
                 ):
                     # Where the view goes on: its own position (the topic's normalizes away
                     # ledgers trimmed since, whose entries the view may hold).
                     start = self._view_next
                     if start is None:
-                        start = self.cursor.read_position
-                        if self.cursor.mark_delete < self._ledger.first_position():
+                        mark_delete = self.cursor.mark_delete
+                        start = (mark_delete[0], mark_delete[1] + 1)
+                        if mark_delete < self._ledger.first_position():
                             start = (-1, -1)  # the view may hold entries of trimmed ledgers
                     new = await view.read(start, DISPATCH_MAX_READ_ENTRIES)
                     if new:
                         last = new[-1].position
                         self._view_next = (last[0], last[1] + 1)
-                    if new is not None and not new and epoch == self._epoch:
+                        # Delivered from the view, not yet acknowledged (see _forget).
+                        self._view_outstanding.update(e.position for e in new)
+                    if not new and epoch == self._epoch:  # the view is read to its end
                         self.cursor.read_position = self._ledger.next_position(view.state.horizon)
                         # What the view left out is compacted away: once every entry it
                         # delivered is acknowledged, everything up to the horizon is.
                         self._compacted_horizon = view.state.horizon
+                        self._view_done = view.state.horizon
                         self._view_next = None
                         return True  # read the topic after the horizon next
             if new is None:
@@ -612,6 +631,8 @@ class Subscription:
                 # the log) says nothing of it; only an ack of it does.
                 acked = position in self.cursor.individually_acked
             if acked or position in self._owner:
+                if acked:
+                    self._view_outstanding.discard(position)
                 continue
             if self._hold_back(entry, now):
                 held = True
@@ -658,11 +679,10 @@ class Subscription:
 
     def _settle_compacted_horizon(self) -> None:
         """After a compacted view was read: acknowledge up to its horizon (the entries it
-        left out) once nothing it delivered is still unacknowledged."""
+        left out) once nothing it delivered is still unacknowledged (``_view_outstanding``
+        empty)."""
         horizon = self._compacted_horizon
         assert horizon is not None
-        if any(p <= horizon for p in self._owner) or any(p <= horizon for p in self._replay_set):
-            return
         self._compacted_horizon = None
         self.cursor.ack_cumulative(horizon)
 

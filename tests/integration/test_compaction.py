@@ -22,6 +22,7 @@ import pytest
 
 import strata
 from tests.harness import Standalone
+from tests.moto_server import MotoServer
 from tests.offload_workload import Admin
 
 pytestmark = pytest.mark.integration
@@ -29,6 +30,7 @@ pytestmark = pytest.mark.integration
 MESSAGES = int(os.environ.get("STRATA_COMPACTION_MESSAGES", "20000"))
 KEYS = int(os.environ.get("STRATA_COMPACTION_KEYS", "500"))
 SOAK_MESSAGES, SOAK_KEYS = 1_000_000, 10_000
+S3_BUCKET = "strata-compaction"
 TOMBSTONE_SHARE = 0.1
 READ_TIMEOUT_MS = 3_000
 TOPIC = "persistent://public/default/compacted"
@@ -95,6 +97,36 @@ def compact(server: Standalone) -> dict[str, Any]:
 
 def test_compaction_end_to_end(tmp_path: Path) -> None:
     run_compaction(tmp_path, MESSAGES, KEYS)
+
+
+def test_compaction_reads_ledgers_offloaded_to_s3(moto_server: MotoServer, tmp_path: Path) -> None:
+    """The compacted view built from ledgers read back from S3 (moto), their bookie copies
+    deleted."""
+    moto_server.create_bucket(S3_BUCKET)
+    server = Standalone(
+        tmp_path / "data",
+        "--managed-ledger-max-entries-per-ledger",
+        "50",
+        "--offload-driver",
+        "s3",
+        "--offload-bucket",
+        S3_BUCKET,
+        "--offload-deletion-lag-ms",
+        "0",
+        "--housekeeping-interval-ms",
+        "500",
+        env=moto_server.env(),
+    ).start()
+    try:
+        expected: dict[str, bytes] = {}
+        produce(server, MESSAGES // 4, 0, expected)
+        admin(server, "topics", "offload", TOPIC)
+        Admin(server.address).wait_offloaded(TOPIC, timeout_s=120)
+        assert moto_server.list_keys(S3_BUCKET), "nothing went to S3"
+        compact(server)
+        assert read_compacted(server) == expected
+    finally:
+        server.stop()
 
 
 @pytest.mark.soak
