@@ -174,3 +174,25 @@ def test_a_bad_quota_policy_is_refused(server: Standalone, tmp_path: Path) -> No
     done = cli(server, "admin", "namespaces", "set-backlog-quota", "public/default",
                "--limit", "1G", "--policy", "drop_everything")  # fmt: skip
     assert done.returncode == 2 and "invalid choice: 'drop_everything'" in done.stderr
+
+
+def test_an_age_limit_refuses_once_the_oldest_message_is_too_old(server: Standalone) -> None:
+    """``--limit-time``: the quota counts the age of the oldest unacknowledged message."""
+    namespace = "public/q-age"
+    admin(server, "namespaces", "create", namespace)
+    admin(server, "namespaces", "set-backlog-quota", namespace, "--limit-time", "2s",
+          "--policy", "producer_exception")  # fmt: skip
+    topic = f"persistent://{namespace}/t"
+    with strata.Client(server.address, operation_timeout_seconds=30) as client:
+        client.subscribe(topic, "idle").close()
+        client.create_producer(topic).send(b"aging")  # accepted: young
+
+        def refused() -> bool:
+            try:
+                client.create_producer(topic).close()
+            except strata.ResourceExhausted as exc:
+                assert "oldest unacknowledged message is" in str(exc)
+                return True
+            return False
+
+        wait_until(refused, 15, "refused once the oldest message is over 2 s old")
