@@ -24,7 +24,9 @@ COPY broker/ broker/
 COPY bookie/ bookie/
 COPY tiered/ tiered/
 # `make proto` without the .pyi stubs (they serve mypy, not the running code).
+# The descriptor set with the .proto comments serves server reflection (broker/reflection.py).
 RUN /opt/strata/bin/python -m grpc_tools.protoc -Iproto --python_out=. --grpc_python_out=. \
+        --include_source_info --descriptor_set_out=strata/v1/api_descriptors.binpb \
         proto/strata/v1/admin.proto proto/strata/v1/messaging.proto \
         proto/strata/storage/v1/bookie.proto \
     && /opt/strata/bin/pip install --no-cache-dir . \

@@ -6,13 +6,13 @@ VENV := .venv
 BIN := $(VENV)/bin
 PY := $(BIN)/python
 STAMP := $(VENV)/.installed
-PROTOS := $(shell find proto -name '*.proto')
+PROTOS := $(shell find proto/strata -name '*.proto')
 GEN_STAMP := strata/v1/.generated
 
 DATA_DIR ?= ./data/standalone
 PYTEST_ARGS ?=
 
-.PHONY: install proto proto-release run test test-k8s test-unit test-integration test-faults fuzz lint fmt bench bench-cluster bench-auth bench-dedup bench-offload bench-subscriptions clean
+.PHONY: install proto proto-release cpp cpp-deps run test test-k8s test-unit test-integration test-faults fuzz lint fmt bench bench-cluster bench-auth bench-dedup bench-offload bench-subscriptions clean
 
 install: $(STAMP) $(GEN_STAMP)
 
@@ -37,6 +37,15 @@ $(BUF): tools/buf/package-lock.json
 	touch $(BUF)
 
 # After a release (or a deliberate, announced break): the image buf breaking compares with.
+# The C++ client example (issue 14 item 4): Debian's gRPC and protobuf packages, built with
+# CMake into clients/cpp/build (tests/clients/test_cpp_client.py builds it too).
+cpp-deps:
+	sh clients/cpp/install-deps.sh
+
+cpp: cpp-deps
+	cmake -S clients/cpp -B clients/cpp/build -DCMAKE_BUILD_TYPE=RelWithDebInfo
+	cmake --build clients/cpp/build -j2
+
 proto-release: $(BUF)
 	$(BUF) build --exclude-source-info -o proto/released.binpb
 
@@ -49,7 +58,8 @@ $(STAMP): pyproject.toml
 # Generated code is not committed: strata/v1 and strata/storage/v1 are rebuilt from proto/.
 $(GEN_STAMP): $(STAMP) $(PROTOS)
 	PATH="$(abspath $(BIN)):$$PATH" $(PY) -m grpc_tools.protoc -Iproto \
-		--python_out=. --grpc_python_out=. --mypy_out=. --mypy_grpc_out=. $(PROTOS)
+		--python_out=. --grpc_python_out=. --mypy_out=. --mypy_grpc_out=. \
+		--include_source_info --descriptor_set_out=strata/v1/api_descriptors.binpb $(PROTOS)
 	touch $(GEN_STAMP)
 
 proto: $(STAMP)
@@ -59,7 +69,7 @@ proto: $(STAMP)
 run: install
 	$(BIN)/strata standalone --data-dir $(DATA_DIR)
 
-test: install $(KUBECTL) $(BUF)
+test: install $(KUBECTL) $(BUF) cpp-deps
 	$(BIN)/pytest $(PYTEST_ARGS)
 
 # The manifests and the image, offline: render, validate, policy checks, hadolint, and the

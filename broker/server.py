@@ -8,7 +8,7 @@ from collections.abc import Sequence
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
-from grpc_reflection.v1alpha import reflection, reflection_pb2
+from grpc_reflection.v1alpha import reflection
 from prometheus_client.registry import Collector
 
 from bookie.metrics import LEDGER_CLIENT_METRICS
@@ -19,6 +19,7 @@ from broker.metrics import OwnershipCollector, broker_collectors
 from broker.service import BrokerService
 from strata.grpc_decoding import MalformedRequestInterceptor
 from strata.metrics import RoleMetrics
+from strata.reflection import REFLECTION_V1_SERVICE_NAME, enable_reflection
 from strata.v1 import admin_pb2, admin_pb2_grpc, messaging_pb2, messaging_pb2_grpc
 
 # Room for the gRPC framing and the batch header around a maximum-size message.
@@ -70,28 +71,6 @@ def bind_broker_server(
     return server, bound
 
 
-# grpcio-reflection serves only grpc.reflection.v1alpha; grpc.reflection.v1 (what grpcurl and
-# current tools ask first) is the same protocol under a new package name, field for field, so
-# the v1alpha servicer answers it too.
-REFLECTION_V1_SERVICE_NAME = "grpc.reflection.v1.ServerReflection"
-
-
-def add_reflection_v1(service_names: tuple[str, ...], server: grpc.aio.Server) -> None:
-    servicer = reflection.aio.ReflectionServicer(service_names)
-    handler = grpc.stream_stream_rpc_method_handler(
-        servicer.ServerReflectionInfo,
-        request_deserializer=reflection_pb2.ServerReflectionRequest.FromString,
-        response_serializer=reflection_pb2.ServerReflectionResponse.SerializeToString,
-    )
-    server.add_generic_rpc_handlers(
-        (
-            grpc.method_handlers_generic_handler(
-                REFLECTION_V1_SERVICE_NAME, {"ServerReflectionInfo": handler}
-            ),
-        )
-    )
-
-
 async def serve_broker(
     server: grpc.aio.Server, broker: BrokerService, *, ready: bool = True
 ) -> health.aio.HealthServicer:
@@ -108,8 +87,7 @@ async def serve_broker(
         reflection.SERVICE_NAME,
         REFLECTION_V1_SERVICE_NAME,
     )
-    reflection.enable_server_reflection(service_names, server)
-    add_reflection_v1(service_names, server)
+    enable_reflection(service_names, server)
     await server.start()
     await report_ready(health_servicer, ready=ready)
     return health_servicer

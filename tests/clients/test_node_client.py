@@ -9,38 +9,18 @@ killed by its id. A missing ``npm`` fails the test (nothing is skipped silently)
 
 from __future__ import annotations
 
-import os
 import shutil
-import signal
-import subprocess
 from pathlib import Path
 
 import pytest
+
+from tests.clients.processes import run_bounded
 
 pytestmark = pytest.mark.integration
 
 NODE_CLIENT_DIR = Path(__file__).resolve().parents[2] / "clients" / "node"
 NPM_CI_TIMEOUT_S = 300
 NPM_TEST_TIMEOUT_S = 240
-
-
-def run_bounded(command: list[str], timeout_s: float) -> subprocess.CompletedProcess[str]:
-    """Run ``command`` in clients/node in its own process group; kill the group on timeout."""
-    process = subprocess.Popen(
-        command,
-        cwd=NODE_CLIENT_DIR,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-        start_new_session=True,
-    )
-    try:
-        output, _ = process.communicate(timeout=timeout_s)
-    except subprocess.TimeoutExpired:
-        os.killpg(process.pid, signal.SIGKILL)
-        output, _ = process.communicate()
-        pytest.fail(f"{' '.join(command)} took over {timeout_s} s:\n{output[-20_000:]}")
-    return subprocess.CompletedProcess(command, process.returncode, output)
 
 
 def needs_install() -> bool:
@@ -54,8 +34,13 @@ def test_node_client_suite_passes() -> None:
     if npm is None:
         pytest.fail("npm is not installed: the Node.js client (clients/node) needs node >= 20")
     if needs_install():
-        installed = run_bounded([npm, "ci", "--no-audit", "--no-fund"], NPM_CI_TIMEOUT_S)
+        installed = run_bounded(
+            [npm, "ci", "--no-audit", "--no-fund"],
+            NPM_CI_TIMEOUT_S,
+            cwd=NODE_CLIENT_DIR,
+            merge_stderr=True,
+        )
         assert installed.returncode == 0, f"npm ci failed:\n{installed.stdout[-20_000:]}"
-    result = run_bounded([npm, "test"], NPM_TEST_TIMEOUT_S)
+    result = run_bounded([npm, "test"], NPM_TEST_TIMEOUT_S, cwd=NODE_CLIENT_DIR, merge_stderr=True)
     assert result.returncode == 0, f"npm test failed:\n{result.stdout[-20_000:]}"
     assert "# fail 0" in result.stdout, result.stdout[-20_000:]
