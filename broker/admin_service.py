@@ -19,6 +19,7 @@ from broker.compaction import TopicCompaction
 from broker.edge import edge
 from broker.errors import InvalidRequestError, NotFoundError, PreconditionError
 from broker.managed_ledger import Retention
+from broker.namespaces import effective_policies
 from broker.offload import OffloadStatus
 from broker.ownership import (
     FORWARDED_HEADER,
@@ -306,6 +307,31 @@ class AdminServicer(admin_pb2_grpc.AdminServiceServicer):
     @edge
     async def GetTopicPolicies(self, request: Any, context: Any) -> admin_pb2.TopicPolicies:
         return await self._topic_policies(TopicName.parse(request.name))
+
+    def _policies_in_effect(
+        self, name: TopicName, policies: dict[str, Any]
+    ) -> admin_pb2.TopicPolicies:
+        """Every policy the topic runs with, defaults included (for its stats)."""
+        namespaces = self._broker.namespaces
+        retention = namespaces.retention_of(policies)
+        quota = namespaces.backlog_quota_of(policies)
+        return admin_pb2.TopicPolicies(
+            name=str(name),
+            deduplication_enabled=namespaces.deduplication_of(policies),
+            retention=admin_pb2.RetentionPolicies(
+                retention_time_in_minutes=retention.time_minutes,
+                retention_size_in_mb=retention.size_mb,
+            ),
+            message_ttl_seconds=namespaces.message_ttl_of(policies),
+            backlog_quota=admin_pb2.BacklogQuota(
+                limit_size=quota.limit_bytes, limit_time=quota.limit_time_s, policy=quota.policy
+            ),
+            **{
+                kind: admin_pb2.RateLimit(msg_rate=rate.msg_rate, byte_rate=rate.byte_rate)
+                for kind in ("publish_rate", "dispatch_rate")
+                for rate in (namespaces.rate_of(policies, kind),)
+            },
+        )
 
     async def _topic_policies(self, name: TopicName) -> admin_pb2.TopicPolicies:
         own = await self._broker.namespaces.get_topic_policies(name)
@@ -607,8 +633,15 @@ class AdminServicer(admin_pb2_grpc.AdminServiceServicer):
             raise NotFoundError(f"topic {name} does not exist")
         topic = await self._broker.get_topic(name)
         stats = topic_stats(topic)
+        namespaces = self._broker.namespaces
+        policies = effective_policies(
+            await namespaces.get_namespace_policies(name.namespace_name),
+            await namespaces.get_topic_policies(name),
+        )
         return admin_pb2.TopicStats(
             name=str(name),
+            policies=self._policies_in_effect(name, policies),
+            compaction_threshold_bytes=namespaces.compaction_threshold_of(policies),
             deduplication_status="Enabled" if topic.deduplication.enabled else "Disabled",
             backlog_size=backlog_size_bytes(topic),
             publish_rate_limited_times=(

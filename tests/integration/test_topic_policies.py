@@ -100,3 +100,35 @@ def test_unknown_policy_removal_is_refused(standalone: Standalone) -> None:
             )
     assert refused.value.code() == grpc.StatusCode.INVALID_ARGUMENT  # type: ignore[attr-defined]
     assert "cannot remove 'compaction'" in refused.value.details()  # type: ignore[attr-defined,operator]
+
+
+def test_stats_show_every_policy_in_effect(standalone: Standalone) -> None:
+    """The topic's own policies, else its namespace's, else the broker's defaults (item 8)."""
+    topic = "persistent://public/default/stats-policies"
+    admin(
+        standalone, "namespaces", "set-retention", "public/default", "--time", "1h", "--size", "10M"
+    )
+    admin(standalone, "namespaces", "set-dispatch-rate", "public/default", "--msg-rate", "500")
+    admin(standalone, "namespaces", "set-compaction-threshold", "public/default", "-t", "100M")
+    with strata.Client(standalone.address) as client:
+        client.create_producer(topic).close()
+    admin(standalone, "topics", "set-message-ttl", topic, "--ttl", "120")
+    admin(standalone, "topics", "set-publish-rate", topic, "--msg-rate", "1000")
+    found = stats(standalone, topic)
+    policies = found["policies"]
+    assert policies["retention"] == {
+        "retention_time_in_minutes": 60,
+        "retention_size_in_mb": "10",
+    }  # namespace
+    assert policies["dispatch_rate"] == {"msg_rate": "500", "byte_rate": "-1"}  # namespace
+    assert policies["message_ttl_seconds"] == 120  # topic
+    assert policies["publish_rate"] == {"msg_rate": "1000", "byte_rate": "-1"}  # topic
+    assert policies["deduplication_enabled"] is False  # the broker's default
+    assert policies["backlog_quota"] == {
+        "limit_size": "-1",
+        "limit_time": -1,
+        "policy": "producer_request_hold",
+    }  # the broker's default
+    assert found["compaction_threshold_bytes"] == str(100 * 1024 * 1024)
+    admin(standalone, "topics", "remove-message-ttl", topic)
+    assert stats(standalone, topic)["policies"].get("message_ttl_seconds", 0) == 0
