@@ -1,4 +1,4 @@
-"""Exactly once across failovers (issue 13 item 1): etcd + 3 bookies + 3 brokers with
+"""Exactly once across failovers and restarts (issue 13 item 1): etcd + 3 bookies + 3 brokers with
 deduplication on; a steady producer while its topic's owner is killed with ``kill -9`` five
 times. Every receipted message is in the topic exactly once and in order: a fresh reader from
 the earliest sees each value once (the SDK resends every batch without a receipt to the new
@@ -114,3 +114,62 @@ async def test_owner_kill9_five_times_stores_each_message_once(cluster: Cluster)
         f"\ndedup under kill -9 of the owner x{KILLS}: {len(workload.receipted)} receipted, "
         f"{len(values)} stored, 0 duplicates (read back in {time.monotonic() - started:.1f} s)"
     )
+
+
+RESTART_TOPIC = "persistent://public/default/dedup-full-restart"
+RESTART_PRODUCER = "survives-everything"
+RESTART_MESSAGES = 1_050  # 105 entries of 10: one snapshot (every 100 entries) and a tail
+
+
+def test_dedup_state_survives_a_kill9_of_every_process(cluster: Cluster) -> None:
+    """etcd, the three bookies and the three brokers all killed with kill -9 and started
+    again: the producer reopens with its name, ``last_sequence_id`` is the last receipted id,
+    and a resend of the last batches is answered without storing them again."""
+    with strata.Client(cluster.service_url, operation_timeout_seconds=60) as client:
+        client.subscribe(
+            RESTART_TOPIC, "keep", initial_position=strata.InitialPosition.Earliest
+        ).close()
+        producer = client.create_producer(
+            RESTART_TOPIC,
+            producer_name=RESTART_PRODUCER,
+            batching_max_messages=10,
+            block_if_queue_full=True,
+        )
+        failed: list[strata.Result] = []
+        for value in range(RESTART_MESSAGES):
+            producer.send_async(
+                str(value).encode(),
+                lambda result, _id: failed.append(result) if result != strata.Result.Ok else None,
+            )
+        producer.flush()
+        producer.close()
+        assert not failed
+    for process in [*cluster.brokers, *cluster.bookies]:
+        process.kill()
+    cluster.etcd.kill()
+    cluster.etcd.start()
+    for process in [*cluster.bookies, *cluster.brokers]:
+        process.start(wait=False)
+    cluster.wait_servers_ready()
+
+    with strata.Client(cluster.service_url, operation_timeout_seconds=60) as client:
+        producer = client.create_producer(RESTART_TOPIC, producer_name=RESTART_PRODUCER)
+        assert producer.last_sequence_id() == RESTART_MESSAGES - 1
+        # The last 50 again (as a client that lost their receipts would), then 10 new ones.
+        resent = [
+            producer.send(str(value).encode(), sequence_id=value)
+            for value in range(RESTART_MESSAGES - 50, RESTART_MESSAGES)
+        ]
+        # Pulsar's -1:-1: stored before, not stored again.
+        assert {(m.ledger_id(), m.entry_id()) for m in resent} == {(-1, -1)}, resent[:3]
+        for value in range(RESTART_MESSAGES, RESTART_MESSAGES + 10):
+            producer.send(str(value).encode(), sequence_id=value)
+        producer.close()
+        reader = client.create_reader(RESTART_TOPIC, strata.MessageId.earliest)
+        values = []
+        while True:
+            try:
+                values.append(int(reader.read_next(READ_TIMEOUT_MS).data()))
+            except strata.Timeout:
+                break
+    assert values == list(range(RESTART_MESSAGES + 10))
