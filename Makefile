@@ -12,7 +12,7 @@ GEN_STAMP := strata/v1/.generated
 DATA_DIR ?= ./data/standalone
 PYTEST_ARGS ?=
 
-.PHONY: install proto proto-release cpp cpp-deps run test test-k8s test-unit test-integration test-faults fuzz lint fmt bench bench-cluster bench-auth bench-dedup bench-offload bench-subscriptions clean
+.PHONY: install proto proto-release cpp cpp-deps run test test-k8s test-unit test-integration test-faults fuzz lint fmt bench bench-cluster bench-stages bench-auth bench-dedup bench-offload bench-subscriptions clean
 
 install: $(STAMP) $(GEN_STAMP)
 
@@ -108,6 +108,10 @@ bench: install
 
 bench-cluster: install
 	$(PY) -m tests.bench.run_bench --deployments standalone,cluster
+
+# Where a publish's time goes, stage by stage, standalone and cluster (issue 15 item 1).
+bench-stages: install
+	$(PY) -m tests.bench.run_stage_breakdown
 
 bench-auth: install
 	$(PY) -m tests.bench.run_bench --deployments standalone,standalone-auth,standalone-auth-tls

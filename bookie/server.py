@@ -11,6 +11,7 @@ import asyncio
 import contextlib
 import functools
 import logging
+import time
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
 from typing import Any, NoReturn
@@ -25,6 +26,7 @@ from bookie.status_map import ERROR_REASON_KEY, add_status_for, status_for
 from bookie.storage import Bookie
 from bookie.storage.config import DEFAULT_MAX_ENTRY_SIZE_BYTES
 from strata.grpc_decoding import MalformedRequestInterceptor
+from strata.metrics import STAGE_BOOKIE_REPLY
 from strata.storage.v1 import bookie_pb2, bookie_pb2_grpc
 
 _log = logging.getLogger(__name__)
@@ -103,6 +105,7 @@ class AddEntriesStream:
         self.stopped = False
         self._pending = 0
         self._ready: list[bookie_pb2.AddResult] = []
+        self._ready_since = 0.0  # when the first result of the next response became ready
         self._changed = asyncio.Event()
         self._room = asyncio.Event()
         self._room.set()
@@ -118,6 +121,7 @@ class AddEntriesStream:
             while True:
                 if self._ready:
                     batch, self._ready = self._ready, []
+                    STAGE_BOOKIE_REPLY.observe(time.monotonic() - self._ready_since)
                     yield bookie_pb2.AddEntriesResponse(results=batch)
                     continue
                 if self.stopped and self._reading:
@@ -203,6 +207,8 @@ class AddEntriesStream:
             elif error is not None:
                 _log.error("unexpected error completing an add", exc_info=error)
                 status, message = bookie_pb2.ADD_STATUS_ERROR, "internal error in the bookie"
+        if not self._ready:
+            self._ready_since = time.monotonic()
         self._ready.append(
             bookie_pb2.AddResult(
                 request_id=request_id,
@@ -217,6 +223,8 @@ class AddEntriesStream:
     def _answer(
         self, add: bookie_pb2.AddEntry, status: bookie_pb2.AddStatus.ValueType, message: str
     ) -> None:
+        if not self._ready:
+            self._ready_since = time.monotonic()
         self._ready.append(
             bookie_pb2.AddResult(
                 request_id=add.request_id,

@@ -62,6 +62,72 @@ LATENCY_BUCKETS_SECONDS = (
     10.0,
 )
 
+# The write path's stages (issue 15): finer, from 50 µs to 2.5 s, so that quantiles read from
+# the buckets resolve the sub-millisecond stages (journal write, fdatasync, hand-offs).
+STAGE_BUCKETS_SECONDS = (
+    0.00005,
+    0.0001,
+    0.0002,
+    0.0003,
+    0.0005,
+    0.00075,
+    0.001,
+    0.0015,
+    0.002,
+    0.003,
+    0.004,
+    0.005,
+    0.0075,
+    0.01,
+    0.015,
+    0.02,
+    0.03,
+    0.05,
+    0.075,
+    0.1,
+    0.25,
+    0.5,
+    1.0,
+    2.5,
+)
+
+# One entry's way from a producer's request to its receipt, stage by stage (ARCHITECTURE.md,
+# "Performance"): observed per entry or per journal batch, never per message. The stages:
+#   broker_publish      broker: ProduceRequest read → receipt ready (the whole broker side)
+#   ledger_quorum       ledger client: add started → confirmed by its ack quorum
+#   bookie_round_trip   ledger client: one bookie's add sent → its result read
+#   bookie_add          bookie: add admitted → durable and indexed
+#   journal_wait        bookie: the oldest record of a batch queued → the batch's write starts
+#   journal_write       bookie: writev of one group commit
+#   journal_sync        bookie: a written batch → durable (fdatasync slot wait + fdatasync)
+#   bookie_reply        bookie: first add of a response durable → the response handed to gRPC
+# ``strata perf stages`` prints their quantiles from the metrics endpoints.
+WRITE_STAGE_SECONDS = Histogram(
+    "strata_write_stage_seconds",
+    "time one entry (or one journal batch) spends in a stage of the write path",
+    ["stage"],
+    buckets=STAGE_BUCKETS_SECONDS,
+    registry=None,
+)
+STAGES = (
+    "broker_publish",
+    "ledger_quorum",
+    "bookie_round_trip",
+    "bookie_add",
+    "journal_wait",
+    "journal_write",
+    "journal_sync",
+    "bookie_reply",
+)
+STAGE_BROKER_PUBLISH = WRITE_STAGE_SECONDS.labels(stage="broker_publish")
+STAGE_LEDGER_QUORUM = WRITE_STAGE_SECONDS.labels(stage="ledger_quorum")
+STAGE_BOOKIE_ROUND_TRIP = WRITE_STAGE_SECONDS.labels(stage="bookie_round_trip")
+STAGE_BOOKIE_ADD = WRITE_STAGE_SECONDS.labels(stage="bookie_add")
+STAGE_JOURNAL_WAIT = WRITE_STAGE_SECONDS.labels(stage="journal_wait")
+STAGE_JOURNAL_WRITE = WRITE_STAGE_SECONDS.labels(stage="journal_write")
+STAGE_JOURNAL_SYNC = WRITE_STAGE_SECONDS.labels(stage="journal_sync")
+STAGE_BOOKIE_REPLY = WRITE_STAGE_SECONDS.labels(stage="bookie_reply")
+
 EVENT_LOOP_LAG_SECONDS = Histogram(
     "strata_event_loop_lag_seconds",
     "how late the event loop ran a timer (sleep overshoot of the lag monitor)",
@@ -102,6 +168,7 @@ def process_registry(collectors: Iterable[Collector]) -> CollectorRegistry:
         PLATFORM_COLLECTOR,
         GC_COLLECTOR,
         EVENT_LOOP_LAG_SECONDS,
+        WRITE_STAGE_SECONDS,
         METADATA_STORE_OP_LATENCY_SECONDS,
         METADATA_STORE_SESSION_EXPIRATIONS,
         *collectors,

@@ -62,6 +62,7 @@ from strata.client import (
     Timeout,
 )
 from strata.options import add_option, client_tls
+from strata.stage_report import add_stages_parser
 from strata.tokens_cli import client_authentication
 
 TIMESTAMP_BYTES = 8
@@ -628,3 +629,5 @@ def add_perf_parsers(
         environ=environ,
     )
     consume.set_defaults(handler=_run, perf_main=_perf_consume)
+
+    add_stages_parser(kinds)

@@ -66,6 +66,7 @@ from bookie.metrics import (
     STORAGE_WRITE_LATENCY_SECONDS,
 )
 from strata.logging_setup import log_fields
+from strata.metrics import STAGE_BOOKIE_ROUND_TRIP, STAGE_LEDGER_QUORUM
 
 if TYPE_CHECKING:
     from bookie.ledger.manager import LedgerManager
@@ -267,6 +268,7 @@ class LedgerHandle:
 
     async def _send(self, op: _PendingAdd, slot: int, generation: int, address: str) -> None:
         outcome: Exception | None = None
+        sent = time.monotonic()
         try:
             client = self._manager.resolve(address)
             await client.add_entry(
@@ -283,6 +285,7 @@ class LedgerHandle:
             if op.sends.get(slot) is asyncio.current_task():
                 del op.sends[slot]
         if outcome is None:
+            STAGE_BOOKIE_ROUND_TRIP.observe(time.monotonic() - sent)
             self._on_ack(op, slot, generation)
         elif isinstance(outcome, LedgerFencedError):
             self._fail(
@@ -324,6 +327,7 @@ class LedgerHandle:
             self.last_add_confirmed = op.entry_id
             self.length_bytes += len(op.payload)
             STORAGE_WRITE_LATENCY_SECONDS.observe(now - op.started)
+            STAGE_LEDGER_QUORUM.observe(now - op.started)
             completed += 1
             if not op.future.done():
                 op.future.set_result(op.entry_id)

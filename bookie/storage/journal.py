@@ -63,6 +63,7 @@ from bookie.storage.record import (
 )
 from bookie.storage.segment_writer import Chunk, SegmentWriter
 from bookie.storage.sync_slots import MAX_SYNCS_IN_FLIGHT, SyncSlots, fail_records
+from strata.metrics import STAGE_JOURNAL_WAIT, STAGE_JOURNAL_WRITE
 
 _log = logging.getLogger(__name__)
 
@@ -84,6 +85,7 @@ class PendingRecord:
         "queued_at",
         "record_type",
         "segment_id",
+        "written_at",
     )
 
     def __init__(
@@ -110,6 +112,7 @@ class PendingRecord:
         # A compaction copy of an existing record (not a client add).
         self.is_copy = is_copy
         self.queued_at = time.monotonic()  # for strata_bookie_add_entry_latency_seconds
+        self.written_at = 0.0  # set on a batch's last record once written (journal_sync stage)
 
 
 class Journal:
@@ -360,6 +363,9 @@ class Journal:
             self._records, self._chunks, self._buffered_bytes = [], [], 0
             _wake_all(self._space_waiters)
             self._writing = True
+            started = time.monotonic()
+            if records:
+                STAGE_JOURNAL_WAIT.observe(started - records[0].queued_at)
             try:
                 await self._loop.run_in_executor(self._executor, self._segments.write_batch, chunks)
             except OSError as exc:
@@ -367,6 +373,10 @@ class Journal:
                 return
             finally:
                 self._writing = False
+            written = time.monotonic()
+            STAGE_JOURNAL_WRITE.observe(written - started)
+            if records:
+                records[-1].written_at = written
             if self._failure is not None:  # an fdatasync failed meanwhile
                 fail_records(records, self._failure)
                 return

@@ -26,6 +26,7 @@ import asyncio
 import functools
 import logging
 import os
+import time
 from collections import deque
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -35,6 +36,7 @@ from bookie.errors import BookieError
 from bookie.metrics import timed_sync
 from bookie.storage.record import SEGMENT_HEADER_SIZE
 from bookie.storage.segment_writer import SegmentWriter
+from strata.metrics import STAGE_JOURNAL_SYNC
 
 if TYPE_CHECKING:
     from bookie.storage.journal import PendingRecord
@@ -148,6 +150,8 @@ class SyncSlots:
             records = self.unsynced.popleft()
             self.unsynced_records -= len(records)
             last = records[-1]
+            if last.written_at:
+                STAGE_JOURNAL_SYNC.observe(time.monotonic() - last.written_at)
             self.durable_segment_id = last.segment_id
             self.durable_offset = last.offset + last.length
             try:

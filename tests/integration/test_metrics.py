@@ -18,6 +18,7 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 import strata
+from strata import stage_report
 from strata.v1 import admin_pb2, admin_pb2_grpc
 from tests.cluster import Cluster
 from tests.harness import Standalone
@@ -255,6 +256,10 @@ async def test_without_topic_level_metrics_a_namespace_sums_its_topics(tmp_path:
         server.stop()
 
 
+def summarize_url(url: str) -> list[stage_report.StageQuantiles]:
+    return stage_report.summarize(url, stage_report.scrape(url))
+
+
 async def test_cluster_bookies_and_broker_serve_their_families(tmp_path: Path) -> None:
     with Cluster(
         tmp_path / "cluster",
@@ -283,7 +288,20 @@ async def test_cluster_bookies_and_broker_serve_their_families(tmp_path: Path) -
         assert broker.value("strata_subscription_back_log", **sub) == stats.msg_backlog >= 4
         assert broker.value("strata_storage_write_latency_seconds_count") >= stats.entries_count
         assert broker.value("strata_ml_adds_total") >= stats.entries_count >= 4
+        # The write path stage by stage (issue 15): the broker side in the broker, the
+        # storage side in each bookie, as `strata perf stages` reads them.
+        broker_url = f"http://127.0.0.1:{cluster.brokers[0].metrics_port()}/metrics"
+        broker_stages = {row.stage: row.count for row in summarize_url(broker_url)}
+        for stage in ("broker_publish", "ledger_quorum", "bookie_round_trip"):
+            assert broker_stages[stage] >= stats.entries_count, (stage, broker_stages)
+        assert broker_stages["bookie_round_trip"] >= 2 * stats.entries_count  # Qw = 2
         for bookie in cluster.bookies:
+            bookie_url = f"http://127.0.0.1:{bookie.metrics_port()}/metrics"
+            bookie_stages = {row.stage: row.count for row in summarize_url(bookie_url)}
+            for stage in ("bookie_add", "journal_wait", "journal_write", "journal_sync"):
+                assert bookie_stages[stage] >= 1, (stage, bookie_stages)
+            assert bookie_stages["bookie_add"] >= stats.entries_count
+            assert bookie_stages["bookie_reply"] >= 1
             scrape = Scrape(bookie.metrics_port())
             scrape.require(BOOKIE_SAMPLES)
             scrape.require(AUTORECOVERY_SAMPLES)
