@@ -630,4 +630,4 @@ def add_perf_parsers(
     )
     consume.set_defaults(handler=_run, perf_main=_perf_consume)
 
-    add_stages_parser(kinds)
+    add_stages_parser(kinds, environ)

@@ -1,11 +1,12 @@
 """``strata perf stages``: the write path's latency, stage by stage, from the metrics endpoints.
 
 Every role observes ``strata_write_stage_seconds{stage}`` (``strata.metrics``: broker, ledger
-client, bookie, journal) and ``strata_event_loop_lag_seconds``. This command scrapes the given
-``/metrics`` URLs twice, ``--seconds`` apart (while a load runs, e.g. ``strata perf produce
---rate 5000``), and prints, per stage and per endpoint, the count and the p50/p99/p99.9 of
-what was observed in between: quantiles read from the histogram buckets (linear within a
-bucket, as Prometheus' ``histogram_quantile``), so exact to a bucket's width.
+client, bookie, journal) and ``strata_event_loop_lag_seconds``. This command scrapes the
+``/metrics`` URLs given in ``--metrics-urls`` twice, ``--seconds`` apart (while a load runs,
+e.g. ``strata perf produce --rate 5000``), and prints, per stage and per endpoint, the count
+and the p50/p99/p99.9 of what was observed in between: quantiles read from the histogram
+buckets (linear within a bucket, as Prometheus' ``histogram_quantile``), so exact to a
+bucket's width.
 
 The last line on stdout is one JSON object: {"stages": [{"endpoint", "stage", "count",
 "p50_ms", "p99_ms", "p999_ms"}...]}.
@@ -23,6 +24,8 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 from prometheus_client.parser import text_string_to_metric_families
+
+from strata.options import add_option
 
 STAGE_FAMILY = "strata_write_stage_seconds"
 LAG_FAMILY = "strata_event_loop_lag_seconds"
@@ -136,7 +139,8 @@ def run_stages(args: argparse.Namespace) -> int:
         print(f"error: --seconds must be in (0, {MAX_SECONDS:g}]", file=sys.stderr)
         return 2
     try:
-        rows = stage_report(args.metrics_url, args.seconds)
+        urls = [url for url in args.metrics_urls.split(",") if url]
+        rows = stage_report(urls, args.seconds)
     except OSError as exc:
         print(f"error: scraping the metrics endpoints failed: {exc}", file=sys.stderr)
         return 1
@@ -145,21 +149,30 @@ def run_stages(args: argparse.Namespace) -> int:
     return 0
 
 
-def add_stages_parser(kinds: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+def add_stages_parser(
+    kinds: argparse._SubParsersAction[argparse.ArgumentParser],
+    environ: Mapping[str, str] | None,
+) -> None:
     stages = kinds.add_parser(
         "stages",
         help="the write path's latency per stage, from the metrics endpoints",
         description=__doc__,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    stages.add_argument(
-        "--metrics-url",
-        action="append",
+    add_option(
+        stages,
+        "--metrics-urls",
         required=True,
-        help="a role's metrics URL, e.g. http://127.0.0.1:8080/metrics (repeat for each "
-        "broker and bookie)",
+        help="comma-separated metrics URLs of the brokers and bookies, e.g. "
+        "http://127.0.0.1:8080/metrics,http://127.0.0.1:8000/metrics",
+        environ=environ,
     )
-    stages.add_argument(
-        "--seconds", type=float, default=10.0, help="how long to observe (default 10)"
+    add_option(
+        stages,
+        "--seconds",
+        type=float,
+        default=10.0,
+        help="how long to observe",
+        environ=environ,
     )
     stages.set_defaults(handler=run_stages)
