@@ -24,6 +24,7 @@ from broker.service import BrokerService
 from strata.auth.server import check_auth_keys, server_interceptors
 from strata.config_binding import ConfigBinding
 from strata.metadata import open_metadata_store
+from strata.metrics import freeze_startup_heap
 from strata.process import ShutdownDeadline, run_server
 from tiered import create_offloader
 
@@ -89,6 +90,7 @@ async def run_standalone(config: BrokerConfig, stop: asyncio.Event) -> None:
         )
         resources.push_async_callback(metrics.close)
         metrics_port = metrics.port
+        freeze_startup_heap()  # issue 15: later collections skip what start-up made
         # Tests and scripts read this line to learn the ports picked for port 0.
         print(
             f"strata standalone ready port={port} metrics_port={metrics_port} data_dir={data_dir}",

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import logging
 import threading
 import time
@@ -128,6 +129,39 @@ STAGE_JOURNAL_WRITE = WRITE_STAGE_SECONDS.labels(stage="journal_write")
 STAGE_JOURNAL_SYNC = WRITE_STAGE_SECONDS.labels(stage="journal_sync")
 STAGE_BOOKIE_REPLY = WRITE_STAGE_SECONDS.labels(stage="bookie_reply")
 
+# Garbage-collection pauses (issue 15 item 3): every collection, timed by ``gc.callbacks``.
+GC_PAUSE_SECONDS = Histogram(
+    "strata_gc_pause_seconds",
+    "one garbage collection of the process (the event loop stands still meanwhile)",
+    ["generation"],
+    buckets=STAGE_BUCKETS_SECONDS,
+    registry=None,
+)
+_GC_PAUSES = tuple(GC_PAUSE_SECONDS.labels(generation=str(g)) for g in range(3))
+_gc_started = [0.0]
+
+
+def _time_gc(phase: str, info: dict[str, int]) -> None:
+    if phase == "start":
+        _gc_started[0] = time.perf_counter()
+    elif _gc_started[0]:
+        _GC_PAUSES[min(info.get("generation", 2), 2)].observe(time.perf_counter() - _gc_started[0])
+        _gc_started[0] = 0.0
+
+
+def time_gc_pauses() -> None:
+    """Observe every collection into ``strata_gc_pause_seconds`` (once per process)."""
+    if _time_gc not in gc.callbacks:
+        gc.callbacks.append(_time_gc)
+
+
+def freeze_startup_heap() -> None:
+    """``gc.freeze()``: what start-up allocated (modules, descriptors, configuration) moves
+    to the permanent generation, so later full collections no longer walk it."""
+    gc.collect()
+    gc.freeze()
+
+
 EVENT_LOOP_LAG_SECONDS = Histogram(
     "strata_event_loop_lag_seconds",
     "how late the event loop ran a timer (sleep overshoot of the lag monitor)",
@@ -169,6 +203,7 @@ def process_registry(collectors: Iterable[Collector]) -> CollectorRegistry:
         GC_COLLECTOR,
         EVENT_LOOP_LAG_SECONDS,
         WRITE_STAGE_SECONDS,
+        GC_PAUSE_SECONDS,
         METADATA_STORE_OP_LATENCY_SECONDS,
         METADATA_STORE_SESSION_EXPIRATIONS,
         *collectors,
@@ -258,6 +293,7 @@ class RoleMetrics:
         self._endpoint = start_metrics_endpoint(self._host, self._requested_port, self.registry)
         if self._endpoint is not None:
             self._lag.start()
+            time_gc_pauses()
         return self
 
     async def close(self) -> None:

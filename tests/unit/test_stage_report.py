@@ -3,9 +3,11 @@ two scrapes, and quantiles as Prometheus' ``histogram_quantile`` reads them."""
 
 from __future__ import annotations
 
+import gc
 import math
 
 from strata import stage_report
+from strata.metrics import GC_PAUSE_SECONDS, time_gc_pauses
 
 EXPOSITION = """\
 # HELP strata_write_stage_seconds time one entry spends in a stage of the write path
@@ -56,3 +58,19 @@ def test_quantiles_interpolate_within_a_bucket() -> None:
     # Ranks in +Inf report the highest finite bound; no observations: NaN.
     assert stage_report.quantile([(0.001, 1.0), (math.inf, 2.0)], 0.99) == 0.001
     assert math.isnan(stage_report.quantile([(0.001, 0.0), (math.inf, 0.0)], 0.5))
+
+
+def test_gc_pauses_are_observed_per_generation() -> None:
+    def sample(suffix: str, generation: int) -> float:
+        for metric in GC_PAUSE_SECONDS.collect():
+            for found in metric.samples:
+                if found.name.endswith(suffix) and found.labels == {"generation": str(generation)}:
+                    return float(found.value)
+        return 0.0
+
+    time_gc_pauses()
+    time_gc_pauses()  # idempotent: one callback
+    count, total = sample("_count", 2), sample("_sum", 2)
+    gc.collect()
+    assert sample("_count", 2) == count + 1
+    assert sample("_sum", 2) > total
