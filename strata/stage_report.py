@@ -1,12 +1,12 @@
 """``strata perf stages``: the write path's latency, stage by stage, from the metrics endpoints.
 
 Every role observes ``strata_write_stage_seconds{stage}`` (``strata.metrics``: broker, ledger
-client, bookie, journal) and ``strata_event_loop_lag_seconds``. This command scrapes the
-``/metrics`` URLs given in ``--metrics-urls`` twice, ``--seconds`` apart (while a load runs,
-e.g. ``strata perf produce --rate 5000``), and prints, per stage and per endpoint, the count
-and the p50/p99/p99.9 of what was observed in between: quantiles read from the histogram
-buckets (linear within a bucket, as Prometheus' ``histogram_quantile``), so exact to a
-bucket's width.
+client, bookie, journal), ``strata_event_loop_lag_seconds`` and ``strata_gc_pause_seconds``
+(as ``gc_pause_gen0..2``). This command scrapes the ``/metrics`` URLs given in
+``--metrics-urls`` twice, ``--seconds`` apart (while a load runs, e.g. ``strata perf produce
+--rate 5000``), and prints, per stage and per endpoint, the count and the p50/p99/p99.9 of
+what was observed in between: quantiles read from the histogram buckets (linear within a
+bucket, as Prometheus' ``histogram_quantile``), so exact to a bucket's width.
 
 The last line on stdout is one JSON object: {"stages": [{"endpoint", "stage", "count",
 "p50_ms", "p99_ms", "p999_ms"}...]}.
@@ -30,6 +30,7 @@ from strata.options import add_option
 STAGE_FAMILY = "strata_write_stage_seconds"
 LAG_FAMILY = "strata_event_loop_lag_seconds"
 LAG_STAGE = "event_loop_lag"
+GC_FAMILY = "strata_gc_pause_seconds"
 SCRAPE_TIMEOUT_S = 10.0
 MAX_SECONDS = 3600.0
 QUANTILES = (0.5, 0.99, 0.999)
@@ -52,12 +53,15 @@ def parse_buckets(text: str) -> Buckets:
     """The stage histograms (and the loop lag) of one scrape, as cumulative buckets."""
     found: Buckets = {}
     for family in text_string_to_metric_families(text):
-        if family.name not in (STAGE_FAMILY, LAG_FAMILY):
+        if family.name not in (STAGE_FAMILY, LAG_FAMILY, GC_FAMILY):
             continue
         for sample in family.samples:
             if not sample.name.endswith("_bucket"):
                 continue
-            stage = sample.labels.get("stage", LAG_STAGE)
+            if family.name == GC_FAMILY:
+                stage = f"gc_pause_gen{sample.labels['generation']}"
+            else:
+                stage = sample.labels.get("stage", LAG_STAGE)
             bound = float(sample.labels["le"])
             found.setdefault(stage, []).append((bound, float(sample.value)))
     for buckets in found.values():
