@@ -249,8 +249,11 @@ def main() -> int:
                 "publish_p50_ms": statistics.median(r["produce"]["p50_ms"] for r in runs),
                 "publish_p99_ms": statistics.median(r["produce"]["p99_ms"] for r in runs),
                 "publish_p999_ms": statistics.median(r["produce"]["p999_ms"] for r in runs),
+                "publish_max_ms": statistics.median(r["produce"]["max_ms"] for r in runs),
                 "e2e_p50_ms": statistics.median(r["consume"]["p50_ms"] for r in runs),
                 "e2e_p99_ms": statistics.median(r["consume"]["p99_ms"] for r in runs),
+                "e2e_p999_ms": statistics.median(r["consume"]["p999_ms"] for r in runs),
+                "e2e_max_ms": statistics.median(r["consume"]["max_ms"] for r in runs),
             }
             if rate:
                 for key in ("publish_delay_p99_ms", "from_schedule_p99_ms"):
