@@ -83,10 +83,6 @@ class AddStream:
             if not waiter.done():
                 waiter.set_result(None)
 
-    @property
-    def pending_count(self) -> int:
-        return len(self._pending)
-
     def forget(self, request_id: int) -> None:
         """Stop waiting for one add (it timed out); a late result is ignored."""
         self._pending.pop(request_id, None)
@@ -269,72 +265,6 @@ class GrpcBookieClient:
         error = error_for_add_status(result.status, result.message)
         if error is not None:
             raise error
-
-    def try_submit_add(
-        self,
-        ledger_id: int,
-        entry_id: int,
-        last_add_confirmed: int,
-        payload: bytes,
-        master_key: bytes,
-        *,
-        recovery_add: bool = False,
-    ) -> asyncio.Future[None] | None:
-        """The add queued on the open stream at once, without a task or a timer: the future
-        completes once the bookie has the entry durably, or fails with the BookieError it
-        answered. None when ``add_entry`` must do it (no stream yet, a dead or full stream,
-        a closed client, arguments it refuses precisely). The caller bounds the wait
-        (``LedgerHandle``'s timeout monitor) and cancels the future to give up; the stream
-        then forgets the request."""
-        stream = self._stream
-        if (
-            self._closed
-            or stream is None
-            or stream.dead
-            or stream.pending_count >= self._max_pending_adds
-            or ledger_id < 0
-            or entry_id < 0
-            or last_add_confirmed < -1
-            or len(payload) > self._max_entry_size_bytes
-        ):
-            return None
-        request_id = self._next_request_id
-        self._next_request_id += 1
-        answer = stream.submit(
-            bookie_pb2.AddEntry(
-                request_id=request_id,
-                ledger_id=ledger_id,
-                entry_id=entry_id,
-                last_add_confirmed=last_add_confirmed,
-                payload=payload,
-                master_key=master_key,
-                recovery_add=recovery_add,
-            )
-        )
-        done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-
-        def settle(answer: asyncio.Future[bookie_pb2.AddResult]) -> None:
-            if done.done():
-                return  # given up by the caller
-            if answer.cancelled():
-                done.cancel()
-                return
-            failure = answer.exception()
-            if failure is None:
-                result = answer.result()
-                failure = error_for_add_status(result.status, result.message)
-            if failure is None:
-                done.set_result(None)
-            else:
-                done.set_exception(failure)
-
-        def forget(done: asyncio.Future[None]) -> None:
-            if done.cancelled():
-                stream.forget(request_id)
-
-        answer.add_done_callback(settle)
-        done.add_done_callback(forget)
-        return done
 
     async def _unary(self, method: Any, request: Any, timeout_s: float) -> Any:
         self._check_open()

@@ -6,10 +6,8 @@ serialization, no copies, the same errors as the gRPC client.
 
 from __future__ import annotations
 
-import asyncio
-
 from bookie.api import LedgerEntry, LedgerState
-from bookie.errors import BookieError, BookieUnavailableError
+from bookie.errors import BookieUnavailableError
 from bookie.storage import Bookie
 
 
@@ -47,34 +45,6 @@ class LocalBookieClient:
         await self._open_bookie().add_entry(
             ledger_id, entry_id, last_add_confirmed, payload, master_key, recovery_add=recovery_add
         )
-
-    def try_submit_add(
-        self,
-        ledger_id: int,
-        entry_id: int,
-        last_add_confirmed: int,
-        payload: bytes,
-        master_key: bytes,
-        *,
-        recovery_add: bool = False,
-    ) -> asyncio.Future[None] | None:
-        """As ``GrpcBookieClient.try_submit_add``: the add admitted at once (a refusal is the
-        future's exception), or None while the journal's buffer is full."""
-        if self._closed or not self._bookie.has_add_capacity:
-            return None
-        try:
-            return self._bookie.submit_add(
-                ledger_id,
-                entry_id,
-                last_add_confirmed,
-                payload,
-                master_key,
-                recovery_add=recovery_add,
-            )
-        except BookieError as error:
-            refused: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-            refused.set_exception(error)
-            return refused
 
     async def read_entries(
         self, ledger_id: int, first_entry_id: int, last_entry_id: int, max_bytes: int = 0

@@ -37,8 +37,6 @@ without touching the metadata. Either way every task the handle started has ende
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import functools
 import logging
 import time
 from collections import deque
@@ -102,7 +100,7 @@ class _PendingAdd:
         self.slots = slots
         self.future = future
         self.acked_slots: set[int] = set()
-        self.sends: dict[int, asyncio.Future[None]] = {}
+        self.sends: dict[int, asyncio.Task[None]] = {}
         self.done = False
         self.started = time.monotonic()  # for strata_storage_write_latency_seconds
 
@@ -157,7 +155,7 @@ class LedgerHandle:
         self._closed = False
         # In-flight sends in the order they started, which is deadline order (one timeout):
         # task → (deadline, position, generation, bookie).
-        self._sends: dict[asyncio.Future[None], tuple[float, int, int, str]] = {}
+        self._sends: dict[asyncio.Task[None], tuple[float, int, int, str]] = {}
         self._timeout_s = self._config.add_entry_timeout_ms / 1000
         self._monitor: asyncio.Task[None] | None = None
         self._ensemble_change: asyncio.Task[None] | None = None
@@ -220,66 +218,21 @@ class LedgerHandle:
         return future
 
     def _start_send(self, op: _PendingAdd, slot: int) -> None:
-        """Send ``op`` to the bookie at ``slot``: queued on the client's open stream at once
-        when it can (no task, no timer: one hand-off less on the hot path, issue 15), else
-        by a task that awaits ``add_entry`` (opening the stream, waiting for room). Either
-        way the send is in ``_sends`` for the timeout monitor and in ``op.sends``."""
         previous = op.sends.pop(slot, None)
         if previous is not None:
             previous.cancel()
         loop = asyncio.get_running_loop()
         generation = self._generation[slot]
         address = self._ensemble[slot]
-        send: asyncio.Future[None] | None = None
-        with contextlib.suppress(Exception):  # resolve() failing: the task path reports it
-            submit = getattr(self._manager.resolve(address), "try_submit_add", None)
-            if submit is not None:
-                send = submit(
-                    self.ledger_id,
-                    op.entry_id,
-                    self.last_add_confirmed,
-                    op.payload,
-                    self._master_key,
-                    recovery_add=self._recovery,
-                )
-        if send is None:
-            send = loop.create_task(self._send(op, slot, generation, address))
-        else:
-            send.add_done_callback(
-                functools.partial(self._on_submitted, op, slot, generation, address, loop.time())
-            )
-        op.sends[slot] = send
-        self._sends[send] = (loop.time() + self._timeout_s, slot, generation, address)
-        send.add_done_callback(self._forget_send)
+        task = loop.create_task(self._send(op, slot, generation, address))
+        op.sends[slot] = task
+        self._sends[task] = (loop.time() + self._timeout_s, slot, generation, address)
+        task.add_done_callback(self._forget_send)
         if self._monitor is None:
             self._monitor = loop.create_task(self._monitor_timeouts())
 
-    def _forget_send(self, send: asyncio.Future[None]) -> None:
-        self._sends.pop(send, None)
-
-    def _on_submitted(
-        self,
-        op: _PendingAdd,
-        slot: int,
-        generation: int,
-        address: str,
-        sent: float,
-        send: asyncio.Future[None],
-    ) -> None:
-        """The outcome of a send queued by ``try_submit_add`` (as ``_send``'s tail)."""
-        if op.sends.get(slot) is send:
-            del op.sends[slot]
-        if send.cancelled():
-            return  # replaced by a resend, or timed out (the monitor reported it)
-        failure = send.exception()
-        outcome: Exception | None
-        if failure is None or isinstance(failure, Exception):
-            outcome = failure
-        else:  # a BaseException that is not an Exception: reported as a bookie failure
-            outcome = RuntimeError(f"the add ended with {failure!r}")
-        if outcome is None:
-            STAGE_BOOKIE_ROUND_TRIP.observe(asyncio.get_running_loop().time() - sent)
-        self._on_send_outcome(op, slot, generation, address, outcome)
+    def _forget_send(self, task: asyncio.Task[None]) -> None:
+        self._sends.pop(task, None)
 
     async def _monitor_timeouts(self) -> None:
         """Fail sends older than ``add_entry_timeout_ms`` (BookKeeper's add timeout monitor).
@@ -292,7 +245,7 @@ class LedgerHandle:
             while self._sends:  # ends when nothing is in flight; the next send restarts it
                 await asyncio.sleep(interval_s)
                 now = asyncio.get_running_loop().time()
-                expired: list[tuple[asyncio.Future[None], int, int, str]] = []
+                expired: list[tuple[asyncio.Task[None], int, int, str]] = []
                 for task, (deadline, slot, generation, address) in self._sends.items():
                     if deadline > now:
                         break
@@ -333,12 +286,6 @@ class LedgerHandle:
                 del op.sends[slot]
         if outcome is None:
             STAGE_BOOKIE_ROUND_TRIP.observe(time.monotonic() - sent)
-        self._on_send_outcome(op, slot, generation, address, outcome)
-
-    def _on_send_outcome(
-        self, op: _PendingAdd, slot: int, generation: int, address: str, outcome: Exception | None
-    ) -> None:
-        if outcome is None:
             self._on_ack(op, slot, generation)
         elif isinstance(outcome, LedgerFencedError):
             self._fail(
@@ -573,7 +520,7 @@ class LedgerHandle:
             self._ensemble_change.cancel()
 
     async def _stop_tasks(self) -> None:
-        tasks: list[asyncio.Future[None]] = list(self._sends)
+        tasks: list[asyncio.Task[None]] = list(self._sends)
         if self._monitor is not None:
             tasks.append(self._monitor)
         for task in tasks:

@@ -302,33 +302,6 @@ class FakeBookie:
         await self._intercept("add", ledger_id, entry_id, late_effect)
         self._apply_add(ledger_id, entry_id, last_add_confirmed, payload, master_key, recovery_add)
 
-    # The ledger client's direct path (``try_submit_add``, issue 15): off unless a test turns
-    # it on (``FakeBookie.submits_directly = True``); the faults apply the same either way.
-    submits_directly = False
-
-    def try_submit_add(
-        self,
-        ledger_id: int,
-        entry_id: int,
-        last_add_confirmed: int,
-        payload: bytes,
-        master_key: bytes,
-        *,
-        recovery_add: bool = False,
-    ) -> asyncio.Future[None] | None:
-        if not self.submits_directly:
-            return None
-        return asyncio.ensure_future(
-            self.add_entry(
-                ledger_id,
-                entry_id,
-                last_add_confirmed,
-                payload,
-                master_key,
-                recovery_add=recovery_add,
-            )
-        )
-
     async def read_entries(
         self, ledger_id: int, first_entry_id: int, last_entry_id: int, max_bytes: int = 0
     ) -> list[LedgerEntry]:

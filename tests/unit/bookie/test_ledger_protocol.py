@@ -26,7 +26,6 @@ from bookie.ledger import (
 from bookie.ledger.metadata import slot_stores_entry
 from tests.unit.bookie.fake_bookies import (
     FAST_CONFIG,
-    FakeBookie,
     LedgerEnv,
     copies_in_write_set,
     ledger_env,
@@ -34,14 +33,6 @@ from tests.unit.bookie.fake_bookies import (
     read_all,
     wait_until,
 )
-
-
-@pytest.fixture(autouse=True, params=["add_entry", "try_submit_add"])
-def send_path(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
-    """Every case twice: sends awaited by a task (``add_entry``) and queued directly on the
-    client (``try_submit_add``, the hot path of the gRPC and local clients)."""
-    monkeypatch.setattr(FakeBookie, "submits_directly", request.param == "try_submit_add")
-    return str(request.param)
 
 
 async def add_sequentially(handle: LedgerHandle, first: int, last: int) -> None:

@@ -20,7 +20,6 @@ from bookie.ledger import (
 )
 from tests.unit.bookie.fake_bookies import (
     FAST_CONFIG,
-    FakeBookie,
     ledger_env,
     payload,
     read_all,
@@ -29,14 +28,6 @@ from tests.unit.bookie.fake_bookies import (
 
 # The old writer of these tests is patient: its adds stay in flight while a recovery runs.
 PATIENT_WRITER = LedgerClientConfig(add_entry_timeout_ms=10_000, read_timeout_ms=10_000)
-
-
-@pytest.fixture(autouse=True, params=["add_entry", "try_submit_add"])
-def send_path(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
-    """Every case twice: sends awaited by a task (``add_entry``) and queued directly on the
-    client (``try_submit_add``, the hot path of the gRPC and local clients)."""
-    monkeypatch.setattr(FakeBookie, "submits_directly", request.param == "try_submit_add")
-    return str(request.param)
 
 
 async def add_sequentially(handle: LedgerHandle, first: int, last: int) -> None:
