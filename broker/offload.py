@@ -327,7 +327,13 @@ class ManagedLedgerOffloader:
             if manual is None and not automatic:
                 return
             self._manual, self._automatic = None, False
-            await self._pass(manual)
+            try:
+                await self._pass(manual)
+            except Exception:
+                # A bug, not an outage (those are handled in the pass): logged, and the next
+                # trigger runs a new pass rather than the task dying unseen.
+                log.exception("offload pass of %s failed", self._ledger.name)
+                return
 
     async def _pass(self, manual: int | None) -> None:
         try:

@@ -564,6 +564,7 @@ class Subscription:
         epoch = self._epoch
         key_shared = self.type == SUBSCRIPTION_KEY_SHARED
         entries = await self._read_replay()
+        read_view = False  # read from the compacted view this round
         # Key_Shared reads on past entries waiting for their key's consumer, once all of the
         # replay set is in hand (its hashes block the keys' later entries in this round).
         if (
@@ -594,6 +595,7 @@ class Subscription:
                         if mark_delete < self._ledger.first_position():
                             start = (-1, -1)  # the view may hold entries of trimmed ledgers
                     new = await view.read(start, DISPATCH_MAX_READ_ENTRIES)
+                    read_view = bool(new)
                     if new:
                         last = new[-1].position
                         self._view_next = (last[0], last[1] + 1)
@@ -622,14 +624,9 @@ class Subscription:
         leftover: list[Position] = []
         held = False
         blocked: set[int] = set()
-        first = self._ledger.first_position() if self.compacted is not None else None
         for entry in entries:
             position = entry.position
-            acked = self.cursor.is_acked(position)
-            if acked and first is not None and position < first:
-                # A compacted view entry of a trimmed ledger: the cursor's start (clamped to
-                # the log) says nothing of it; only an ack of it does.
-                acked = position in self.cursor.individually_acked
+            acked = self._settled(position)
             if acked or position in self._owner:
                 if acked:
                     self._view_outstanding.discard(position)
@@ -674,8 +671,9 @@ class Subscription:
             limiter.charge(self.messages_out - messages_before, self.bytes_out - bytes_before)
         if held:
             self._schedule_delayed()  # the new entries may fall due before the timer
-        # Entries held back count as progress: read on past them.
-        return bool(batches) or held
+        # Entries held back count as progress: read on past them; so does a view read whose
+        # entries were all settled or in flight (the view's own position moved on).
+        return bool(batches) or held or read_view
 
     def _settle_compacted_horizon(self) -> None:
         """After a compacted view was read: acknowledge up to its horizon (the entries it
@@ -686,6 +684,17 @@ class Subscription:
         self._compacted_horizon = None
         self.cursor.ack_cumulative(horizon)
 
+    def _settled(self, position: Position) -> bool:
+        """Acknowledged, as dispatch sees it. A compacted view entry of a trimmed ledger is
+        settled only by its own ack: the cursor's start, clamped to the log, says nothing of
+        it (the replay set must not drop such an entry either — found by the compaction soak,
+        where a consumer out of permits lost the view entries it was to get again)."""
+        if not self.cursor.is_acked(position):
+            return False
+        if self.compacted is not None and position < self._ledger.first_position():
+            return position in self.cursor.individually_acked
+        return True
+
     async def _read_replay(self) -> list[Entry]:
         entries: list[Entry] = []
         while self._replay and len(entries) < DISPATCH_MAX_READ_ENTRIES:
@@ -693,7 +702,7 @@ class Subscription:
             if position not in self._replay_set:
                 continue
             self._replay_set.discard(position)
-            if self.cursor.is_acked(position):
+            if self._settled(position):
                 continue
             entry = await self._replay_entry(position)
             if entry is not None:

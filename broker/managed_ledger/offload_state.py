@@ -79,7 +79,11 @@ class OffloadState:
         """Delete the bookie copy of a ledger recorded BOOKIE_DELETED (reads now go to the
         object store). A failure leaks bookie space; the offload sweep retries it."""
         info = self._list.info(ledger_id)
-        assert info is not None and info.offload is not None and info.offload.bookie_deleted
+        if info is None:
+            # Trimmed meanwhile (retention, compaction's settling): the trim deleted the
+            # ledger's bookie copy and objects itself.
+            return
+        assert info.offload is not None and info.offload.bookie_deleted
         await self._delete_ledger(ledger_id)
 
     async def delete_objects_quietly(self, info: LedgerInfo) -> None:
