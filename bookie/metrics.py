@@ -29,7 +29,7 @@ from prometheus_client import Counter, Histogram
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
-from strata.metrics import LATENCY_BUCKETS_SECONDS
+from strata.metrics import LATENCY_BUCKETS_SECONDS, STAGE_BUCKETS_SECONDS
 
 if TYPE_CHECKING:
     from bookie.autorecovery import Autorecovery
@@ -46,7 +46,7 @@ JOURNAL_SYNC_LATENCY_SECONDS = Histogram(
 ADD_ENTRY_LATENCY_SECONDS = Histogram(
     "strata_bookie_add_entry_latency_seconds",
     "add admitted by the bookie → durable in the journal and indexed",
-    buckets=LATENCY_BUCKETS_SECONDS,
+    buckets=STAGE_BUCKETS_SECONDS,
     registry=None,
 )
 READ_ENTRY_LATENCY_SECONDS = Histogram(
@@ -59,7 +59,7 @@ READ_ENTRY_LATENCY_SECONDS = Histogram(
 STORAGE_WRITE_LATENCY_SECONDS = Histogram(
     "strata_storage_write_latency_seconds",
     "ledger add → confirmed by its ack quorum of bookies (the broker's write to storage)",
-    buckets=LATENCY_BUCKETS_SECONDS,
+    buckets=STAGE_BUCKETS_SECONDS,
     registry=None,
 )
 ML_ADDS = Counter("strata_ml_adds", "ledger entries confirmed by their ack quorum", registry=None)

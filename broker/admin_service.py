@@ -326,11 +326,8 @@ class AdminServicer(admin_pb2_grpc.AdminServiceServicer):
             backlog_quota=admin_pb2.BacklogQuota(
                 limit_size=quota.limit_bytes, limit_time=quota.limit_time_s, policy=quota.policy
             ),
-            **{
-                kind: admin_pb2.RateLimit(msg_rate=rate.msg_rate, byte_rate=rate.byte_rate)
-                for kind in ("publish_rate", "dispatch_rate")
-                for rate in (namespaces.rate_of(policies, kind),)
-            },
+            publish_rate=_rate_message(namespaces.rate_of(policies, "publish_rate")),
+            dispatch_rate=_rate_message(namespaces.rate_of(policies, "dispatch_rate")),
         )
 
     async def _topic_policies(self, name: TopicName) -> admin_pb2.TopicPolicies:
@@ -786,3 +783,7 @@ def _compaction_status(name: TopicName, compaction: TopicCompaction) -> admin_pb
 def _position_text(position: tuple[int, int]) -> str:
     """A position as ``ledger:entry``, as Pulsar's stats print it."""
     return f"{position[0]}:{position[1]}"
+
+
+def _rate_message(rate: RateLimit) -> admin_pb2.RateLimit:
+    return admin_pb2.RateLimit(msg_rate=rate.msg_rate, byte_rate=rate.byte_rate)

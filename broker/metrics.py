@@ -37,7 +37,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 from prometheus_client.registry import Collector
 
 from broker.topic_stats import SubscriptionStats, TopicStats, topic_stats
-from strata.metrics import LATENCY_BUCKETS_SECONDS
+from strata.metrics import STAGE_BUCKETS_SECONDS
 
 if TYPE_CHECKING:
     from broker.ownership import BundleOwnership
@@ -48,7 +48,7 @@ log = logging.getLogger(__name__)
 PUBLISH_LATENCY_SECONDS = Histogram(
     "strata_publish_latency_seconds",
     "producer batch received by the broker → its send receipt (the entry is durable)",
-    buckets=LATENCY_BUCKETS_SECONDS,
+    buckets=STAGE_BUCKETS_SECONDS,
     registry=None,
 )
 ENTRY_SIZE_BYTES = Histogram(

@@ -17,7 +17,6 @@ from broker.limits import check_producer_room
 from broker.metrics import PUBLISH_LATENCY_SECONDS
 from broker.stream_driver import run_stream
 from broker.stream_requests import check_open_request, check_publish_batch, check_publish_request
-from strata.metrics import STAGE_BROKER_PUBLISH
 from strata.v1 import messaging_pb2
 
 if TYPE_CHECKING:
@@ -205,7 +204,6 @@ class ProducerStream:
                 sequence_id, count, future, received = pending.popleft()
                 ledger_id, entry_id = future.result()
                 PUBLISH_LATENCY_SECONDS.observe(now - received)
-                STAGE_BROKER_PUBLISH.observe(now - received)
                 receipts.append(
                     messaging_pb2.SendReceipt(
                         sequence_id=sequence_id,

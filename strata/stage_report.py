@@ -1,8 +1,8 @@
 """``strata perf stages``: the write path's latency, stage by stage, from the metrics endpoints.
 
-Every role observes ``strata_write_stage_seconds{stage}`` (``strata.metrics``: broker, ledger
-client, bookie, journal), ``strata_event_loop_lag_seconds`` and ``strata_gc_pause_seconds``
-(as ``gc_pause_gen0..2``). This command scrapes the ``/metrics`` URLs given in
+Every role observes ``strata_write_stage_seconds{stage}`` and the stages with histograms of
+their own (``strata.metrics``: broker, ledger client, bookie, journal), the event-loop lag and
+the GC pauses (as ``gc_pause_gen0..2``). This command scrapes the ``/metrics`` URLs given in
 ``--metrics-urls`` twice, ``--seconds`` apart (while a load runs, e.g. ``strata perf produce
 --rate 5000``), and prints, per stage and per endpoint, the count and the p50/p99/p99.9 of
 what was observed in between: quantiles read from the histogram buckets (linear within a
@@ -31,6 +31,12 @@ STAGE_FAMILY = "strata_write_stage_seconds"
 LAG_FAMILY = "strata_event_loop_lag_seconds"
 LAG_STAGE = "event_loop_lag"
 GC_FAMILY = "strata_gc_pause_seconds"
+# Stages measured by histograms of their own (``strata.metrics``, the stage list).
+STAGE_HISTOGRAMS = {
+    "strata_publish_latency_seconds": "broker_publish",
+    "strata_storage_write_latency_seconds": "ledger_quorum",
+    "strata_bookie_add_entry_latency_seconds": "bookie_add",
+}
 SCRAPE_TIMEOUT_S = 10.0
 MAX_SECONDS = 3600.0
 QUANTILES = (0.5, 0.99, 0.999)
@@ -53,13 +59,15 @@ def parse_buckets(text: str) -> Buckets:
     """The stage histograms (and the loop lag) of one scrape, as cumulative buckets."""
     found: Buckets = {}
     for family in text_string_to_metric_families(text):
-        if family.name not in (STAGE_FAMILY, LAG_FAMILY, GC_FAMILY):
+        if family.name not in (STAGE_FAMILY, LAG_FAMILY, GC_FAMILY, *STAGE_HISTOGRAMS):
             continue
         for sample in family.samples:
             if not sample.name.endswith("_bucket"):
                 continue
             if family.name == GC_FAMILY:
                 stage = f"gc_pause_gen{sample.labels['generation']}"
+            elif family.name in STAGE_HISTOGRAMS:
+                stage = STAGE_HISTOGRAMS[family.name]
             else:
                 stage = sample.labels.get("stage", LAG_STAGE)
             bound = float(sample.labels["le"])

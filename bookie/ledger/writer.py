@@ -66,7 +66,7 @@ from bookie.metrics import (
     STORAGE_WRITE_LATENCY_SECONDS,
 )
 from strata.logging_setup import log_fields
-from strata.metrics import STAGE_BOOKIE_ROUND_TRIP, STAGE_LEDGER_QUORUM
+from strata.metrics import STAGE_BOOKIE_ROUND_TRIP
 
 if TYPE_CHECKING:
     from bookie.ledger.manager import LedgerManager
@@ -327,7 +327,6 @@ class LedgerHandle:
             self.last_add_confirmed = op.entry_id
             self.length_bytes += len(op.payload)
             STORAGE_WRITE_LATENCY_SECONDS.observe(now - op.started)
-            STAGE_LEDGER_QUORUM.observe(now - op.started)
             completed += 1
             if not op.future.done():
                 op.future.set_result(op.entry_id)

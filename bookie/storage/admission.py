@@ -39,7 +39,6 @@ from bookie.storage.journal import Journal, PendingRecord
 from bookie.storage.maintenance import Checkpointer
 from bookie.storage.record import DELETE, ENTRY, FENCE, KEY
 from bookie.storage.tail_cache import TailCache
-from strata.metrics import STAGE_BOOKIE_ADD
 
 _log = logging.getLogger(__name__)
 
@@ -146,7 +145,6 @@ class Admission:
                         pending[entry_id] = count - 1
                     self._cache.put(ledger, entry_id, record.last_add_confirmed, record.payload)
                     ADD_ENTRY_LATENCY_SECONDS.observe(now - record.queued_at)
-                    STAGE_BOOKIE_ADD.observe(now - record.queued_at)
                 raised = index.apply_entry(
                     ledger,
                     entry_id,

@@ -136,17 +136,22 @@ def deployment(kind: str, tmp: Path) -> Iterator[str]:
     with Cluster(
         tmp / "cluster", bookies=3, brokers=1, bookie_args=["--autorecovery", "false"]
     ) as cluster:
-        with grpc.insecure_channel(cluster.broker_address()) as channel:
-            admin_pb2_grpc.AdminServiceStub(channel).SetPersistence(
-                admin_pb2.SetPersistenceRequest(
-                    name="tenants/public/namespaces/default",
-                    persistence=admin_pb2.PersistencePolicies(
-                        bookkeeper_ensemble=3, bookkeeper_write_quorum=3, bookkeeper_ack_quorum=2
-                    ),
-                ),
-                timeout=30,
-            )
+        write_to_three_bookies(cluster.broker_address())
         yield cluster.broker_address()
+
+
+def write_to_three_bookies(broker_address: str) -> None:
+    """public/default at E/Qw/Qa 3/3/2, the cluster benchmarks' persistence."""
+    with grpc.insecure_channel(broker_address) as channel:
+        admin_pb2_grpc.AdminServiceStub(channel).SetPersistence(
+            admin_pb2.SetPersistenceRequest(
+                name="tenants/public/namespaces/default",
+                persistence=admin_pb2.PersistencePolicies(
+                    bookkeeper_ensemble=3, bookkeeper_write_quorum=3, bookkeeper_ack_quorum=2
+                ),
+            ),
+            timeout=30,
+        )
 
 
 WARMUP_MESSAGES = 2_000

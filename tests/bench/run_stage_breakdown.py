@@ -22,11 +22,8 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import grpc
-
 from strata import stage_report
-from strata.v1 import admin_pb2, admin_pb2_grpc
-from tests.bench.run_bench import last_json, perf
+from tests.bench.run_bench import last_json, perf, write_to_three_bookies
 from tests.cluster import Cluster
 from tests.harness import ServerProcess, Standalone
 
@@ -58,16 +55,7 @@ def deployment(kind: str, tmp: Path) -> Iterator[tuple[str, dict[str, str]]]:
         bookie_args=["--autorecovery", "false", "--metrics-port", "0"],
         broker_args=["--metrics-port", "0"],
     ) as cluster:
-        with grpc.insecure_channel(cluster.broker_address()) as channel:
-            admin_pb2_grpc.AdminServiceStub(channel).SetPersistence(
-                admin_pb2.SetPersistenceRequest(
-                    name="tenants/public/namespaces/default",
-                    persistence=admin_pb2.PersistencePolicies(
-                        bookkeeper_ensemble=3, bookkeeper_write_quorum=3, bookkeeper_ack_quorum=2
-                    ),
-                ),
-                timeout=30,
-            )
+        write_to_three_bookies(cluster.broker_address())
         urls = {"broker": metrics_url(cluster.brokers[0])}
         for index, bookie in enumerate(cluster.bookies):
             urls[f"bookie-{index}"] = metrics_url(bookie)

@@ -41,6 +41,22 @@ std::string OwnerFrom(const StrataError& error) {
   return owner == error.metadata().end() ? "" : owner->second;
 }
 
+// Runs `open(address)` at the broker that serves `topic`; when it is refused with
+// TOPIC_NOT_OWNED, again at the owner the refusal names. `open` returns the refusal, or
+// nothing once the stream is open.
+template <typename Open>
+void OpenAtOwner(Client* client, const std::string& topic, const std::string& what, Open open) {
+  std::string address = client->Lookup(topic);
+  for (int hop = 0; hop <= client->options().max_redirects; ++hop) {
+    std::optional<StrataError> refused = open(address);
+    if (!refused) return;
+    std::string owner = OwnerFrom(*refused);
+    if (owner.empty()) throw *refused;
+    address = owner;
+  }
+  throw StrataError(grpc::StatusCode::UNAVAILABLE, what + ": too many redirects");
+}
+
 }  // namespace
 
 StrataError::StrataError(grpc::StatusCode code, const std::string& message, std::string reason,
@@ -146,8 +162,8 @@ Producer::~Producer() {
 }
 
 void Producer::Open() {
-  std::string address = client_->Lookup(options_.topic);
-  for (int hop = 0; hop <= client_->options().max_redirects; ++hop) {
+  const std::string what = "producer on " + options_.topic;
+  OpenAtOwner(client_, options_.topic, what, [&](const std::string& address) -> std::optional<StrataError> {
     stub_ = v1::MessagingService::NewStub(client_->ChannelTo(address));
     context_ = std::make_unique<grpc::ClientContext>();
     client_->Prepare(context_.get(), false);
@@ -156,26 +172,21 @@ void Producer::Open() {
     open.mutable_open()->set_topic(options_.topic);
     open.mutable_open()->set_producer_name(options_.producer_name);
     v1::ProduceResponse response;
-    if (stream_->Write(open) && stream_->Read(&response)) {
-      if (!response.has_opened()) {
-        context_->TryCancel();
-        stream_->Finish();
-        throw StrataError(grpc::StatusCode::INTERNAL, "the broker answered open without `opened`");
-      }
-      topic_ = response.opened().topic();
-      producer_name_ = response.opened().producer_name();
-      last_sequence_id_ = response.opened().last_sequence_id();
-      next_sequence_id_ = static_cast<uint64_t>(last_sequence_id_ + 1);
-      reader_ = std::thread([this] { ReadReceipts(); });
-      return;
+    if (!stream_->Write(open) || !stream_->Read(&response)) {
+      return StrataError::FromStatus(stream_->Finish(), what);
     }
-    StrataError error = StrataError::FromStatus(stream_->Finish(), "producer on " + options_.topic);
-    std::string owner = OwnerFrom(error);
-    if (owner.empty()) throw error;
-    address = owner;  // TOPIC_NOT_OWNED: open again at the owner it names
-  }
-  throw StrataError(grpc::StatusCode::UNAVAILABLE, "producer on " + options_.topic +
-                                                       ": too many redirects");
+    if (!response.has_opened()) {
+      context_->TryCancel();
+      stream_->Finish();
+      throw StrataError(grpc::StatusCode::INTERNAL, "the broker answered open without `opened`");
+    }
+    topic_ = response.opened().topic();
+    producer_name_ = response.opened().producer_name();
+    last_sequence_id_ = response.opened().last_sequence_id();
+    next_sequence_id_ = static_cast<uint64_t>(last_sequence_id_ + 1);
+    reader_ = std::thread([this] { ReadReceipts(); });
+    return std::nullopt;
+  });
 }
 
 uint64_t Producer::Send(OutgoingMessage message, ReceiptCallback on_receipt) {
@@ -294,8 +305,8 @@ Consumer::~Consumer() {
 }
 
 void Consumer::Open() {
-  std::string address = client_->Lookup(options_.topic);
-  for (int hop = 0; hop <= client_->options().max_redirects; ++hop) {
+  const std::string what = "subscription " + options_.subscription + " on " + options_.topic;
+  OpenAtOwner(client_, options_.topic, what, [&](const std::string& address) -> std::optional<StrataError> {
     stub_ = v1::MessagingService::NewStub(client_->ChannelTo(address));
     context_ = std::make_unique<grpc::ClientContext>();
     client_->Prepare(context_.get(), false);
@@ -308,28 +319,22 @@ void Consumer::Open() {
     subscribe->set_initial_position(options_.initial_position);
     subscribe->set_consumer_name(options_.consumer_name);
     v1::ConsumeResponse response;
-    if (stream_->Write(request) && stream_->Read(&response)) {
-      if (!response.has_subscribed()) {
-        context_->TryCancel();
-        stream_->Finish();
-        throw StrataError(grpc::StatusCode::INTERNAL,
-                          "the broker answered subscribe without `subscribed`");
-      }
-      consumer_name_ = response.subscribed().consumer_name();
-      reader_ = std::thread([this] { ReadResponses(); });
-      v1::ConsumeRequest flow;
-      flow.mutable_flow()->set_permits(options_.receiver_queue_size);
-      Write(flow);
-      return;
+    if (!stream_->Write(request) || !stream_->Read(&response)) {
+      return StrataError::FromStatus(stream_->Finish(), what);
     }
-    StrataError error = StrataError::FromStatus(
-        stream_->Finish(), "subscription " + options_.subscription + " on " + options_.topic);
-    std::string owner = OwnerFrom(error);
-    if (owner.empty()) throw error;
-    address = owner;
-  }
-  throw StrataError(grpc::StatusCode::UNAVAILABLE, "subscription on " + options_.topic +
-                                                       ": too many redirects");
+    if (!response.has_subscribed()) {
+      context_->TryCancel();
+      stream_->Finish();
+      throw StrataError(grpc::StatusCode::INTERNAL,
+                        "the broker answered subscribe without `subscribed`");
+    }
+    consumer_name_ = response.subscribed().consumer_name();
+    reader_ = std::thread([this] { ReadResponses(); });
+    v1::ConsumeRequest flow;
+    flow.mutable_flow()->set_permits(options_.receiver_queue_size);
+    Write(flow);
+    return std::nullopt;
+  });
 }
 
 void Consumer::ReadResponses() {
