@@ -27,6 +27,16 @@ class LedgerEntry:
 
 
 @dataclass(frozen=True, slots=True)
+class BookieInfo:
+    """A bookie's disk use (BookKeeper's ``GET_BOOKIE_INFO``), for the admin API."""
+
+    disk_used_bytes: int  # journal segments and index files
+    disk_free_bytes: int  # free bytes of the journal's file system
+    disk_total_bytes: int  # size of the journal's file system
+    ledgers_count: int
+
+
+@dataclass(frozen=True, slots=True)
 class LedgerState:
     """What one bookie knows of one ledger's tail."""
 
@@ -80,6 +90,10 @@ class BookieClient(Protocol):
 
     async def delete_ledger(self, ledger_id: int) -> None:
         """Delete the ledger; the space is freed later by garbage collection."""
+        ...
+
+    async def get_bookie_info(self) -> BookieInfo:
+        """The bookie's disk use now."""
         ...
 
     async def close(self) -> None:

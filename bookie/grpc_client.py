@@ -15,7 +15,7 @@ from typing import Any
 
 import grpc
 
-from bookie.api import LedgerEntry, LedgerState
+from bookie.api import BookieInfo, LedgerEntry, LedgerState
 from bookie.errors import BadRequestError, BookieError, BookieUnavailableError
 from bookie.status_map import ERROR_REASON_KEY, error_for_add_status, error_for_status
 from strata.auth.credentials import TokenSource, aio_interceptors
@@ -328,6 +328,17 @@ class GrpcBookieClient:
             self._stub.DeleteLedger,
             bookie_pb2.DeleteLedgerRequest(ledger_id=ledger_id),
             self._request_timeout_s,
+        )
+
+    async def get_bookie_info(self) -> BookieInfo:
+        response: bookie_pb2.GetBookieInfoResponse = await self._unary(
+            self._stub.GetBookieInfo, bookie_pb2.GetBookieInfoRequest(), self._request_timeout_s
+        )
+        return BookieInfo(
+            response.disk_used_bytes,
+            response.disk_free_bytes,
+            response.disk_total_bytes,
+            response.ledgers_count,
         )
 
     async def close(self) -> None:

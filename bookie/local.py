@@ -6,7 +6,9 @@ serialization, no copies, the same errors as the gRPC client.
 
 from __future__ import annotations
 
-from bookie.api import LedgerEntry, LedgerState
+import asyncio
+
+from bookie.api import BookieInfo, LedgerEntry, LedgerState
 from bookie.errors import BookieUnavailableError
 from bookie.storage import Bookie
 
@@ -65,6 +67,9 @@ class LocalBookieClient:
 
     async def delete_ledger(self, ledger_id: int) -> None:
         await self._open_bookie().delete_ledger(ledger_id)
+
+    async def get_bookie_info(self) -> BookieInfo:
+        return await asyncio.to_thread(self._open_bookie().info)
 
     async def close(self) -> None:
         self._closed = True

@@ -365,6 +365,20 @@ class BookieServicer(bookie_pb2_grpc.BookieServiceServicer):
             await _abort(context, error)
         return bookie_pb2.DeleteLedgerResponse()
 
+    async def GetBookieInfo(
+        self, request: bookie_pb2.GetBookieInfoRequest, context: _Context
+    ) -> bookie_pb2.GetBookieInfoResponse:
+        try:
+            info = await asyncio.to_thread(self._bookie.info)
+        except Exception as error:
+            await _abort(context, error)
+        return bookie_pb2.GetBookieInfoResponse(
+            disk_used_bytes=info.disk_used_bytes,
+            disk_free_bytes=info.disk_free_bytes,
+            disk_total_bytes=info.disk_total_bytes,
+            ledgers_count=info.ledgers_count,
+        )
+
 
 def server_options(max_entry_size_bytes: int) -> list[tuple[str, int]]:
     return [

@@ -6,8 +6,12 @@ metadata store) and builds the response; names and errors stay at the servicer's
 
 from __future__ import annotations
 
+import asyncio
 import json
+import logging
 
+from bookie.api import BookieInfo
+from bookie.errors import BookieError
 from bookie.registry import DecommissionRefusedError, decommission_bookie, describe_bookies
 from broker.errors import InvalidRequestError, NotFoundError, PreconditionError
 from broker.ownership import LEADER_KEY
@@ -15,19 +19,45 @@ from broker.service import BrokerService
 from strata.config_binding import config_to_dict
 from strata.v1 import admin_pb2
 
+log = logging.getLogger(__name__)
+
+
+# ListBookies asks every available bookie for its disk use at once, waiting this long: a bookie
+# that does not answer in time is listed with zeros (its availability is the registration's).
+BOOKIE_INFO_TIMEOUT_SECONDS = 1.0
+
+
+async def _disk_use(broker: BrokerService, bookie_id: str) -> BookieInfo | None:
+    try:
+        async with asyncio.timeout(BOOKIE_INFO_TIMEOUT_SECONDS):
+            return await broker.ledgers.resolve(bookie_id).get_bookie_info()
+    except (TimeoutError, BookieError) as exc:
+        log.info("bookie %s did not report its disk use: %s", bookie_id, exc)
+        return None
+
 
 async def list_bookies(broker: BrokerService) -> admin_pb2.ListBookiesResponse:
     cluster = await describe_bookies(broker.store)
-    return admin_pb2.ListBookiesResponse(
-        bookies=[
+    infos = await asyncio.gather(
+        *(_disk_use(broker, b.bookie_id) for b in cluster.bookies if b.available)
+    )
+    disk = dict(zip([b.bookie_id for b in cluster.bookies if b.available], infos, strict=True))
+    bookies = []
+    for b in cluster.bookies:
+        info = disk.get(b.bookie_id)
+        bookies.append(
             admin_pb2.Bookie(
                 id=b.bookie_id,
                 available=b.available,
                 instance_id=b.instance_id,
                 ledger_count=b.ledger_count,
+                disk_used_bytes=info.disk_used_bytes if info else 0,
+                disk_free_bytes=info.disk_free_bytes if info else 0,
+                disk_total_bytes=info.disk_total_bytes if info else 0,
             )
-            for b in cluster.bookies
-        ],
+        )
+    return admin_pb2.ListBookiesResponse(
+        bookies=bookies,
         under_replicated_ledger_count=cluster.under_replicated_ledger_count,
         auditor=cluster.auditor,
     )

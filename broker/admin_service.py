@@ -31,7 +31,8 @@ from broker.rate_limit import RateLimit
 from broker.service import BrokerService
 from broker.stream_requests import check_subscription_name
 from broker.topic import Topic
-from broker.topic_stats import topic_stats
+from broker.topic_internal_stats import topic_internal_stats
+from broker.topic_stats import TopicStats, topic_stats
 from strata.naming import NamespaceName, TopicName, check_name_part, parse_tenant, quoted
 from strata.v1 import admin_pb2, admin_pb2_grpc
 
@@ -413,6 +414,18 @@ class AdminServicer(admin_pb2_grpc.AdminServiceServicer):
         return await admin_cluster.list_brokers(self._broker)
 
     @edge
+    async def ListTopicSummaries(
+        self, request: Any, context: Any
+    ) -> admin_pb2.ListTopicSummariesResponse:
+        served = {str(name): topic for name, topic in self._broker.topics.items()}
+        page, token = _page(list(served), request.page_size, request.page_token)
+        return admin_pb2.ListTopicSummariesResponse(
+            broker=self._broker.advertised_address,
+            topics=[_summary(topic_stats(served[name])) for name in page],
+            next_page_token=token,
+        )
+
+    @edge
     async def GetRuntimeConfig(self, request: Any, context: Any) -> admin_pb2.RuntimeConfig:
         return admin_cluster.runtime_config(self._broker)
 
@@ -668,10 +681,34 @@ class AdminServicer(admin_pb2_grpc.AdminServiceServicer):
                     dispatch_throttled_times=sub.dispatch_throttled_times,
                     mark_delete_position=_position_text(sub.mark_delete_position),
                     read_position=_position_text(sub.read_position),
+                    msg_rate_out=sub.msg_rate_out,
+                    msg_throughput_out=sub.msg_throughput_out,
+                    consumers=[
+                        admin_pb2.ConsumerStats(
+                            consumer_name=c.name,
+                            available_permits=c.available_permits,
+                            unacked_messages=c.unacked_messages,
+                            msg_out_counter=c.msg_out_counter,
+                            bytes_out_counter=c.bytes_out_counter,
+                            priority_level=c.priority_level,
+                            blocked_on_unacked_messages=c.blocked_on_unacked_messages,
+                        )
+                        for c in sub.consumers
+                    ],
                 )
                 for sub in stats.subscriptions
             },
         )
+
+    @edge
+    async def GetTopicInternalStats(
+        self, request: Any, context: Any
+    ) -> admin_pb2.TopicInternalStats:
+        name = TopicName.parse(request.name)
+        if not await self._broker.topic_exists(name):
+            raise NotFoundError(f"topic {name} does not exist")
+        topic = await self._broker.get_topic(name)
+        return await topic_internal_stats(topic, self._broker.ledgers)
 
     # ---- authorization -----------------------------------------------------------------------
 
@@ -777,6 +814,21 @@ def _compaction_status(name: TopicName, compaction: TopicCompaction) -> admin_pb
         last_run_messages_read=compaction.last_run_messages_read,
         last_run_bytes_read=compaction.last_run_bytes_read,
         last_run_seconds=compaction.last_run_seconds,
+    )
+
+
+def _summary(stats: TopicStats) -> admin_pb2.TopicSummary:
+    return admin_pb2.TopicSummary(
+        name=str(stats.name),
+        msg_rate_in=stats.msg_rate_in,
+        msg_rate_out=stats.msg_rate_out,
+        msg_throughput_in=stats.msg_throughput_in,
+        msg_throughput_out=stats.msg_throughput_out,
+        msg_backlog=stats.msg_backlog,
+        storage_size=stats.storage_size,
+        producers_count=stats.producers_count,
+        consumers_count=stats.consumers_count,
+        subscriptions_count=len(stats.subscriptions),
     )
 
 

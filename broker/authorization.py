@@ -161,6 +161,7 @@ RULES: dict[str, Rule] = {
     "AdminService/ListBookies": Rule(Access.SUPERUSER, _cluster),
     "AdminService/DecommissionBookie": Rule(Access.SUPERUSER, _cluster),
     "AdminService/ListBrokers": Rule(Access.SUPERUSER, _cluster),
+    "AdminService/ListTopicSummaries": Rule(Access.SUPERUSER, _cluster),
     "AdminService/GetRuntimeConfig": Rule(Access.SUPERUSER, _cluster),
     "AdminService/SplitNamespaceBundle": Rule(Access.SUPERUSER, _cluster),
     # ---- tenant administration -------------------------------------------------------------
@@ -200,6 +201,7 @@ RULES: dict[str, Rule] = {
     "AdminService/RevokeSubscriptionPermission": Rule(Access.TENANT_ADMIN, _namespace_of_name),
     # ---- topics: grants --------------------------------------------------------------------
     "AdminService/GetTopicStats": Rule(Access.LOOKUP, _topic_of_name),
+    "AdminService/GetTopicInternalStats": Rule(Access.LOOKUP, _topic_of_name),
     "AdminService/ListSubscriptions": Rule(Access.CONSUME, _topic_of_topic),
     "AdminService/CreateSubscription": Rule(Access.CONSUME, _topic_of_topic),
     "AdminService/DeleteSubscription": Rule(Access.CONSUME, _topic_of_topic),

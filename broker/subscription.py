@@ -152,6 +152,9 @@ class Subscription:
         self._task: asyncio.Task[None] | None = None
         self.messages_out = 0
         self.bytes_out = 0
+        # Per-second rates of the two counts above, read by the topic's stats.
+        self.messages_out_rate = RateMeter(source=lambda: self.messages_out)
+        self.bytes_out_rate = RateMeter(source=lambda: self.bytes_out)
         self.messages_redelivered = RateMeter()
         # Acknowledged by the message TTL or expire-messages (Pulsar's msgRateExpired).
         self.messages_expired = RateMeter()

@@ -18,6 +18,17 @@ if TYPE_CHECKING:
 
 
 @dataclass(frozen=True, slots=True)
+class ConsumerStats:
+    name: str
+    available_permits: int
+    unacked_messages: int
+    msg_out_counter: int
+    bytes_out_counter: int
+    priority_level: int
+    blocked_on_unacked_messages: bool
+
+
+@dataclass(frozen=True, slots=True)
 class SubscriptionStats:
     name: str
     type_name: str
@@ -31,6 +42,9 @@ class SubscriptionStats:
     msg_rate_expired: float = 0.0  # messages expired per second (TTL, expire-messages)
     total_msg_expired: int = 0
     dispatch_throttled_times: int = 0  # dispatch rounds that waited for the dispatch rate
+    msg_rate_out: float = 0.0
+    msg_throughput_out: float = 0.0  # bytes per second
+    consumers: tuple[ConsumerStats, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -74,6 +88,22 @@ def subscription_stats(topic: Topic) -> tuple[SubscriptionStats, ...]:
             ),
             mark_delete_position=sub.cursor.mark_delete,
             read_position=sub.cursor.read_position,
+            msg_rate_out=sub.messages_out_rate.rate(),
+            msg_throughput_out=sub.bytes_out_rate.rate(),
+            consumers=tuple(
+                ConsumerStats(
+                    name=c.name,
+                    available_permits=c.permits,
+                    unacked_messages=c.unacked_messages,
+                    msg_out_counter=c.messages_out,
+                    bytes_out_counter=c.bytes_out,
+                    priority_level=c.priority_level,
+                    blocked_on_unacked_messages=bool(
+                        c.max_unacked_messages and c.unacked_messages >= c.max_unacked_messages
+                    ),
+                )
+                for c in sub.consumers
+            ),
         )
         for name, sub in topic.subscriptions.items()
     )

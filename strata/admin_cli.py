@@ -424,6 +424,15 @@ def _topics_stats(admin: _Admin, args: argparse.Namespace) -> None:
     )
 
 
+def _topics_stats_internal(admin: _Admin, args: argparse.Namespace) -> None:
+    name = str(TopicName.parse(args.topic))
+    _print_json(
+        admin.stub.GetTopicInternalStats(
+            admin_pb2.GetTopicInternalStatsRequest(name=name), timeout=admin.timeout_s
+        )
+    )
+
+
 def _topics_lookup(admin: _Admin, args: argparse.Namespace) -> None:
     # The SDK's lookup (service URL fallback, redirects); its errors print as the CLI's do.
     async def lookup() -> str:
@@ -757,6 +766,13 @@ def add_admin_parser(
         ("topic", "TOPIC"),
     )
     verb(topics, "stats", _topics_stats, "show a topic's statistics as JSON", ("topic", "TOPIC"))
+    verb(
+        topics,
+        "stats-internal",
+        _topics_stats_internal,
+        "show a topic's ledgers (entries, size, bookies, offload state) as JSON",
+        ("topic", "TOPIC"),
+    )
     offload = verb(
         topics,
         "offload",

@@ -30,11 +30,12 @@ import asyncio
 import fcntl
 import logging
 import os
+import shutil
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-from bookie.api import LedgerEntry, LedgerState
+from bookie.api import BookieInfo, LedgerEntry, LedgerState
 from bookie.errors import BookieError, BookieIOError, BookieUnavailableError
 from bookie.metrics import READ_ENTRY_LATENCY_SECONDS
 from bookie.storage.admission import Admission
@@ -321,6 +322,12 @@ class Bookie:
                     if entry.is_file():
                         total += entry.stat().st_size
         return total
+
+    def info(self) -> BookieInfo:
+        """Disk use (blocking: it lists the journal and index directories and stats the
+        journal's file system)."""
+        usage = shutil.disk_usage(self._journal_dir)
+        return BookieInfo(self.bytes_on_disk(), usage.free, usage.total, self.ledgers_count)
 
     @property
     def journal_queue_size(self) -> int:

@@ -118,6 +118,7 @@ OPERATIONS: list[tuple[str, str, Callable[[str], Any]]] = [
     _admin("ListTopics", lambda t: A.ListTopicsRequest(parent=_ns(t))),
     _admin("DeleteTopic", lambda t: A.DeleteTopicRequest(name=f"persistent://{t}/ns/missing")),
     _admin("GetTopicStats", lambda t: A.GetTopicStatsRequest(name=_topic(t))),
+    _admin("GetTopicInternalStats", lambda t: A.GetTopicInternalStatsRequest(name=_topic(t))),
     _admin(
         "OffloadTopic",
         lambda t: A.OffloadTopicRequest(name=f"persistent://{t}/ns/missing"),
@@ -156,6 +157,7 @@ OPERATIONS: list[tuple[str, str, Callable[[str], Any]]] = [
     _admin("ListBookies", lambda t: A.ListBookiesRequest()),
     _admin("DecommissionBookie", lambda t: A.DecommissionBookieRequest(id="127.0.0.1:1")),
     _admin("ListBrokers", lambda t: A.ListBrokersRequest()),
+    _admin("ListTopicSummaries", lambda t: A.ListTopicSummariesRequest()),
     _admin("GetRuntimeConfig", lambda t: A.GetRuntimeConfigRequest()),
     _admin("ListBundles", lambda t: A.ListBundlesRequest(name=_ns(t))),
     _admin("UnloadTopic", lambda t: A.UnloadTopicRequest(name=f"persistent://{t}/ns/missing")),
@@ -218,6 +220,7 @@ CLUSTER = {
     "ListBookies",
     "DecommissionBookie",
     "ListBrokers",
+    "ListTopicSummaries",
     "GetRuntimeConfig",
     "SplitNamespaceBundle",
 }
@@ -233,7 +236,13 @@ CONSUME = {
     "ExpireMessages",
     "GetMessage",
 }
-LOOKUP = {"Lookup", "GetPartitionedTopicMetadata", "GetTopicStats", "GetTopicsOfNamespace"}
+LOOKUP = {
+    "Lookup",
+    "GetPartitionedTopicMetadata",
+    "GetTopicStats",
+    "GetTopicInternalStats",
+    "GetTopicsOfNamespace",
+}
 
 
 def expected(kind: str, method: str, tenant: str) -> str:

@@ -661,6 +661,16 @@ ADMIN_CASES: dict[str, tuple[str, Message, grpc.StatusCode]] = {
         admin_pb2.GetTopicStatsRequest(name="nope"),
         NOT_FOUND,
     ),
+    "internal-stats-missing-topic": (
+        "GetTopicInternalStats",
+        admin_pb2.GetTopicInternalStatsRequest(name="nope"),
+        NOT_FOUND,
+    ),
+    "topic-summaries-negative-page-size": (
+        "ListTopicSummaries",
+        admin_pb2.ListTopicSummariesRequest(page_size=-1),
+        INVALID,
+    ),
     "create-existing-tenant": (
         "CreateTenant",
         admin_pb2.CreateTenantRequest(tenant_id="public"),

@@ -35,7 +35,7 @@ import contextlib
 from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass, field
 
-from bookie.api import LedgerEntry, LedgerState
+from bookie.api import BookieInfo, LedgerEntry, LedgerState
 from bookie.errors import (
     BadRequestError,
     BookieError,
@@ -358,6 +358,9 @@ class FakeBookie:
     async def delete_ledger(self, ledger_id: int) -> None:
         await self._intercept("delete", ledger_id, None, lambda: None)
         self.ledgers.pop(ledger_id, None)
+
+    async def get_bookie_info(self) -> BookieInfo:
+        return BookieInfo(0, 0, 0, len(self.ledgers))
 
     async def close(self) -> None:
         return None
