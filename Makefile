@@ -12,7 +12,7 @@ GEN_STAMP := strata/v1/.generated
 DATA_DIR ?= ./data/standalone
 PYTEST_ARGS ?=
 
-.PHONY: install proto proto-release cpp cpp-deps run test test-k8s test-unit test-integration test-faults fuzz lint fmt bench bench-cluster bench-stages bench-auth bench-dedup bench-offload bench-subscriptions clean
+.PHONY: install proto proto-release cpp cpp-deps browser-deps run test test-k8s test-unit test-integration test-faults fuzz lint fmt bench bench-cluster bench-stages bench-auth bench-dedup bench-offload bench-subscriptions clean
 
 install: $(STAMP) $(GEN_STAMP)
 
@@ -42,6 +42,10 @@ $(BUF): tools/buf/package-lock.json
 cpp-deps:
 	sh clients/cpp/install-deps.sh
 
+# Headless Chromium and chromedriver from Debian for the console's browser tests (tests/console).
+browser-deps:
+	sh tools/browser/install-deps.sh
+
 cpp: cpp-deps
 	cmake -S clients/cpp -B clients/cpp/build -DCMAKE_BUILD_TYPE=RelWithDebInfo
 	cmake --build clients/cpp/build -j2
@@ -69,7 +73,7 @@ proto: $(STAMP)
 run: install
 	$(BIN)/strata standalone --data-dir $(DATA_DIR)
 
-test: install $(KUBECTL) $(BUF) cpp-deps
+test: install $(KUBECTL) $(BUF) cpp-deps browser-deps
 	$(BIN)/pytest $(PYTEST_ARGS)
 
 # The manifests and the image, offline: render, validate, policy checks, hadolint, and the

@@ -29,9 +29,17 @@ from grpc_health.v1 import health as grpc_health
 from bookie.ledger import LedgerManager
 from bookie.registry import BookieClientPool, BookieRegistry, now_ms
 from broker.config import BrokerConfig
+from broker.console import start_console
 from broker.load_manager import BROKERS_AVAILABLE_PREFIX
 from broker.ownership import OwnershipConfig
-from broker.server import bind_broker_server, report_ready, serve_broker, start_metrics_server
+from broker.server import (
+    bind_broker_server,
+    report_ready,
+    serve_broker,
+    serve_console_port,
+    start_metrics_server,
+    web_port_of,
+)
 from broker.service import BrokerService
 from strata.auth.credentials import server_client_token_source
 from strata.auth.server import check_auth_keys, server_interceptors
@@ -144,9 +152,16 @@ async def run_broker(config: BrokerConfig, stop: asyncio.Event) -> None:
         # NOT_SERVING until joined: a readiness probe keeps the Service from sending clients
         # to a broker that cannot own a topic yet (its topic calls answer UNAVAILABLE).
         health = await serve_broker(server, broker, ready=False)
-        metrics = start_metrics_server(broker, config.host, config.metrics_port)
+        console = start_console(broker)
+        if console is not None:
+            resources.push_async_callback(console.close)
+        metrics = start_metrics_server(broker, config.host, config.metrics_port, console=console)
         resources.push_async_callback(metrics.close)
         metrics_port = metrics.port
+        console_endpoint = serve_console_port(broker, console)
+        if console_endpoint is not None:
+            resources.push_async_callback(asyncio.to_thread, console_endpoint.close)
+        web_port = web_port_of(console, console_endpoint, metrics)
         registration = broker_registration(store, broker_id)
         resources.push_async_callback(registration.close)
         await registration.start()
@@ -156,7 +171,8 @@ async def run_broker(config: BrokerConfig, stop: asyncio.Event) -> None:
         # Harnesses and scripts read this line to learn the ports picked for port 0.
         freeze_startup_heap()  # issue 15: later collections skip what start-up made
         print(
-            f"strata broker ready id={broker_id} port={port} metrics_port={metrics_port}",
+            f"strata broker ready id={broker_id} port={port} metrics_port={metrics_port} "
+            f"web_port={web_port}",
             flush=True,
         )
         await stop.wait()

@@ -46,6 +46,14 @@ class BrokerConfig:
     host: str = setting("127.0.0.1", "address to listen on")
     port: int = setting(6650, "gRPC port of the broker (0 = pick a free port)")
     metrics_port: int = setting(8080, "Prometheus metrics HTTP port (0 = a free one, -1 = off)")
+    # The operator console (broker/console): off unless asked for; read-only unless actions are.
+    web_enabled: bool = setting(False, "serve the operator console (HTTP, path /)")
+    web_port: int = setting(-1, "HTTP port of the console (-1 = the metrics port; 0 = a free one)")
+    web_admin_actions: bool = setting(
+        False,
+        "let the console peek, skip, clear backlogs, reset cursors, unload and offload (each "
+        "call still needs a token with the rights)",
+    )
     # Pulsar's exposeTopicLevelMetricsInPrometheus: off, the families are summed per namespace.
     expose_topic_level_metrics: bool = setting(
         True, "label metrics per topic and subscription (false: per namespace only)"
@@ -210,6 +218,15 @@ class BrokerConfig:
             raise ValueError("port must be within 0..65535")
         if not -1 <= self.metrics_port <= 65535:
             raise ValueError("metrics_port must be within 0..65535 (-1 = off)")
+        if not -1 <= self.web_port <= 65535:
+            raise ValueError("web_port must be within 0..65535 (-1 = the metrics port)")
+        if self.web_enabled and self.web_port == -1 and self.metrics_port == -1:
+            raise ValueError(
+                "web_enabled serves the console on the metrics port, which is off "
+                "(metrics_port -1): give a web_port"
+            )
+        if self.web_admin_actions and not self.web_enabled:
+            raise ValueError("web_admin_actions needs web_enabled")
         positive = (
             "max_message_size_bytes",
             "managed_ledger_max_entries_per_ledger",

@@ -14,10 +14,12 @@ from prometheus_client.registry import Collector
 from bookie.metrics import LEDGER_CLIENT_METRICS
 from broker.admin_service import AdminServicer
 from broker.config import MIB
+from broker.console import Console
 from broker.messaging_service import MessagingServicer
 from broker.metrics import OwnershipCollector, broker_collectors
 from broker.service import BrokerService
 from strata.grpc_decoding import MalformedRequestInterceptor
+from strata.http_endpoint import HttpEndpoint, serve_wsgi
 from strata.metrics import RoleMetrics
 from strata.reflection import REFLECTION_V1_SERVICE_NAME, enable_reflection
 from strata.v1 import admin_pb2, admin_pb2_grpc, messaging_pb2, messaging_pb2_grpc
@@ -115,11 +117,12 @@ async def start_broker_server(
 
 
 def start_metrics_server(
-    broker: BrokerService, host: str, port: int, *extra: Collector
+    broker: BrokerService, host: str, port: int, *extra: Collector, console: Console | None = None
 ) -> RoleMetrics:
     """Serve the broker's metrics on ``host:port`` (0: a free port; < 0: not at all): its
     topics, its hot-path histograms, its ledger client's and ``extra`` (a standalone's
-    bookie). The caller closes the result."""
+    bookie); and the ``console`` on every other path when it has no port of its own
+    (``--web-port`` -1). The caller closes the result."""
     collectors = broker_collectors(
         lambda: broker.topics,
         asyncio.get_running_loop(),
@@ -127,4 +130,23 @@ def start_metrics_server(
     )
     if broker.ownership is not None:
         collectors.append(OwnershipCollector(broker.ownership))
-    return RoleMetrics(host, port, [*collectors, *LEDGER_CLIENT_METRICS, *extra]).start()
+    shared = console if console is not None and broker.config.web_port == -1 else None
+    return RoleMetrics(
+        host, port, [*collectors, *LEDGER_CLIENT_METRICS, *extra], console=shared
+    ).start()
+
+
+def serve_console_port(broker: BrokerService, console: Console | None) -> HttpEndpoint | None:
+    """The console on a port of its own (``--web-port`` >= 0), else None. The caller closes
+    the result (off the loop: the HTTP threads may wait on it)."""
+    port = broker.config.web_port
+    if console is None or port == -1:
+        return None
+    return serve_wsgi(broker.config.host, port, console, "console-http")
+
+
+def web_port_of(console: Console | None, own: HttpEndpoint | None, metrics: RoleMetrics) -> int:
+    """The port the console answers on, for the ready line (-1: no console)."""
+    if console is None:
+        return -1
+    return own.port if own is not None else metrics.port

@@ -19,7 +19,14 @@ from bookie.metrics import bookie_collectors
 from bookie.registry import BookieInfo, available_key, now_ms
 from bookie.storage import Bookie, BookieStorageConfig
 from broker.config import BrokerConfig
-from broker.server import bind_broker_server, serve_broker, start_metrics_server
+from broker.console import start_console
+from broker.server import (
+    bind_broker_server,
+    serve_broker,
+    serve_console_port,
+    start_metrics_server,
+    web_port_of,
+)
 from broker.service import BrokerService
 from strata.auth.server import check_auth_keys, server_interceptors
 from strata.config_binding import ConfigBinding
@@ -85,15 +92,23 @@ async def run_standalone(config: BrokerConfig, stop: asyncio.Event) -> None:
         )
         await broker.start()
         await serve_broker(server, broker)
+        console = start_console(broker)
+        if console is not None:
+            resources.push_async_callback(console.close)
         metrics = start_metrics_server(
-            broker, config.host, config.metrics_port, *bookie_collectors(bookie)
+            broker, config.host, config.metrics_port, *bookie_collectors(bookie), console=console
         )
         resources.push_async_callback(metrics.close)
         metrics_port = metrics.port
+        console_endpoint = serve_console_port(broker, console)
+        if console_endpoint is not None:
+            resources.push_async_callback(asyncio.to_thread, console_endpoint.close)
+        web_port = web_port_of(console, console_endpoint, metrics)
         freeze_startup_heap()  # issue 15: later collections skip what start-up made
         # Tests and scripts read this line to learn the ports picked for port 0.
         print(
-            f"strata standalone ready port={port} metrics_port={metrics_port} data_dir={data_dir}",
+            f"strata standalone ready port={port} metrics_port={metrics_port} "
+            f"web_port={web_port} data_dir={data_dir}",
             flush=True,
         )
         await stop.wait()

@@ -23,11 +23,9 @@ import asyncio
 import contextlib
 import gc
 import logging
-import threading
 import time
-from collections.abc import Iterable
-from dataclasses import dataclass
-from wsgiref.simple_server import WSGIServer
+from collections.abc import Callable, Iterable
+from typing import Any
 
 from prometheus_client import (
     GC_COLLECTOR,
@@ -37,9 +35,11 @@ from prometheus_client import (
     Counter,
     Histogram,
     disable_created_metrics,
-    start_http_server,
+    make_wsgi_app,
 )
 from prometheus_client.registry import Collector
+
+from strata.http_endpoint import HttpEndpoint, WsgiApp, serve_wsgi
 
 log = logging.getLogger(__name__)
 
@@ -203,28 +203,23 @@ def process_registry(collectors: Iterable[Collector]) -> CollectorRegistry:
     return registry
 
 
-@dataclass
-class MetricsEndpoint:
-    """The ``/metrics`` HTTP server of one role (a thread of ``prometheus_client``)."""
-
-    port: int
-    _server: WSGIServer
-    _thread: threading.Thread
-
-    def close(self) -> None:
-        self._server.shutdown()
-        self._server.server_close()
-        self._thread.join()
-
-
 def start_metrics_endpoint(
-    host: str, port: int, registry: CollectorRegistry
-) -> MetricsEndpoint | None:
-    """Serve ``registry`` on ``host:port`` (0: a free port; < 0: not at all)."""
+    host: str, port: int, registry: CollectorRegistry, console: WsgiApp | None = None
+) -> HttpEndpoint | None:
+    """Serve ``registry`` on ``host:port`` (0: a free port; < 0: not at all): on every path,
+    or, with a ``console`` (a broker's operator console), on ``/metrics`` and the console on
+    every other path."""
     if port < 0:
         return None
-    server, thread = start_http_server(port, addr=host, registry=registry)
-    return MetricsEndpoint(int(server.server_port), server, thread)
+    metrics = make_wsgi_app(registry)
+    if console is None:
+        return serve_wsgi(host, port, metrics, "metrics-http")
+
+    def route(environ: dict[str, Any], start_response: Callable[..., Any]) -> Iterable[bytes]:
+        app = metrics if environ.get("PATH_INFO") == "/metrics" else console
+        return app(environ, start_response)
+
+    return serve_wsgi(host, port, route, "metrics-http")
 
 
 class EventLoopLagMonitor:
@@ -269,11 +264,18 @@ class RoleMetrics:
     metrics off, and nothing runs). Lifecycle: ``start()`` on the role's loop, ``close()``
     stops the monitor and the HTTP server."""
 
-    def __init__(self, host: str, port: int, collectors: Iterable[Collector]) -> None:
+    def __init__(
+        self,
+        host: str,
+        port: int,
+        collectors: Iterable[Collector],
+        console: WsgiApp | None = None,
+    ) -> None:
         self.registry = process_registry(collectors)
         self._host = host
         self._requested_port = port
-        self._endpoint: MetricsEndpoint | None = None
+        self._console = console
+        self._endpoint: HttpEndpoint | None = None
         self._lag = EventLoopLagMonitor()
 
     @property
@@ -281,7 +283,9 @@ class RoleMetrics:
         return self._endpoint.port if self._endpoint is not None else -1
 
     def start(self) -> RoleMetrics:
-        self._endpoint = start_metrics_endpoint(self._host, self._requested_port, self.registry)
+        self._endpoint = start_metrics_endpoint(
+            self._host, self._requested_port, self.registry, self._console
+        )
         if self._endpoint is not None:
             self._lag.start()
             time_gc_pauses()
