@@ -182,13 +182,20 @@ class ServerProcess:
     def metrics_port(self, timeout_s: float = READY_TIMEOUT_SECONDS) -> int:
         """The metrics port this run reported on its ready line (``metrics_port=N``; -1: off).
         The line follows readiness by a moment: poll the log for it, bounded."""
+        return self.reported_port("metrics_port", timeout_s)
+
+    def web_port(self, timeout_s: float = READY_TIMEOUT_SECONDS) -> int:
+        """The console's port this run reported on its ready line (``web_port=N``; -1: off)."""
+        return self.reported_port("web_port", timeout_s)
+
+    def reported_port(self, name: str, timeout_s: float = READY_TIMEOUT_SECONDS) -> int:
         deadline = time.monotonic() + timeout_s
         while True:
-            found = re.search(r" ready .*metrics_port=(-?\d+)", self.log_text()[self._log_start :])
+            found = re.search(rf" ready .* {name}=(-?\d+)", self.log_text()[self._log_start :])
             if found is not None:
                 return int(found.group(1))
             if time.monotonic() > deadline or not self.running:
-                raise TimeoutError(f"{self.role} {self.address} reported no metrics port")
+                raise TimeoutError(f"{self.role} {self.address} reported no {name}")
             # Poll interval of a log reader, not a wait standing in for a condition.
             time.sleep(0.05)
 
