@@ -56,8 +56,9 @@ class Page:
         self.base_url = base_url
 
     def open(self, route: str = "") -> None:
-        """Load the console fresh at ``#/route``."""
+        """Load the console fresh at ``#/route`` (the log of earlier pages dropped)."""
         self.driver.get("about:blank")
+        self.driver.get_log("browser")  # type: ignore[no-untyped-call]
         self.driver.get(f"{self.base_url}/#/{route}")
 
     def wait(self, condition: Callable[[webdriver.Chrome], T], message: str) -> T:
@@ -129,6 +130,6 @@ class Page:
         errors, failed loads)."""
         return [
             str(entry["message"])
-            for entry in self.driver.get_log("browser")
+            for entry in self.driver.get_log("browser")  # type: ignore[no-untyped-call]
             if entry.get("level") == "SEVERE"
         ]

@@ -171,6 +171,10 @@ def test_a_bad_int_names_the_option(capsys: pytest.CaptureFixture[str]) -> None:
         (["--ledger-client-read-timeout-ms", "0"], "--ledger-client-read-timeout-ms"),
         (["--managed-ledger-default-ack-quorum", "3"], "--managed-ledger-default-ack-quorum"),
         (["--offload-driver", "tape"], "--offload-driver"),
+        (["--web-port", "70000"], "--web-port"),
+        (["--web-admin-actions", "true"], "--web-admin-actions"),
+        (["--web-enabled", "true", "--metrics-port", "-1"], "--web-enabled"),
+        (["--web-enabled", "yes please"], "--web-enabled"),
     ],
 )
 def test_a_refused_config_is_a_usage_error_naming_the_option(
