@@ -30,9 +30,9 @@ from strata.admin_subscriptions_cli import add_subscription_verbs
 from strata.auth.credentials import intercept_sync_channel
 from strata.client import AsyncClient
 from strata.client._connection import sync_channel_to_any, uses_tls
-from strata.client._errors import TOPIC_NOT_OWNED_REASON, error_info_of
 from strata.naming import NamespaceName, TopicName, parse_tenant
 from strata.options import add_option, client_tls
+from strata.rpc_status import owner_named_by
 from strata.tls import channel_credentials
 from strata.tokens_cli import client_authentication
 from strata.v1 import admin_pb2, admin_pb2_grpc
@@ -463,14 +463,6 @@ def _topics_partitioned_lookup(admin: _Admin, args: argparse.Namespace) -> None:
         print(f"{partition}    {owner}")
 
 
-def _owner_named_by(error: grpc.RpcError) -> str | None:
-    """The owner's address when a call failed because another broker serves the topic."""
-    info = error_info_of(error)
-    if info is None or info.reason != TOPIC_NOT_OWNED_REASON:
-        return None
-    return info.metadata.get("owner") or None
-
-
 def owner_service_url(service_url: str, owner: str) -> str:
     """The service URL to ask ``owner`` (a bare ``host:port`` from TOPIC_NOT_OWNED) with:
     ``grpcs://`` in front when ``service_url`` uses TLS, so the redirect keeps TLS and the
@@ -487,7 +479,7 @@ def _run_admin(args: argparse.Namespace) -> int:
         except grpc.RpcError as exc:
             # A topic operation reached a broker that does not serve the topic: ask its owner
             # (once; pulsar-admin's brokers redirect the same way).
-            owner = _owner_named_by(exc)
+            owner = owner_named_by(exc)
             if owner is None:
                 raise
             admin.close()

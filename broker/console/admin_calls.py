@@ -21,7 +21,7 @@ from typing import Any
 import grpc
 from google.protobuf.message import Message
 
-from strata.client._errors import TOPIC_NOT_OWNED_REASON, error_info_of
+from strata.rpc_status import owner_named_by
 from strata.v1 import admin_pb2_grpc, messaging_pb2_grpc
 
 # Brokers the console keeps a channel to (this one, the others, owners named by redirects).
@@ -110,7 +110,7 @@ class AdminCalls:
         try:
             return self._invoke(target, method, request, token)
         except grpc.RpcError as exc:
-            owner = _owner_named_by(exc) if follow_owner else None
+            owner = owner_named_by(exc) if follow_owner else None
             if owner is None or owner == target:
                 raise error_of(exc) from None
         try:
@@ -139,10 +139,3 @@ class AdminCalls:
             for channel in self._channels.values():
                 channel.close()
             self._channels.clear()
-
-
-def _owner_named_by(error: grpc.RpcError) -> str | None:
-    info = error_info_of(error)
-    if info is None or info.reason != TOPIC_NOT_OWNED_REASON:
-        return None
-    return info.metadata.get("owner") or None

@@ -41,14 +41,13 @@ import enum
 from collections.abc import Callable
 
 import grpc
-from google.rpc import error_details_pb2, status_pb2
+
+from strata.rpc_status import TOPIC_NOT_OWNED_REASON, error_info_of
 
 # The wire contract of a refused producer or consumer (proto/strata/v1/messaging.proto): the
 # status carries a google.rpc.ErrorInfo with this reason and domain, and the owner's address.
-TOPIC_NOT_OWNED_REASON = "TOPIC_NOT_OWNED"
 ERROR_DOMAIN = "strata.io"
 OWNER_METADATA_KEY = "owner"
-_STATUS_DETAILS_KEY = "grpc-status-details-bin"
 
 
 class Result(enum.Enum):
@@ -318,25 +317,6 @@ def exception_for_status(code: grpc.StatusCode, details: str) -> StrataException
             cls = refined
             break
     return cls(f"{code.name}: {details}", code=code, details=details)
-
-
-def error_info_of(error: grpc.RpcError) -> error_details_pb2.ErrorInfo | None:
-    """The ``google.rpc.ErrorInfo`` in a failed call's status details, if it carries one."""
-    metadata_method = getattr(error, "trailing_metadata", None)
-    metadata = metadata_method() if callable(metadata_method) else None
-    for key, value in metadata or ():
-        if key != _STATUS_DETAILS_KEY or not isinstance(value, bytes):
-            continue
-        try:
-            status = status_pb2.Status.FromString(value)
-        except Exception:  # protobuf's DecodeError: a peer's garbage is not our crash
-            return None
-        for detail in status.details:
-            if detail.Is(error_details_pb2.ErrorInfo.DESCRIPTOR):
-                info = error_details_pb2.ErrorInfo()
-                detail.Unpack(info)
-                return info
-    return None
 
 
 def from_rpc_error(error: grpc.RpcError) -> StrataException:
