@@ -71,7 +71,7 @@ proto: $(STAMP)
 	$(MAKE) $(GEN_STAMP)
 
 run: install
-	$(BIN)/strata standalone --data-dir $(DATA_DIR)
+	$(BIN)/strata standalone --data-dir $(DATA_DIR) --web-enabled true
 
 test: install $(KUBECTL) $(BUF) cpp-deps browser-deps
 	$(BIN)/pytest $(PYTEST_ARGS)
