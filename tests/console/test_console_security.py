@@ -43,6 +43,7 @@ HOSTILE_PAYLOAD = "<script>window.__xss=4</script><img src=x onerror=window.__xs
 HOSTILE_KEY = "<b onmouseover=window.__xss=6>key</b>"
 HOSTILE_PROPERTY = ("<i>name</i>", "<svg onload=window.__xss=7>")
 CSP = "default-src 'none'; script-src 'self'"
+OFFLOADED = "persistent://public/default/offloaded"
 
 
 def http(
@@ -67,9 +68,19 @@ def open_console(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Standalon
         "true",
         "--web-admin-actions",
         "true",
+        "--offload-driver",
+        "filesystem",
+        "--managed-ledger-max-entries-per-ledger",
+        "10",
     ).start()
     try:
         with strata.Client(standalone.address, operation_timeout_seconds=30) as client:
+            for name in ("keep", "anchor"):  # "anchor" never moves: nothing is trimmed
+                client.subscribe(OFFLOADED, name, consumer_type=strata.ConsumerType.Shared).close()
+            producer = client.create_producer(OFFLOADED, batching_enabled=False)
+            for index in range(35):
+                producer.send(b"o%d" % index)
+            producer.close()
             for name in HOSTILE_SUBSCRIPTIONS:
                 client.subscribe(TOPIC, name, consumer_type=strata.ConsumerType.Shared).close()
             producer = client.create_producer(TOPIC, batching_enabled=False)
@@ -143,6 +154,41 @@ def test_partitioned_topic_lists_its_partitions(
     assert page.texts("#partitions li") == [
         f"persistent://public/default/parted-partition-{i}" for i in range(3)
     ]
+
+
+def test_offload_and_reset_cursor_from_the_page(
+    browser: webdriver.Chrome, open_console: Standalone
+) -> None:
+    page = _page(browser, open_console)
+    page.open("topic/" + quote(OFFLOADED, safe=""))
+    page.wait(lambda d: len(page.texts("#ledgers tbody tr")) == 4, "4 ledgers of 10 entries")
+    page.element("#offload").click()
+    page.wait(lambda d: "offload done" in page.text("#action-result"), "offload started")
+    page.wait(
+        lambda d: page.texts("#ledgers tbody tr td:nth-child(5)") == ["COMPLETE"] * 3 + ["—"],
+        "the 3 closed ledgers offloaded, the open one not",
+    )
+    page.screenshot("offloaded")
+    page.open(f"subscription/{quote(OFFLOADED, safe='')}/keep")
+    page.wait(lambda d: page.text("#subscription-backlog .value") == "35", "backlog 35")
+    skip = page.element("#skip-count")
+    skip.clear()
+    skip.send_keys("20")
+    page.element("#skip").click()
+    page.wait(lambda d: page.text("#subscription-backlog .value") == "15", "backlog 15")
+    # To a message id (the last one acknowledged): that message comes next again.
+    page.element("#reset-to").send_keys(page.text(".stat:last-child .value"))
+    page.element("#reset-cursor").click()
+    page.wait(lambda d: "reset-cursor done" in page.text("#action-result"), "reset")
+    assert page.text("#subscription-backlog .value") == "16"
+    # Back to the start of time (an empty field): every message again, read from the
+    # offloaded ledgers where they are.
+    page.element("#reset-to").clear()
+    page.element("#reset-cursor").click()
+    page.wait(lambda d: page.text("#subscription-backlog .value") == "35", "backlog 35 again")
+    page.element("#peek").click()
+    page.wait(lambda d: page.texts("#peeked pre.payload")[:2] == ["o0", "o1"], "from the start")
+    assert page.console_errors() == []
 
 
 def test_every_answer_carries_the_security_headers(open_console: Standalone) -> None:
