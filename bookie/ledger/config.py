@@ -42,6 +42,14 @@ class LedgerClientConfig:
     max_ensemble_changes: int = setting(
         32, "ensemble changes one ledger may make in one go before it gives up"
     )
+    # BookKeeper's delayEnsembleChange: with no spare bookie (3 bookies at E=3), a failed one
+    # leaves its position empty instead of failing the ledger, as long as every entry still
+    # reaches Qa bookies (acknowledged entries keep their guarantee: Qa copies).
+    delay_ensemble_change: bool = setting(
+        True,
+        "when no bookie can replace a failed one, keep writing at Qa without it (false: the "
+        "ledger fails and the topic rolls over)",
+    )
     recovery_read_batch_entries: int = setting(
         16, "entries a recovery reads ahead concurrently past the last add confirmed"
     )
@@ -52,5 +60,7 @@ class LedgerClientConfig:
     def __post_init__(self) -> None:
         for item in fields(self):
             value = getattr(self, item.name)
+            if isinstance(value, bool):
+                continue  # a switch, checked by its type
             if not isinstance(value, int) or value <= 0:
                 raise ValueError(f"{item.name} must be a positive integer, got {value!r}")

@@ -212,8 +212,9 @@ class LedgerHandle:
         op = _PendingAdd(entry_id, payload, slots, future)
         self._pending.append(op)
         for slot in slots:
-            # A position waiting for a replacement gets the entry once the new bookie is in.
-            if slot not in self._failed_slots:
+            # A position waiting for a replacement gets the entry once the new bookie is in;
+            # a position given up on (no bookie could replace it) gets nothing.
+            if slot not in self._failed_slots and slot not in self._given_up:
                 self._start_send(op, slot)
         return future
 
@@ -392,20 +393,26 @@ class LedgerHandle:
         self._complete_in_order()
 
     def _give_up_failed_slots(self, exc: NotEnoughBookiesError) -> bool:
-        """Recovery only, when no bookie can replace a failed one: settle for Qa copies.
+        """When no bookie can replace a failed one: settle for Qa copies.
 
         A recovery that insisted on Qw could never finish while one bookie hangs in a cluster
-        with no spare (BK #1067); BookKeeper completes recovery adds at Qa too. The missing
-        copies are left to autorecovery. Possible only while every write set keeps Qa
-        positions that have not failed.
+        with no spare (BK #1067); BookKeeper completes recovery adds at Qa too. A writer does
+        the same with ``delay_ensemble_change`` (BookKeeper's delayEnsembleChange): the
+        position stays in the ensemble (the metadata does not change), gets no more entries,
+        and every entry is acknowledged by the Qa bookies left in its write set — the ack
+        guarantee is unchanged, the copies beyond it are missing until the managed ledger
+        rolls over to a full ensemble. Possible only while every write set keeps Qa positions
+        that have not failed.
         """
         metadata = self.metadata
         given_up = self._given_up | set(self._failed_slots)
-        if not self._recovery or len(given_up) > metadata.write_quorum - metadata.ack_quorum:
+        allowed = self._recovery or self._config.delay_ensemble_change
+        if not allowed or len(given_up) > metadata.write_quorum - metadata.ack_quorum:
             return False
         log.warning(
-            "ledger %d: recovery writes back with Qa=%d copies only, giving up on %s: %s",
+            "ledger %d: %s with Qa=%d copies only, giving up on %s: %s",
             self.ledger_id,
+            "recovery writes back" if self._recovery else "writing on",
             metadata.ack_quorum,
             sorted(self._failed_slots.values()),
             exc,

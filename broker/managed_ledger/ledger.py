@@ -114,6 +114,7 @@ class ManagedLedger:
             cache,
             listener or ManagedLedgerListener(),
             self._rollover,
+            lambda: len(self._manager.live_bookies()),
         )
         # The add path's entry point, bound once (``add_entry`` runs once per entry).
         self._add = self._writer.add_entry

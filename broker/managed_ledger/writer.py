@@ -80,8 +80,10 @@ class LedgerWriter:
         cache: EntryCache,
         listener: ManagedLedgerListener,
         rollover: Callable[[], Coroutine[Any, Any, None]],
+        live_bookies: Callable[[], int] = lambda: 1 << 30,
     ) -> None:
-        """``rollover`` makes the coroutine of one rollover, run as the writer's task."""
+        """``rollover`` makes the coroutine of one rollover, run as the writer's task;
+        ``live_bookies`` counts the bookies a new ledger could be placed on now."""
         self._name = name
         self._config = config
         self._list = ledgers
@@ -89,6 +91,9 @@ class LedgerWriter:
         self._on_new_entries = listener.new_entries
         self._on_fenced = listener.fenced
         self._new_rollover = rollover
+        self._live_bookies = live_bookies
+        # A full ledger kept open because no new one could be placed (see _roll_over_if_full).
+        self._rollover_postponed = False
         # The ledger open for writing, what was issued to it, the adds waiting for a rollover.
         self._current: LedgerHandle | None = None
         self._current_created_ms = 0
@@ -160,7 +165,27 @@ class LedgerWriter:
         self._issued_bytes += len(op.data)
         added.add_done_callback(lambda f: self._on_added(handle, op, f))
         if self._is_full():
-            self._ensure_rollover()
+            self._roll_over_if_placeable(handle)
+
+    def _roll_over_if_placeable(self, handle: LedgerHandle) -> None:
+        """Roll a full ledger over, unless fewer bookies are live than its ensemble needs
+        while it still takes writes (a bookie down in a cluster with no spare): a new ledger
+        could not be created, so the full one keeps the writes — past its maximum — until
+        the next add finds enough bookies again. A failed ledger rolls over regardless."""
+        if not handle.failed and self._live_bookies() < handle.metadata.ensemble_size:
+            if not self._rollover_postponed:
+                self._rollover_postponed = True
+                log.warning(
+                    "%s: ledger %d is full, but only %d bookies are live for an ensemble of %d: "
+                    "writing on to it until a new ledger can be placed",
+                    self._name,
+                    handle.ledger_id,
+                    self._live_bookies(),
+                    handle.metadata.ensemble_size,
+                )
+            return
+        self._rollover_postponed = False
+        self._ensure_rollover()
 
     def _is_full(self) -> bool:
         cfg = self._config
@@ -213,7 +238,7 @@ class LedgerWriter:
             and int(time.time() * 1000) - self._current_created_ms
             >= self._config.max_ledger_rollover_time_ms
         ):
-            self._ensure_rollover()
+            self._roll_over_if_placeable(self._current)
 
     # ---- Rollover (``RolloverOp``, the rollover task) ------------------------------------
 

@@ -5,6 +5,7 @@ the merge rule, and ``replace_bookie``."""
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import time
 
 import pytest
@@ -270,7 +271,8 @@ async def test_several_bookies_failing_at_once_are_replaced() -> None:
 
 
 async def test_no_replacement_bookie_fails_the_writer_with_a_clear_error() -> None:
-    async with ledger_env(3) as env:
+    strict = dataclasses.replace(FAST_CONFIG, delay_ensemble_change=False)
+    async with ledger_env(3, writer_config=strict) as env:
         handle = await env.create(3, 3, 2)
         await add_sequentially(handle, 0, 1)
         env.cluster.bookie(handle.ensemble[1]).down()
@@ -291,6 +293,61 @@ async def test_no_replacement_bookie_fails_the_writer_with_a_clear_error() -> No
         assert closed.state == STATE_CLOSED
         assert closed.last_entry_id == handle.last_add_confirmed in (1, 2)
         await assert_reads_everything(env, closed)
+
+
+async def test_no_spare_bookie_the_writer_goes_on_at_the_ack_quorum() -> None:
+    """BookKeeper's delayEnsembleChange (the default): 3 bookies at 3/3/2, one goes down.
+    Its position is given up (no bookie can take it), every later entry is acknowledged by
+    the two left, the ensemble in the metadata does not change, the down bookie is sent no
+    more entries, and everything reads back and recovers."""
+    async with ledger_env(3) as env:
+        handle = await env.create(3, 3, 2)
+        await add_sequentially(handle, 0, 2)
+        ensemble = handle.ensemble
+        down = env.cluster.bookie(ensemble[1])
+        down.down()
+        async with asyncio.timeout(5):
+            assert await asyncio.gather(*(handle.add_entry(payload(i)) for i in range(3, 40))) == (
+                list(range(3, 40))
+            )
+        assert not handle.failed and handle.ensemble == ensemble
+        assert handle.ensemble_changes == 0
+        # Once given up, the position is sent nothing: the adds issued after (40..59) never
+        # reach the down bookie.
+        async with asyncio.timeout(5):
+            await asyncio.gather(*(handle.add_entry(payload(i)) for i in range(40, 60)))
+        tried = [entry for kind, _, entry in down.calls if kind == "add"]
+        assert max(e for e in tried if e is not None) < 40, tried
+        assert down.entry_ids(handle.ledger_id) == [0, 1, 2]
+        # A second bookie lost: no write set keeps Qa, the writer fails (nothing is acked
+        # below the ack quorum).
+        env.cluster.bookie(ensemble[2]).down()
+        with pytest.raises(LedgerClosedError, match="no bookie can replace"):
+            async with asyncio.timeout(5):
+                await handle.add_entry(payload(60))
+        closed = await handle.close()
+        assert closed.last_entry_id == 59 and closed.ensembles == {0: ensemble}
+        assert_every_entry_on_ack_quorum(env, closed)
+        down.up()
+        env.cluster.bookie(ensemble[2]).up()
+        await assert_reads_everything(env, closed)
+
+
+async def test_no_spare_bookie_a_recovery_finds_every_acknowledged_entry() -> None:
+    """The writer went on at Qa without a bookie, then died: a new owner's recovery reads
+    the down bookie's "no such entry" as one answer of two needed and keeps every entry."""
+    async with ledger_env(3) as env:
+        handle = await env.create(3, 3, 2)
+        await add_sequentially(handle, 0, 1)
+        down = env.cluster.bookie(handle.ensemble[0])
+        down.down()
+        async with asyncio.timeout(5):
+            await asyncio.gather(*(handle.add_entry(payload(i)) for i in range(2, 20)))
+        await handle.abort()  # the owner dies without closing
+        down.up()  # the bookie is back, missing entries 2..19
+        recovered = await env.other.open_and_recover(handle.ledger_id)
+        assert recovered.last_entry_id == 19
+        await assert_reads_everything(env, recovered)
 
 
 async def test_too_many_pending_adds_are_refused() -> None:

@@ -140,7 +140,7 @@ async def test_a_takeover_fences_once_and_refuses_adds(env: Env) -> None:
 
 
 async def writer_alone(
-    env: Env, heard: Heard, max_entries: int
+    env: Env, heard: Heard, max_entries: int, live_bookies: list[int] | None = None
 ) -> tuple[LedgerWriter, list[int], asyncio.Event]:
     """A writer (``max_entries`` a ledger) whose rollover task is the bare minimum through the
     writer's rollover methods; returns it, the ids of the ledgers it was given in turn, and an
@@ -169,8 +169,30 @@ async def writer_alone(
         EntryCache(1024 * 1024),
         heard.listener(),
         rollover,
+        (lambda: live_bookies[0]) if live_bookies is not None else (lambda: 1),
     )
     return writer, given, started
+
+
+async def test_a_full_ledger_takes_more_while_no_new_ledger_can_be_placed(env: Env) -> None:
+    """A full ledger rolls over only once a new one could be placed: with fewer live bookies
+    than its ensemble (a bookie down with no spare) it keeps the writes, past its maximum,
+    and rolls over at the first add after the bookies are back."""
+    heard = Heard()
+    live = [1]
+    writer, given, started = await writer_alone(env, heard, max_entries=3, live_bookies=live)
+    await writer.add_entry(b"first", 1)  # the first ledger (the queue's rollover)
+    assert len(given) == 1
+    started.clear()
+    live[0] = 0  # E=1, no bookie live
+    positions = [await writer.add_entry(b"x%d" % i, 1) for i in range(6)]
+    assert {p[0] for p in positions} == {given[0]}, "all in the full ledger"
+    assert writer.rollover is None and not started.is_set()
+    live[0] = 1
+    await writer.add_entry(b"after", 1)  # issued to the full ledger, then the rollover
+    await asyncio.wait_for(started.wait(), 5)
+    assert (await writer.add_entry(b"next", 1))[0] == given[-1] != given[0]
+    await writer.close()
 
 
 async def test_the_writer_issues_queued_adds_in_order_never_more_than_a_ledger_takes(
