@@ -115,12 +115,12 @@ async def produce(
     return receipted
 
 
-async def consume_all(service_url: str) -> list[int]:
+async def consume_all(service_url: str, subscription: str = "check") -> list[int]:
     client = strata.AsyncClient(service_url)
     try:
         consumer = await client.subscribe(
             TOPIC,
-            "check",
+            subscription,
             consumer_type=strata.ConsumerType.Exclusive,
             initial_position=strata.InitialPosition.Earliest,
         )
