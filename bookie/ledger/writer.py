@@ -21,9 +21,12 @@ Two rules keep the metadata equal to what the bookies hold (BK #1591, #4651):
   late) is ignored. Acknowledgements from bookies that keep their position still count.
 
 Failures arriving while a change is in flight join the next change: changes are serialized
-by one owned task. If no replacement exists, or the compare-and-set finds the ledger no
-longer OPEN (a recovery fenced it), the handle fails: pending and later adds get
-``LedgerClosedError``.
+by one owned task. If no replacement exists, the position is given up when every write set
+keeps Qa positions without it (``delay_ensemble_change``, BookKeeper's delayEnsembleChange;
+a recovery always may): no fragment is written, the position gets no more entries, and adds
+complete at Qa from the rest. Otherwise — no replacement and no room to give one up, or the
+compare-and-set finds the ledger no longer OPEN (a recovery fenced it) — the handle fails:
+pending and later adds get ``LedgerClosedError``.
 
 Lifecycle::
 

@@ -20,7 +20,8 @@ rollover, run as the managed ledger's one rollover task:
 5. tells the offload scheduler a ledger was closed;
 6. issues the queued adds in order, resubmitted ones first (``issue_pending``). When the new
    ledger fills up meanwhile, the rest wait for the next rollover: a ledger never takes more
-   than its maximum.
+   than its maximum (unless no new ledger could be placed: ``LedgerWriter`` then postpones
+   the rollover and the full ledger keeps the writes).
 
 When any step fails, every queued add fails (``fail_pending``): with the fencing error when
 the managed ledger was fenced, else ``ServiceUnavailableError``. The op changes the write

@@ -12,6 +12,7 @@ message::
     add_entry() ─ rollover running, no ledger open or adds waiting? ─ yes → queue, ensure rollover
                                                                   └ no  → issue to the ledger
     issue: count entries and bytes; the ledger full (entries, size or age)? → start the rollover
+           (postponed while fewer bookies are live than its ensemble and it still takes writes)
     confirmed: the list's last ledger grows, the entry cache gets the entry, the future its
                 position, the listener hears ``new_entries``
     failed:    resubmitted to the next ledger (at most ``MAX_ADD_ATTEMPTS`` times) ahead of the
