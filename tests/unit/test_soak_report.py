@@ -1,0 +1,56 @@
+"""The soak's verdict (``tests/bench/run_soak.summarize``), from made-up recordings: each
+target is checked where the issue puts it."""
+
+from __future__ import annotations
+
+import argparse
+import time
+
+from tests.bench.run_soak import WINDOW_SECONDS, Recorder, new_histogram, summarize
+
+MS = 1000  # the histograms hold microseconds
+
+
+def recording(kill_minute_ms: float, slow_windows: int) -> Recorder:
+    recorder = Recorder(time.monotonic())
+    for minute, value_ms in enumerate((5, kill_minute_ms, 6)):
+        histogram = recorder.minutes.setdefault(minute, new_histogram())
+        for _ in range(1000):
+            histogram.record_value(int(value_ms * MS))
+    for window in range(18):  # 3 minutes of 10-second windows; the kill at 60 s
+        slow = 6 <= window < 6 + slow_windows
+        histogram = recorder.windows.setdefault(window, new_histogram())
+        for _ in range(100):
+            histogram.record_value(int((400 if slow else 5) * MS))
+    recorder.receipted.update(range(3000))
+    return recorder
+
+
+def verdict(recorder: Recorder, lost: list[int], rss_end: float = 101) -> dict[str, bool]:
+    args = argparse.Namespace(
+        minutes=3, rate=1, size=8, kill_at_minute=1, restart_at_minute=2, bookie_index=0
+    )
+    faults = [{"verb": "kill", "second": 60.0}, {"verb": "restart", "second": 120.0}]
+    rss = {0: {"broker0": 100.0}, 3: {"broker0": rss_end}}
+    result = summarize(args, recorder, rss, faults, lost, 0, 3000, 0.0)
+    checks: dict[str, bool] = result["checks"]
+    return checks
+
+
+def test_a_good_run_passes_every_check() -> None:
+    checks = verdict(recording(kill_minute_ms=400, slow_windows=2), [])
+    assert all(checks.values()), checks
+
+
+def test_each_target_fails_on_its_own() -> None:
+    slow_fault = verdict(recording(kill_minute_ms=1500, slow_windows=2), [])
+    assert not slow_fault["p99 <= 1 s in the minute of the kill"]
+    slow_recovery = verdict(
+        recording(kill_minute_ms=400, slow_windows=30 // WINDOW_SECONDS + 1), []
+    )
+    assert not slow_recovery["back under 50 ms within 30 s of the kill"]
+    lost = verdict(recording(kill_minute_ms=400, slow_windows=2), [17])
+    assert not lost["zero lost messages"]
+    grown = verdict(recording(kill_minute_ms=400, slow_windows=2), [], rss_end=111)
+    assert not grown["RSS growth < 10 % from minute 1 to the end"]
+    assert sum(not ok for ok in grown.values()) == 1
