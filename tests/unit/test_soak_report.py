@@ -31,7 +31,7 @@ def verdict(recorder: Recorder, lost: list[int], rss_end: float = 101) -> dict[s
         minutes=3, rate=1, size=8, kill_at_minute=1, restart_at_minute=2, bookie_index=0
     )
     faults = [{"verb": "kill", "second": 60.0}, {"verb": "restart", "second": 120.0}]
-    rss = {0: {"broker0": 100.0}, 3: {"broker0": rss_end}}
+    rss: dict[int, dict[str, float | None]] = {0: {"broker0": 100.0}, 3: {"broker0": rss_end}}
     result = summarize(args, recorder, rss, faults, lost, 0, 3000, 0.0)
     checks: dict[str, bool] = result["checks"]
     return checks
