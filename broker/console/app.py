@@ -256,19 +256,37 @@ class Console:
         """Every served topic's summary, from each live broker (paged, bounded)."""
         summaries: list[admin_pb2.TopicSummary] = []
         for broker in brokers.brokers:
-            page_token = ""
-            while len(summaries) < MAX_LISTED_TOPICS:
-                page = self._calls.call(
-                    "ListTopicSummaries",
-                    admin_pb2.ListTopicSummariesRequest(page_token=page_token),
-                    token,
-                    address=broker.address,
-                )
-                summaries.extend(page.topics)
-                page_token = page.next_page_token
-                if not page_token:
-                    break
+            summaries += self._paged(
+                "ListTopicSummaries",
+                admin_pb2.ListTopicSummariesRequest,
+                "topics",
+                token,
+                MAX_LISTED_TOPICS - len(summaries),
+                address=broker.address,
+            )
         return summaries[:MAX_LISTED_TOPICS]
+
+    def _paged(
+        self,
+        method: str,
+        request: Callable[..., Message],
+        field: str,
+        token: str,
+        limit: int,
+        *,
+        address: str | None = None,
+    ) -> list[Any]:
+        """The items (``field``) of a paged list call, page after page until the last or
+        until ``limit`` are in (the page that reaches it is kept whole)."""
+        items: list[Any] = []
+        page_token = ""
+        while len(items) < limit:
+            page = self._calls.call(method, request(page_token=page_token), token, address=address)
+            items.extend(getattr(page, field))
+            page_token = page.next_page_token
+            if not page_token:
+                break
+        return items
 
     def _probe_store(self) -> Json:
         async def read() -> None:
@@ -306,15 +324,8 @@ class Console:
     def _paged_names(
         self, method: str, request: Callable[..., Message], field: str, token: str
     ) -> list[str]:
-        names: list[str] = []
-        page_token = ""
-        while len(names) < MAX_LISTED_NAMESPACES:
-            page = self._calls.call(method, request(page_token=page_token), token)
-            names.extend(item.name for item in getattr(page, field))
-            page_token = page.next_page_token
-            if not page_token:
-                break
-        return names[:MAX_LISTED_NAMESPACES]
+        items = self._paged(method, request, field, token, MAX_LISTED_NAMESPACES)
+        return [item.name for item in items[:MAX_LISTED_NAMESPACES]]
 
     def _topics(self, query: dict[str, str], token: str) -> Json:
         if query.get("namespace"):
@@ -327,17 +338,14 @@ class Console:
             ]
         names: list[str] = []
         for namespace in namespaces:
-            page_token = ""
-            while len(names) < MAX_LISTED_TOPICS:
-                page = self._calls.call(
-                    "ListTopics",
-                    admin_pb2.ListTopicsRequest(parent=namespace, page_token=page_token),
-                    token,
-                )
-                names.extend(t.name for t in page.topics)
-                page_token = page.next_page_token
-                if not page_token:
-                    break
+            topics = self._paged(
+                "ListTopics",
+                functools.partial(admin_pb2.ListTopicsRequest, parent=namespace),
+                "topics",
+                token,
+                MAX_LISTED_TOPICS + 1 - len(names),  # one more says "truncated"
+            )
+            names.extend(t.name for t in topics)
         brokers = self._calls.call("ListBrokers", admin_pb2.ListBrokersRequest(), token)
         served = {s.name: s for s in self._summaries(brokers, token)}
         rows = []
