@@ -21,8 +21,7 @@ its own registry (``strata.metrics``).
 from __future__ import annotations
 
 import logging
-import time
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Iterable, Iterator
 from typing import TYPE_CHECKING
 
 from prometheus_client import Counter, Histogram
@@ -78,14 +77,6 @@ LEDGER_CLIENT_METRICS: tuple[Collector, ...] = (
     ML_ADD_FAILURES,
     ML_ENSEMBLE_CHANGES,
 )
-
-
-def timed_sync(sync: Callable[[int], None], fd: int) -> None:
-    """``sync(fd)`` (``os.fdatasync``) observed into the journal sync histogram; runs in the
-    journal's sync thread."""
-    started = time.monotonic()
-    sync(fd)
-    JOURNAL_SYNC_LATENCY_SECONDS.observe(time.monotonic() - started)
 
 
 class BookieCollector(Collector):

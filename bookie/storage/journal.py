@@ -5,17 +5,18 @@ segment through the index.
 
 Group commit. ``append_nowait`` encodes a record, assigns its position (segment, offset) at once
 and queues it in an in-memory buffer. One writer task, owned by the journal, loops: whenever the
-buffer is non-empty and no write is in flight it swaps the buffer out and writes it with
-``os.writev`` in a dedicated one-thread executor, then starts an ``fdatasync`` in a second
-executor. Up to ``MAX_SYNCS_IN_FLIGHT`` fdatasyncs overlap: a batch written while one runs starts
-its own rather than queueing behind it; when all are busy, new adds gather in the buffer (so
-at most ``MAX_SYNCS_IN_FLIGHT`` written batches await durability) and share the next write and
-fdatasync. An fdatasync that returns makes durable every batch written before it started, so
-batches complete strictly in journal order: each is handed to ``on_durable`` (which
-updates the index) and its records' futures resolve. An add never waits for a timer: with an
-idle disk it is written on the next loop iteration. ``group_commit_max_bytes`` bounds the
-buffer; ``append`` waits for room (backpressure). A segment roll waits until no fdatasync is in
-flight, so a file is never closed under one.
+buffer is non-empty and a commit slot is free it swaps the buffer out and hands it to one job
+in a slot thread (``SyncSlots``) that writes it with ``os.writev`` and then runs ``fdatasync``:
+one hand-off to a thread and one back to the event loop per group commit. Up to
+``MAX_SYNCS_IN_FLIGHT`` jobs overlap: a batch taken while an fdatasync runs is written and synced
+by its own job rather than queueing behind it (writes stay in journal order); when all slots
+are busy, new adds gather in the buffer (so at most ``MAX_SYNCS_IN_FLIGHT`` batches await
+durability) and share the next job. An fdatasync that returns makes durable every batch
+written before it started, so batches complete strictly in journal order: each is handed to
+``on_durable`` (which updates the index) and its records' futures resolve. An add never waits
+for a timer: with an idle disk it is handed to a slot on the next loop iteration.
+``group_commit_max_bytes`` bounds the buffer; ``append`` waits for room (backpressure). A
+segment roll waits until no job is in flight, so a file is never closed under an fdatasync.
 
 Segments roll when the next record would pass ``journal_segment_size_bytes``. The writer fsyncs
 the old segment before it creates the new one, so only the newest segment can have a torn tail
@@ -38,7 +39,7 @@ page cache state is unknown): every queued and later record gets ``BookieIOError
 
 Where the parts live: ``Journal`` (this module) holds the buffer, assigns positions (the roll
 decision) and runs the writer task; ``bookie.storage.segment_writer.SegmentWriter`` is the open
-segment file in the write thread (creation, writes, preallocation, sealing);
+segment file, touched by one thread at a time (creation, writes, preallocation, sealing);
 ``bookie.storage.sync_slots.SyncSlots`` holds the written batches, the fdatasync slots and the
 completion in journal order.
 """
@@ -63,7 +64,6 @@ from bookie.storage.record import (
 )
 from bookie.storage.segment_writer import Chunk, SegmentWriter
 from bookie.storage.sync_slots import MAX_SYNCS_IN_FLIGHT, SyncSlots, fail_records
-from strata.metrics import STAGE_JOURNAL_WAIT, STAGE_JOURNAL_WRITE
 
 _log = logging.getLogger(__name__)
 
@@ -85,7 +85,6 @@ class PendingRecord:
         "queued_at",
         "record_type",
         "segment_id",
-        "written_at",
     )
 
     def __init__(
@@ -112,14 +111,13 @@ class PendingRecord:
         # A compaction copy of an existing record (not a client add).
         self.is_copy = is_copy
         self.queued_at = time.monotonic()  # for strata_bookie_add_entry_latency_seconds
-        self.written_at = 0.0  # set on a batch's last record once written (journal_sync stage)
 
 
 class Journal:
     """Group-committed, segmented write-ahead log; see the module docstring for the design.
 
     The journal owns the buffer of the next batch, the writer task and the failure state; the
-    open segment file is its ``SegmentWriter`` (touched only in the write thread) and the
+    open segment file is its ``SegmentWriter`` (touched by one thread at a time) and the
     batches awaiting durability are its ``SyncSlots``.
     """
 
@@ -158,7 +156,6 @@ class Journal:
         self._buffered_bytes = 0
         self._segment_id = first_segment_id
         self._segment_offset = SEGMENT_HEADER_SIZE
-        self._writing = False
         self._closing = False
         self._closed: asyncio.Future[None] | None = None  # done once close() has finished
         self._failure: BookieError | None = None
@@ -362,30 +359,11 @@ class Journal:
             records, chunks = self._records, self._chunks
             self._records, self._chunks, self._buffered_bytes = [], [], 0
             _wake_all(self._space_waiters)
-            self._writing = True
-            started = time.monotonic()
-            if records:
-                STAGE_JOURNAL_WAIT.observe(started - records[0].queued_at)
-            try:
-                await self._loop.run_in_executor(self._executor, self._segments.write_batch, chunks)
-            except OSError as exc:
-                self._fail_writes(f"journal write failed: {exc}", records)
-                return
-            finally:
-                self._writing = False
-            written = time.monotonic()
-            STAGE_JOURNAL_WRITE.observe(written - started)
-            if records:
-                records[-1].written_at = written
-            if self._failure is not None:  # an fdatasync failed meanwhile
-                fail_records(records, self._failure)
-                return
-            if not slots.written(records):
-                return
+            slots.commit(records, chunks)
 
     def _quiet(self) -> bool:
         """Nothing queued, being written, or written and not yet durable."""
-        return not self._records and not self._writing and self._slots.idle
+        return not self._records and self._slots.idle
 
     def _rolls_next(self) -> bool:
         return any(chunk.creates for chunk in self._chunks)

@@ -1,11 +1,12 @@
-"""The journal's open segment file, as its one write thread sees it: rolls, writes, zeros ahead.
+"""The journal's open segment file, as the thread writing it sees it: rolls, writes, zeros ahead.
 
-``SegmentWriter`` is the writer-thread half of ``bookie.storage.journal.Journal``: every method
-except ``wants_preallocation`` runs in the journal's one-thread write executor, so the file
-is only ever touched by one thread at a time. The event loop reads ``fd`` and the counters
-only between two executor jobs (the journal starts an fdatasync on ``fd`` after a write
-returned, and never lets a roll run while one is in flight, so a file is never closed under
-an fdatasync: ARCHITECTURE.md's first invariant).
+``SegmentWriter`` is the file half of ``bookie.storage.journal.Journal``: every method except
+``wants_preallocation`` runs in a thread, one thread at a time: ``write_batch`` in a commit
+slot's job (``SyncSlots``, which orders the jobs' writes by a turn), ``create``,
+``preallocate`` and ``close`` in the journal's own thread while no job is in flight. The slot
+job reads ``fd`` right after its write for its fdatasync; a roll (``write_batch`` creating the
+next segment) runs only while no other job is in flight, so a file is never closed under an
+fdatasync (ARCHITECTURE.md's first invariant).
 
 Rolling. ``write_batch`` takes the chunks the event loop prepared (``Chunk``: buffers bound
 for one segment); a chunk for a new segment creates it, after the old one was cut back to its

@@ -1,23 +1,28 @@
-"""The journal's fdatasync slots: written batches wait here until an fdatasync covers them.
+"""The journal's commit slots: each group commit is written and fdatasync'ed by one job.
 
 ``SyncSlots`` is the durability half of ``bookie.storage.journal.Journal`` (whose docstring
-gives the design and its numbers). The journal's writer hands it every batch it has written
-(``written``); it starts an fdatasync for every batch written so far whenever one of its
-``MAX_SYNCS_IN_FLIGHT`` slots is free, and when an fdatasync returns, every batch written before
-it *started* is durable: those batches complete strictly in journal order, each handed to
+gives the design and its numbers). The journal hands it every batch it takes out of its buffer
+(``commit``); a job in one of ``MAX_SYNCS_IN_FLIGHT`` slot threads writes the batch and then
+runs an fdatasync, so a group commit costs one hand-off to a thread and one back to the event
+loop (not one each for the write and the fdatasync). Up to ``MAX_SYNCS_IN_FLIGHT`` jobs overlap:
+a batch taken while an fdatasync runs is written and synced by its own job rather than queueing
+behind it. Writes stay in journal order: a job writes only after the job before it has
+written (``_turn``), so when a job's fdatasync returns, every batch up to and including its
+own is durable; those batches complete strictly in journal order, each handed to
 ``on_durable`` (which updates the index) before its records' futures resolve. An add is thus
 acknowledged only after an fdatasync that started after its write returned, and never before
-an earlier record (ARCHITECTURE.md's first invariant). With ``fsync=False`` a batch completes
-as soon as it is written.
+an earlier record (ARCHITECTURE.md's first invariant). With ``fsync=False`` a job only writes.
 
-A failed fdatasync, or an ``on_durable`` that raises, is reported through ``on_failure``: the
-journal then fails for good and calls ``fail_all``; an fdatasync returning after that changes
-nothing. Every method runs on the event loop; the fdatasyncs run in an executor of
-``MAX_SYNCS_IN_FLIGHT`` threads, on the segment ``SegmentWriter.fd`` held when each started (the
-journal never rolls to a new segment while one is in flight).
+A failed write or fdatasync, or an ``on_durable`` that raises, is reported through
+``on_failure``: the journal then fails for good and calls ``fail_all``; a job returning after
+that changes nothing, and a job whose turn comes after a failed write does not write. The
+segment file is touched by one slot thread at a time (the turn), never while the journal's own
+thread preallocates (it does so only when no job is in flight), and a roll (a batch that
+creates the next segment) starts only when no job is in flight, so a file is never closed
+under an fdatasync.
 
-Lifecycle: created by the journal; ``wait_idle()`` waits for the fdatasyncs in flight (the
-journal closes its file only after it); ``shutdown()`` stops the executor.
+Lifecycle: created by the journal; ``wait_idle()`` waits for the jobs in flight (the journal
+closes its file only after it); ``shutdown()`` stops the slot threads.
 """
 
 from __future__ import annotations
@@ -26,6 +31,7 @@ import asyncio
 import functools
 import logging
 import os
+import threading
 import time
 from collections import deque
 from collections.abc import Callable
@@ -33,18 +39,18 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import TYPE_CHECKING
 
 from bookie.errors import BookieError
-from bookie.metrics import timed_sync
+from bookie.metrics import JOURNAL_SYNC_LATENCY_SECONDS
 from bookie.storage.record import SEGMENT_HEADER_SIZE
-from bookie.storage.segment_writer import SegmentWriter
-from strata.metrics import STAGE_JOURNAL_SYNC
+from bookie.storage.segment_writer import Chunk, SegmentWriter
+from strata.metrics import STAGE_JOURNAL_SYNC, STAGE_JOURNAL_WAIT, STAGE_JOURNAL_WRITE
 
 if TYPE_CHECKING:
     from bookie.storage.journal import PendingRecord
 
 _log = logging.getLogger(__name__)
 
-# Overlapping fdatasyncs: on the reference machine two in flight cut the p99 of write → durable
-# by a third at 2,000 batches/s (the disk's flushes overlap); a third did not help further.
+# Overlapping group commits: on the reference machine two in flight cut the p99 of write →
+# durable by a third at 2,000 batches/s (the disk's flushes overlap); a third did not help.
 MAX_SYNCS_IN_FLIGHT = 2
 
 
@@ -54,9 +60,20 @@ def fail_records(records: list[PendingRecord], error: BookieError) -> None:
             record.future.set_exception(error)
 
 
+class _WriteFailed(Exception):
+    """A job's write failed (as opposed to its fdatasync)."""
+
+
+class _Batch:
+    __slots__ = ("number", "records")
+
+    def __init__(self, number: int, records: list[PendingRecord]) -> None:
+        self.number = number
+        self.records = records
+
+
 class SyncSlots:
-    """Written batches awaiting durability and the fdatasyncs for them; see the module
-    docstring."""
+    """Group commits in flight and those awaiting completion; see the module docstring."""
 
     def __init__(
         self,
@@ -77,81 +94,119 @@ class SyncSlots:
         self._executor = ThreadPoolExecutor(
             max_workers=MAX_SYNCS_IN_FLIGHT, thread_name_prefix="bookie-journal-sync"
         )
-        # Batches written but not yet durable, oldest first; the count of batches written so
-        # far, the count the newest fdatasync started for, and the fdatasyncs in flight.
-        self.unsynced: deque[list[PendingRecord]] = deque()
+        # Batches taken but not yet durable, oldest first; the count of batches taken so far,
+        # and the jobs in flight.
+        self.unsynced: deque[_Batch] = deque()
         self.unsynced_records = 0
-        self._written_batches = 0
-        self._sync_started_for = 0
-        self.in_flight: set[asyncio.Future[None]] = set()
+        self._taken_batches = 0
+        self.in_flight: set[asyncio.Future[tuple[float, float]]] = set()
         self._failed = False
         self.fsyncs = 0
+        # Slot-thread side: the number of the batch whose turn it is to write; set once a
+        # write failed (no later job writes after it).
+        self._turn = threading.Condition()
+        self._next_write = 1
+        self._write_failed = False
         # Position just after the last durable record.
         self.durable_segment_id = first_segment_id
         self.durable_offset = SEGMENT_HEADER_SIZE
 
     @property
     def batches_durable(self) -> int:
-        return self._written_batches - len(self.unsynced)
+        return self._taken_batches - len(self.unsynced)
 
     @property
     def full(self) -> bool:
-        """Every slot runs an fdatasync: a new batch waits in the journal's buffer."""
+        """Every slot runs a job: a new batch waits in the journal's buffer."""
         return len(self.in_flight) >= MAX_SYNCS_IN_FLIGHT
 
     @property
     def idle(self) -> bool:
-        """No batch awaits durability and no fdatasync runs."""
+        """No batch awaits durability and no job runs."""
         return not self.unsynced and not self.in_flight
 
-    def written(self, records: list[PendingRecord]) -> bool:
-        """A batch was written; False when completing it failed the journal (no fsync)."""
-        self.unsynced.append(records)
+    def commit(self, records: list[PendingRecord], chunks: list[Chunk]) -> None:
+        """Start the job that writes ``chunks`` (holding ``records``) and fdatasyncs them.
+
+        The journal calls it only when a slot is free (``not full``), and for a batch that
+        rolls to a new segment only when no job is in flight."""
+        self._taken_batches += 1
+        number = self._taken_batches
+        self.unsynced.append(_Batch(number, records))
         self.unsynced_records += len(records)
-        self._written_batches += 1
+        job = self._loop.run_in_executor(self._executor, self._write_and_sync, number, chunks)
+        self.in_flight.add(job)
+        job.add_done_callback(functools.partial(self._on_job_done, number, records))
+
+    # -- in a slot thread ----------------------------------------------------------------------
+
+    def _write_and_sync(self, number: int, chunks: list[Chunk]) -> tuple[float, float]:
+        """Write batch ``number`` after the one before it, then fdatasync; returns when the
+        write started and when it returned."""
+        with self._turn:
+            while self._next_write != number and not self._write_failed:
+                self._turn.wait()
+            try:
+                if self._write_failed:
+                    raise _WriteFailed("an earlier journal write failed")
+                started = time.monotonic()
+                self._segments.write_batch(chunks)
+                written = time.monotonic()
+                fd = self._segments.fd
+            except _WriteFailed:
+                raise
+            except Exception as exc:
+                self._write_failed = True
+                raise _WriteFailed(str(exc)) from exc
+            finally:
+                self._next_write = number + 1
+                self._turn.notify_all()
         if self._fsync:
-            self._start_sync()
-            return True
-        return self._complete_through(self._written_batches)
+            sync_started = time.monotonic()
+            os.fdatasync(fd)
+            JOURNAL_SYNC_LATENCY_SECONDS.observe(time.monotonic() - sync_started)
+        return started, written
 
-    def _start_sync(self) -> None:
-        """Start an fdatasync for every batch written so far, unless enough are in flight."""
-        if len(self.in_flight) >= MAX_SYNCS_IN_FLIGHT:
-            return
-        if self._sync_started_for >= self._written_batches:
-            return
-        target = self._sync_started_for = self._written_batches
-        # The write executor changes the file only at a roll, and rolls wait for no syncs.
-        sync = self._loop.run_in_executor(
-            self._executor, timed_sync, os.fdatasync, self._segments.fd
-        )
-        self.in_flight.add(sync)
-        sync.add_done_callback(functools.partial(self._on_synced, target))
+    # -- on the event loop ---------------------------------------------------------------------
 
-    def _on_synced(self, target: int, sync: asyncio.Future[None]) -> None:
-        self.in_flight.discard(sync)
+    def _on_job_done(
+        self,
+        number: int,
+        records: list[PendingRecord],
+        job: asyncio.Future[tuple[float, float]],
+    ) -> None:
+        self.in_flight.discard(job)
         self._on_sync_returned()
         if self._failed:
             return
-        error = sync.exception()
+        error = job.exception()
+        if isinstance(error, _WriteFailed):
+            self._on_failure(f"journal write failed: {error}", [])
+            return
         if error is not None:
             # After a failed fdatasync the page cache state is unknown: fail for good.
             self._on_failure(f"journal fdatasync failed: {error}", [])
             return
-        self.fsyncs += 1
-        if self._complete_through(target):
-            self._start_sync()
+        started, written = job.result()
+        now = time.monotonic()
+        if records:
+            STAGE_JOURNAL_WAIT.observe(started - records[0].queued_at)
+        STAGE_JOURNAL_WRITE.observe(written - started)
+        STAGE_JOURNAL_SYNC.observe(now - written)
+        if self._fsync:
+            self.fsyncs += 1
+        self._complete_through(number)
 
-    def _complete_through(self, target: int) -> bool:
-        """Complete the batches up to written-batch number ``target``, oldest first.
-
-        False when the index refused one (the journal has then failed)."""
-        while self.batches_durable < target:
-            records = self.unsynced.popleft()
+    def _complete_through(self, number: int) -> None:
+        """Complete the batches up to batch ``number``, oldest first (stops if the index
+        refused one: the journal has then failed)."""
+        unsynced = self.unsynced
+        while unsynced and unsynced[0].number <= number:
+            records = unsynced.popleft().records
             self.unsynced_records -= len(records)
+            if not records:
+                continue
             last = records[-1]
-            if last.written_at:
-                STAGE_JOURNAL_SYNC.observe(time.monotonic() - last.written_at)
             self.durable_segment_id = last.segment_id
             self.durable_offset = last.offset + last.length
             try:
@@ -159,23 +214,22 @@ class SyncSlots:
             except Exception as exc:  # a bug: the index no longer matches the journal
                 _log.exception("applying a durable journal batch failed")
                 self._on_failure(f"index update failed: {exc!r}", records)
-                return False
+                return
             for record in records:
                 future = record.future
                 if future is not None and not future.done():
                     future.set_result(None)
-        return True
 
     def fail_all(self, error: BookieError) -> None:
-        """Fail every batch not yet durable; fdatasyncs returning later complete nothing."""
+        """Fail every batch not yet durable; jobs returning later complete nothing."""
         self._failed = True
-        for records in self.unsynced:
-            fail_records(records, error)
+        for batch in self.unsynced:
+            fail_records(batch.records, error)
         self.unsynced.clear()
         self.unsynced_records = 0
 
     async def wait_idle(self) -> None:
-        """Wait until no fdatasync runs (their outcome no longer matters)."""
+        """Wait until no job runs (their outcome no longer matters)."""
         await asyncio.gather(*self.in_flight, return_exceptions=True)
 
     def shutdown(self) -> None:

@@ -1,6 +1,6 @@
 """Overlapping fdatasyncs in the journal: a batch written while one runs starts its own, at
-most MAX_SYNCS_IN_FLIGHT run at once, batches complete in journal order, and a failed
-fdatasync fails everything not yet durable.
+most MAX_SYNCS_IN_FLIGHT run at once, batches complete in journal order, writes stay in journal
+order, and a failed fdatasync or write fails everything not yet durable.
 
 The fdatasync is replaced by one that waits for the test to release it, so the order in which
 calls return is the test's choice; the data itself is still written to a real segment file.
@@ -18,7 +18,8 @@ import pytest
 
 from bookie.errors import BookieIOError
 from bookie.storage.journal import Journal, PendingRecord
-from bookie.storage.record import ENTRY
+from bookie.storage.record import ENTRY, SEGMENT_HEADER_SIZE, RecordHeader, scan_records
+from bookie.storage.segment_writer import Chunk
 from bookie.storage.sync_slots import MAX_SYNCS_IN_FLIGHT
 from tests.unit.bookie.fake_bookies import wait_until
 
@@ -177,3 +178,75 @@ async def test_close_waits_for_syncs_in_flight(
     assert durable == [0]
     (segment,) = os.listdir(tmp_path)
     assert (tmp_path / segment).stat().st_size > 0
+
+
+def _entries_on_disk(directory: Path) -> list[int]:
+    """Entry ids of the intact records in the journal's segments, in file order."""
+    found: list[int] = []
+    for name in sorted(os.listdir(directory)):
+        data = (directory / name).read_bytes()
+        for item in scan_records(data, SEGMENT_HEADER_SIZE, len(data), last_segment=True):
+            if isinstance(item, RecordHeader):
+                found.append(item.entry_id)
+    return found
+
+
+async def test_writes_stay_in_journal_order_when_an_earlier_write_is_slow(
+    journal: tuple[Journal, HeldSyncs, list[int]], tmp_path: Path
+) -> None:
+    """Each group commit is written and synced by its own job in a slot thread; a later job
+    never writes before the earlier one has (it waits its turn), so the file holds the
+    records in journal order and a later fdatasync covers every earlier batch."""
+    writer, syncs, durable = journal
+    write_batch = writer._segments.write_batch
+    first_may_write = threading.Event()
+    writes: list[int] = []
+
+    def slow_first_write(chunks: list[Chunk]) -> None:
+        if not writes:
+            assert first_may_write.wait(WAIT_S)
+        writes.append(len(writes))
+        write_batch(chunks)
+
+    writer._segments.write_batch = slow_first_write  # type: ignore[method-assign]
+    syncs.holding = False
+    first = await _append(writer, 0)
+    await asyncio.sleep(0.05)  # the first job is now blocked in its write
+    second = await _append(writer, 1)  # taken by the second slot at once
+    await asyncio.sleep(0.1)
+    assert writes == [] and len(syncs.calls) == 0  # the second waits for the first's write
+    first_may_write.set()
+    async with asyncio.timeout(WAIT_S):
+        await asyncio.gather(first, second)
+    assert durable == [0, 1]
+    assert _entries_on_disk(tmp_path) == [0, 1]
+
+
+async def test_a_failed_write_fails_everything_and_nothing_is_written_after_it(
+    journal: tuple[Journal, HeldSyncs, list[int]], tmp_path: Path
+) -> None:
+    writer, syncs, durable = journal
+    write_batch = writer._segments.write_batch
+    calls: list[int] = []
+
+    def failing_second_write(chunks: list[Chunk]) -> None:
+        calls.append(len(calls))
+        if len(calls) == 2:
+            raise OSError(28, "No space left on device (injected)")
+        write_batch(chunks)
+
+    writer._segments.write_batch = failing_second_write  # type: ignore[method-assign]
+    first = await _append(writer, 0)
+    await syncs.wait_for_calls(1)  # the first batch is written, its fdatasync held
+    second = await _append(writer, 1)
+    for future in (first, second):
+        with pytest.raises(BookieIOError, match=r"journal write failed: .*No space left"):
+            await asyncio.wait_for(future, WAIT_S)
+    # The first batch's fdatasync returning now changes nothing: the journal failed for good.
+    syncs.release(0)
+    await asyncio.sleep(0.05)
+    assert durable == []
+    with pytest.raises(BookieIOError):
+        await _append(writer, 2)
+    assert calls == [0, 1]
+    assert _entries_on_disk(tmp_path) == [0]
