@@ -12,7 +12,7 @@ GEN_STAMP := strata/v1/.generated
 DATA_DIR ?= ./data/standalone
 PYTEST_ARGS ?=
 
-.PHONY: install proto proto-release cpp cpp-deps browser-deps run test test-k8s test-unit test-integration test-faults fuzz lint fmt bench bench-cluster bench-stages bench-soak bench-auth bench-dedup bench-offload bench-subscriptions clean
+.PHONY: install proto proto-release cpp cpp-deps browser-deps bench-deps run test test-k8s test-unit test-integration test-faults fuzz lint fmt bench bench-cluster bench-stages bench-soak bench-auth bench-dedup bench-offload bench-subscriptions clean
 
 install: $(STAMP) $(GEN_STAMP)
 
@@ -45,6 +45,10 @@ cpp-deps:
 # Headless Chromium and chromedriver from Debian for the console's browser tests (tests/console).
 browser-deps:
 	sh tools/browser/install-deps.sh
+
+# Redis (appendfsync always), the peer make bench measures beside Strata (issue 15).
+bench-deps:
+	sh tools/bench/install-deps.sh
 
 cpp: cpp-deps
 	cmake -S clients/cpp -B clients/cpp/build -DCMAKE_BUILD_TYPE=RelWithDebInfo
@@ -107,10 +111,10 @@ fmt: install
 	$(BIN)/ruff format .
 	$(BIN)/ruff check --fix .
 
-bench: install
+bench: install bench-deps
 	$(PY) -m tests.bench.run_bench
 
-bench-cluster: install
+bench-cluster: install bench-deps
 	$(PY) -m tests.bench.run_bench --deployments standalone,cluster
 
 # Where a publish's time goes, stage by stage, standalone and cluster (issue 15 item 1).

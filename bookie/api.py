@@ -11,6 +11,7 @@ same conditions (the gRPC client maps statuses back).
 
 from __future__ import annotations
 
+import asyncio
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -67,6 +68,21 @@ class BookieClient(Protocol):
 
         Raises ``LedgerFencedError`` when the ledger is fenced and this is not a recovery add.
         """
+        ...
+
+    def send_add(
+        self,
+        ledger_id: int,
+        entry_id: int,
+        last_add_confirmed: int,
+        payload: bytes,
+        master_key: bytes,
+        *,
+        recovery_add: bool = False,
+    ) -> asyncio.Future[None]:
+        """``add_entry`` as a future, started now, for the ledger writer's pipelined sends:
+        it resolves or fails as ``add_entry`` would, has no timeout of its own (the writer's
+        monitor bounds it) and cancelling it abandons the add (a late answer is ignored)."""
         ...
 
     async def read_entries(

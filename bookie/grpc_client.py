@@ -55,24 +55,37 @@ class AddStream:
         self._call = stub.AddEntries()
         self._queue: deque[bookie_pb2.AddEntry] = deque()
         self._room_waiters: list[asyncio.Future[None]] = []
-        self._pending: dict[int, asyncio.Future[bookie_pb2.AddResult]] = {}
+        self._pending: dict[int, asyncio.Future[None]] = {}
         self._queued = asyncio.Event()
         self.dead = False
         self._writer = asyncio.create_task(self._write_loop(), name="bookie-add-writer")
         self._reader = asyncio.create_task(self._read_loop(), name="bookie-add-reader")
 
-    def submit(self, add: bookie_pb2.AddEntry) -> asyncio.Future[bookie_pb2.AddResult]:
+    def submit(self, add: bookie_pb2.AddEntry) -> asyncio.Future[None]:
+        """Queue ``add``; the future resolves once the bookie stored it durably, or fails with
+        the error its status maps to. Cancelling the future abandons the add."""
         if self.dead:
             raise BookieUnavailableError(f"add stream to {self._address} is closed")
-        future: asyncio.Future[bookie_pb2.AddResult] = asyncio.get_running_loop().create_future()
+        future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self._pending[add.request_id] = future
         self._queue.append(add)
         self._queued.set()
         return future
 
+    def has_room(self, max_pending: int) -> bool:
+        if len(self._pending) < max_pending:
+            return True
+        self._drop_abandoned()
+        return len(self._pending) < max_pending
+
+    def _drop_abandoned(self) -> None:
+        """Forget adds whose caller gave up (cancelled futures): they hold no room."""
+        for request_id in [key for key, future in self._pending.items() if future.done()]:
+            del self._pending[request_id]
+
     async def wait_for_room(self, max_pending: int) -> None:
         """Wait while ``max_pending`` adds are unanswered (the stream's backpressure)."""
-        while len(self._pending) >= max_pending and not self.dead:
+        while not self.has_room(max_pending) and not self.dead:
             waiter = asyncio.get_running_loop().create_future()
             self._room_waiters.append(waiter)
             await waiter
@@ -118,7 +131,11 @@ class AddStream:
                 for result in response.results:
                     future = self._pending.pop(result.request_id, None)
                     if future is not None and not future.done():
-                        future.set_result(result)
+                        error = error_for_add_status(result.status, result.message)
+                        if error is None:
+                            future.set_result(None)
+                        else:
+                            future.set_exception(error)
                 if self._room_waiters:
                     self._wake_room_waiters()
         except asyncio.CancelledError:
@@ -255,16 +272,61 @@ class GrpcBookieClient:
                 await stream.wait_for_room(self._max_pending_adds)
                 add.request_id = self._next_request_id
                 self._next_request_id += 1
-                result = await stream.submit(add)
+                await stream.submit(add)
         except TimeoutError:
             if stream is not None:
                 stream.forget(add.request_id)
             raise BookieUnavailableError(
                 f"add of ledger {ledger_id} entry {entry_id} to {self._address} timed out"
             ) from None
-        error = error_for_add_status(result.status, result.message)
-        if error is not None:
-            raise error
+
+    def send_add(
+        self,
+        ledger_id: int,
+        entry_id: int,
+        last_add_confirmed: int,
+        payload: bytes,
+        master_key: bytes,
+        *,
+        recovery_add: bool = False,
+    ) -> asyncio.Future[None]:
+        """``add_entry`` without a coroutine or a timer of its own, for the ledger writer (whose
+        timeout monitor bounds every send): with the stream open and room on it, the add is
+        queued at once and the stream's own future returned; otherwise a task runs
+        ``add_entry``. Cancelling the future abandons the add."""
+        stream = self._stream
+        if (
+            self._closed
+            or stream is None
+            or stream.dead
+            or ledger_id < 0
+            or entry_id < 0
+            or last_add_confirmed < -1
+            or len(payload) > self._max_entry_size_bytes
+            or not stream.has_room(self._max_pending_adds)
+        ):
+            # Opening the stream, waiting for room, or raising add_entry's errors.
+            return asyncio.ensure_future(
+                self.add_entry(
+                    ledger_id,
+                    entry_id,
+                    last_add_confirmed,
+                    payload,
+                    master_key,
+                    recovery_add=recovery_add,
+                )
+            )
+        add = bookie_pb2.AddEntry(
+            request_id=self._next_request_id,
+            ledger_id=ledger_id,
+            entry_id=entry_id,
+            last_add_confirmed=last_add_confirmed,
+            payload=payload,
+            master_key=master_key,
+            recovery_add=recovery_add,
+        )
+        self._next_request_id += 1
+        return stream.submit(add)
 
     async def _unary(self, method: Any, request: Any, timeout_s: float) -> Any:
         self._check_open()

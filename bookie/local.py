@@ -48,6 +48,27 @@ class LocalBookieClient:
             ledger_id, entry_id, last_add_confirmed, payload, master_key, recovery_add=recovery_add
         )
 
+    def send_add(
+        self,
+        ledger_id: int,
+        entry_id: int,
+        last_add_confirmed: int,
+        payload: bytes,
+        master_key: bytes,
+        *,
+        recovery_add: bool = False,
+    ) -> asyncio.Future[None]:
+        return asyncio.ensure_future(
+            self.add_entry(
+                ledger_id,
+                entry_id,
+                last_add_confirmed,
+                payload,
+                master_key,
+                recovery_add=recovery_add,
+            )
+        )
+
     async def read_entries(
         self, ledger_id: int, first_entry_id: int, last_entry_id: int, max_bytes: int = 0
     ) -> list[LedgerEntry]:

@@ -73,6 +73,13 @@ def check_publish_request(request: messaging_pb2.ProduceRequest) -> None:
         raise InvalidRequestError("after 'open', a Produce stream carries only 'publish' requests")
 
 
+# The enums' values, as sets (``EnumTypeWrapper.values()`` builds a list on every call, and
+# check_publish_batch runs for every batch).
+_COMPRESSION_TYPES = frozenset(messaging_pb2.CompressionType.values())
+_INITIAL_POSITIONS = frozenset(messaging_pb2.InitialPosition.values())
+_KEY_SHARED_MODES = frozenset(messaging_pb2.KeySharedMeta.Mode.values())
+
+
 def check_publish_batch(batch: messaging_pb2.ProducerBatch, max_size_bytes: int) -> None:
     if batch.sequence_id > MAX_SEQUENCE_ID:
         raise InvalidRequestError(
@@ -80,7 +87,7 @@ def check_publish_batch(batch: messaging_pb2.ProducerBatch, max_size_bytes: int)
         )
     if batch.num_messages <= 0:
         raise InvalidRequestError(f"batch {batch.sequence_id} has no messages (num_messages=0)")
-    if batch.compression not in messaging_pb2.CompressionType.values():
+    if batch.compression not in _COMPRESSION_TYPES:
         raise InvalidRequestError(
             f"batch {batch.sequence_id}: compression {batch.compression} is not NONE, LZ4 or ZSTD"
         )
@@ -143,7 +150,7 @@ def check_subscribe_request(request: object) -> SubscribeRequest:
             "Failover (3) or Key_Shared (4)"
         )
     mode, ranges = check_key_shared(subscribe, sub_type)
-    if subscribe.initial_position not in messaging_pb2.InitialPosition.values():
+    if subscribe.initial_position not in _INITIAL_POSITIONS:
         raise InvalidRequestError(
             f"initial_position {subscribe.initial_position} is not LATEST (1) or EARLIEST (2)"
         )
@@ -172,7 +179,7 @@ def check_key_shared(
         if meta.ranges or meta.mode:
             raise InvalidRequestError("key_shared is for Key_Shared subscriptions only")
         return 0, ()
-    if meta.mode not in messaging_pb2.KeySharedMeta.Mode.values():
+    if meta.mode not in _KEY_SHARED_MODES:
         raise InvalidRequestError(f"key_shared.mode {meta.mode} is not AUTO_SPLIT or STICKY")
     ranges = tuple((r.start, r.end) for r in meta.ranges)
     if meta.mode == KEY_SHARED_STICKY:

@@ -40,6 +40,7 @@ without touching the metadata. Either way every task the handle started has ende
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import time
 from collections import deque
@@ -103,7 +104,7 @@ class _PendingAdd:
         self.slots = slots
         self.future = future
         self.acked_slots: set[int] = set()
-        self.sends: dict[int, asyncio.Task[None]] = {}
+        self.sends: dict[int, asyncio.Future[None]] = {}
         self.done = False
         self.started = time.monotonic()  # for strata_storage_write_latency_seconds
 
@@ -157,8 +158,8 @@ class LedgerHandle:
         self._failure: LedgerClosedError | None = None
         self._closed = False
         # In-flight sends in the order they started, which is deadline order (one timeout):
-        # task → (deadline, position, generation, bookie).
-        self._sends: dict[asyncio.Task[None], tuple[float, int, int, str]] = {}
+        # send → (deadline, position, generation, bookie).
+        self._sends: dict[asyncio.Future[None], tuple[float, int, int, str]] = {}
         self._timeout_s = self._config.add_entry_timeout_ms / 1000
         self._monitor: asyncio.Task[None] | None = None
         self._ensemble_change: asyncio.Task[None] | None = None
@@ -228,15 +229,27 @@ class LedgerHandle:
         loop = asyncio.get_running_loop()
         generation = self._generation[slot]
         address = self._ensemble[slot]
-        task = loop.create_task(self._send(op, slot, generation, address))
-        op.sends[slot] = task
-        self._sends[task] = (loop.time() + self._timeout_s, slot, generation, address)
-        task.add_done_callback(self._forget_send)
+        sent = time.monotonic()
+        # A future per send, no task and no timer: the monitor below bounds every send.
+        try:
+            send = self._manager.resolve(address).send_add(
+                self.ledger_id,
+                op.entry_id,
+                self.last_add_confirmed,
+                op.payload,
+                self._master_key,
+                recovery_add=self._recovery,
+            )
+        except Exception as exc:
+            send = loop.create_future()
+            send.set_exception(exc)
+        op.sends[slot] = send
+        self._sends[send] = (loop.time() + self._timeout_s, slot, generation, address)
+        send.add_done_callback(
+            functools.partial(self._on_send_done, op, slot, generation, address, sent)
+        )
         if self._monitor is None:
             self._monitor = loop.create_task(self._monitor_timeouts())
-
-    def _forget_send(self, task: asyncio.Task[None]) -> None:
-        self._sends.pop(task, None)
 
     async def _monitor_timeouts(self) -> None:
         """Fail sends older than ``add_entry_timeout_ms`` (BookKeeper's add timeout monitor).
@@ -249,16 +262,16 @@ class LedgerHandle:
             while self._sends:  # ends when nothing is in flight; the next send restarts it
                 await asyncio.sleep(interval_s)
                 now = asyncio.get_running_loop().time()
-                expired: list[tuple[asyncio.Task[None], int, int, str]] = []
-                for task, (deadline, slot, generation, address) in self._sends.items():
+                expired: list[tuple[asyncio.Future[None], int, int, str]] = []
+                for send, (deadline, slot, generation, address) in self._sends.items():
                     if deadline > now:
                         break
-                    expired.append((task, slot, generation, address))
-                for task, slot, generation, address in expired:
-                    del self._sends[task]
-                    if task.done():
+                    expired.append((send, slot, generation, address))
+                for send, slot, generation, address in expired:
+                    del self._sends[send]
+                    if send.done():
                         continue  # its answer came just in time
-                    task.cancel()
+                    send.cancel()
                     self._on_bookie_failure(
                         slot,
                         generation,
@@ -270,24 +283,21 @@ class LedgerHandle:
         finally:
             self._monitor = None
 
-    async def _send(self, op: _PendingAdd, slot: int, generation: int, address: str) -> None:
-        outcome: Exception | None = None
-        sent = time.monotonic()
-        try:
-            client = self._manager.resolve(address)
-            await client.add_entry(
-                self.ledger_id,
-                op.entry_id,
-                self.last_add_confirmed,
-                op.payload,
-                self._master_key,
-                recovery_add=self._recovery,
-            )
-        except Exception as exc:
-            outcome = exc
-        finally:
-            if op.sends.get(slot) is asyncio.current_task():
-                del op.sends[slot]
+    def _on_send_done(
+        self,
+        op: _PendingAdd,
+        slot: int,
+        generation: int,
+        address: str,
+        sent: float,
+        send: asyncio.Future[None],
+    ) -> None:
+        self._sends.pop(send, None)
+        if op.sends.get(slot) is send:
+            del op.sends[slot]
+        if send.cancelled():
+            return  # timed out (the monitor handled it), replaced, or the writer stopped
+        outcome = send.exception()
         if outcome is None:
             STAGE_BOOKIE_ROUND_TRIP.observe(time.monotonic() - sent)
             self._on_ack(op, slot, generation)
@@ -303,7 +313,7 @@ class LedgerHandle:
                 LedgerClosedError(f"ledger {self.ledger_id}: {address} refused the add: {outcome}"),
                 outcome,
             )
-        else:
+        elif isinstance(outcome, Exception):
             self._on_bookie_failure(slot, generation, address, outcome)
 
     def _on_ack(self, op: _PendingAdd, slot: int, generation: int) -> None:
@@ -522,14 +532,13 @@ class LedgerHandle:
             if not op.future.done():
                 op.future.set_exception(error)
         current = asyncio.current_task()
-        for task in list(self._sends):
-            if task is not current:
-                task.cancel()
+        for send in list(self._sends):
+            send.cancel()
         if self._ensemble_change is not None and self._ensemble_change is not current:
             self._ensemble_change.cancel()
 
     async def _stop_tasks(self) -> None:
-        tasks: list[asyncio.Task[None]] = list(self._sends)
+        tasks: list[asyncio.Future[None]] = list(self._sends)
         if self._monitor is not None:
             tasks.append(self._monitor)
         for task in tasks:

@@ -21,21 +21,24 @@ thread preallocates (it does so only when no job is in flight), and a roll (a ba
 creates the next segment) starts only when no job is in flight, so a file is never closed
 under an fdatasync.
 
-Lifecycle: created by the journal; ``wait_idle()`` waits for the jobs in flight (the journal
-closes its file only after it); ``shutdown()`` stops the slot threads.
+The ``MAX_SYNCS_IN_FLIGHT`` slot threads take jobs from a queue and hand each outcome back with
+``call_soon_threadsafe`` (an executor's futures cost a tenth of the bookie's CPU at 500
+group commits/s).
+
+Lifecycle: created by the journal, which starts its slot threads; ``wait_idle()`` waits for the
+jobs in flight (the journal closes its file only after it); ``shutdown()`` stops the threads.
 """
 
 from __future__ import annotations
 
 import asyncio
-import functools
 import logging
 import os
+import queue
 import threading
 import time
 from collections import deque
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
 from typing import TYPE_CHECKING
 
 from bookie.errors import BookieError
@@ -91,15 +94,13 @@ class SyncSlots:
         self._on_failure = on_failure
         self._on_sync_returned = on_sync_returned
         self._loop = asyncio.get_running_loop()
-        self._executor = ThreadPoolExecutor(
-            max_workers=MAX_SYNCS_IN_FLIGHT, thread_name_prefix="bookie-journal-sync"
-        )
         # Batches taken but not yet durable, oldest first; the count of batches taken so far,
-        # and the jobs in flight.
+        # and the jobs in flight (queued for or running in a slot thread).
         self.unsynced: deque[_Batch] = deque()
         self.unsynced_records = 0
         self._taken_batches = 0
-        self.in_flight: set[asyncio.Future[tuple[float, float]]] = set()
+        self.in_flight = 0
+        self._idle_waiters: list[asyncio.Future[None]] = []
         self._failed = False
         self.fsyncs = 0
         # Slot-thread side: the number of the batch whose turn it is to write; set once a
@@ -107,6 +108,19 @@ class SyncSlots:
         self._turn = threading.Condition()
         self._next_write = 1
         self._write_failed = False
+        # The slot threads and their job queue (a SimpleQueue and call_soon_threadsafe: one
+        # wake-up each way, none of an executor's futures); None stops a thread.
+        self._jobs: queue.SimpleQueue[tuple[int, list[Chunk], list[PendingRecord]] | None] = (
+            queue.SimpleQueue()
+        )
+        self._threads = [
+            threading.Thread(
+                target=self._run_slot, name=f"bookie-journal-slot-{index}", daemon=True
+            )
+            for index in range(MAX_SYNCS_IN_FLIGHT)
+        ]
+        for thread in self._threads:
+            thread.start()
         # Position just after the last durable record.
         self.durable_segment_id = first_segment_id
         self.durable_offset = SEGMENT_HEADER_SIZE
@@ -118,7 +132,7 @@ class SyncSlots:
     @property
     def full(self) -> bool:
         """Every slot runs a job: a new batch waits in the journal's buffer."""
-        return len(self.in_flight) >= MAX_SYNCS_IN_FLIGHT
+        return self.in_flight >= MAX_SYNCS_IN_FLIGHT
 
     @property
     def idle(self) -> bool:
@@ -134,11 +148,27 @@ class SyncSlots:
         number = self._taken_batches
         self.unsynced.append(_Batch(number, records))
         self.unsynced_records += len(records)
-        job = self._loop.run_in_executor(self._executor, self._write_and_sync, number, chunks)
-        self.in_flight.add(job)
-        job.add_done_callback(functools.partial(self._on_job_done, number, records))
+        self.in_flight += 1
+        self._jobs.put((number, chunks, records))
 
     # -- in a slot thread ----------------------------------------------------------------------
+
+    def _run_slot(self) -> None:
+        while True:
+            job = self._jobs.get()
+            if job is None:
+                return
+            number, chunks, records = job
+            times: tuple[float, float] | None = None
+            error: BaseException | None = None
+            try:
+                times = self._write_and_sync(number, chunks)
+            except BaseException as exc:  # reported to the loop, which fails the journal
+                error = exc
+            try:
+                self._loop.call_soon_threadsafe(self._on_job_done, number, records, times, error)
+            except RuntimeError:  # the loop is closed: nobody waits any more
+                return
 
     def _write_and_sync(self, number: int, chunks: list[Chunk]) -> tuple[float, float]:
         """Write batch ``number`` after the one before it, then fdatasync; returns when the
@@ -173,13 +203,18 @@ class SyncSlots:
         self,
         number: int,
         records: list[PendingRecord],
-        job: asyncio.Future[tuple[float, float]],
+        times: tuple[float, float] | None,
+        error: BaseException | None,
     ) -> None:
-        self.in_flight.discard(job)
+        self.in_flight -= 1
+        if not self.in_flight:
+            waiters, self._idle_waiters = self._idle_waiters, []
+            for waiter in waiters:
+                if not waiter.done():
+                    waiter.set_result(None)
         self._on_sync_returned()
         if self._failed:
             return
-        error = job.exception()
         if isinstance(error, _WriteFailed):
             self._on_failure(f"journal write failed: {error}", [])
             return
@@ -187,7 +222,8 @@ class SyncSlots:
             # After a failed fdatasync the page cache state is unknown: fail for good.
             self._on_failure(f"journal fdatasync failed: {error}", [])
             return
-        started, written = job.result()
+        assert times is not None
+        started, written = times
         now = time.monotonic()
         if records:
             STAGE_JOURNAL_WAIT.observe(started - records[0].queued_at)
@@ -230,7 +266,14 @@ class SyncSlots:
 
     async def wait_idle(self) -> None:
         """Wait until no job runs (their outcome no longer matters)."""
-        await asyncio.gather(*self.in_flight, return_exceptions=True)
+        while self.in_flight:
+            waiter = self._loop.create_future()
+            self._idle_waiters.append(waiter)
+            await waiter
 
     def shutdown(self) -> None:
-        self._executor.shutdown(wait=True)
+        """Stop the slot threads (after ``wait_idle``: they are idle, so this is quick)."""
+        for _ in self._threads:
+            self._jobs.put(None)
+        for thread in self._threads:
+            thread.join()

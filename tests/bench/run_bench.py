@@ -13,6 +13,10 @@ producer took to connect, look up and load the topic (``topic_load_ms``) is repo
 own. The latency cases run twice: on a fresh process, and after a burst of
 ``--burst-messages`` (200,000) at full speed, consumed (``after_burst``), because a fresh
 process hides what a burst leaves behind.
+The fresh latency cases also run against Redis Streams with ``appendfsync always``
+(``tests/bench/redis_peer.py``, deployment ``redis-always``; ``--peers ''`` leaves it out),
+interleaved with the others, and the bench prints the ratio of each deployment's end-to-end
+p99 to Redis's (issue 15: the standalone's must be at or below 1.0).
 Results go to stdout as a table and to ``data/bench/results.json``.
 """
 
@@ -34,6 +38,7 @@ import grpc
 
 from strata.auth.tokens import create_token
 from strata.v1 import admin_pb2, admin_pb2_grpc
+from tests.bench import redis_peer
 from tests.cluster import Cluster
 from tests.harness import Standalone
 from tests.tls_certs import make_tls_files
@@ -154,6 +159,8 @@ def write_to_three_bookies(broker_address: str) -> None:
         )
 
 
+# The peer deployment: Redis Streams with appendfsync always (tests/bench/redis_peer.py).
+REDIS = "redis-always"
 WARMUP_MESSAGES = 2_000
 BURST_MESSAGES = 200_000
 
@@ -183,6 +190,16 @@ def produce_and_consume(
     return {"produce": produced, "consume": consumed}
 
 
+def run_redis_case(size: int, messages: int, rate: int) -> dict[str, Any]:
+    """The peer: a fresh redis-server, a warm-up run, then the measured one."""
+    with tempfile.TemporaryDirectory(prefix="strata-bench-redis-") as tmp:
+        with redis_peer.redis_always(Path(tmp)) as port:
+            redis_peer.run(port, size, rate, WARMUP_MESSAGES)
+            result = redis_peer.run(port, size, rate, messages)
+    result["topic_load_ms"] = 0.0
+    return result
+
+
 def run_case(
     kind: str,
     size: int,
@@ -196,6 +213,8 @@ def run_case(
     time its producer took to connect and load the topic is reported on its own); with
     ``after_burst``, a burst of ``burst_messages`` at full speed, consumed, comes before the
     measured run, which then shows what a burst leaves behind."""
+    if kind == REDIS:
+        return run_redis_case(size, messages, rate)
     with tempfile.TemporaryDirectory(prefix="strata-bench-") as tmp:
         with deployment(kind, Path(tmp)) as address:
             topic = f"bench-{size}-{rate}"
@@ -205,6 +224,28 @@ def run_case(
             result = produce_and_consume(address, topic, size, messages, rate)
     result["topic_load_ms"] = warmup["produce"]["setup_ms"]
     return result
+
+
+def peer_ratios(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Each deployment's end-to-end p99 over Redis's, per fresh latency case measured with
+    the peer (below 1.0: lower than Redis with appendfsync always)."""
+    ratios = []
+    for peer in (row for row in rows if row["deployment"] == REDIS):
+        for row in rows:
+            same_case = all(row[key] == peer[key] for key in ("size_bytes", "rate", "after_burst"))
+            if row["deployment"] == REDIS or not same_case or not peer["e2e_p99_ms"]:
+                continue
+            ratios.append(
+                {
+                    "comparison": f"{row['deployment']} e2e p99 / {REDIS} e2e p99",
+                    "size_bytes": row["size_bytes"],
+                    "rate": row["rate"],
+                    "e2e_p99_ms": row["e2e_p99_ms"],
+                    "peer_e2e_p99_ms": peer["e2e_p99_ms"],
+                    "ratio": round(row["e2e_p99_ms"] / peer["e2e_p99_ms"], 2),
+                }
+            )
+    return ratios
 
 
 def main() -> int:
@@ -220,7 +261,16 @@ def main() -> int:
         "standalone-auth (token authentication on), standalone-auth-tls (and TLS), "
         "cluster (3 bookies, 3/3/2)",
     )
+    parser.add_argument(
+        "--peers",
+        default=REDIS,
+        help=f"comma-separated peers run beside the fresh latency cases: {REDIS} "
+        "(Redis Streams, appendfsync always), or '' for none",
+    )
     args = parser.parse_args()
+    peers = [peer for peer in args.peers.split(",") if peer]
+    if any(peer != REDIS for peer in peers):
+        parser.error(f"--peers: unknown peer in {args.peers!r} (known: {REDIS})")
     rows = []
     cases = [(size, rate, False) for size in (100, 1024) for rate in (0, 5000)]
     # The latency cases again after a burst: a fresh process hides what a burst leaves behind.
@@ -229,8 +279,11 @@ def main() -> int:
         messages = args.throughput_messages if rate == 0 else rate * args.latency_seconds
         # Interleaved repeats, so that both deployments see the same machine noise.
         runs_by_kind: dict[str, list[dict[str, Any]]] = {}
+        kinds = args.deployments.split(",")
+        if rate and not after_burst:
+            kinds += peers
         for _ in range(args.repeats):
-            for kind in args.deployments.split(","):
+            for kind in kinds:
                 runs_by_kind.setdefault(kind, []).append(
                     run_case(
                         kind,
@@ -265,6 +318,9 @@ def main() -> int:
                     row[key] = statistics.median(r["produce"][key] for r in runs)
             rows.append(row)
             print(json.dumps(row), flush=True)
+    for row in peer_ratios(rows):
+        rows.append(row)
+        print(json.dumps(row), flush=True)
     out = Path("data/bench")
     out.mkdir(parents=True, exist_ok=True)
     (out / "results.json").write_text(json.dumps(rows, indent=2))

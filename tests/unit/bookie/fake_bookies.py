@@ -280,6 +280,27 @@ class FakeBookie:
             raise LedgerFencedError(f"ledger {ledger_id} is fenced on {self._address}")
         ledger.entries[entry_id] = (last_add_confirmed, bytes(payload))
 
+    def send_add(
+        self,
+        ledger_id: int,
+        entry_id: int,
+        last_add_confirmed: int,
+        payload: bytes,
+        master_key: bytes,
+        *,
+        recovery_add: bool = False,
+    ) -> asyncio.Future[None]:
+        return asyncio.ensure_future(
+            self.add_entry(
+                ledger_id,
+                entry_id,
+                last_add_confirmed,
+                payload,
+                master_key,
+                recovery_add=recovery_add,
+            )
+        )
+
     async def add_entry(
         self,
         ledger_id: int,
