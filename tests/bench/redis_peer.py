@@ -125,8 +125,11 @@ def _summary(latencies_us: list[int], messages: int, seconds: float, size: int) 
 async def produce(port: int, size: int, rate: int, messages: int) -> dict[str, Any]:
     """Pipelined XADDs paced at ``rate`` in ~1 ms slices; publish latency send → reply."""
     reader, writer = await asyncio.open_connection("127.0.0.1", port)
-    sent_ns: deque[int] = deque()
+    # Per message in flight: its send time and its scheduled time (time.time_ns()).
+    sent_ns: deque[tuple[int, int]] = deque()
     latencies_us: list[int] = []
+    delays_us: list[int] = []  # how late each send was against its schedule
+    from_schedule_us: list[int] = []
     filler = b"x" * max(0, size - _TIMESTAMP.size)
 
     async def read_replies() -> None:
@@ -146,7 +149,10 @@ async def produce(port: int, size: int, rate: int, messages: int) -> dict[str, A
                 if len(buffer) < end + 2 + length + 2:
                     break
                 buffer = buffer[end + 2 + length + 2 :]
-                latencies_us.append((time.time_ns() - sent_ns.popleft()) // 1000)
+                now_ns = time.time_ns()
+                sent, scheduled = sent_ns.popleft()
+                latencies_us.append((now_ns - sent) // 1000)
+                from_schedule_us.append((now_ns - scheduled) // 1000)
 
     replies = asyncio.create_task(read_replies())
     started = time.monotonic()
@@ -156,7 +162,9 @@ async def produce(port: int, size: int, rate: int, messages: int) -> dict[str, A
         due = min(messages, int((time.monotonic() - started) * rate) + 1)
         while sent < due:
             now_ns = time.time_ns()
-            sent_ns.append(now_ns)
+            scheduled_ns = first_ns + sent * 1_000_000_000 // rate
+            delays_us.append(max(0, now_ns - scheduled_ns) // 1000)
+            sent_ns.append((now_ns, min(now_ns, scheduled_ns)))
             writer.write(command(b"XADD", STREAM, b"*", b"d", _TIMESTAMP.pack(now_ns) + filler))
             sent += 1
         await writer.drain()
@@ -167,7 +175,17 @@ async def produce(port: int, size: int, rate: int, messages: int) -> dict[str, A
     await asyncio.wait_for(replies, RUN_TIMEOUT_S)
     seconds = (time.time_ns() - first_ns) / 1e9
     writer.close()
-    return _summary(latencies_us, messages, seconds, size)
+    result = _summary(latencies_us, messages, seconds, size)
+    # The keys strata perf adds for a paced run.
+    delays, late = (
+        _summary(delays_us, messages, seconds, size),
+        _summary(from_schedule_us, messages, seconds, size),
+    )
+    for name in ("p50", "p99", "max"):
+        result[f"publish_delay_{name}_ms"] = delays[f"{name}_ms"]
+    for name in ("p50", "p99", "p999"):
+        result[f"from_schedule_{name}_ms"] = late[f"{name}_ms"]
+    return result
 
 
 def consume(port: int, messages: int) -> dict[str, Any]:

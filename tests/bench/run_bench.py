@@ -315,7 +315,8 @@ def main() -> int:
             }
             if rate:
                 for key in ("publish_delay_p99_ms", "from_schedule_p99_ms"):
-                    row[key] = statistics.median(r["produce"][key] for r in runs)
+                    if all(key in r["produce"] for r in runs):
+                        row[key] = statistics.median(r["produce"][key] for r in runs)
             rows.append(row)
             print(json.dumps(row), flush=True)
     for row in peer_ratios(rows):
