@@ -102,9 +102,11 @@ STAGE_BUCKETS_SECONDS = (
 #   bookie_add          strata_bookie_add_entry_latency_seconds (admitted → durable, indexed)
 # and the others are this family's:
 #   bookie_round_trip   ledger client: one bookie's add sent → its result read
-#   journal_wait        bookie: the oldest record of a batch queued → the batch's write starts
-#   journal_write       bookie: writev of one group commit
-#   journal_sync        bookie: a written batch → durable (fdatasync slot wait + fdatasync)
+#   journal_wait        bookie: the oldest record of a batch queued → its write starts in a
+#                       commit slot's thread (buffering, the slot and the hand-off to it)
+#   journal_write       bookie: writev of one group commit (in the slot thread)
+#   journal_sync        bookie: a written batch → durable and completed on the event loop
+#                       (fdatasync + the hand-off back)
 #   bookie_reply        bookie: first add of a response durable → the response handed to gRPC
 # ``strata perf stages`` prints them all from the metrics endpoints.
 WRITE_STAGE_SECONDS = Histogram(

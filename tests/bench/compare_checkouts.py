@@ -11,6 +11,10 @@ deployment, before and after, with the ratio. The table also goes to
     git worktree add /tmp/before <rev>   # or a clone; then `make install` in it
     python -m tests.bench.compare_checkouts --before /tmp/before --after . \\
         --deployments standalone,cluster
+
+``--stages`` does the same with ``make bench-stages`` (``tests.bench.run_stage_breakdown``):
+one row per deployment, process and stage, p50 / p99 / p99.9 before and after, to
+``data/bench/stages_before_after.json``.
 """
 
 from __future__ import annotations
@@ -68,6 +72,40 @@ def medians(runs: list[list[dict[str, Any]]]) -> dict[tuple[str, int, str, bool]
     }
 
 
+def run_stages(checkout: Path) -> list[dict[str, Any]]:
+    command = [
+        str(checkout / ".venv" / "bin" / "python"),
+        "-m",
+        "tests.bench.run_stage_breakdown",
+        "--repeats",
+        "1",
+    ]
+    subprocess.run(command, cwd=checkout, check=True, timeout=RUN_TIMEOUT_S)
+    rows: list[dict[str, Any]] = json.loads(
+        (checkout / "data" / "bench" / "stages.json").read_text()
+    )
+    return rows
+
+
+def compare_stages(before_dir: Path, after_dir: Path, rounds: int) -> list[dict[str, Any]]:
+    found: dict[tuple[str, str, str], dict[str, list[dict[str, Any]]]] = {}
+    for round_number in range(rounds):
+        for label, checkout in (("before", before_dir), ("after", after_dir)):
+            print(f"round {round_number + 1}: {label} ({checkout})", file=sys.stderr, flush=True)
+            for row in run_stages(checkout.resolve()):
+                where = (row["deployment"], row["process"], row["stage"])
+                found.setdefault(where, {}).setdefault(label, []).append(row)
+    table = []
+    for (deployment, process, stage), by_label in sorted(found.items()):
+        line: dict[str, Any] = {"deployment": deployment, "process": process, "stage": stage}
+        for label, rows in by_label.items():
+            for key in ("count", "p50_ms", "p99_ms", "p999_ms"):
+                line[f"{key}_{label}"] = statistics.median(r[key] for r in rows)
+        table.append(line)
+        print(json.dumps(line), flush=True)
+    return table
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--before", type=Path, required=True)
@@ -77,7 +115,16 @@ def main() -> int:
     parser.add_argument(
         "--after-args", default="", help="extra run_bench arguments for the after checkout"
     )
+    parser.add_argument(
+        "--stages", action="store_true", help="compare make bench-stages instead of make bench"
+    )
     args = parser.parse_args()
+    if args.stages:
+        stages = compare_stages(args.before, args.after, args.rounds)
+        out = Path("data/bench")
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "stages_before_after.json").write_text(json.dumps(stages, indent=2))
+        return 0
     runs: dict[str, list[list[dict[str, Any]]]] = {"before": [], "after": []}
     for round_number in range(args.rounds):
         for label, checkout, extra in (
