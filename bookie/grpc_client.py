@@ -237,6 +237,21 @@ class GrpcBookieClient:
                 await old.close()
         return stream
 
+    def _add_problem(
+        self, ledger_id: int, entry_id: int, last_add_confirmed: int, payload: bytes
+    ) -> BadRequestError | None:
+        """What is wrong with an add before it is sent, if anything."""
+        if ledger_id < 0 or entry_id < 0 or last_add_confirmed < -1:
+            return BadRequestError(
+                f"invalid ledger {ledger_id} / entry {entry_id} / LAC {last_add_confirmed}"
+            )
+        if len(payload) > self._max_entry_size_bytes:
+            # Checked here as well: an over-large message would fail the whole stream.
+            return BadRequestError(
+                f"entry of {len(payload)} bytes exceeds {self._max_entry_size_bytes} bytes"
+            )
+        return None
+
     async def add_entry(
         self,
         ledger_id: int,
@@ -248,15 +263,9 @@ class GrpcBookieClient:
         recovery_add: bool = False,
     ) -> None:
         self._check_open()
-        if ledger_id < 0 or entry_id < 0 or last_add_confirmed < -1:
-            raise BadRequestError(
-                f"invalid ledger {ledger_id} / entry {entry_id} / LAC {last_add_confirmed}"
-            )
-        if len(payload) > self._max_entry_size_bytes:
-            # Checked here as well: an over-large message would fail the whole stream.
-            raise BadRequestError(
-                f"entry of {len(payload)} bytes exceeds {self._max_entry_size_bytes} bytes"
-            )
+        problem = self._add_problem(ledger_id, entry_id, last_add_confirmed, payload)
+        if problem is not None:
+            raise problem
         add = bookie_pb2.AddEntry(
             ledger_id=ledger_id,
             entry_id=entry_id,
@@ -295,17 +304,18 @@ class GrpcBookieClient:
         queued at once and the stream's own future returned; otherwise a task runs
         ``add_entry``. Cancelling the future abandons the add."""
         stream = self._stream
+        problem = self._add_problem(ledger_id, entry_id, last_add_confirmed, payload)
+        if problem is not None:
+            refused: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+            refused.set_exception(problem)
+            return refused
         if (
             self._closed
             or stream is None
             or stream.dead
-            or ledger_id < 0
-            or entry_id < 0
-            or last_add_confirmed < -1
-            or len(payload) > self._max_entry_size_bytes
             or not stream.has_room(self._max_pending_adds)
         ):
-            # Opening the stream, waiting for room, or raising add_entry's errors.
+            # Opening the stream or waiting for room (or refusing: the client is closed).
             return asyncio.ensure_future(
                 self.add_entry(
                     ledger_id,

@@ -9,7 +9,7 @@ from __future__ import annotations
 import asyncio
 
 from bookie.api import BookieInfo, LedgerEntry, LedgerState
-from bookie.errors import BookieUnavailableError
+from bookie.errors import BookieError, BookieUnavailableError
 from bookie.storage import Bookie
 
 
@@ -58,6 +58,23 @@ class LocalBookieClient:
         *,
         recovery_add: bool = False,
     ) -> asyncio.Future[None]:
+        """The journal record's own future (``Bookie.submit_add``, no task per add); a task
+        runs ``add_entry`` only while the group-commit buffer is full (it waits for room)."""
+        try:
+            bookie = self._open_bookie()
+            if bookie.has_add_capacity:
+                return bookie.submit_add(
+                    ledger_id,
+                    entry_id,
+                    last_add_confirmed,
+                    payload,
+                    master_key,
+                    recovery_add=recovery_add,
+                )
+        except BookieError as exc:
+            refused: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+            refused.set_exception(exc)
+            return refused
         return asyncio.ensure_future(
             self.add_entry(
                 ledger_id,

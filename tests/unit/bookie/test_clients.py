@@ -94,6 +94,27 @@ async def test_errors(client_and_bookie: tuple[BookieClient, Bookie]) -> None:
     assert (await client.read_entries(3, 0, 0))[0].payload == b"fine"
 
 
+async def test_send_add_fails_its_future_as_add_entry_raises(
+    client_and_bookie: tuple[BookieClient, Bookie],
+) -> None:
+    """The ledger writer's form: a future started at once, refused adds fail it (never raise)."""
+    client, _ = client_and_bookie
+    await client.add_entry(4, 0, -1, b"opens", KEY)  # the gRPC client's stream is open now
+    sends = [client.send_add(4, i, i - 1, f"entry {i}".encode(), KEY) for i in range(1, 20)]
+    await asyncio.gather(*sends)
+    assert [e.payload for e in await client.read_entries(4, 1, 19)] == [
+        f"entry {i}".encode() for i in range(1, 20)
+    ]
+    with pytest.raises(BadRequestError):
+        await client.send_add(4, 20, 19, b"x", b"wrong key")
+    with pytest.raises(BadRequestError):
+        await client.send_add(-1, 0, -1, b"x", KEY)
+    await client.fence_ledger(4, KEY)
+    with pytest.raises(LedgerFencedError):
+        await client.send_add(4, 20, 19, b"late", KEY)
+    await client.send_add(4, 20, 19, b"recovered", KEY, recovery_add=True)
+
+
 async def test_corrupt_entry(client_and_bookie: tuple[BookieClient, Bookie]) -> None:
     client, bookie = client_and_bookie
     await client.add_entry(1, 0, -1, b"a" * 100, KEY)
