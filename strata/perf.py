@@ -61,6 +61,7 @@ from strata.client import (
     StrataException,
     Timeout,
 )
+from strata.client._options import DEFAULT_BATCH_DELAY_MS
 from strata.options import add_option, client_tls
 from strata.stage_report import add_stages_parser
 from strata.tokens_cli import client_authentication
@@ -546,7 +547,7 @@ def add_perf_parsers(
         produce,
         "--batch-delay-ms",
         type=float,
-        default=1.0,
+        default=DEFAULT_BATCH_DELAY_MS,
         help="batching_max_publish_delay_ms",
         environ=environ,
     )

@@ -7,14 +7,15 @@ Wire behaviour (the contract with the broker, ``proto/strata/v1/messaging.proto`
    none) and the largest batch payload it accepts.
 2. Messages accumulate into one open batch, sealed when it holds ``batching_max_messages``,
    reaches ``batching_max_allowed_size_in_bytes`` or has waited
-   ``batching_max_publish_delay_ms`` (whichever comes first). The delay is a maximum: while
-   fewer than ``HOLD_AFTER_BATCHES_IN_FLIGHT`` (2) batches await a receipt, the open batch
-   goes at the end of the current event-loop pass, and when a receipt brings the count
-   below that, the open batch goes at once (Nagle-style with a window of two: at high rates
-   batches fill up behind the ones in flight; at low rates nothing waits for a timer, which
-   costs 1-2 ms in asyncio, nor for the receipt of the batch before, which would add a whole
-   round trip, fsync included, to the latency of every batch sent during one). A sealed
-   batch is one
+   ``batching_max_publish_delay_ms`` (whichever comes first). The delay is a maximum: with
+   no batch awaiting a receipt, the open batch goes at the end of the current event-loop
+   pass; while a batch awaits its receipt (``HOLD_AFTER_BATCHES_IN_FLIGHT``, 1) it gathers,
+   and goes as soon as the receipts are in (Nagle-style, clocked by receipts). At
+   low rates nothing waits for a timer (which costs 1-2 ms in asyncio); under load the
+   batches grow with the round trip, so a slow cluster is offered fewer, larger entries
+   instead of one per delay, which is what let a replicated cluster fall behind its own
+   queue (ARCHITECTURE.md, "Session 10"). Full batches never wait: throughput keeps its
+   pipeline. The delay only bounds the hold when a receipt is slow. A sealed batch is one
    ``ProducerBatch``: first sequence id, count, compression, the ``MessageBatch`` payload.
    Every sealed batch not yet written is sent by the writer; when several are ready they
    share one ``PublishBatches`` request.
@@ -89,7 +90,7 @@ _Waiter: TypeAlias = "asyncio.Future[MessageId] | SendCallback"
 # Several ready batches share one gRPC message up to this size; the channel allows 8 MiB.
 MAX_PUBLISH_REQUEST_BYTES = 4 * 1024 * 1024
 # With this many batches awaiting receipts, an open batch waits for a receipt or its delay.
-HOLD_AFTER_BATCHES_IN_FLIGHT = 2
+HOLD_AFTER_BATCHES_IN_FLIGHT = 1
 # Chunking: room a chunk leaves in a batch for the batch's own encoding, and the most chunks
 # of one message (the broker's bound).
 CHUNK_OVERHEAD_BYTES = 1024

@@ -25,6 +25,8 @@ from collections.abc import Callable
 
 import mmh3
 
+from strata.client._options import DEFAULT_BATCH_DELAY_MS
+
 _INT32_MAX = 0x7FFF_FFFF
 
 
@@ -61,7 +63,7 @@ class RoundRobinRouter:
         batching_enabled: bool = True,
         batching_max_messages: int = 1000,
         batching_max_bytes: int = 128 * 1024,
-        batching_max_publish_delay_ms: float = 1,
+        batching_max_publish_delay_ms: float = DEFAULT_BATCH_DELAY_MS,
         clock: Callable[[], float] = time.monotonic,
         first_partition: int | None = None,
     ) -> None:

@@ -24,7 +24,8 @@ def test_defaults() -> None:
     assert consume.timeout_seconds == 0.0
     perf = parse(["perf", "produce", "t"])
     assert (perf.size, perf.messages, perf.rate, perf.producers) == (100, 100_000, 0.0, 1)
-    assert (perf.batch_max_messages, perf.batch_delay_ms) == (1000, 1.0)
+    # The SDK's defaults (pulsar-client's).
+    assert (perf.batch_max_messages, perf.batch_delay_ms) == (1000, 10.0)
     perf_consume = parse(["perf", "consume", "t"])
     assert (perf_consume.subscription, perf_consume.messages) == ("sub", 0)
 

@@ -15,13 +15,13 @@ def test_the_keywords_are_exactly_the_options() -> None:
     assert set(ProducerKeywords.__annotations__) == {f.name for f in fields(ProducerOptions)}
 
 
-def test_defaults_are_pulsar_clients_with_a_1_ms_batch_window() -> None:
+def test_defaults_are_pulsar_clients() -> None:
     options = producer_options({})
     assert options.max_pending_messages == 1000
     assert options.batching_max_messages == 1000
     assert options.batching_max_allowed_size_in_bytes == 128 * 1024
     assert options.send_timeout_millis == 30_000
-    assert options.batching_max_publish_delay_ms == 1
+    assert options.batching_max_publish_delay_ms == 10
 
 
 def test_a_misspelt_keyword_is_a_type_error_naming_it() -> None:

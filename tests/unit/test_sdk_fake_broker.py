@@ -313,21 +313,56 @@ async def test_batch_delay_is_a_maximum_not_a_wait(fake: tuple[FakeBroker, str])
         # Nothing in flight: the message goes at the end of this event-loop pass.
         await producer.send(b"alone")
         broker.hold_receipts = True
-        # One batch in flight leaves room in the window of two: the next goes at once too.
         first = await producer.send_async(b"a")
         await wait_until(lambda: len(broker.held) == 1)
-        second = await producer.send_async(b"b")
-        await wait_until(lambda: len(broker.held) == 2)
-        # Behind two batches in flight, messages gather...
-        later = [await producer.send_async(b"c%d" % i) for i in range(3)]
+        # Behind a batch in flight, messages gather...
+        later = [await producer.send_async(b"c%d" % i) for i in range(4)]
         await asyncio.sleep(0.05)
-        assert len(broker.publish_requests) == 3
-        # ...and go as soon as a receipt makes room again, not after 10 s.
+        assert len(broker.publish_requests) == 2
+        # ...and go as soon as its receipt comes, not after 10 s.
         await broker.release_receipts()
-        await asyncio.gather(first, second, *later)
+        await asyncio.gather(first, *later)
     assert time.monotonic() - started < 5
     counts = [b.num_messages for request in broker.publish_requests for b in request.batches]
-    assert counts == [1, 1, 1, 3]
+    assert counts == [1, 1, 4]
+
+
+async def test_batch_delay_bounds_the_wait_for_a_slow_receipt(
+    fake: tuple[FakeBroker, str],
+) -> None:
+    broker, url = fake
+    broker.hold_receipts = True
+    async with strata.AsyncClient(url) as client:
+        producer = await client.create_producer("t", batching_max_publish_delay_ms=50)
+        first = await producer.send_async(b"a")
+        await wait_until(lambda: len(broker.held) == 1)
+        waited_from = time.monotonic()
+        second = await producer.send_async(b"b")
+        # No receipt comes: the delay sends the open batch anyway (pipelined behind "a").
+        await wait_until(lambda: len(broker.held) == 2)
+        assert time.monotonic() - waited_from >= 0.04
+        await broker.release_receipts()
+        await asyncio.gather(first, second)
+    counts = [b.num_messages for request in broker.publish_requests for b in request.batches]
+    assert counts == [1, 1]
+
+
+async def test_full_batches_do_not_wait_for_receipts(fake: tuple[FakeBroker, str]) -> None:
+    broker, url = fake
+    broker.hold_receipts = True
+    async with strata.AsyncClient(url) as client:
+        producer = await client.create_producer(
+            "t", batching_max_messages=5, batching_max_publish_delay_ms=10_000
+        )
+        futures = [await producer.send_async(b"%d" % i) for i in range(20)]
+        # Four full batches are in flight at once: the throughput case keeps its pipeline.
+        await wait_until(
+            lambda: sum(len(r.receipts.receipts) for _, r in broker.held) == 4
+        )
+        await broker.release_receipts()
+        await asyncio.gather(*futures)
+    counts = [b.num_messages for request in broker.publish_requests for b in request.batches]
+    assert counts == [5, 5, 5, 5]
 
 
 async def test_unbatched_messages_have_batch_index_minus_one(fake: tuple[FakeBroker, str]) -> None:
