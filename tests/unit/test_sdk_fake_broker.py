@@ -356,9 +356,7 @@ async def test_full_batches_do_not_wait_for_receipts(fake: tuple[FakeBroker, str
         )
         futures = [await producer.send_async(b"%d" % i) for i in range(20)]
         # Four full batches are in flight at once: the throughput case keeps its pipeline.
-        await wait_until(
-            lambda: sum(len(r.receipts.receipts) for _, r in broker.held) == 4
-        )
+        await wait_until(lambda: sum(len(r.receipts.receipts) for _, r in broker.held) == 4)
         await broker.release_receipts()
         await asyncio.gather(*futures)
     counts = [b.num_messages for request in broker.publish_requests for b in request.batches]
