@@ -265,6 +265,11 @@ async def wait_until(condition: Any, timeout_s: float = 5.0) -> None:
 # ---------------------------------------------------------------------- producer
 
 
+def published_batch_sizes(broker: FakeBroker) -> list[int]:
+    """How many messages each published batch held, in the order they reached the broker."""
+    return [b.num_messages for request in broker.publish_requests for b in request.batches]
+
+
 async def test_send_async_messages_share_one_batch(fake: tuple[FakeBroker, str]) -> None:
     broker, url = fake
     broker.last_sequence_id = 41
@@ -299,7 +304,7 @@ async def test_batch_is_sealed_by_count_and_size(fake: tuple[FakeBroker, str]) -
         for _ in range(3):
             producer.send_nowait(b"y" * 4000)
         await producer.flush()
-    counts = [b.num_messages for request in broker.publish_requests for b in request.batches]
+    counts = published_batch_sizes(broker)
     assert counts == [10, 10, 7, 1]  # 5 small + 2 large fit in 10,000 bytes; a third does not
     sequence_ids = [b.sequence_id for request in broker.publish_requests for b in request.batches]
     assert sequence_ids == [0, 10, 20, 27]
@@ -323,7 +328,7 @@ async def test_batch_delay_is_a_maximum_not_a_wait(fake: tuple[FakeBroker, str])
         await broker.release_receipts()
         await asyncio.gather(first, *later)
     assert time.monotonic() - started < 5
-    counts = [b.num_messages for request in broker.publish_requests for b in request.batches]
+    counts = published_batch_sizes(broker)
     assert counts == [1, 1, 4]
 
 
@@ -343,7 +348,7 @@ async def test_batch_delay_bounds_the_wait_for_a_slow_receipt(
         assert time.monotonic() - waited_from >= 0.04
         await broker.release_receipts()
         await asyncio.gather(first, second)
-    counts = [b.num_messages for request in broker.publish_requests for b in request.batches]
+    counts = published_batch_sizes(broker)
     assert counts == [1, 1]
 
 
@@ -359,7 +364,7 @@ async def test_full_batches_do_not_wait_for_receipts(fake: tuple[FakeBroker, str
         await wait_until(lambda: sum(len(r.receipts.receipts) for _, r in broker.held) == 4)
         await broker.release_receipts()
         await asyncio.gather(*futures)
-    counts = [b.num_messages for request in broker.publish_requests for b in request.batches]
+    counts = published_batch_sizes(broker)
     assert counts == [5, 5, 5, 5]
 
 
@@ -407,7 +412,7 @@ async def test_message_too_big_is_refused_locally(fake: tuple[FakeBroker, str]) 
         # Messages that fit still go, sealed before the batch would exceed the limit.
         futures = [await producer.send_async(b"y" * 400) for _ in range(3)]
         await asyncio.gather(*futures)
-    counts = [b.num_messages for request in broker.publish_requests for b in request.batches]
+    counts = published_batch_sizes(broker)
     assert counts == [2, 1]
 
 
