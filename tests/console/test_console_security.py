@@ -180,7 +180,8 @@ def test_offload_and_reset_cursor_from_the_page(
     page.element("#reset-to").send_keys(page.text(".stat:last-child .value"))
     page.element("#reset-cursor").click()
     page.wait(lambda d: "reset-cursor done" in page.text("#action-result"), "reset")
-    assert page.text("#subscription-backlog .value") == "16"
+    # The page re-reads the subscription after the action: wait for it, do not race it.
+    page.wait(lambda d: page.text("#subscription-backlog .value") == "16", "backlog 16")
     # Back to the start of time (an empty field): every message again, read from the
     # offloaded ledgers where they are.
     page.element("#reset-to").clear()
