@@ -46,6 +46,14 @@ class LedgerState:
     fenced: bool
 
 
+def refused_add(error: BaseException) -> asyncio.Future[None]:
+    """A ``send_add`` future that has already failed with ``error`` (an add refused before it
+    was sent: ``send_add`` fails its future, it never raises)."""
+    refused: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+    refused.set_exception(error)
+    return refused
+
+
 class BookieClient(Protocol):
     """Asynchronous access to one bookie. Every method may raise ``bookie.errors.BookieError``."""
 

@@ -15,7 +15,7 @@ from typing import Any
 
 import grpc
 
-from bookie.api import BookieInfo, LedgerEntry, LedgerState
+from bookie.api import BookieInfo, LedgerEntry, LedgerState, refused_add
 from bookie.errors import BadRequestError, BookieError, BookieUnavailableError
 from bookie.status_map import ERROR_REASON_KEY, error_for_add_status, error_for_status
 from strata.auth.credentials import TokenSource, aio_interceptors
@@ -306,9 +306,7 @@ class GrpcBookieClient:
         stream = self._stream
         problem = self._add_problem(ledger_id, entry_id, last_add_confirmed, payload)
         if problem is not None:
-            refused: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-            refused.set_exception(problem)
-            return refused
+            return refused_add(problem)
         if (
             self._closed
             or stream is None

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import asyncio
 
-from bookie.api import BookieInfo, LedgerEntry, LedgerState
+from bookie.api import BookieInfo, LedgerEntry, LedgerState, refused_add
 from bookie.errors import BookieError, BookieUnavailableError
 from bookie.storage import Bookie
 
@@ -72,9 +72,7 @@ class LocalBookieClient:
                     recovery_add=recovery_add,
                 )
         except BookieError as exc:
-            refused: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-            refused.set_exception(exc)
-            return refused
+            return refused_add(exc)
         return asyncio.ensure_future(
             self.add_entry(
                 ledger_id,

@@ -47,6 +47,7 @@ from collections import deque
 from dataclasses import replace
 from typing import TYPE_CHECKING
 
+from bookie.api import refused_add
 from bookie.errors import BadRequestError, LedgerDeletedError, LedgerFencedError
 from bookie.ledger.errors import (
     LedgerClientError,
@@ -241,8 +242,7 @@ class LedgerHandle:
                 recovery_add=self._recovery,
             )
         except Exception as exc:
-            send = loop.create_future()
-            send.set_exception(exc)
+            send = refused_add(exc)
         op.sends[slot] = send
         self._sends[send] = (loop.time() + self._timeout_s, slot, generation, address)
         send.add_done_callback(
