@@ -11,6 +11,16 @@ store at most every ``persist_interval_ms``, and ``flush()`` forces a write and 
 everything acknowledged before the call is durable (what an ack receipt waits for). At most
 ``max_persisted_ranges`` individually acknowledged ranges are stored: acknowledgements beyond
 that bound are redelivered after a restart (at-least-once, never loss).
+
+Every write is a compare-and-set against the version this cursor last read or wrote. A
+``BadVersionError`` means another broker wrote the cursor since: an owner that lost its
+session and wrote once more before it noticed (a paused process), or a new owner. As Pulsar
+fences a managed ledger whose metadata changed under it, the cursor then stops writing, fails
+its flushes with UNAVAILABLE and fences the managed ledger: the topic is unloaded and its
+clients look it up again, so the broker that owns the bundle reloads the cursor from the
+store (acknowledgements made since the last write come again: at-least-once). Writing on
+with the stored version instead would keep a stale owner writing too; failing forever
+without a reload left the owner unable to persist an ack until the topic moved.
 """
 
 from __future__ import annotations
@@ -21,8 +31,9 @@ import json
 import logging
 from typing import Any
 
+from broker.errors import ServiceUnavailableError, TopicFencedError
 from broker.managed_ledger import ManagedLedger, Position
-from strata.metadata import MetadataError, MetadataStore
+from strata.metadata import BadVersionError, MetadataError, MetadataStore
 
 log = logging.getLogger(__name__)
 
@@ -79,6 +90,8 @@ class ManagedCursor:
         # clear when the woken waiters run, and they would wait on (for the retry).
         self._failed_rounds = 0
         self._failure: BaseException | None = None
+        # Set once another broker wrote the cursor: nothing more is written, flushes fail.
+        self._fenced: ServiceUnavailableError | None = None
 
     # ---- load / create ------------------------------------------------------------------
 
@@ -234,6 +247,8 @@ class ManagedCursor:
         target = self._dirty_generation
         if self._persisted_generation >= target:
             return
+        if self._fenced is not None:
+            raise self._fenced
         failed_before = self._failed_rounds
         self._flush_now.set()
         self._dirty.set()
@@ -257,6 +272,11 @@ class ManagedCursor:
                 record = await self._store.put(
                     self.key, self._state_json(), expected_version=self._version
                 )
+            except BadVersionError as exc:
+                self._fence(exc)
+                async with self._persisted:
+                    self._persisted.notify_all()
+                return
             except MetadataError as exc:
                 # A cursor whose store write fails keeps its state in memory; the next ack
                 # retries. Waiters of this round learn it failed.
@@ -273,6 +293,20 @@ class ManagedCursor:
             async with self._persisted:
                 self._persisted.notify_all()
 
+    def _fence(self, cause: BadVersionError) -> None:
+        """Another broker wrote this cursor: stop writing, fail the waiting and later flushes,
+        and fence the managed ledger (the topic is unloaded and loaded again)."""
+        log.warning(
+            "cursor %s: written by another broker (%s); reloading the topic", self.key, cause
+        )
+        self._fenced = ServiceUnavailableError(
+            f"subscription {self.name}: its cursor was written by another broker; "
+            "the topic is being reloaded"
+        )
+        self._failure = self._fenced
+        self._failed_rounds += 1
+        self._ledger.fence(TopicFencedError(f"cursor {self.key} changed by another owner"))
+
     async def close(self) -> None:
         """Persist what is pending, then stop the persistence task."""
         if self._task is None:
@@ -280,7 +314,7 @@ class ManagedCursor:
         if self._persisted_generation < self._dirty_generation:
             try:
                 await asyncio.wait_for(self.flush(), 10)
-            except (TimeoutError, MetadataError) as exc:
+            except (TimeoutError, MetadataError, ServiceUnavailableError) as exc:
                 log.warning("cursor %s: final flush failed: %s", self.key, exc)
         self._task.cancel()
         with contextlib.suppress(asyncio.CancelledError):

@@ -76,8 +76,9 @@ class ManagedLedgerListener:
     event loop, must not block, and must not raise.
 
     ``new_entries``: entries were confirmed (once per entry, on the add path: keep it cheap).
-    ``fenced``: another owner changed the ledger list or recovered the current ledger; called
-    once, after which every add and list change fails with ``TopicFencedError``.
+    ``fenced``: another owner changed the ledger list, recovered the current ledger or wrote
+    one of the topic's cursors (``broker.cursor``); called once, after which every add and
+    list change fails with ``TopicFencedError``.
     """
 
     new_entries: Callable[[], None] = _ignore

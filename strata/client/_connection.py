@@ -154,19 +154,24 @@ def parse_service_urls(service_url: str) -> tuple[str, ...]:
 def channel_options(keepalive_time_ms: int = KEEPALIVE_TIME_MS) -> list[tuple[str, Any]]:
     """Options of every channel; ``keepalive_time_ms`` is how often an open connection is
     pinged: a broker that does not answer within min(that, 10 s) counts as gone (a paused
-    or cut-off broker is noticed only this way)."""
+    or cut-off broker is noticed only this way), and so does one that does not complete a
+    connection attempt within that time (Pulsar's ``connectionTimeoutMs`` is 10 s)."""
+    answer_within_ms = min(KEEPALIVE_TIMEOUT_MS, keepalive_time_ms)
     return [
         ("grpc.max_send_message_length", MAX_GRPC_MESSAGE_BYTES),
         ("grpc.max_receive_message_length", MAX_GRPC_MESSAGE_BYTES),
         ("grpc.keepalive_time_ms", keepalive_time_ms),
-        ("grpc.keepalive_timeout_ms", min(KEEPALIVE_TIMEOUT_MS, keepalive_time_ms)),
+        ("grpc.keepalive_timeout_ms", answer_within_ms),
         # gRPC core waits for a ping's answer this long, whatever keepalive_timeout_ms says
         # (default 60 s): without it a paused broker is noticed only after a minute.
-        ("grpc.http2.ping_timeout_ms", min(KEEPALIVE_TIMEOUT_MS, keepalive_time_ms)),
+        ("grpc.http2.ping_timeout_ms", answer_within_ms),
         ("grpc.keepalive_permit_without_calls", 0),
         ("grpc.http2.max_pings_without_data", 0),
         ("grpc.initial_reconnect_backoff_ms", CHANNEL_INITIAL_RECONNECT_BACKOFF_MS),
         ("grpc.max_reconnect_backoff_ms", CHANNEL_MAX_RECONNECT_BACKOFF_MS),
+        # gRPC core's connection attempt deadline (default 20 s): a paused broker's listening
+        # socket accepts the TCP connection but never answers the HTTP/2 handshake.
+        ("grpc.min_reconnect_backoff_ms", answer_within_ms),
         ("grpc.client_idle_timeout_ms", CHANNEL_IDLE_TIMEOUT_MS),
     ]
 

@@ -30,6 +30,9 @@ pytestmark = [pytest.mark.integration, pytest.mark.fault]
 MAX_REDIRECTS = 20
 KILLS = 5
 RECEIVE_TIMEOUT_MS = 3_000
+# Once the workload stops, the consumer's acks must be durable within this (the client's
+# operation timeout is 60 s).
+ACKS_DURABLE_S = 30
 MAX_PENDING = 500
 TOPIC = "persistent://public/default/failover"
 
@@ -150,6 +153,11 @@ class Workload:
                     batch = await consumer.receive_many(500, timeout_millis=RECEIVE_TIMEOUT_MS)
                 except strata.Timeout:
                     if until_idle.is_set():
+                        # The owner persists the acks (a cursor the stale owner wrote once
+                        # more after the takeover must not keep it from doing so).
+                        await asyncio.wait_for(
+                            consumer.flush_acknowledgements(wait_durable=True), ACKS_DURABLE_S
+                        )
                         return
                     continue
                 self.delivered.extend(int(m.data()) for m in batch)

@@ -22,7 +22,9 @@ RECEIVE_TIMEOUT_MS = 3000
 
 async def produce_until_killed(
     server: Standalone, topic: str, receipted: set[int], attempted: list[int]
-) -> None:
+) -> int:
+    """Produce until ``RECEIPTS_BEFORE_KILL`` receipts, then kill -9 the server; returns how
+    many messages awaited their receipt at the kill (0 after an earlier failure)."""
     client = strata.AsyncClient(server.address, operation_timeout_seconds=5)
     producer = await client.create_producer(
         topic, send_timeout_millis=3000, max_pending_messages=5000
@@ -37,20 +39,25 @@ async def produce_until_killed(
 
     try:
         for index in range(MAX_MESSAGES):
-            if len(receipted) >= RECEIPTS_BEFORE_KILL and server.process is not None:
-                server.kill()  # the crash, while batches are in flight
+            if len(receipted) >= RECEIPTS_BEFORE_KILL:
+                # The crash, while batches are in flight; what was receipted is what counts
+                # (sending on would only time out, message by message, for minutes).
+                in_flight = producer.pending_messages
+                server.kill()
+                return in_flight
             while producer.pending_messages >= 5000:
                 try:
                     await asyncio.wait_for(producer.wait_for_space(), 5)
                 except (strata.StrataException, TimeoutError):
-                    return
+                    return 0
             try:
                 producer.send_nowait(str(index).encode(), callback=on_receipt(index))
             except strata.StrataException:
-                return
+                return 0
             attempted.append(index)
             if index % 500 == 0:
                 await asyncio.sleep(0)
+        return 0
     finally:
         with contextlib.suppress(Exception):
             await asyncio.wait_for(producer.close(), 5)
@@ -72,8 +79,11 @@ async def test_kill9_while_producing_loses_no_receipted_message(tmp_path: Path) 
     try:
         receipted: set[int] = set()
         attempted: list[int] = []
-        await asyncio.wait_for(produce_until_killed(server, "crash", receipted, attempted), 120)
+        in_flight = await asyncio.wait_for(
+            produce_until_killed(server, "crash", receipted, attempted), 120
+        )
         assert len(receipted) >= RECEIPTS_BEFORE_KILL
+        assert in_flight > 0, "the kill came with no batch in flight"
         server.start()  # same data directory, same port
         client = strata.AsyncClient(server.address)
         try:

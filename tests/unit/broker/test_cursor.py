@@ -1,4 +1,5 @@
-"""A cursor's persistence: ``flush()`` reports a failed store write instead of waiting on."""
+"""A cursor's persistence: ``flush()`` reports a failed store write instead of waiting on, and
+a cursor another broker wrote fences the topic instead of failing every later flush."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ from typing import Any, cast
 import pytest
 
 from broker.cursor import CURSORS_PREFIX, ManagedCursor
+from broker.errors import ServiceUnavailableError, TopicFencedError
 from broker.managed_ledger import ManagedLedger, Position
 from strata.metadata import MetadataError, MetadataStore, Record, open_metadata_store
 from tests.unit.bookie.fake_bookies import StallingStore
@@ -54,6 +56,12 @@ class OneLedgerLog:
     def entries_between(self, start_exclusive: Position, end_inclusive: Position) -> int:
         return max(0, end_inclusive[1] - start_exclusive[1])
 
+    def fence(self, exc: BaseException) -> BaseException:
+        self.fenced.append(exc)
+        return exc
+
+    fenced: list[BaseException]
+
 
 @pytest.fixture
 async def store() -> AsyncIterator[FailingPutStore]:
@@ -64,8 +72,13 @@ async def store() -> AsyncIterator[FailingPutStore]:
         await inner.close()
 
 
-async def open_cursor(store: MetadataStore, persist_interval_ms: int) -> ManagedCursor:
-    ledger = cast(ManagedLedger, OneLedgerLog(entries=10))
+async def open_cursor(
+    store: MetadataStore, persist_interval_ms: int, log: OneLedgerLog | None = None
+) -> ManagedCursor:
+    if log is None:
+        log = OneLedgerLog(entries=10)
+    log.fenced = []
+    ledger = cast(ManagedLedger, log)
     cursor = ManagedCursor("sub", KEY, ledger, store, persist_interval_ms, max_persisted_ranges=100)
     await cursor.load_or_create(start_at_earliest=True)
     return cursor
@@ -97,3 +110,41 @@ async def test_flush_after_a_failed_persist_writes_again(store: FailingPutStore)
         assert record is not None and b'"mark_delete": [1, 1]' in record.value
     finally:
         await cursor.close()
+
+
+async def test_a_cursor_written_by_another_broker_fences_the_topic(
+    store: FailingPutStore,
+) -> None:
+    """A paused owner wrote the cursor once more after the new owner loaded it: the new owner's
+    compare-and-set fails. Its flushes must fail at once as UNAVAILABLE (the client reconnects)
+    and the managed ledger be fenced (the topic reloads the stored cursor), not fail forever."""
+    log = OneLedgerLog(entries=10)
+    cursor = await open_cursor(store, FAST_RETRY_INTERVAL_MS, log)
+    try:
+        cursor.ack_entry((1, 0))
+        await asyncio.wait_for(cursor.flush(), FLUSH_BOUND_S)
+        record = await store.get(KEY)
+        assert record is not None
+        stale = b'{"mark_delete": [1, 3], "acked_ranges": [], "partial": {}}'
+        await store.put(KEY, stale, expected_version=record.version)  # the other writer
+        cursor.ack_entry((1, 1))
+        with pytest.raises(ServiceUnavailableError, match="written by another broker"):
+            await asyncio.wait_for(cursor.flush(), FLUSH_BOUND_S)
+        assert len(log.fenced) == 1 and isinstance(log.fenced[0], TopicFencedError)
+        # Later acks do not write over the other broker's record; their flush fails at once.
+        cursor.ack_entry((1, 2))
+        with pytest.raises(ServiceUnavailableError):
+            await asyncio.wait_for(cursor.flush(), FLUSH_BOUND_S)
+    finally:
+        await asyncio.wait_for(cursor.close(), FLUSH_BOUND_S)
+    record = await store.get(KEY)
+    assert record is not None and record.value == stale
+    # The reload reads what the other broker stored, and writes on from its version.
+    reloaded = await open_cursor(store, FAST_RETRY_INTERVAL_MS)
+    try:
+        assert reloaded.mark_delete == (1, 3)
+        reloaded.ack_entry((1, 4))
+        await asyncio.wait_for(reloaded.flush(), FLUSH_BOUND_S)
+        assert reloaded.mark_delete == (1, 4)
+    finally:
+        await reloaded.close()
