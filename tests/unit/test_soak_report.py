@@ -6,13 +6,19 @@ from __future__ import annotations
 import argparse
 import time
 
-from tests.bench.run_soak import WINDOW_SECONDS, Recorder, new_histogram, summarize
+from tests.bench.run_soak import (
+    WINDOW_SECONDS,
+    Recorder,
+    compare_deliveries,
+    new_histogram,
+    summarize,
+)
 
 MS = 1000  # the histograms hold microseconds
 
 
 def recording(kill_minute_ms: float, slow_windows: int) -> Recorder:
-    recorder = Recorder(time.monotonic())
+    recorder = Recorder(time.monotonic(), 3000)
     for minute, value_ms in enumerate((5, kill_minute_ms, 6)):
         histogram = recorder.minutes.setdefault(minute, new_histogram())
         for _ in range(1000):
@@ -22,7 +28,7 @@ def recording(kill_minute_ms: float, slow_windows: int) -> Recorder:
         histogram = recorder.windows.setdefault(window, new_histogram())
         for _ in range(100):
             histogram.record_value(int((400 if slow else 5) * MS))
-    recorder.receipted.update(range(3000))
+    recorder.receipted[:] = b"\x01" * 3000
     return recorder
 
 
@@ -59,3 +65,10 @@ def test_each_target_fails_on_its_own() -> None:
     grown = verdict(recording(kill_minute_ms=400, slow_windows=2), [], rss_end=111)
     assert not grown["RSS growth < 10 % from minute 1 to the end"]
     assert sum(not ok for ok in grown.values()) == 1
+
+
+def test_deliveries_are_compared_index_by_index() -> None:
+    receipted = bytes([1, 1, 0, 1, 1])  # index 2 never receipted (its send failed)
+    seen = bytes([1, 0, 0, 3, 1])  # index 1 lost, index 3 delivered three times
+    assert compare_deliveries(receipted, seen) == ([1], 2)
+    assert compare_deliveries(receipted, bytes([1, 1, 1, 1, 1])) == ([], 0)
