@@ -72,6 +72,11 @@ class BookieStorageConfig:
     compaction_max_bytes_per_run: int = setting(
         256 * MIB, "live bytes one garbage-collection run copies at most"
     )
+    # Compaction copies go through the journal with the client adds; this pace (BookKeeper's
+    # compactionRateByBytes) keeps each group commit's share of copies small.
+    compaction_max_bytes_per_second: int = setting(
+        4 * MIB, "live bytes compaction copies per second at most"
+    )
     read_cache_max_bytes: int = setting(
         64 * MIB, "recently added entries kept in memory for tailing readers (bytes)"
     )
@@ -118,6 +123,7 @@ class BookieStorageConfig:
             "checkpoint_journal_bytes",
             "gc_interval_ms",
             "compaction_max_bytes_per_run",
+            "compaction_max_bytes_per_second",
             "max_read_bytes",
             "max_read_entries",
             "read_threads",

@@ -22,6 +22,8 @@ import asyncio
 import contextlib
 import functools
 import logging
+import random
+import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -37,6 +39,9 @@ from bookie.storage.segment_writer import segment_path
 from bookie.storage.stats import BookieStats
 
 _log = logging.getLogger(__name__)
+
+# Compaction copies queued in the journal at once (the next chunk waits until these are durable).
+COMPACTION_CHUNK_BYTES = 256 * 1024
 
 
 class Checkpointer:
@@ -144,12 +149,14 @@ class GarbageCollector:
         await _cancel(self._task)
 
     async def _run(self) -> None:
+        delay_s = gc_delay_seconds(self._config.gc_interval_ms, first=True)
         while True:
-            await asyncio.sleep(self._config.gc_interval_ms / 1000)
+            await asyncio.sleep(delay_s)
             try:
                 await self.run_once()
             except Exception:
                 _log.exception("garbage collection failed")
+            delay_s = gc_delay_seconds(self._config.gc_interval_ms, first=False)
 
     async def run_once(self) -> GcReport:
         """Free the space of deleted and overwritten entries; returns what was done.
@@ -176,6 +183,7 @@ class GarbageCollector:
         """
         async with self._lock:
             report = GcReport()
+            started = time.monotonic()
             await self._checkpoints.write()
             sizes = await self._loop.run_in_executor(
                 self._executor, segment_sizes, self._journal_dir
@@ -187,10 +195,24 @@ class GarbageCollector:
                 live_ratio=self._config.compaction_live_ratio,
                 max_copy_bytes=self._config.compaction_max_bytes_per_run,
             )
+            planned = time.monotonic()
+            pacer = _Pacer(self._config.compaction_max_bytes_per_second)
             for segment_id in plan.compact:
-                report.bytes_copied += await self._compact_segment(segment_id)
+                report.bytes_copied += await self._compact_segment(segment_id, pacer)
                 report.segments_compacted.append(segment_id)
+            compacted = time.monotonic()
             await self._remove_empty(plan, sizes, report)
+            _log.info(
+                "garbage collection took %.3f s (checkpoint and plan %.3f s, compaction %.3f s "
+                "of %d segments / %d bytes, removal %.3f s of %d segments)",
+                time.monotonic() - started,
+                planned - started,
+                compacted - planned,
+                len(report.segments_compacted),
+                report.bytes_copied,
+                time.monotonic() - compacted,
+                len(report.segments_removed),
+            )
             return report
 
     async def _remove_empty(self, plan: GcPlan, sizes: dict[int, int], report: GcReport) -> None:
@@ -221,8 +243,13 @@ class GarbageCollector:
             report.bytes_copied,
         )
 
-    async def _compact_segment(self, segment_id: int) -> int:
-        """Copy the live entries of a sealed segment to the journal head; returns bytes copied."""
+    async def _compact_segment(self, segment_id: int, pacer: _Pacer) -> int:
+        """Copy the live entries of a sealed segment to the journal head; returns bytes copied.
+
+        The copies share the journal's group commits with the client adds: they go in chunks of
+        ``COMPACTION_CHUNK_BYTES``, each durable before the next is queued, paced by ``pacer``
+        (``compaction_max_bytes_per_second``), so a commit carries at most one chunk of copies
+        however much a run copies."""
         contents = await self._loop.run_in_executor(
             self._executor, read_segment_entries, self._journal_dir, segment_id
         )
@@ -239,8 +266,15 @@ class GarbageCollector:
             )
         copies: list[asyncio.Future[None]] = []
         copied = 0
+        chunk_bytes = 0
         ledgers = self._index.ledgers
         for header, payload in contents.entries:
+            if chunk_bytes >= COMPACTION_CHUNK_BYTES:
+                # One chunk at a time, durable before the next, at the configured pace.
+                await asyncio.gather(*copies)
+                copies.clear()
+                await pacer.pace(chunk_bytes)
+                chunk_bytes = 0
             journal = self._check_open()
             if not journal.has_room:
                 await journal.wait_for_room()
@@ -264,9 +298,36 @@ class GarbageCollector:
             assert record.future is not None
             copies.append(record.future)
             copied += record.length
+            chunk_bytes += record.length
         if copies:
             await asyncio.gather(*copies)
+            await pacer.pace(chunk_bytes)
         return copied
+
+
+def gc_delay_seconds(interval_ms: int, *, first: bool) -> float:
+    """The wait before a garbage-collection run. Bookies started together (a cluster, a
+    deployment) would otherwise collect at the same moments, and a run slows its bookie's
+    adds: with different moments the ack quorum completes adds on the other bookies. The
+    first run comes after a random 50-100 % of the interval, every later one after 90-110 %."""
+    low, high = (0.5, 1.0) if first else (0.9, 1.1)
+    return interval_ms / 1000 * random.uniform(low, high)
+
+
+class _Pacer:
+    """Paces one garbage-collection run's copies at ``bytes_per_second``."""
+
+    def __init__(self, bytes_per_second: int) -> None:
+        self._bytes_per_second = bytes_per_second
+        self._started = time.monotonic()
+        self._copied = 0
+
+    async def pace(self, copied: int) -> None:
+        """``copied`` more bytes were copied: sleep until the run's total is within the pace."""
+        self._copied += copied
+        delay = self._started + self._copied / self._bytes_per_second - time.monotonic()
+        if delay > 0:
+            await asyncio.sleep(delay)
 
 
 async def _cancel(task: asyncio.Task[None] | None) -> None:
