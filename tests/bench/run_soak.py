@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import functools
+import gc
 import json
 import multiprocessing
 import os
@@ -38,6 +39,7 @@ from typing import Any
 from hdrh.histogram import HdrHistogram
 
 import strata
+from strata.metrics import freeze_startup_heap
 from tests.bench.run_bench import write_to_three_bookies
 from tests.cluster import Cluster
 from tests.harness import ServerProcess
@@ -107,6 +109,7 @@ def consume(address: str, total: int, done: Any, result_path: str) -> None:
         consumer = client.subscribe(
             TOPIC, SUBSCRIPTION, initial_position=strata.InitialPosition.Earliest
         )
+        freeze_startup_heap()
         while True:
             now = time.monotonic()
             if done.is_set():
@@ -141,9 +144,27 @@ class Recorder:
     receipted: bytearray = field(init=False)
     errors: dict[str, int] = field(default_factory=dict)
     lock: threading.Lock = field(default_factory=threading.Lock)
+    # This process's own full collections (ms each): a pause here delays receipts' callbacks
+    # and so shows as publish latency; the report prints them beside the latencies.
+    full_collections_ms: list[float] = field(default_factory=list)
+    _collection_started: float = 0.0
 
     def __post_init__(self) -> None:
         self.receipted = bytearray(self.total)
+
+    def watch_collections(self) -> None:
+        """Freeze what set-up allocated (as the servers do: ``freeze_startup_heap``), so full
+        collections walk only what the run allocates, and time each one from now on."""
+        freeze_startup_heap()
+        gc.callbacks.append(self._on_collection)
+
+    def _on_collection(self, phase: str, info: dict[str, int]) -> None:
+        if info["generation"] != 2:
+            return
+        if phase == "start":
+            self._collection_started = time.monotonic()
+        elif self._collection_started:
+            self.full_collections_ms.append((time.monotonic() - self._collection_started) * 1000)
 
     def callback(self, index: int, sent_at: float) -> Callable[[Any, Any], None]:
         def settled(result: Any, message_id: Any) -> None:
@@ -228,6 +249,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             producer = client.create_producer(TOPIC, block_if_queue_full=True)
             started = time.monotonic()
             recorder = Recorder(started, total)
+            recorder.watch_collections()
             fault_thread = threading.Thread(
                 target=fault_plan, args=(started,), name="soak-faults", daemon=True
             )
@@ -267,7 +289,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     return summarize(args, recorder, rss, faults, lost, duplicates, total, behind_max_ms)
 
 
-def compare_deliveries(receipted: bytes, seen: bytes) -> tuple[list[int], int]:
+def compare_deliveries(receipted: bytes | bytearray, seen: bytes) -> tuple[list[int], int]:
     """The receipted indexes the consumer never saw, and how many deliveries were repeats."""
     lost = [index for index, (r, s) in enumerate(zip(receipted, seen, strict=True)) if r and not s]
     return lost, sum(count - 1 for count in seen if count > 1)
@@ -346,6 +368,10 @@ def summarize(
         "lost_first": lost[:20],
         "duplicates": duplicates,
         "send_behind_schedule_max_ms": round(behind_max_ms, 1),
+        "harness_full_collections": {
+            "count": len(recorder.full_collections_ms),
+            "max_ms": round(max(recorder.full_collections_ms, default=0.0), 1),
+        },
         "faults": faults,
         "recovery_seconds_after_kill": recovery_seconds,
         "rss_growth": growth,
@@ -379,6 +405,7 @@ def print_report(result: dict[str, Any]) -> None:
         f"sent {result['sent']}, receipted {result['receipted']}, lost {result['lost']}, "
         f"duplicates {result['duplicates']}, errors {result['errors']}, "
         f"sends behind schedule at most {result['send_behind_schedule_max_ms']} ms, "
+        f"this process's full collections {result['harness_full_collections']}, "
         f"faults {result['faults']}, back under 50 ms "
         f"{result['recovery_seconds_after_kill']} s after the kill"
     )
