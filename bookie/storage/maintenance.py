@@ -28,12 +28,13 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+from bookie.api import LedgerEntry
 from bookie.storage.checkpoint import fsync_directory, write_checkpoint
 from bookie.storage.config import BookieStorageConfig
 from bookie.storage.gc import GcPlan, GcReport, plan_gc
 from bookie.storage.index import LedgerIndex, pack_location
 from bookie.storage.journal import Journal
-from bookie.storage.reader import read_segment_entries, segment_sizes
+from bookie.storage.reader import read_entries_from_segments, segment_sizes
 from bookie.storage.record import ENTRY, SEGMENT_HEADER_SIZE
 from bookie.storage.segment_writer import segment_path
 from bookie.storage.stats import BookieStats
@@ -246,62 +247,97 @@ class GarbageCollector:
     async def _compact_segment(self, segment_id: int, pacer: _Pacer) -> int:
         """Copy the live entries of a sealed segment to the journal head; returns bytes copied.
 
-        The copies share the journal's group commits with the client adds: they go in chunks of
-        ``COMPACTION_CHUNK_BYTES``, each durable before the next is queued, paced by ``pacer``
-        (``compaction_max_bytes_per_second``), so a commit carries at most one chunk of copies
-        however much a run copies."""
-        contents = await self._loop.run_in_executor(
-            self._executor, read_segment_entries, self._journal_dir, segment_id
-        )
-        for damage in contents.damaged:
-            # Live entries there stay indexed (reads report the corruption) and keep the
-            # segment alive; re-replication from other bookies is the cure.
-            self._stats.corrupt_reads += 1
-            _log.error(
-                "compaction: segment %d has damaged bytes at %d..%d (%s)",
-                segment_id,
-                damage.offset,
-                damage.end,
-                damage.reason,
+        The live records are read where the index says they are, a chunk of
+        ``COMPACTION_CHUNK_BYTES`` at a time in the maintenance thread, each checked like any
+        read (CRC32C, type, ledger and entry): memory holds one chunk, not the segment (until
+        session 12 a run read each segment whole, and a bookie's RSS jumped by ~65 MiB). The
+        copies share the journal's group commits with the client adds, so each chunk's copies
+        are durable before the next chunk is read, at the pace of ``pacer``
+        (``compaction_max_bytes_per_second``): a commit carries at most one chunk of copies
+        however much a run copies. A live record that fails its checks is counted, logged and
+        left where it is (it stays indexed, so reads report it and the segment stays); the
+        cure is re-replication from the other bookies."""
+        copied = 0
+        for ledger_id, locations in self._live_locations(segment_id):
+            position = 0
+            while position < len(locations):
+                read = await self._loop.run_in_executor(
+                    self._executor,
+                    functools.partial(
+                        read_entries_from_segments,
+                        self._journal_dir,
+                        ledger_id,
+                        locations[position:],
+                        COMPACTION_CHUNK_BYTES,
+                        False,
+                    ),
+                )
+                if not read.entries and read.corruption is None:
+                    break  # cannot happen: a read returns its first entry or the error
+                chunk = list(zip(locations[position:], read.entries, strict=False))
+                position += len(read.entries)
+                if read.corruption is not None:
+                    self._stats.corrupt_reads += 1
+                    _log.error("compaction: %s", read.corruption)
+                    position += 1  # left in place, see above
+                chunk_bytes = await self._copy(ledger_id, chunk)
+                await pacer.pace(chunk_bytes)
+                copied += chunk_bytes
+        return copied
+
+    def _live_locations(self, segment_id: int) -> list[tuple[int, list[tuple[int, int]]]]:
+        """(ledger id, [(entry id, location)] in segment order) of the entries indexed in
+        ``segment_id``: a pass over the entries of the ledgers with bytes there."""
+        live = []
+        low, high = pack_location(segment_id, 0), pack_location(segment_id + 1, 0)
+        for ledger in self._index.ledgers.values():
+            if ledger.deleting or not ledger.bytes_by_segment.get(segment_id):
+                continue
+            locations = sorted(
+                (
+                    (entry_id, location)
+                    for entry_id, location in ledger.entries.items()
+                    if low <= location < high
+                ),
+                key=lambda item: item[1],
             )
+            if locations:
+                live.append((ledger.ledger_id, locations))
+        return live
+
+    async def _copy(self, ledger_id: int, chunk: list[tuple[tuple[int, int], LedgerEntry]]) -> int:
+        """Append copies of ``chunk``'s entries that are still live where they were read, and
+        wait until they are durable (and indexed); returns the bytes appended."""
         copies: list[asyncio.Future[None]] = []
         copied = 0
-        chunk_bytes = 0
-        ledgers = self._index.ledgers
-        for header, payload in contents.entries:
-            if chunk_bytes >= COMPACTION_CHUNK_BYTES:
-                # One chunk at a time, durable before the next, at the configured pace.
-                await asyncio.gather(*copies)
-                copies.clear()
-                await pacer.pace(chunk_bytes)
-                chunk_bytes = 0
+        for (entry_id, location), entry in chunk:
             journal = self._check_open()
             if not journal.has_room:
                 await journal.wait_for_room()
-            ledger = ledgers.get(header.ledger_id)
-            # Re-checked after every wait: the index may have changed meanwhile.
+            ledger = self._index.ledgers.get(ledger_id)
+            # Re-checked after every wait: the index may have changed meanwhile. An entry with
+            # an add queued but not yet durable is not copied: that add would then be followed
+            # by the older copy in the journal.
             if (
                 ledger is None
                 or ledger.deleting
-                or ledger.entries.get(header.entry_id) != pack_location(segment_id, header.offset)
-                or header.entry_id in ledger.pending_adds
+                or ledger.entries.get(entry_id) != location
+                or entry_id in ledger.pending_adds
             ):
                 continue
             record = journal.append_nowait(
                 ENTRY,
-                header.ledger_id,
-                header.entry_id,
-                header.last_add_confirmed,
-                payload,
+                ledger_id,
+                entry_id,
+                entry.last_add_confirmed,
+                entry.payload,
                 is_copy=True,
             )
             assert record.future is not None
             copies.append(record.future)
             copied += record.length
-            chunk_bytes += record.length
         if copies:
             await asyncio.gather(*copies)
-            await pacer.pace(chunk_bytes)
         return copied
 
 

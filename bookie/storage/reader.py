@@ -21,12 +21,8 @@ from bookie.storage.record import (
     HEADER_SIZE,
     OK,
     RECORD_TYPE_NAMES,
-    SEGMENT_HEADER_SIZE,
-    Damage,
     RecordHeader,
-    TornTail,
     decode_record_at,
-    scan_records,
 )
 from bookie.storage.segment_writer import list_segments, segment_path
 
@@ -139,31 +135,6 @@ def read_record_length(journal_dir: Path, location: int) -> int:
     if len(header) < HEADER_SIZE:
         return 0
     return HEADER_SIZE + int.from_bytes(header[4:8], "little")
-
-
-@dataclass(slots=True)
-class SegmentContents:
-    """The intact ENTRY records of a sealed segment (with payloads) and the damage found."""
-
-    entries: list[tuple[RecordHeader, bytes]]
-    damaged: list[Damage]
-
-
-def read_segment_entries(journal_dir: Path, segment_id: int) -> SegmentContents:
-    """All intact entry records of a sealed segment, for compaction."""
-    data = segment_path(journal_dir, segment_id).read_bytes()
-    entries: list[tuple[RecordHeader, bytes]] = []
-    damaged: list[Damage] = []
-    for event in scan_records(data, SEGMENT_HEADER_SIZE, len(data), last_segment=False):
-        if isinstance(event, RecordHeader):
-            if event.record_type == ENTRY:
-                start = event.offset + HEADER_SIZE
-                entries.append((event, data[start : start + event.payload_length]))
-        elif isinstance(event, Damage):
-            damaged.append(event)
-        else:  # pragma: no cover - sealed segments report damage, never a torn tail
-            assert isinstance(event, TornTail)
-    return SegmentContents(entries, damaged)
 
 
 def segment_sizes(journal_dir: Path) -> dict[int, int]:

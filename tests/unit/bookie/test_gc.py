@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import os
 import time
 from pathlib import Path
 from typing import Any
@@ -10,8 +11,10 @@ from typing import Any
 import pytest
 
 from bookie.errors import LedgerDeletedError
-from bookie.storage import maintenance
+from bookie.storage import maintenance, reader
+from bookie.storage.index import unpack_location
 from bookie.storage.journal import Journal, PendingRecord
+from bookie.storage.record import HEADER_SIZE
 from tests.unit.bookie.support import KEY, add_range, make_config, opened, payload_for
 
 
@@ -141,3 +144,39 @@ def test_bookies_collect_at_different_moments(first: bool, low: float, high: flo
     delays = {maintenance.gc_delay_seconds(300_000, first=first) for _ in range(200)}
     assert all(300 * low <= delay <= 300 * high for delay in delays)
     assert max(delays) - min(delays) > 300 * (high - low) / 2  # spread, not one moment
+
+
+async def test_a_damaged_live_entry_is_left_in_place_and_the_rest_copied(tmp_path: Path) -> None:
+    config = make_config(tmp_path, journal_segment_size_bytes=256 * 1024, compaction_live_ratio=0.6)
+    async with opened(config) as bookie:
+        for entry_id in range(400):
+            await asyncio.gather(
+                bookie.add_entry(1, entry_id, entry_id - 1, payload_for(1, entry_id, 1000), KEY),
+                bookie.add_entry(2, entry_id, entry_id - 1, payload_for(2, entry_id, 1000), KEY),
+            )
+        await bookie.delete_ledger(1)
+        damaged_segment, damaged_offset = unpack_location(bookie._index.ledgers[2].entries[3])
+        with bookie.segment_file(damaged_segment).open("r+b") as file:
+            file.seek(damaged_offset + HEADER_SIZE + 10)
+            file.write(b"\xff\x00")
+        read_bytes: list[int] = []
+        pread = os.pread
+
+        def counting_pread(fd: int, length: int, offset: int) -> bytes:
+            data = pread(fd, length, offset)
+            read_bytes.append(len(data))
+            return data
+
+        with pytest.MonkeyPatch.context() as patch:
+            patch.setattr(os, "pread", counting_pread)
+            report = await bookie.run_gc_once()
+        assert bookie.stats.corrupt_reads == 1
+        assert damaged_segment in bookie.segment_ids()  # its damaged live entry keeps it
+        assert damaged_segment not in report.segments_removed
+        # The live records were read a window at a time, not as whole (256 KiB) segments.
+        assert report.bytes_copied > 300_000
+        assert read_bytes and max(read_bytes) <= reader.READ_CHUNK_BYTES
+        entries = await bookie.read_entries(2, 0, 2, max_bytes=10**9)
+        assert [e.payload for e in entries] == [payload_for(2, i, 1000) for i in range(3)]
+        entries = await bookie.read_entries(2, 4, 399, max_bytes=10**9)
+        assert [e.payload for e in entries] == [payload_for(2, i, 1000) for i in range(4, 400)]
