@@ -3,4 +3,4 @@
 set -eu
 exec sh "$(dirname "$0")/../../tools/install-debian-packages.sh" \
     cmake g++ make pkg-config libgrpc++-dev protobuf-compiler-grpc libprotobuf-dev \
-    protobuf-compiler liblz4-dev libzstd-dev
+    protobuf-compiler liblz4-dev libzstd-dev ccache
