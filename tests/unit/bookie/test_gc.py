@@ -11,11 +11,20 @@ from typing import Any
 import pytest
 
 from bookie.errors import LedgerDeletedError
-from bookie.storage import maintenance, reader
+from bookie.storage import Bookie, maintenance, reader
 from bookie.storage.index import unpack_location
 from bookie.storage.journal import Journal, PendingRecord
 from bookie.storage.record import HEADER_SIZE
 from tests.unit.bookie.support import KEY, add_range, make_config, opened, payload_for
+
+
+async def add_two_ledgers_interleaved(bookie: Bookie, entries: int, *, size: int) -> None:
+    """Ledgers 1 and 2 added entry by entry side by side, so that every segment holds both."""
+    for entry_id in range(entries):
+        await asyncio.gather(
+            bookie.add_entry(1, entry_id, entry_id - 1, payload_for(1, entry_id, size), KEY),
+            bookie.add_entry(2, entry_id, entry_id - 1, payload_for(2, entry_id, size), KEY),
+        )
 
 
 async def test_space_is_freed_after_delete(tmp_path: Path) -> None:
@@ -46,12 +55,7 @@ async def test_sparse_segments_are_compacted(tmp_path: Path) -> None:
         read_cache_max_entries=0,
     )
     async with opened(config, checkpoint=False) as bookie:
-        # Interleave two ledgers, so that every segment holds both.
-        for entry_id in range(100):
-            await asyncio.gather(
-                bookie.add_entry(1, entry_id, entry_id - 1, payload_for(1, entry_id, 1000), KEY),
-                bookie.add_entry(2, entry_id, entry_id - 1, payload_for(2, entry_id, 1000), KEY),
-            )
+        await add_two_ledgers_interleaved(bookie, 100, size=1000)
         old_segments = set(bookie.segment_ids()[:-1])
         await bookie.delete_ledger(1)
         before = bookie.bytes_on_disk()
@@ -83,11 +87,7 @@ async def test_overwritten_entries_become_garbage(tmp_path: Path) -> None:
 async def test_adds_during_gc_are_kept(tmp_path: Path) -> None:
     config = make_config(tmp_path, journal_segment_size_bytes=16 * 1024, compaction_live_ratio=0.9)
     async with opened(config) as bookie:
-        for entry_id in range(60):
-            await asyncio.gather(
-                bookie.add_entry(1, entry_id, entry_id - 1, payload_for(1, entry_id, 500), KEY),
-                bookie.add_entry(2, entry_id, entry_id - 1, payload_for(2, entry_id, 500), KEY),
-            )
+        await add_two_ledgers_interleaved(bookie, 60, size=500)
         await bookie.delete_ledger(1)
         # Rewrite ledger 2 while the collector copies it: the rewrite must win.
         gc = asyncio.ensure_future(bookie.run_gc_once())
@@ -113,11 +113,7 @@ async def test_compaction_copies_at_the_configured_pace(
         compaction_max_bytes_per_second=bytes_per_second,
     )
     async with opened(config) as bookie:
-        for entry_id in range(60):
-            await asyncio.gather(
-                bookie.add_entry(1, entry_id, entry_id - 1, payload_for(1, entry_id, 1000), KEY),
-                bookie.add_entry(2, entry_id, entry_id - 1, payload_for(2, entry_id, 1000), KEY),
-            )
+        await add_two_ledgers_interleaved(bookie, 60, size=1000)
         await bookie.delete_ledger(1)
         queued_copies: list[int] = []
         append = Journal.append_nowait
@@ -149,11 +145,7 @@ def test_bookies_collect_at_different_moments(first: bool, low: float, high: flo
 async def test_a_damaged_live_entry_is_left_in_place_and_the_rest_copied(tmp_path: Path) -> None:
     config = make_config(tmp_path, journal_segment_size_bytes=256 * 1024, compaction_live_ratio=0.6)
     async with opened(config) as bookie:
-        for entry_id in range(400):
-            await asyncio.gather(
-                bookie.add_entry(1, entry_id, entry_id - 1, payload_for(1, entry_id, 1000), KEY),
-                bookie.add_entry(2, entry_id, entry_id - 1, payload_for(2, entry_id, 1000), KEY),
-            )
+        await add_two_ledgers_interleaved(bookie, 400, size=1000)
         await bookie.delete_ledger(1)
         damaged_segment, damaged_offset = unpack_location(bookie._index.ledgers[2].entries[3])
         with bookie.segment_file(damaged_segment).open("r+b") as file:
