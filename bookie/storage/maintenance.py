@@ -43,6 +43,8 @@ _log = logging.getLogger(__name__)
 
 # Compaction copies queued in the journal at once (the next chunk waits until these are durable).
 COMPACTION_CHUNK_BYTES = 256 * 1024
+# Live records one compaction read considers at most (the byte budget usually ends it first).
+COMPACTION_CHUNK_ENTRIES = 1024
 
 
 class Checkpointer:
@@ -261,20 +263,23 @@ class GarbageCollector:
         for ledger_id, locations in self._live_locations(segment_id):
             position = 0
             while position < len(locations):
+                # A window, not the rest of the list: a segment can hold tens of thousands of
+                # a ledger's entries, and this loop runs once per chunk.
+                window = locations[position : position + COMPACTION_CHUNK_ENTRIES]
                 read = await self._loop.run_in_executor(
                     self._executor,
                     functools.partial(
                         read_entries_from_segments,
                         self._journal_dir,
                         ledger_id,
-                        locations[position:],
+                        window,
                         COMPACTION_CHUNK_BYTES,
                         False,
                     ),
                 )
                 if not read.entries and read.corruption is None:
                     break  # cannot happen: a read returns its first entry or the error
-                chunk = list(zip(locations[position:], read.entries, strict=False))
+                chunk = list(zip(window, read.entries, strict=False))
                 position += len(read.entries)
                 if read.corruption is not None:
                     self._stats.corrupt_reads += 1
