@@ -173,3 +173,86 @@ async def test_a_damaged_live_entry_is_left_in_place_and_the_rest_copied(tmp_pat
         assert [e.payload for e in entries] == [payload_for(2, i, 1000) for i in range(3)]
         entries = await bookie.read_entries(2, 4, 399, max_bytes=10**9)
         assert [e.payload for e in entries] == [payload_for(2, i, 1000) for i in range(4, 400)]
+
+
+async def test_removed_segments_are_released_a_step_at_a_time_at_the_configured_pace(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(maintenance, "RELEASE_STEP_BYTES", 4 * 1024)
+    bytes_per_second = 400_000
+    config = make_config(
+        tmp_path,
+        journal_segment_size_bytes=16 * 1024,
+        segment_release_bytes_per_second=bytes_per_second,
+    )
+    async with opened(config) as bookie:
+        await add_range(bookie, 1, 0, 199, size=1000)
+        await add_range(bookie, 2, 0, 9, size=1000)
+        await bookie.delete_ledger(1)
+        sizes_cut: list[int] = []
+        truncate = os.truncate
+
+        def counting_truncate(path: Any, length: int) -> None:
+            sizes_cut.append(os.stat(path).st_size - length)
+            truncate(path, length)
+
+        monkeypatch.setattr(os, "truncate", counting_truncate)
+        started = time.monotonic()
+        report = await bookie.run_gc_once()
+        took = time.monotonic() - started
+        assert len(report.segments_removed) >= 10
+        assert not set(report.segments_removed) & set(bookie.segment_ids())
+        # Every removed (16 KiB) segment lost 4 KiB steps before its unlink, none more at once.
+        assert len(sizes_cut) >= 3 * len(report.segments_removed)
+        assert set(sizes_cut) == {4 * 1024}
+        # A lower bound only: the run sleeps to keep its pace, however fast the disk.
+        assert took >= report.bytes_freed / bytes_per_second * 0.95, took
+        assert len(await bookie.read_entries(2, 0, 9)) == 10
+
+
+async def test_a_release_cut_short_is_finished_by_the_next_run(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(maintenance, "RELEASE_STEP_BYTES", 4 * 1024)
+    config = make_config(
+        tmp_path,
+        journal_segment_size_bytes=16 * 1024,
+        segment_release_bytes_per_second=40_000,  # ~0.1 s per step
+    )
+    async with opened(config) as bookie:
+        await add_range(bookie, 1, 0, 199, size=1000)
+        await add_range(bookie, 2, 0, 9, size=1000)
+        segments = bookie.segment_ids()
+        await bookie.delete_ledger(1)
+        run = asyncio.ensure_future(bookie.run_gc_once())
+        deadline = time.monotonic() + 10
+        while not any(
+            0 < bookie.segment_file(s).stat().st_size < 16 * 1024 for s in bookie.segment_ids()[:-1]
+        ):
+            assert time.monotonic() < deadline, "no segment was ever part released"
+            await asyncio.sleep(0.01)
+        run.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await run
+        left = set(bookie.segment_ids())
+        assert len(set(segments) - left) < 10  # cut short: most of the garbage is still there
+    # A part released segment lies below the durable mark: the open never reads it.
+    async with opened(config) as bookie:
+        entries = await bookie.read_entries(2, 0, 9)
+        assert [e.payload for e in entries] == [payload_for(2, i, 1000) for i in range(10)]
+        monkeypatch.setattr(maintenance, "RELEASE_STEP_BYTES", 1024 * 1024)
+        report = await bookie.run_gc_once()
+        assert report.segments_removed
+        assert all(bookie.segment_file(s).stat().st_size > 0 for s in bookie.segment_ids())
+        assert len(bookie.segment_ids()) <= 3
+        entries = await bookie.read_entries(2, 0, 9)
+        assert [e.payload for e in entries] == [payload_for(2, i, 1000) for i in range(10)]
+
+
+def test_a_release_never_takes_longer_than_half_the_gc_interval() -> None:
+    mib = 1024 * 1024
+    # 100 MiB at 16 MiB/s: 6.25 s, well within half of a 300 s interval.
+    assert maintenance.release_bytes_per_second(100 * mib, 16 * mib, 300_000) == 16 * mib
+    # 20 GiB written between two runs: released in 150 s, not in 21 minutes.
+    pace = maintenance.release_bytes_per_second(20 * 1024 * mib, 16 * mib, 300_000)
+    assert 20 * 1024 * mib / pace == pytest.approx(150)
