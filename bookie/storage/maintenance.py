@@ -231,11 +231,10 @@ class GarbageCollector:
         # Defensive: a segment that gained a live entry is kept (cannot happen: see above).
         live = self._index.live_bytes_by_segment()
         doomed = [s for s in doomed if live.get(s, 0) == 0]
+        freed = sum(sizes.get(s, 0) for s in doomed)
         pacer = _Pacer(
             release_bytes_per_second(
-                sum(sizes.get(s, 0) for s in doomed),
-                self._config.segment_release_bytes_per_second,
-                self._config.gc_interval_ms,
+                freed, self._config.segment_release_bytes_per_second, self._config.gc_interval_ms
             )
         )
         for segment_id in doomed:
@@ -243,7 +242,7 @@ class GarbageCollector:
         if self._config.fsync:
             await self._loop.run_in_executor(self._executor, fsync_directory, self._journal_dir)
         report.segments_removed = doomed
-        report.bytes_freed = sum(sizes.get(s, 0) for s in doomed)
+        report.bytes_freed = freed
         self._stats.segments_removed += len(doomed)
         self._stats.segments_compacted += len(report.segments_compacted)
         self._stats.bytes_compacted += report.bytes_copied
