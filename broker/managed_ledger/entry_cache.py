@@ -33,6 +33,12 @@ class EntryCache:
     write order, so evicting the oldest insert evicts the entries readers are least likely to
     need. Catch-up reads of evicted entries go to the bookies. One cache serves every managed
     ledger of the broker; keys carry the managed ledger's name.
+
+    A deleted ledger's entries are not removed at once: they age out with the oldest, one
+    eviction per put. Dropping them in one step freed a whole ledger's worth of bytes in one
+    event-loop step (26,843 entries of 10 kB: 13 ms in a process alone; under the soak's load
+    the broker's loop stalled 40 ms at each trim); nothing reads them meanwhile, because a
+    read starts from the ledger list and ledger ids are never reused.
     """
 
     def __init__(self, max_size_bytes: int) -> None:
@@ -61,8 +67,3 @@ class EntryCache:
         else:
             self.hits += 1
         return entry
-
-    def invalidate_ledger(self, ledger_name: str, ledger_id: int) -> None:
-        doomed = [k for k in self._entries if k[0] == ledger_name and k[1] == ledger_id]
-        for key in doomed:
-            self.size_bytes -= len(self._entries.pop(key).data)

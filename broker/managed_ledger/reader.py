@@ -64,8 +64,8 @@ class EntryReader:
         self._metadata_cache[metadata.ledger_id] = metadata
 
     def forget(self, ledger_id: int) -> None:
-        """Drop what is cached of a ledger about to be deleted from the bookies."""
-        self._cache.invalidate_ledger(self._name, ledger_id)
+        """Drop the metadata of a ledger about to be deleted from the bookies (its entries
+        age out of the entry cache: see ``EntryCache``)."""
         self._metadata_cache.pop(ledger_id, None)
 
     async def read(

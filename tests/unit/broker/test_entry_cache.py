@@ -32,14 +32,3 @@ def test_a_second_put_of_a_position_is_ignored() -> None:
     cache.put("t", entry(1, 0, 10))
     cache.put("t", Entry(1, 0, b"other", 1))
     assert cache.size_bytes == 10 and cache.get("t", 1, 0) == entry(1, 0, 10)
-
-
-def test_invalidate_drops_one_ledger_of_one_managed_ledger() -> None:
-    cache = EntryCache(1000)
-    for name in ("t", "u"):
-        for ledger_id in (1, 2):
-            cache.put(name, entry(ledger_id, 0, 10))
-    cache.invalidate_ledger("t", 1)
-    assert cache.size_bytes == 30
-    assert cache.get("t", 1, 0) is None
-    assert cache.get("u", 1, 0) is not None and cache.get("t", 2, 0) is not None

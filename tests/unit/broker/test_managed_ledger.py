@@ -18,6 +18,7 @@ from bookie.ledger import LedgerManager
 from broker.errors import TopicFencedError
 from broker.managed_ledger import (
     MANAGED_LEDGERS_PREFIX,
+    Entry,
     EntryCache,
     LedgerInfo,
     LedgerList,
@@ -137,6 +138,30 @@ async def test_a_takeover_fences_once_and_refuses_adds(env: Env) -> None:
     assert new_heard.fenced == 0
     await old.close()
     await new.close()
+
+
+async def test_a_trimmed_ledger_ages_out_of_the_cache_and_is_never_read(env: Env) -> None:
+    """Trimming deletes a ledger without touching the entry cache (dropping a ledger's
+    entries in one step stalled the broker's loop for tens of ms); its cached entries are
+    never served, because a read starts from the ledger list, and go with eviction."""
+    cache = EntryCache(14)  # room for exactly the 7 entries of 2 bytes written here
+    ledger = ManagedLedger(NAME, env.manager, ManagedLedgerConfig(max_entries_per_ledger=3), cache)
+    await ledger.open()
+    positions = [await ledger.add_entry(b"x%d" % i, 1) for i in range(7)]
+    trimmed_id = positions[0][0]
+    assert cache.size_bytes == 14 and cache.get(NAME, trimmed_id, 0) is not None
+    assert await ledger.trim(positions[2]) == 1  # the first ledger, consumed
+    assert trimmed_id not in [info.ledger_id for info in ledger.ledgers]
+    assert cache.size_bytes == 14  # nothing freed in the trim's step
+    assert await ledger.read_entry(positions[0]) is None
+    read = await ledger.read_entries(positions[0], 10)
+    assert [(e.position, e.data) for e in read] == [
+        (position, b"x%d" % i) for i, position in enumerate(positions) if 3 <= i < 6
+    ]
+    cache.put("other", Entry(10**9, 0, b"yy", 1))  # the oldest goes: the trimmed ledger's
+    assert cache.get(NAME, trimmed_id, 0) is None
+    assert cache.get(NAME, trimmed_id, 1) is not None and cache.size_bytes == 14
+    await ledger.close()
 
 
 async def writer_alone(
