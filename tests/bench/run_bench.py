@@ -278,6 +278,8 @@ def main() -> int:
         "(Redis Streams, appendfsync always), or '' for none",
     )
     args = parser.parse_args()
+    if args.throughput_messages is not None and args.throughput_messages < 1:
+        parser.error(f"--throughput-messages: must be at least 1, not {args.throughput_messages}")
     peers = [peer for peer in args.peers.split(",") if peer]
     if any(peer != REDIS for peer in peers):
         parser.error(f"--peers: unknown peer in {args.peers!r} (known: {REDIS})")
@@ -289,7 +291,7 @@ def main() -> int:
         if rate:
             messages = rate * args.latency_seconds
         else:
-            messages = args.throughput_messages or THROUGHPUT_MESSAGES[size]
+            messages = args.throughput_messages or THROUGHPUT_MESSAGES[size]  # None: by size
         # Interleaved repeats, so that both deployments see the same machine noise.
         runs_by_kind: dict[str, list[dict[str, Any]]] = {}
         kinds = args.deployments.split(",")
