@@ -290,8 +290,10 @@ def main() -> int:
     for size, rate, after_burst in cases:
         if rate:
             messages = rate * args.latency_seconds
+        elif args.throughput_messages is not None:
+            messages = args.throughput_messages
         else:
-            messages = args.throughput_messages or THROUGHPUT_MESSAGES[size]  # None: by size
+            messages = THROUGHPUT_MESSAGES[size]
         # Interleaved repeats, so that both deployments see the same machine noise.
         runs_by_kind: dict[str, list[dict[str, Any]]] = {}
         kinds = args.deployments.split(",")
